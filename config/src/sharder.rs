@@ -1,0 +1,391 @@
+//! `[sharder]`: which shards this process runs, and how.
+//!
+//! Defaults are Discord's limits (5 s identify window, 120 sends a minute
+//! handled in code) and a reserve of the session start budget that is never
+//! spent in a reconnect loop. The layout keys (`total_shards`,
+//! `process_count`, `process_index`, `assignment`, `shard_ranges`) must be
+//! the same on every pod except `process_index`, so each pod can check the
+//! whole cluster's layout at start-up.
+
+use crate::{ConfigError, Secret};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How shards are split between processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardAssignmentKind {
+    /// Even contiguous ranges (needs `[redis]` with several processes).
+    Contiguous,
+    /// Whole identify keys (`shard_id % max_concurrency`) per process.
+    Buckets,
+    /// Explicit `shard_ranges`, one per process.
+    Ranges,
+}
+
+/// Transport compression asked of the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayCompression {
+    None,
+    ZlibStream,
+    ZstdStream,
+}
+
+/// Where sessions are persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStoreKind {
+    /// One file per shard in `session_dir`.
+    File,
+    /// Redis keys under `[redis].key_prefix` (needs `[redis].url`).
+    Redis,
+}
+
+/// Settings of the sharder binary.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharderConfig {
+    /// Shards of the bot across all processes.
+    pub total_shards: u32,
+    /// Processes (pods) sharing the bot.
+    pub process_count: u32,
+    /// This process, 0-based (a StatefulSet ordinal).
+    pub process_index: u32,
+    pub assignment: ShardAssignmentKind,
+    /// `[start, end)` per process, for `assignment = "ranges"`.
+    pub shard_ranges: Vec<[u32; 2]>,
+    /// Overrides `max_concurrency` from `GET /gateway/bot` (tests, simulators).
+    pub max_concurrency: Option<u16>,
+    /// Overrides the gateway URL from `GET /gateway/bot`.
+    pub gateway_url: Option<String>,
+    pub compression: GatewayCompression,
+    /// Bound on one decompressed gateway payload.
+    pub max_payload_bytes: u64,
+    /// One identify per key per window (Discord: 5 s).
+    #[serde(with = "humantime_serde")]
+    pub identify_window: Duration,
+    /// Identifies of the session start budget never spent before its reset.
+    pub identify_reserve: u32,
+    /// Minimum time between two identifies of this process (0: off); can be
+    /// changed at runtime.
+    #[serde(with = "humantime_serde")]
+    pub identify_min_interval: Duration,
+    pub session_store: SessionStoreKind,
+    /// Directory of the file session store.
+    pub session_dir: PathBuf,
+    /// How often a moving `seq` is saved.
+    #[serde(with = "humantime_serde")]
+    pub persist_interval: Duration,
+    /// First reconnect delay; doubles up to `reconnect_max`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// How long to wait for HELLO after connecting.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+    /// `/metrics`, `/healthz`, `/readyz` and the admin endpoints.
+    pub http_listen: SocketAddr,
+    /// Bearer token of the admin endpoints. Empty: admin only answers when
+    /// `http_listen` is a loopback address.
+    pub admin_token: Secret,
+    /// Event names dropped at the sharder from start-up (changeable at
+    /// runtime through `POST /admin/shed`).
+    pub shed_events: Vec<String>,
+    /// How long SIGTERM may take: drain the sink, save sessions, close.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Events held by the AMQP sink before `send` waits (backpressure).
+    pub sink_buffer: usize,
+    /// Messages published and not yet confirmed by the broker.
+    pub confirm_window: usize,
+    /// Events of one shard batched into one message at most.
+    pub batch_max_events: usize,
+    /// Prefix of the exchange and queue names (`bulwark.gateway` in
+    /// production; tests use their own).
+    pub amqp_topology_base: String,
+    /// This process's shards as `[start, end)`, set only from the command
+    /// line (`sharder --shards a..b`); overrides the layout keys for this
+    /// process. Never read from the file or the environment.
+    #[serde(skip)]
+    pub process_shards: Option<std::ops::Range<u32>>,
+}
+
+impl Default for SharderConfig {
+    fn default() -> Self {
+        Self {
+            total_shards: 1,
+            process_count: 1,
+            process_index: 0,
+            assignment: ShardAssignmentKind::Contiguous,
+            shard_ranges: Vec::new(),
+            max_concurrency: None,
+            gateway_url: None,
+            compression: GatewayCompression::ZstdStream,
+            max_payload_bytes: 64 * 1024 * 1024,
+            identify_window: Duration::from_secs(5),
+            identify_reserve: 10,
+            identify_min_interval: Duration::ZERO,
+            session_store: SessionStoreKind::File,
+            session_dir: PathBuf::from("sessions"),
+            persist_interval: Duration::from_secs(2),
+            reconnect_base: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(60),
+            hello_timeout: Duration::from_secs(20),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_token: Secret::default(),
+            shed_events: Vec::new(),
+            shutdown_grace: Duration::from_secs(20),
+            sink_buffer: 8192,
+            confirm_window: 256,
+            batch_max_events: 256,
+            amqp_topology_base: "bulwark.gateway".into(),
+            process_shards: None,
+        }
+    }
+}
+
+impl SharderConfig {
+    /// Whether the TOML `text` sets `[sharder].process_index` (a pod ordinal
+    /// is used only when neither the file nor the environment sets it). An
+    /// unparsable text answers `false`; loading it reports the error.
+    pub fn toml_sets_process_index(text: &str) -> bool {
+        text.parse::<toml::Table>().ok().is_some_and(|t| {
+            t.get("sharder")
+                .and_then(toml::Value::as_table)
+                .is_some_and(|s| s.contains_key("process_index"))
+        })
+    }
+
+    /// Checks `[sharder]`'s bounds (also after command-line overrides).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, msg: String| Err(ConfigError::invalid(format!("sharder.{key}"), msg));
+        if self.total_shards == 0 {
+            return bad("total_shards", "must be at least 1".into());
+        }
+        if self.process_count == 0 {
+            return bad("process_count", "must be at least 1".into());
+        }
+        if self.process_index >= self.process_count {
+            return bad(
+                "process_index",
+                format!(
+                    "{} is not below process_count {}",
+                    self.process_index, self.process_count
+                ),
+            );
+        }
+        if self.assignment == ShardAssignmentKind::Ranges {
+            if self.shard_ranges.len() != self.process_count as usize {
+                return bad(
+                    "shard_ranges",
+                    format!(
+                        "{} ranges for process_count {}; give one [start, end) per process",
+                        self.shard_ranges.len(),
+                        self.process_count
+                    ),
+                );
+            }
+            if let Some([a, b]) = self
+                .shard_ranges
+                .iter()
+                .find(|[a, b]| a >= b || *b > self.total_shards)
+            {
+                return bad(
+                    "shard_ranges",
+                    format!(
+                        "[{a}, {b}) is empty or beyond total_shards {}",
+                        self.total_shards
+                    ),
+                );
+            }
+        } else if !self.shard_ranges.is_empty() {
+            return bad(
+                "shard_ranges",
+                "only used with assignment = \"ranges\"".into(),
+            );
+        }
+        if self.max_concurrency == Some(0) {
+            return bad("max_concurrency", "must be at least 1".into());
+        }
+        if let Some(url) = &self.gateway_url
+            && !(url.starts_with("ws://") || url.starts_with("wss://"))
+        {
+            return bad(
+                "gateway_url",
+                format!("`{url}` must start with ws:// or wss://"),
+            );
+        }
+        if self.max_payload_bytes < 4096 {
+            return bad(
+                "max_payload_bytes",
+                format!(
+                    "{} is too small for a gateway payload",
+                    self.max_payload_bytes
+                ),
+            );
+        }
+        if self.identify_window < Duration::from_millis(1) {
+            return bad("identify_window", "must be above 0 (Discord: 5s)".into());
+        }
+        if self.reconnect_base < Duration::from_millis(10)
+            || self.reconnect_max < self.reconnect_base
+        {
+            return bad(
+                "reconnect_base",
+                "reconnect_base must be at least 10ms and not above reconnect_max; \
+                 a zero delay turns an outage into a reconnect storm"
+                    .into(),
+            );
+        }
+        if self.persist_interval.is_zero() || self.hello_timeout.is_zero() {
+            return bad(
+                "persist_interval",
+                "persist_interval and hello_timeout must be above 0".into(),
+            );
+        }
+        if self.session_store == SessionStoreKind::File && self.session_dir.as_os_str().is_empty() {
+            return bad("session_dir", "must not be empty".into());
+        }
+        if let Some(name) = self.shed_events.iter().find(|n| {
+            n.is_empty()
+                || n.len() > 64
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        }) {
+            return bad(
+                "shed_events",
+                format!("`{name}` is not an event name (A-Z, 0-9, _)"),
+            );
+        }
+        if self.shutdown_grace < Duration::from_millis(100)
+            || self.shutdown_grace > Duration::from_secs(600)
+        {
+            return bad("shutdown_grace", "must be within 100ms..=10m".into());
+        }
+        if !(16..=1_000_000).contains(&self.sink_buffer) {
+            return bad(
+                "sink_buffer",
+                format!("{} is outside 16..=1000000", self.sink_buffer),
+            );
+        }
+        if !(1..=65_536).contains(&self.confirm_window) {
+            return bad(
+                "confirm_window",
+                format!("{} is outside 1..=65536", self.confirm_window),
+            );
+        }
+        if !(1..=4096).contains(&self.batch_max_events) {
+            return bad(
+                "batch_max_events",
+                format!("{} is outside 1..=4096", self.batch_max_events),
+            );
+        }
+        let base = &self.amqp_topology_base;
+        if base.is_empty()
+            || base.len() > 200
+            || !base
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return bad(
+                "amqp_topology_base",
+                "must be 1-200 characters of a-z, A-Z, 0-9, '.', '_', '-'".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn defaults_and_layout_bounds() {
+        let c = Config::from_toml_str("", "t", Vec::new()).unwrap();
+        assert_eq!(c.sharder.total_shards, 1);
+        let c = Config::from_toml_str(
+            "[sharder]\ntotal_shards = 8\nprocess_count = 2\nprocess_index = 1\n\
+             assignment = \"ranges\"\nshard_ranges = [[0, 4], [4, 8]]\ncompression = \"zlib-stream\"\n",
+            "t",
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(c.sharder.shard_ranges[1], [4, 8]);
+        for (text, key) in [
+            ("[sharder]\ntotal_shards = 0\n", "sharder.total_shards"),
+            ("[sharder]\nprocess_index = 1\n", "sharder.process_index"),
+            (
+                "[sharder]\nassignment = \"ranges\"\nshard_ranges = [[1, 1]]\n",
+                "sharder.shard_ranges",
+            ),
+            (
+                "[sharder]\nshard_ranges = [[0, 1]]\n",
+                "sharder.shard_ranges",
+            ),
+            (
+                "[sharder]\ngateway_url = \"http://x\"\n",
+                "sharder.gateway_url",
+            ),
+            (
+                "[sharder]\nreconnect_base = \"0s\"\n",
+                "sharder.reconnect_base",
+            ),
+            (
+                "[sharder]\nmax_concurrency = 0\n",
+                "sharder.max_concurrency",
+            ),
+            (
+                "[sharder]\nshed_events = [\"typing\"]\n",
+                "sharder.shed_events",
+            ),
+            (
+                "[sharder]\nshutdown_grace = \"0s\"\n",
+                "sharder.shutdown_grace",
+            ),
+            ("[sharder]\nsink_buffer = 1\n", "sharder.sink_buffer"),
+            ("[sharder]\nconfirm_window = 0\n", "sharder.confirm_window"),
+            (
+                "[sharder]\nbatch_max_events = 5000\n",
+                "sharder.batch_max_events",
+            ),
+            (
+                "[sharder]\namqp_topology_base = \"a b\"\n",
+                "sharder.amqp_topology_base",
+            ),
+            (
+                "[sharder]\nhttp_listen = \"nowhere\"\n",
+                "sharder.http_listen",
+            ),
+        ] {
+            let e = Config::from_toml_str(text, "t", Vec::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text} -> {e}");
+        }
+        assert!(
+            Config::from_toml_str("[sharder]\ncompression = \"gzip\"\n", "t", Vec::new()).is_err()
+        );
+        let c = Config::from_toml_str(
+            "[sharder]\nhttp_listen = \"127.0.0.1:0\"\nshed_events = [\"TYPING_START\"]\n\
+             shutdown_grace = \"5s\"\nadmin_token = \"adm1n\"\n",
+            "t",
+            Vec::new(),
+        )
+        .unwrap();
+        assert!(c.sharder.http_listen.ip().is_loopback());
+        assert_eq!(c.sharder.shed_events, ["TYPING_START"]);
+        assert_eq!(c.sharder.shutdown_grace, std::time::Duration::from_secs(5));
+        assert_eq!(c.sharder.admin_token.expose(), "adm1n");
+        assert!(!format!("{:?}", c.sharder).contains("adm1n"));
+    }
+}
