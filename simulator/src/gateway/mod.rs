@@ -1,0 +1,78 @@
+//! The network side: HTTP and websocket server, connections, sessions,
+//! rate limits, compression and the event generator.
+
+pub(crate) mod connection;
+pub(crate) mod generator;
+pub(crate) mod http;
+pub(crate) mod limits;
+pub(crate) mod protocol;
+pub(crate) mod records;
+pub(crate) mod sessions;
+pub(crate) mod transport;
+
+use crate::config::SimConfig;
+use sessions::Core;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::{Notify, watch};
+
+/// State shared by every task of one simulator.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub cfg: SimConfig,
+    pub addr: SocketAddr,
+    core: Mutex<Core>,
+    rate_bits: AtomicU64,
+    pub rate_changed: Notify,
+    pub shutdown: watch::Sender<bool>,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(cfg: SimConfig, addr: SocketAddr, core: Core) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Self {
+            rate_bits: AtomicU64::new(cfg.event_rate.to_bits()),
+            cfg,
+            addr,
+            core: Mutex::new(core),
+            rate_changed: Notify::new(),
+            shutdown,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// Locks the core. A panic while holding the lock is a bug; the state is
+    /// still usable, so a poisoned lock is recovered rather than spread.
+    pub(crate) fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn event_rate(&self) -> f64 {
+        f64::from_bits(self.rate_bits.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_event_rate(&self, rate: f64) {
+        self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+        self.rate_changed.notify_one();
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn gateway_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub(crate) fn resume_url(&self) -> String {
+        format!("ws://{}/resume", self.addr)
+    }
+}
+
+/// Resolves once shutdown was requested, even if it was requested before
+/// the receiver subscribed.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|&stop| stop).await.is_ok();
+}

@@ -1,0 +1,240 @@
+//! Gateway v10 payloads: parsing what clients send, and building what the
+//! server sends.
+//!
+//! Parsing maps every way a payload can be wrong to the close code Discord
+//! uses for it (4002 decode error, 4001 unknown opcode), so the connection
+//! never has to guess. Server frames are built as text directly: each is
+//! small and fixed-shape, and a dispatch wraps a payload that was serialised
+//! once in the world.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::fmt::Write as _;
+
+/// Close codes the simulator uses.
+pub(crate) mod close {
+    pub const UNKNOWN_ERROR: u16 = 4000;
+    pub const UNKNOWN_OPCODE: u16 = 4001;
+    pub const DECODE_ERROR: u16 = 4002;
+    pub const NOT_AUTHENTICATED: u16 = 4003;
+    pub const AUTHENTICATION_FAILED: u16 = 4004;
+    pub const ALREADY_AUTHENTICATED: u16 = 4005;
+    pub const INVALID_SEQ: u16 = 4007;
+    pub const RATE_LIMITED: u16 = 4008;
+    pub const SESSION_TIMED_OUT: u16 = 4009;
+    pub const INVALID_SHARD: u16 = 4010;
+    pub const SHARDING_REQUIRED: u16 = 4011;
+    pub const INVALID_API_VERSION: u16 = 4012;
+    pub const INVALID_INTENTS: u16 = 4013;
+    pub const DISALLOWED_INTENTS: u16 = 4014;
+}
+
+/// The largest payload a client may send (Discord: 4096 bytes).
+pub(crate) const MAX_CLIENT_PAYLOAD: usize = 4096;
+
+/// Why a connection is being closed: code and a human reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CloseReason {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl CloseReason {
+    pub(crate) fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// IDENTIFY's `d`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Identify {
+    pub token: String,
+    /// Required by Discord; parsed so a missing or mistyped one is 4002.
+    #[allow(dead_code)]
+    pub properties: Properties,
+    pub intents: u64,
+    #[serde(default)]
+    pub shard: Option<[u32; 2]>,
+    #[serde(default)]
+    pub large_threshold: Option<u32>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub compress: Option<bool>,
+}
+
+/// IDENTIFY's `properties`.
+#[derive(Debug, Clone, Deserialize)]
+#[allow(dead_code)]
+pub(crate) struct Properties {
+    pub os: String,
+    pub browser: String,
+    pub device: String,
+}
+
+/// RESUME's `d`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Resume {
+    pub token: String,
+    pub session_id: String,
+    pub seq: u64,
+}
+
+/// A command from the client.
+#[derive(Debug, Clone)]
+pub(crate) enum Command {
+    Heartbeat,
+    Identify(Box<Identify>),
+    Resume(Resume),
+    /// Presence update (3), voice state update (4), request guild members
+    /// (8), request soundboard sounds (31): accepted after identify, no reply.
+    Other(u8),
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    op: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    d: Option<&'a RawValue>,
+}
+
+/// Parses one client payload.
+pub(crate) fn parse(bytes: &[u8]) -> Result<Command, CloseReason> {
+    if bytes.len() > MAX_CLIENT_PAYLOAD {
+        return Err(CloseReason::new(
+            close::DECODE_ERROR,
+            format!(
+                "payload of {} bytes exceeds {MAX_CLIENT_PAYLOAD}",
+                bytes.len()
+            ),
+        ));
+    }
+    let env: Envelope<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| CloseReason::new(close::DECODE_ERROR, format!("invalid JSON: {e}")))?;
+    let op = match env.op {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        _ => None,
+    }
+    .ok_or_else(|| CloseReason::new(close::DECODE_ERROR, "`op` missing or not an integer"))?;
+    let d = env.d.map(RawValue::get).unwrap_or("null");
+    let field = |what: &str, e: serde_json::Error| {
+        CloseReason::new(close::DECODE_ERROR, format!("invalid {what} payload: {e}"))
+    };
+    match op {
+        1 => {
+            serde_json::from_str::<Option<u64>>(d).map_err(|e| field("heartbeat", e))?;
+            Ok(Command::Heartbeat)
+        }
+        2 => {
+            let id: Identify = serde_json::from_str(d).map_err(|e| field("identify", e))?;
+            Ok(Command::Identify(Box::new(id)))
+        }
+        6 => Ok(Command::Resume(
+            serde_json::from_str(d).map_err(|e| field("resume", e))?,
+        )),
+        3 | 4 | 8 | 31 => {
+            if !d.trim_start().starts_with('{') {
+                return Err(CloseReason::new(
+                    close::DECODE_ERROR,
+                    format!("op {op} needs an object as `d`"),
+                ));
+            }
+            Ok(Command::Other(op as u8))
+        }
+        _ => Err(CloseReason::new(
+            close::UNKNOWN_OPCODE,
+            format!("unknown opcode {op}"),
+        )),
+    }
+}
+
+/// HELLO (op 10).
+pub(crate) fn hello(interval_ms: u64) -> String {
+    format!("{{\"op\":10,\"d\":{{\"heartbeat_interval\":{interval_ms}}},\"s\":null,\"t\":null}}")
+}
+
+/// Heartbeat ACK (op 11).
+pub(crate) const HEARTBEAT_ACK: &str = r#"{"op":11,"d":null,"s":null,"t":null}"#;
+/// Server heartbeat request (op 1).
+pub(crate) const HEARTBEAT_REQUEST: &str = r#"{"op":1,"d":null,"s":null,"t":null}"#;
+/// Reconnect (op 7).
+pub(crate) const RECONNECT: &str = r#"{"op":7,"d":null,"s":null,"t":null}"#;
+
+/// Invalid session (op 9).
+pub(crate) fn invalid_session(resumable: bool) -> &'static str {
+    if resumable {
+        r#"{"op":9,"d":true,"s":null,"t":null}"#
+    } else {
+        r#"{"op":9,"d":false,"s":null,"t":null}"#
+    }
+}
+
+/// A dispatch (op 0) around a pre-serialised `d`.
+pub(crate) fn dispatch_into(out: &mut String, seq: u64, event: &str, d: &str) {
+    out.clear();
+    out.reserve(d.len() + event.len() + 48);
+    let _ = write!(out, "{{\"op\":0,\"s\":{seq},\"t\":\"{event}\",\"d\":");
+    out.push_str(d);
+    out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn code(bytes: &str) -> u16 {
+        parse(bytes.as_bytes()).unwrap_err().code
+    }
+
+    #[test]
+    fn maps_bad_payloads_to_close_codes() {
+        assert_eq!(code("{nope"), close::DECODE_ERROR);
+        assert_eq!(code("[]"), close::DECODE_ERROR);
+        assert_eq!(code(r#"{"d":null}"#), close::DECODE_ERROR);
+        assert_eq!(code(r#"{"op":"1"}"#), close::DECODE_ERROR);
+        assert_eq!(code(r#"{"op":1,"d":"x"}"#), close::DECODE_ERROR);
+        assert_eq!(code(r#"{"op":2,"d":{"token":5}}"#), close::DECODE_ERROR);
+        assert_eq!(
+            code(r#"{"op":6,"d":{"token":"t","session_id":"s","seq":-1}}"#),
+            4002
+        );
+        assert_eq!(code(r#"{"op":99,"d":null}"#), close::UNKNOWN_OPCODE);
+        assert_eq!(code(r#"{"op":10,"d":null}"#), close::UNKNOWN_OPCODE);
+        let huge = format!(r#"{{"op":1,"d":null,"x":"{}"}}"#, "a".repeat(5000));
+        assert_eq!(code(&huge), close::DECODE_ERROR);
+    }
+
+    #[test]
+    fn parses_valid_commands() {
+        assert!(matches!(
+            parse(br#"{"op":1,"d":null}"#),
+            Ok(Command::Heartbeat)
+        ));
+        assert!(matches!(
+            parse(br#"{"op":1,"d":7}"#),
+            Ok(Command::Heartbeat)
+        ));
+        let id = br#"{"op":2,"d":{"token":"t","intents":513,"shard":[1,4],
+            "properties":{"os":"linux","browser":"b","device":"b"}}}"#;
+        match parse(id) {
+            Ok(Command::Identify(i)) => {
+                assert_eq!(i.shard, Some([1, 4]));
+                assert_eq!(i.intents, 513);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dispatch_frames_are_valid_json() {
+        let mut s = String::new();
+        dispatch_into(&mut s, 3, "GUILD_UPDATE", r#"{"id":"1"}"#);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["s"], 3);
+        assert_eq!(v["d"]["id"], "1");
+        serde_json::from_str::<serde_json::Value>(&hello(45000)).unwrap();
+    }
+}

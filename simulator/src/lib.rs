@@ -1,0 +1,78 @@
+//! A faithful Discord gateway v10 simulator for tests, benchmarks and demos.
+//!
+//! Everything in Bulwark is tested against this simulator, so it must be
+//! faithful enough that a client that works here works against Discord, and
+//! strict enough that a client that breaks Discord's rules fails here:
+//! identify concurrency, the session start budget, the 120/60 s send limit,
+//! heartbeat timeouts, resume with replay, close codes, and transport
+//! compression are all enforced, and every violation is counted.
+//!
+//! # Embedding
+//! ```no_run
+//! # async fn demo() -> Result<(), discord_sim::SimError> {
+//! use discord_sim::{SimConfig, Simulator};
+//! use std::time::Duration;
+//! let sim = Simulator::start(SimConfig {
+//!     shards: 4,
+//!     guilds: 40,
+//!     identify_window: Duration::from_millis(5),
+//!     heartbeat_interval: Duration::from_millis(200),
+//!     ..SimConfig::default()
+//! })
+//! .await?;
+//! let url = format!("{}/?v=10&encoding=json&compress=zlib-stream", sim.gateway_url());
+//! // ... connect a client to `url`, then:
+//! sim.emit(100); // exactly 100 dispatches now
+//! let truth = sim.truth(); // what a perfect cache holds
+//! let ledger = sim.ledger(); // every (session, seq, event, guild) dispatched
+//! sim.drop_connections(&[1]); // fault injection
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # URLs and JSON (for clients and tests)
+//! - Gateway: `ws://127.0.0.1:PORT/?v=10&encoding=json[&compress=zlib-stream|zstd-stream]`;
+//!   READY's `resume_gateway_url` is `ws://127.0.0.1:PORT/resume`. Connections
+//!   are counted per path in [`Counters::connections`] (`"/"` and `"/resume"`).
+//! - `GET /api/v10/gateway/bot` with `Authorization: Bot <token>`.
+//! - `GET /sim/truth` -> [`Truth`]: `{"guilds": {"<id>": {shard, unavailable,
+//!   member_count, guild, channels: {"<id>": obj}, roles: {...}, members:
+//!   {"<user id>": member obj}}}}`. `guild` is the guild object without
+//!   `roles`, `emojis` and GUILD_CREATE's extra lists (`joined_at`, `large`,
+//!   `unavailable`, `member_count`, `channels`, `members`, `threads`,
+//!   `presences`, `voice_states`, `stage_instances`, `guild_scheduled_events`,
+//!   `soundboard_sounds`). Members are stored without `guild_id`.
+//! - `GET /sim/ledger` -> [`Ledger`]: `{"shards": {"<shard>": [{session_id,
+//!   seq, event, guild_id}]}}`.
+//! - `GET /sim/counters` -> [`Counters`].
+//! - `POST /sim/faults/<name>` with a JSON body `{"shards": [..]}` (empty or
+//!   absent = all shards): `reconnect`, `drop`, `zombie`, `heartbeat-request`,
+//!   `invalid-session` (`"resumable": bool`), `malformed` (`"kind":
+//!   "invalid_json" | "truncated" | "unknown_op"`); `outage` and `restore`
+//!   take `{"guild_id": "<id>"}`. `POST /sim/event-rate {"events_per_sec": f}`,
+//!   `POST /sim/emit {"count": n}`. Each answers `{"affected": n}`.
+//!
+//! # Pure world model
+//! [`World`] generates guilds and dispatches deterministically from a seed,
+//! with no sockets, for property tests that need realistic event logs.
+//!
+//! # Intents
+//! Dispatches are filtered by the session's intents as Discord does
+//! (GUILD_MEMBER_* need GUILD_MEMBERS, PRESENCE_UPDATE needs GUILD_PRESENCES,
+//! MESSAGE_CREATE needs GUILD_MESSAGES, TYPING_START GUILD_MESSAGE_TYPING,
+//! guild/channel/role events GUILDS). A cache compared with [`Truth`] must
+//! identify with at least GUILDS | GUILD_MEMBERS.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod gateway;
+mod handle;
+pub mod world;
+
+pub use config::{PRIVILEGED_INTENTS, SimConfig, VALID_INTENTS};
+pub use error::SimError;
+pub use gateway::records::{Counters, Ledger, LedgerEntry};
+pub use gateway::sessions::Malformed;
+pub use handle::{SimHandle, Simulator};
+pub use world::{Dispatch, EventKind, EventMix, GuildTruth, Truth, World, WorldConfig, shard_of};
