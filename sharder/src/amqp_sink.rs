@@ -1,0 +1,465 @@
+//! The production [`EventSink`]: envelopes to RabbitMQ with publisher
+//! confirms, confirmed back to the shards only once the broker has them.
+//!
+//! # Algorithm
+//! [`AmqpSink::send`] puts the event in a bounded channel (`sink_buffer`
+//! events) and returns; when the channel is full it waits, so the shard
+//! stops reading and Discord keeps the rest for a resume (backpressure).
+//! One publisher task owns the broker connection:
+//! 1. Connect through `dnscache` (`Resolver::amqp_connect`), open a channel
+//!    in confirm mode, declare the shared topology ([`AmqpTopology`]).
+//! 2. Take every event ready in the channel (at most `batch_max_events` per
+//!    round), group them by shard in gateway order and frame each group with
+//!    `envelope::BatchEncoder` (one message per shard per round, split at the
+//!    envelope's size limits). A message of one event is routed
+//!    `"<p>.<EVENT>"`, a batch `"<p>.BATCH"`. An event the envelope refuses
+//!    (a GUILD_CREATE without a usable guild id has no marker, a bad name, a
+//!    payload over 16 MiB) is logged, counted and confirmed at once, so the
+//!    shard's seq moves past it instead of stalling.
+//! 3. Publish persistently (delivery mode 2) with up to `confirm_window`
+//!    messages awaiting their confirms (pipelined). Confirms are awaited in
+//!    publish order; an ack confirms every event of the message to its shard
+//!    ([`crate::Ack::confirm`]); a nack puts the message back in front.
+//! 4. A broker error or a confirm that does not come within
+//!    `confirm_timeout`: every unconfirmed message goes back in front, in
+//!    order, and the task reconnects after a capped exponential backoff with
+//!    jitter. Nothing is confirmed that the broker did not confirm, so
+//!    nothing is lost; republished messages may be duplicates, which the
+//!    worker's versioned cache ignores.
+//!
+//! While disconnected the task does not read the channel, so memory stays
+//! bounded by `sink_buffer` events plus the unconfirmed messages (at most
+//! `confirm_window` + one round). When every [`AmqpSink`] clone is dropped,
+//! the task publishes what is left, waits for its confirms and ends: that is
+//! the drain at shutdown.
+
+use crate::backoff::Backoff;
+use crate::sink::{Ack, EventSink, ShardEvent, SinkClosed};
+use config::Secret;
+use envelope::BatchEncoder;
+use envelope::topology::AmqpTopology;
+use envelope::topology::BATCH_EVENT_NAME;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Settings of the AMQP sink.
+#[derive(Debug, Clone)]
+pub struct AmqpSinkConfig {
+    /// Broker URL (with credentials; never logged).
+    pub url: Secret,
+    pub topology: AmqpTopology,
+    /// Events held before `send` waits.
+    pub buffer: usize,
+    /// Messages awaiting their publisher confirm.
+    pub confirm_window: usize,
+    /// Events of one shard in one message at most.
+    pub batch_max_events: usize,
+    pub reconnect_base: Duration,
+    pub reconnect_max: Duration,
+    /// A confirm slower than this counts as a broken connection.
+    pub confirm_timeout: Duration,
+}
+
+impl AmqpSinkConfig {
+    /// From `[amqp]` and `[sharder]`.
+    pub fn from_config(cfg: &config::Config) -> Self {
+        let s = &cfg.sharder;
+        Self {
+            url: cfg.amqp.url.clone(),
+            topology: AmqpTopology::named(&s.amqp_topology_base, cfg.amqp.partitions),
+            buffer: s.sink_buffer,
+            confirm_window: s.confirm_window,
+            batch_max_events: s.batch_max_events.clamp(1, envelope::MAX_BATCH_EVENTS),
+            reconnect_base: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(15),
+            confirm_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of the sink, for tests and `/metrics`.
+#[derive(Debug, Default)]
+pub struct AmqpSinkStats {
+    /// Messages published (republishes included).
+    pub published: AtomicU64,
+    /// Events confirmed by the broker.
+    pub confirmed_events: AtomicU64,
+    /// Messages published again after a nack or a lost connection.
+    pub republished: AtomicU64,
+    /// Events the envelope refused (skipped and confirmed).
+    pub invalid_events: AtomicU64,
+    /// Connections opened.
+    pub connections: AtomicU64,
+    /// Most events held unconfirmed by the task at once (buffer bound check).
+    pub max_held_events: AtomicU64,
+}
+
+/// Sends events to the publisher task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AmqpSink {
+    tx: mpsc::Sender<ShardEvent>,
+    stats: Arc<AmqpSinkStats>,
+}
+
+impl AmqpSink {
+    /// Starts the publisher task. It ends once every clone of the sink is
+    /// dropped and everything taken was confirmed.
+    pub fn start(resolver: dnscache::Resolver, cfg: AmqpSinkConfig) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(cfg.buffer.max(1));
+        let stats = Arc::new(AmqpSinkStats::default());
+        let task = Publisher {
+            backoff: Backoff::new(cfg.reconnect_base, cfg.reconnect_max),
+            resolver,
+            cfg,
+            rx,
+            staged: VecDeque::new(),
+            unsent: VecDeque::new(),
+            closed: false,
+            stats: stats.clone(),
+        };
+        (Self { tx, stats }, tokio::spawn(task.run()))
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &AmqpSinkStats {
+        &self.stats
+    }
+
+    /// Events waiting in the buffer.
+    pub fn buffered(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+impl EventSink for AmqpSink {
+    async fn send(&self, event: ShardEvent) -> Result<(), SinkClosed> {
+        self.tx
+            .send(event)
+            .await
+            .map_err(|_| SinkClosed("the AMQP publisher task ended".into()))
+    }
+}
+
+/// One message and the events it confirms.
+struct Outgoing {
+    routing_key: String,
+    message_id: String,
+    body: Vec<u8>,
+    acks: Vec<Ack>,
+    /// When the current publish went out (publish-to-confirm latency).
+    published_at: Option<tokio::time::Instant>,
+}
+
+/// Why a connection's session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("no publisher confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("the broker did not confirm in confirm mode")]
+    NotConfirmed,
+}
+
+struct Publisher {
+    resolver: dnscache::Resolver,
+    cfg: AmqpSinkConfig,
+    rx: mpsc::Receiver<ShardEvent>,
+    /// Events taken from the channel, not yet framed.
+    staged: VecDeque<ShardEvent>,
+    /// Framed messages not yet published (or to publish again), in order.
+    unsent: VecDeque<Outgoing>,
+    /// Every sender is gone.
+    closed: bool,
+    backoff: Backoff,
+    stats: Arc<AmqpSinkStats>,
+}
+
+impl Publisher {
+    async fn run(mut self) {
+        loop {
+            if self.done() {
+                return;
+            }
+            let connected = self.connect().await;
+            let result = match connected {
+                Ok((conn, ch)) => {
+                    self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    let r = self.session(&ch).await;
+                    if r.is_ok() {
+                        let _ = conn.close(200, "OK".into()).await;
+                        return;
+                    }
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                metrics::counter!("sharder_amqp_reconnects_total").increment(1);
+                let delay = self.backoff.next_delay();
+                tracing::warn!(error = %e, ?delay, unconfirmed = self.unsent.len(), "AMQP publisher disconnected; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.closed && self.staged.is_empty() && self.unsent.is_empty()
+    }
+
+    async fn connect(&self) -> Result<(Connection, Channel), SessionError> {
+        let conn = self
+            .resolver
+            .amqp_connect(self.cfg.url.expose(), ConnectionProperties::default())
+            .await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.cfg.topology.declare(&ch).await?;
+        Ok((conn, ch))
+    }
+
+    /// Publishes until the input is closed and drained (Ok) or the
+    /// connection fails (Err, with every unconfirmed message back in
+    /// `unsent`).
+    async fn session(&mut self, ch: &Channel) -> Result<(), SessionError> {
+        let mut inflight: VecDeque<(Outgoing, PublisherConfirm)> = VecDeque::new();
+        let r = self.pump(ch, &mut inflight).await;
+        if r.is_err() {
+            while let Some((o, _)) = inflight.pop_back() {
+                self.stats.republished.fetch_add(1, Ordering::Relaxed);
+                self.unsent.push_front(o);
+            }
+        }
+        r
+    }
+
+    async fn pump(
+        &mut self,
+        ch: &Channel,
+        inflight: &mut VecDeque<(Outgoing, PublisherConfirm)>,
+    ) -> Result<(), SessionError> {
+        let window = self.cfg.confirm_window.max(1);
+        loop {
+            if self.unsent.is_empty() {
+                self.take_ready();
+                self.frame();
+            }
+            while inflight.len() < window {
+                let Some(o) = self.unsent.pop_front() else {
+                    break;
+                };
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/x-bulwark-envelope".into())
+                    .with_message_id(ShortString::from(o.message_id.as_str()));
+                let published = ch
+                    .basic_publish(
+                        self.cfg.topology.exchange.as_str().into(),
+                        o.routing_key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &o.body,
+                        props,
+                    )
+                    .await;
+                match published {
+                    Ok(confirm) => {
+                        let mut o = o;
+                        o.published_at = Some(tokio::time::Instant::now());
+                        self.stats.published.fetch_add(1, Ordering::Relaxed);
+                        inflight.push_back((o, confirm));
+                    }
+                    Err(e) => {
+                        self.unsent.push_front(o);
+                        return Err(e.into());
+                    }
+                }
+            }
+            self.note_held(inflight);
+            if inflight.is_empty() && self.unsent.is_empty() && self.staged.is_empty() {
+                if self.closed {
+                    return Ok(());
+                }
+                match self.rx.recv().await {
+                    Some(ev) => self.staged.push_back(ev),
+                    None => self.closed = true,
+                }
+                continue;
+            }
+            let can_take = inflight.len() < window && self.unsent.is_empty() && !self.closed;
+            let Some((_, front)) = inflight.front_mut() else {
+                continue;
+            };
+            let timeout = self.cfg.confirm_timeout;
+            let step = tokio::select! {
+                r = tokio::time::timeout(timeout, front) => Step::Confirm(Box::new(r)),
+                ev = self.rx.recv(), if can_take => Step::Event(ev),
+            };
+            match step {
+                Step::Event(Some(ev)) => self.staged.push_back(ev),
+                Step::Event(None) => self.closed = true,
+                Step::Confirm(r) => {
+                    let Some((o, _)) = inflight.pop_front() else {
+                        continue;
+                    };
+                    match *r {
+                        Ok(Ok(Confirmation::Ack(_))) => {
+                            self.backoff.reset();
+                            if let Some(at) = o.published_at {
+                                metrics::histogram!("sharder_publish_latency_seconds")
+                                    .record(at.elapsed().as_secs_f64());
+                            }
+                            let n = o.acks.len() as u64;
+                            for ack in o.acks {
+                                ack.confirm();
+                            }
+                            self.stats.confirmed_events.fetch_add(n, Ordering::Relaxed);
+                            metrics::counter!("sharder_events_confirmed_total").increment(n);
+                        }
+                        Ok(Ok(Confirmation::Nack(_))) => {
+                            tracing::warn!(message_id = %o.message_id, "broker nacked a message; publishing it again");
+                            metrics::counter!("sharder_amqp_nacks_total").increment(1);
+                            self.stats.republished.fetch_add(1, Ordering::Relaxed);
+                            self.unsent.push_front(o);
+                        }
+                        Ok(Ok(Confirmation::NotRequested)) => {
+                            self.unsent.push_front(o);
+                            return Err(SessionError::NotConfirmed);
+                        }
+                        Ok(Err(e)) => {
+                            self.unsent.push_front(o);
+                            return Err(e.into());
+                        }
+                        Err(_) => {
+                            self.unsent.push_front(o);
+                            return Err(SessionError::ConfirmTimeout(timeout));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves every event already waiting into `staged`, up to one round.
+    fn take_ready(&mut self) {
+        while self.staged.len() < self.cfg.batch_max_events.max(1) {
+            match self.rx.try_recv() {
+                Ok(ev) => self.staged.push_back(ev),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Frames the staged events into messages, one per shard (split at the
+    /// envelope's limits), in gateway order within each shard.
+    fn frame(&mut self) {
+        let mut by_shard: BTreeMap<u32, Vec<ShardEvent>> = BTreeMap::new();
+        for ev in self.staged.drain(..) {
+            by_shard.entry(ev.shard_id).or_default().push(ev);
+        }
+        for events in by_shard.into_values() {
+            let mut batch: Option<Batch> = None;
+            for ev in events {
+                let env = ev.envelope();
+                if let Some(b) = batch.as_mut() {
+                    if b.acks.len() < self.cfg.batch_max_events && b.enc.push(&env).is_ok() {
+                        b.acks.push(ev.ack());
+                        b.last_event = ev.event.clone();
+                        continue;
+                    }
+                    if let Some(done) = batch.take() {
+                        self.unsent.push_back(done.finish(&self.cfg.topology));
+                    }
+                }
+                let pushed = BatchEncoder::new(ev.shard_id, ev.num_shards).and_then(|mut enc| {
+                    enc.push(&env)?;
+                    Ok(enc)
+                });
+                match pushed {
+                    Ok(enc) => {
+                        batch = Some(Batch {
+                            enc,
+                            shard_id: ev.shard_id,
+                            first: (ev.epoch, ev.seq),
+                            last_event: ev.event.clone(),
+                            acks: vec![ev.ack()],
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            shard_id = ev.shard_id,
+                            seq = ev.seq,
+                            event = %ev.event.chars().take(64).collect::<String>(),
+                            error = %e,
+                            "event the envelope cannot carry; skipped"
+                        );
+                        metrics::counter!("sharder_events_invalid_total").increment(1);
+                        self.stats.invalid_events.fetch_add(1, Ordering::Relaxed);
+                        ev.ack().confirm();
+                    }
+                }
+            }
+            if let Some(done) = batch {
+                self.unsent.push_back(done.finish(&self.cfg.topology));
+            }
+        }
+    }
+
+    fn note_held(&self, inflight: &VecDeque<(Outgoing, PublisherConfirm)>) {
+        let held: usize = inflight.iter().map(|(o, _)| o.acks.len()).sum::<usize>()
+            + self.unsent.iter().map(|o| o.acks.len()).sum::<usize>()
+            + self.staged.len();
+        self.stats
+            .max_held_events
+            .fetch_max(held as u64, Ordering::Relaxed);
+        metrics::gauge!("sharder_sink_unconfirmed_events").set(held as f64);
+        metrics::gauge!("sharder_sink_buffered_events").set(self.rx.len() as f64);
+    }
+}
+
+enum Step {
+    Confirm(Box<Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>>),
+    Event(Option<ShardEvent>),
+}
+
+/// A message being framed.
+struct Batch {
+    enc: BatchEncoder,
+    shard_id: u32,
+    first: (u64, u64),
+    last_event: String,
+    acks: Vec<Ack>,
+}
+
+impl Batch {
+    fn finish(self, topology: &AmqpTopology) -> Outgoing {
+        let name = if self.acks.len() == 1 {
+            self.last_event.as_str()
+        } else {
+            BATCH_EVENT_NAME
+        };
+        Outgoing {
+            routing_key: topology.routing_key(self.shard_id, name),
+            message_id: format!("{}:{}:{}", self.shard_id, self.first.0, self.first.1),
+            body: self.enc.finish(),
+            acks: self.acks,
+            published_at: None,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "amqp_sink_tests.rs"]
+mod tests;

@@ -1,0 +1,319 @@
+//! The AMQP sink against the real RabbitMQ (127.0.0.1:5672), each test on
+//! its own exchange and queues, deleted at the end. Outages go through a
+//! TCP proxy the test cuts and restores.
+
+use super::*;
+use crate::guilds::GuildCreateKind;
+use crate::sink::{Confirmation, EventHeader};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout};
+
+const BROKER: &str = "127.0.0.1:5672";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("bulwark-test.{name}.{}.{nanos}", std::process::id())
+}
+
+fn config(url: &str, base: &str) -> AmqpSinkConfig {
+    AmqpSinkConfig {
+        url: Secret::new(url),
+        topology: AmqpTopology::named(base, 4),
+        buffer: 64,
+        confirm_window: 8,
+        batch_max_events: 16,
+        reconnect_base: Duration::from_millis(20),
+        reconnect_max: Duration::from_millis(200),
+        confirm_timeout: Duration::from_secs(5),
+    }
+}
+
+fn resolver() -> dnscache::Resolver {
+    dnscache::Resolver::new(&config::DnsConfig::default()).unwrap()
+}
+
+fn event(
+    shard_id: u32,
+    seq: u64,
+    t: &str,
+    guild_create: Option<GuildCreateKind>,
+    ack: &mpsc::UnboundedSender<Confirmation>,
+) -> ShardEvent {
+    let header = EventHeader {
+        shard_id,
+        num_shards: 8,
+        epoch: 3,
+        seq,
+        guild_id: Some(u64::from(shard_id) << 22 | seq),
+        guild_create,
+    };
+    let d = format!(r#"{{"n":{seq}}}"#);
+    ShardEvent::new(header, t.into(), Bytes::from(d), ack.clone())
+}
+
+/// Reads every queue of `topo` empty; returns `(shard, seq, routing key)`.
+async fn drain(topo: &AmqpTopology) -> Vec<(u32, u64, String)> {
+    let conn = resolver()
+        .amqp_connect(
+            &format!("amqp://guest:guest@{BROKER}/%2f"),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut got = Vec::new();
+    for p in 0..topo.partitions {
+        let q = topo.queue(p);
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let n = ch
+            .queue_declare(q.as_str().into(), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count();
+        let mut consumer = ch
+            .basic_consume(
+                q.as_str().into(),
+                // One tag per queue: lapin cancels a dropped consumer in the
+                // background, so reusing a tag on this channel races it.
+                format!("drain-{p}").as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        for _ in 0..n {
+            let m = timeout(WAIT, consumer.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let key = m.routing_key.as_str().to_owned();
+            assert_eq!(m.properties.delivery_mode(), &Some(2));
+            let batch = envelope::decode(&m.data).unwrap();
+            assert_eq!(envelope::topology::partition(batch.shard_id, 4), p);
+            assert_eq!(batch.num_shards, 8);
+            if batch.events.len() == 1 {
+                assert_eq!(key, format!("{p}.{}", batch.events[0].t));
+            } else {
+                assert_eq!(key, format!("{p}.BATCH"));
+            }
+            let mut prev = 0;
+            for e in &batch.events {
+                assert!(e.seq > prev, "gateway order inside a batch");
+                prev = e.seq;
+                assert_eq!(e.epoch, 3);
+                assert_eq!(e.guild_id, Some(u64::from(batch.shard_id) << 22 | e.seq));
+                assert_eq!(e.d, format!(r#"{{"n":{}}}"#, e.seq).as_bytes());
+                got.push((batch.shard_id, e.seq, e.t.to_owned()));
+            }
+        }
+    }
+    topo.delete(&ch).await.unwrap();
+    got
+}
+
+async fn confirmations(
+    rx: &mut mpsc::UnboundedReceiver<Confirmation>,
+    n: usize,
+) -> BTreeSet<(u64, u64)> {
+    let mut seen = BTreeSet::new();
+    while seen.len() < n {
+        let c = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+        seen.insert((c.epoch, c.seq));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_with_its_envelope_and_is_confirmed() {
+    let base = unique("sink");
+    let cfg = config(&format!("amqp://guest:guest@{BROKER}/%2f"), &base);
+    let topo = cfg.topology.clone();
+    let (sink, task) = AmqpSink::start(resolver(), cfg);
+    let mut sent = BTreeSet::new();
+    let mut rxs = Vec::new();
+    for shard in 0..3u32 {
+        let (tx, rx) = mpsc::unbounded_channel();
+        rxs.push(rx);
+        for seq in 1..=100u64 {
+            let t = if seq % 10 == 0 {
+                "TYPING_START"
+            } else {
+                "MESSAGE_CREATE"
+            };
+            sink.send(event(shard, seq, t, None, &tx)).await.unwrap();
+            sent.insert((shard, seq, t.to_owned()));
+        }
+        // A GUILD_CREATE without a marker cannot travel: skipped, confirmed.
+        sink.send(event(shard, 101, "GUILD_CREATE", None, &tx))
+            .await
+            .unwrap();
+        sink.send(event(
+            shard,
+            102,
+            "GUILD_CREATE",
+            Some(GuildCreateKind::Joined),
+            &tx,
+        ))
+        .await
+        .unwrap();
+        sent.insert((shard, 102, "GUILD_CREATE".to_owned()));
+    }
+    for rx in &mut rxs {
+        let seen = confirmations(rx, 102).await;
+        assert_eq!(seen, (1..=102).map(|s| (3, s)).collect());
+    }
+    assert_eq!(sink.stats().invalid_events.load(Ordering::Relaxed), 3);
+    drop(sink);
+    timeout(WAIT, task).await.unwrap().unwrap();
+    let got: BTreeSet<_> = drain(&topo).await.into_iter().collect();
+    assert_eq!(got, sent, "every valid event once or more, nothing else");
+}
+
+/// Forwards 127.0.0.1:port to the broker while up; cutting drops every
+/// connection and refuses new ones.
+struct Proxy {
+    addr: SocketAddr,
+    up: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, up_rx) = watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*up_rx.borrow() {
+                    continue;
+                }
+                let mut down = up_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(BROKER).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down.wait_for(|up| !up) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_loses_nothing_and_the_buffer_stays_bounded() {
+    let proxy = Proxy::start().await;
+    let base = unique("outage");
+    let cfg = config(&format!("amqp://guest:guest@{}/%2f", proxy.addr), &base);
+    let topo = cfg.topology.clone();
+    let bound = (cfg.buffer + (cfg.confirm_window + 1) * cfg.batch_max_events) as u64;
+    let (sink, task) = AmqpSink::start(resolver(), cfg);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for seq in 1..=40 {
+        sink.send(event(1, seq, "MESSAGE_CREATE", None, &tx))
+            .await
+            .unwrap();
+    }
+    confirmations(&mut rx, 40).await;
+
+    proxy.up.send_replace(false);
+    let producer = {
+        let sink = sink.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for seq in 41..=600 {
+                let shard = 1 + 4 * (seq as u32 % 2);
+                sink.send(event(shard, seq, "MESSAGE_CREATE", None, &tx))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    // The buffer fills and `send` waits: the producer cannot finish.
+    let deadline = Instant::now() + WAIT;
+    while sink.buffered() < 64 {
+        assert!(Instant::now() < deadline, "buffer never filled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !producer.is_finished(),
+        "send must wait while the broker is away"
+    );
+    // Nothing published during the outage is confirmed.
+    let early = timeout(Duration::from_millis(300), rx.recv()).await;
+    assert!(early.is_err(), "confirmed without the broker: {early:?}");
+
+    proxy.up.send_replace(true);
+    timeout(WAIT, producer).await.unwrap().unwrap();
+    confirmations(&mut rx, 560).await;
+    let held = sink.stats().max_held_events.load(Ordering::Relaxed);
+    assert!(held <= bound, "held {held} events, bound {bound}");
+    assert!(sink.stats().connections.load(Ordering::Relaxed) >= 2);
+    drop(sink);
+    timeout(WAIT, task).await.unwrap().unwrap();
+    let got: BTreeSet<u64> = drain(&topo).await.into_iter().map(|(_, s, _)| s).collect();
+    assert_eq!(got, (1..=600).collect::<BTreeSet<_>>(), "nothing lost");
+}
+
+/// Throughput into RabbitMQ with confirms (run by hand:
+/// `cargo test -p sharder --lib throughput -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a check"]
+async fn throughput_with_confirms() {
+    const EVENTS: u64 = 100_000;
+    let base = unique("throughput");
+    let mut cfg = config(&format!("amqp://guest:guest@{BROKER}/%2f"), &base);
+    cfg.buffer = 8192;
+    cfg.confirm_window = 256;
+    cfg.batch_max_events = 256;
+    let topo = cfg.topology.clone();
+    let (sink, task) = AmqpSink::start(resolver(), cfg);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let producer = {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            for seq in 1..=EVENTS {
+                let shard = (seq % 8) as u32;
+                sink.send(event(shard, seq, "MESSAGE_CREATE", None, &tx))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut n = 0;
+    while n < EVENTS {
+        timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+        n += 1;
+    }
+    let elapsed = started.elapsed();
+    producer.await.unwrap();
+    println!(
+        "{EVENTS} events confirmed in {elapsed:?}: {:.0} events/s, {} messages",
+        EVENTS as f64 / elapsed.as_secs_f64(),
+        sink.stats().published.load(Ordering::Relaxed)
+    );
+    drop(sink);
+    timeout(WAIT, task).await.unwrap().unwrap();
+    drain(&topo).await;
+}

@@ -1,0 +1,379 @@
+//! Gateway frames, read in place.
+//!
+//! A sharder forwards every dispatch and needs only four facts about it: the
+//! opcode, the sequence number, the event name and the guild it belongs to.
+//! Deserialising `d` into structs (and serialising it again for the queue)
+//! would cost more than the whole rest of the pipeline for a GUILD_CREATE of
+//! a big guild, and would silently drop fields the model does not know.
+//!
+//! # Algorithm
+//! 1. [`Frame::parse`] reads the envelope `{op, d, s, t}` with serde_json,
+//!    borrowing: `t` borrows the input unless it contains escapes, and `d` is
+//!    a `&RawValue`, i.e. only validated and delimited, never built.
+//! 2. [`Frame::dispatch_keys`] reads only the top-level keys `guild_id`, `id`
+//!    and `unavailable` of `d` (every other value is skipped with
+//!    `IgnoredAny`). The guild of GUILD_CREATE / GUILD_UPDATE / GUILD_DELETE is
+//!    `d.id`; every other event's is `d.guild_id`.
+//! 3. [`Frame::d_range`] gives the byte range of `d` in the payload, so the
+//!    event can be handed on as the original bytes.
+//!
+//! Any error here (bad JSON, a dispatch without `s` or `t`) means the
+//! connection can no longer be trusted to be in step: the shard closes it and
+//! resumes, and Discord replays from the last good sequence number.
+
+use crate::inflate::InflateError;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// Gateway opcodes (PROTOCOL.md).
+pub mod op {
+    pub const DISPATCH: u8 = 0;
+    pub const HEARTBEAT: u8 = 1;
+    pub const IDENTIFY: u8 = 2;
+    pub const RESUME: u8 = 6;
+    pub const RECONNECT: u8 = 7;
+    pub const INVALID_SESSION: u8 = 9;
+    pub const HELLO: u8 = 10;
+    pub const HEARTBEAT_ACK: u8 = 11;
+}
+
+/// Why a payload could not be read. Each means "close and resume".
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// Transport decompression failed.
+    #[error("cannot decompress gateway message: {0}")]
+    Inflate(#[from] InflateError),
+    /// The payload is not a JSON gateway frame.
+    #[error("invalid gateway frame JSON at line {line} column {column}: {message}")]
+    Json {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A dispatch (op 0) lacks its sequence number or event name.
+    #[error("dispatch frame without `{0}`")]
+    MissingField(&'static str),
+    /// `d` of a dispatch is not what the event requires.
+    #[error("{event}: invalid `d`: {message}")]
+    InvalidData { event: String, message: String },
+}
+
+impl From<serde_json::Error> for FrameError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Json {
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    op: u8,
+    #[serde(borrow, default)]
+    d: Option<&'a RawValue>,
+    #[serde(default)]
+    s: Option<u64>,
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    t: Option<Cow<'a, str>>,
+}
+
+/// `Option<Cow<str>>` that borrows from the input when it can (serde only
+/// borrows a `Cow` field that is not wrapped in an `Option`).
+fn borrowed_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'de>>::deserialize(deserializer)?.map(|t| t.0))
+}
+
+/// One gateway payload, borrowed from its bytes.
+#[derive(Debug, Clone)]
+pub struct Frame<'a> {
+    /// Opcode.
+    pub op: u8,
+    /// Sequence number; always set for dispatches.
+    pub s: Option<u64>,
+    /// Event name; always set for dispatches.
+    pub t: Option<Cow<'a, str>>,
+    /// The data, unparsed.
+    pub d: Option<&'a RawValue>,
+}
+
+/// The routing facts of a dispatch's `d`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DispatchKeys {
+    /// `d.id` for GUILD_CREATE/UPDATE/DELETE, else `d.guild_id`.
+    pub guild_id: Option<u64>,
+    /// `d.unavailable`, which tells an outage (GUILD_DELETE) or a guild still
+    /// unavailable (GUILD_CREATE) from the real thing.
+    pub unavailable: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawKeys<'a> {
+    #[serde(borrow, default, deserialize_with = "borrowed_text")]
+    guild_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<Snowflakeish<'a>>,
+    #[serde(default)]
+    unavailable: Option<bool>,
+}
+
+/// `d.id` is a snowflake string for guild events but may be anything in
+/// other events (e.g. a number); only guild events look at it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Snowflakeish<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    #[allow(dead_code)]
+    Other(IgnoredAny),
+}
+
+/// Parses a snowflake string.
+pub fn parse_snowflake(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+impl<'a> Frame<'a> {
+    /// Reads the envelope of `payload`.
+    pub fn parse(payload: &'a [u8]) -> Result<Self, FrameError> {
+        let raw: RawFrame<'a> = serde_json::from_slice(payload)?;
+        if raw.op == op::DISPATCH {
+            if raw.s.is_none() {
+                return Err(FrameError::MissingField("s"));
+            }
+            if raw.t.as_deref().is_none_or(str::is_empty) {
+                return Err(FrameError::MissingField("t"));
+            }
+        }
+        Ok(Self {
+            op: raw.op,
+            s: raw.s,
+            t: raw.t,
+            d: raw.d,
+        })
+    }
+
+    /// The event name, or "" for non-dispatches.
+    pub fn event(&self) -> &str {
+        self.t.as_deref().unwrap_or("")
+    }
+
+    /// The guild id and `unavailable` flag of a dispatch, reading only those
+    /// keys. `d` that is not an object has neither.
+    pub fn dispatch_keys(&self) -> Result<DispatchKeys, FrameError> {
+        let Some(d) = self.d else {
+            return Ok(DispatchKeys::default());
+        };
+        if !d.get().starts_with('{') {
+            return Ok(DispatchKeys::default());
+        }
+        let invalid = |message: String| FrameError::InvalidData {
+            event: self.event().to_owned(),
+            message,
+        };
+        let keys: RawKeys<'_> =
+            serde_json::from_str(d.get()).map_err(|e| invalid(e.to_string()))?;
+        let is_guild_event = matches!(
+            self.event(),
+            "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE"
+        );
+        let text = if is_guild_event {
+            match keys.id {
+                Some(Snowflakeish::Text(t)) => Some(t),
+                Some(Snowflakeish::Other(_)) => {
+                    return Err(invalid("`id` is not a snowflake string".into()));
+                }
+                None => return Err(invalid("guild event without `id`".into())),
+            }
+        } else {
+            keys.guild_id
+        };
+        let guild_id = match text {
+            None => None,
+            Some(t) => Some(
+                parse_snowflake(&t).ok_or_else(|| invalid(format!("`{t}` is not a snowflake")))?,
+            ),
+        };
+        Ok(DispatchKeys {
+            guild_id,
+            unavailable: keys.unavailable,
+        })
+    }
+
+    /// The byte range of `d` inside `payload` (the slice this frame was
+    /// parsed from), so `d` can travel on as its original bytes.
+    pub fn d_range(&self, payload: &[u8]) -> Option<Range<usize>> {
+        let d = self.d?.get().as_bytes();
+        let start = (d.as_ptr() as usize).checked_sub(payload.as_ptr() as usize)?;
+        let end = start.checked_add(d.len())?;
+        (end <= payload.len()).then_some(start..end)
+    }
+
+    /// Parses `d` as `T` (for the few payloads the shard itself reads:
+    /// HELLO, READY, op 9).
+    pub fn data<T: Deserialize<'a>>(&self) -> Result<T, FrameError> {
+        let d = self.d.map_or("null", RawValue::get);
+        serde_json::from_str(d).map_err(|e| FrameError::InvalidData {
+            event: match &self.t {
+                Some(t) => t.to_string(),
+                None => format!("op {}", self.op),
+            },
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn dispatch_envelope_and_guild_id() {
+        let p = br#"{"t":"MESSAGE_CREATE","s":42,"op":0,"d":{"id":"9","guild_id":"81384788765712384","member":{"guild_id":"1"}}}"#;
+        let f = Frame::parse(p).unwrap();
+        assert_eq!((f.op, f.s, f.event()), (0, Some(42), "MESSAGE_CREATE"));
+        assert!(matches!(f.t, Some(Cow::Borrowed(_))), "t must borrow");
+        let k = f.dispatch_keys().unwrap();
+        assert_eq!(k.guild_id, Some(81384788765712384));
+        let r = f.d_range(p).unwrap();
+        assert!(p[r.clone()].starts_with(br#"{"id":"9""#));
+        assert!(p[r].ends_with(br#""1"}}"#));
+    }
+
+    #[test]
+    fn guild_events_use_id() {
+        for t in ["GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE"] {
+            let p = format!(r#"{{"op":0,"s":1,"t":"{t}","d":{{"id":"7","unavailable":true}}}}"#);
+            let f = Frame::parse(p.as_bytes()).unwrap();
+            let k = f.dispatch_keys().unwrap();
+            assert_eq!(k.guild_id, Some(7), "{t}");
+            assert_eq!(k.unavailable, Some(true));
+        }
+        let f = Frame::parse(br#"{"op":0,"s":1,"t":"GUILD_CREATE","d":{"id":5}}"#).unwrap();
+        assert!(f.dispatch_keys().is_err());
+        let f = Frame::parse(br#"{"op":0,"s":1,"t":"GUILD_DELETE","d":{}}"#).unwrap();
+        assert!(f.dispatch_keys().is_err());
+    }
+
+    #[test]
+    fn non_guild_dispatches_and_ops() {
+        let f = Frame::parse(br#"{"op":0,"s":3,"t":"TYPING_START","d":{"id":12}}"#).unwrap();
+        assert_eq!(f.dispatch_keys().unwrap().guild_id, None);
+        let f = Frame::parse(br#"{"op":11,"d":null,"s":null,"t":null}"#).unwrap();
+        assert_eq!((f.op, f.s, f.d.is_none()), (11, None, true));
+        let f = Frame::parse(br#"{"op":9,"d":false}"#).unwrap();
+        assert!(!f.data::<bool>().unwrap());
+        assert_eq!(f.dispatch_keys().unwrap(), DispatchKeys::default());
+    }
+
+    #[test]
+    fn bad_frames_are_typed_errors() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"{",
+            b"null",
+            b"[]",
+            br#"{"d":{}}"#,
+            br#"{"op":"0"}"#,
+            br#"{"op":300}"#,
+            br#"{"op":0,"t":"READY","d":{}}"#,
+            br#"{"op":0,"s":1,"d":{}}"#,
+            br#"{"op":0,"s":1,"t":"","d":{}}"#,
+            br#"{"op":0,"s":-1,"t":"X"}"#,
+            b"{\"op\":0,\"s\":1,\"t\":\"X\",\"d\":\"\xff\"}",
+        ];
+        for c in cases {
+            assert!(Frame::parse(c).is_err(), "{:?}", String::from_utf8_lossy(c));
+        }
+        let f = Frame::parse(br#"{"op":0,"s":1,"t":"X","d":{"guild_id":"12a"}}"#).unwrap();
+        let e = f.dispatch_keys().unwrap_err().to_string();
+        assert!(e.contains("12a") && e.contains('X'), "{e}");
+    }
+
+    #[test]
+    fn snowflakes() {
+        assert_eq!(parse_snowflake("0"), Some(0));
+        assert_eq!(parse_snowflake("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "-1",
+            "1.0",
+            " 1",
+            "18446744073709551616",
+            "123456789012345678901",
+        ] {
+            assert_eq!(parse_snowflake(bad), None, "{bad}");
+        }
+    }
+
+    fn check(bytes: &[u8]) {
+        if let Ok(f) = Frame::parse(bytes) {
+            let _ = f.dispatch_keys();
+            if let Some(r) = f.d_range(bytes) {
+                assert!(r.end <= bytes.len());
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            check(&bytes);
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(
+            pos in 0usize..200,
+            byte in any::<u8>(),
+            cut in 0usize..200,
+        ) {
+            let base = br#"{"op":0,"s":17,"t":"GUILD_CREATE","d":{"id":"81384788765712384","unavailable":false,"channels":[{"id":"1","name":"a\"b"}]}}"#;
+            let mut v = base.to_vec();
+            let i = pos % v.len();
+            v[i] = byte;
+            check(&v);
+            v.truncate(cut % (v.len() + 1));
+            check(&v);
+        }
+
+        #[test]
+        fn mutated_compressed_streams_never_panic(
+            pos in 0usize..400,
+            byte in any::<u8>(),
+            zstd in any::<bool>(),
+        ) {
+            use crate::inflate::{Compression, Decompressor};
+            use std::io::Write;
+            let payload = br#"{"op":0,"s":1,"t":"GUILD_CREATE","d":{"id":"1","name":"guild"}}"#;
+            let (kind, mut msg) = if zstd {
+                let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+                enc.write_all(payload).unwrap();
+                enc.flush().unwrap();
+                (Compression::ZstdStream, std::mem::take(enc.get_mut()))
+            } else {
+                let mut c = flate2::Compress::new(flate2::Compression::default(), true);
+                let mut out = Vec::with_capacity(4096);
+                c.compress_vec(payload, &mut out, flate2::FlushCompress::Sync).unwrap();
+                (Compression::ZlibStream, out)
+            };
+            let i = pos % msg.len();
+            msg[i] = byte;
+            let mut d = Decompressor::new(kind, 1 << 16).unwrap();
+            if let Ok(Some(p)) = d.push(&msg) {
+                check(&p);
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The sharder's HTTP endpoints: metrics, probes and runtime controls.
+//!
+//! - `GET /metrics`: Prometheus text of the process's `metrics` series.
+//! - `GET /healthz`: the process answers.
+//! - `GET /readyz`: 200 once every shard of this process is READY or
+//!   RESUMED (state `Active`), else 503 with the count; a rolling update
+//!   therefore waits for this pod's shards before stopping the next pod.
+//! - `GET /admin/shards`: each shard's state.
+//! - `POST /admin/identify-throttle` `{"min_interval_ms": n}`: minimum time
+//!   between two identifies of this process, at runtime (0: off).
+//! - `GET`/`POST /admin/shed` `{"events": [...]}`: the event names dropped
+//!   at the sharder (see [`crate::ShedList`]).
+//!
+//! Admin endpoints need `Authorization: Bearer <sharder.admin_token>` when
+//! a token is configured; without one they answer only on a loopback
+//! listener (403 otherwise), so an exposed port never means an open admin.
+
+use crate::identify::IdentifyScheduler;
+use crate::shard::{ShardHandle, ShardState};
+use crate::shed::ShedList;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Longest identify throttle accepted at runtime.
+pub const MAX_IDENTIFY_THROTTLE: Duration = Duration::from_secs(600);
+
+/// The process's Prometheus recorder, installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only ours");
+        }
+        handle
+    })
+}
+
+/// What the endpoints look at and change.
+#[derive(Clone)]
+pub struct AdminState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Vec<(u32, ShardHandle)>,
+    scheduler: IdentifyScheduler,
+    shed: ShedList,
+    token: config::Secret,
+    loopback: bool,
+}
+
+impl AdminState {
+    pub fn new(
+        cfg: &config::SharderConfig,
+        shards: Vec<(u32, ShardHandle)>,
+        scheduler: IdentifyScheduler,
+        shed: ShedList,
+    ) -> Self {
+        prometheus();
+        Self {
+            inner: Arc::new(Inner {
+                shards,
+                scheduler,
+                shed,
+                token: cfg.admin_token.clone(),
+                loopback: cfg.http_listen.ip().is_loopback(),
+            }),
+        }
+    }
+
+    fn active(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .filter(|(_, h)| h.state() == ShardState::Active)
+            .count()
+    }
+
+    /// Every shard of the process is READY/RESUMED (and there is one).
+    fn ready(&self) -> bool {
+        let total = self.inner.shards.len();
+        total > 0 && self.active() == total
+    }
+
+    /// Refuses an admin request that lacks the token (or any admin request
+    /// on a non-loopback listener without a token).
+    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        let token = self.inner.token.expose();
+        if token.is_empty() {
+            if self.inner.loopback {
+                return None;
+            }
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "admin endpoints need sharder.admin_token on a non-loopback listener",
+            ));
+        }
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            None
+        } else {
+            Some(error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token",
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, msg: &str) -> Response {
+    (status, axum::Json(json!({ "error": msg }))).into_response()
+}
+
+/// The router over `state`.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/admin/shards", get(shards))
+        .route("/admin/identify-throttle", post(identify_throttle))
+        .route("/admin/shed", get(get_shed).post(set_shed))
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
+    let app = router(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> Response {
+    metrics::gauge!("sharder_shards").set(s.inner.shards.len() as f64);
+    metrics::gauge!("sharder_shards_active").set(s.active() as f64);
+    metrics::gauge!("sharder_ready").set(f64::from(u8::from(s.ready())));
+    for (id, h) in &s.inner.shards {
+        let active = h.state() == ShardState::Active;
+        metrics::gauge!("sharder_shard_active", "shard" => id.to_string())
+            .set(f64::from(u8::from(active)));
+    }
+    metrics::gauge!("sharder_identify_min_interval_seconds")
+        .set(s.inner.scheduler.min_interval().as_secs_f64());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let (active, total) = (s.active(), s.inner.shards.len());
+    let body = json!({ "active": active, "shards": total });
+    if s.ready() {
+        (StatusCode::OK, axum::Json(body)).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
+}
+
+fn state_name(s: &ShardState) -> String {
+    match s {
+        ShardState::Stopped(exit) => format!("Stopped({exit:?})"),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn shards(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(r) = s.refuse(&headers) {
+        return r;
+    }
+    let list: Vec<_> = s
+        .inner
+        .shards
+        .iter()
+        .map(|(id, h)| json!({ "shard_id": id, "state": state_name(&h.state()) }))
+        .collect();
+    axum::Json(json!({ "shards": list })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Throttle {
+    min_interval_ms: u64,
+}
+
+async fn identify_throttle(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = s.refuse(&headers) {
+        return r;
+    }
+    let t: Throttle = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"min_interval_ms\": n}}: {e}"),
+            );
+        }
+    };
+    let interval = Duration::from_millis(t.min_interval_ms);
+    if interval > MAX_IDENTIFY_THROTTLE {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "min_interval_ms is above 600000 (10 minutes)",
+        );
+    }
+    s.inner.scheduler.set_min_interval(interval);
+    tracing::info!(?interval, "identify throttle changed");
+    axum::Json(json!({ "min_interval_ms": t.min_interval_ms })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Shed {
+    events: Vec<String>,
+}
+
+async fn get_shed(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(r) = s.refuse(&headers) {
+        return r;
+    }
+    axum::Json(json!({ "events": s.inner.shed.get() })).into_response()
+}
+
+async fn set_shed(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = s.refuse(&headers) {
+        return r;
+    }
+    let req: Shed = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"events\": [...]}}: {e}"),
+            );
+        }
+    };
+    if let Err(e) = s.inner.shed.set(&req.events) {
+        return error(StatusCode::BAD_REQUEST, &e.to_string());
+    }
+    tracing::info!(events = ?req.events, "shed list changed");
+    axum::Json(json!({ "events": s.inner.shed.get() })).into_response()
+}

@@ -1,0 +1,373 @@
+//! A sharder process: configuration in, running shards out, until shutdown.
+//!
+//! # Algorithm
+//! [`run`] (or [`run_with`] for tests and demos):
+//! 1. Build the process's caching resolver; every outbound name (Discord's
+//!    API and gateway, RabbitMQ, Redis) goes through it.
+//! 2. `GET /gateway/bot` (retried with capped backoff on 429 and transport
+//!    errors; a 401 is fatal) for the gateway URL, the session start budget
+//!    and `max_concurrency` (`sharder.max_concurrency` overrides it).
+//! 3. Check the whole cluster's layout and take this process's shards
+//!    ([`crate::plan_shards`]); one [`IdentifyScheduler`] per process, with
+//!    the Redis key lock when several processes share keys.
+//! 4. Session store (file or Redis), sink (AMQP or an in-process channel)
+//!    wrapped in the runtime shed list, the HTTP server, then every shard on
+//!    its own task at once: a shard with a stored session resumes at once
+//!    (resumes need no identify permit), the others queue in the scheduler.
+//! 5. Wait for the shutdown token or a shard's end. A 4004 (authentication
+//!    failed) ends the process with [`RunError::AuthenticationFailed`]: every
+//!    other shard would fail the same way and burn the identify budget.
+//! 6. Shutdown: every shard closes with 4000 and saves its session (its seq
+//!    is the confirmed one, so nothing unconfirmed is skipped on resume);
+//!    then the sink drains (publishes what it holds and waits for the
+//!    confirms); all within `sharder.shutdown_grace`, after which what is
+//!    left is abandoned (it is replayed on resume, never lost).
+
+use crate::ShedSink;
+use crate::amqp_sink::{AmqpSink, AmqpSinkConfig};
+use crate::assignment::{ClusterLayout, PlanError, plan_shards};
+use crate::backoff::Backoff;
+use crate::connect::ResolverConnector;
+use crate::gateway_bot::{GatewayBotError, fetch_gateway_bot};
+use crate::http::{AdminState, serve};
+use crate::identify::{IdentifyScheduler, IdentifySettings};
+use crate::identify_lock::RedisIdentifyLock;
+use crate::session_redis::RedisSessionStore;
+use crate::session_store::{FileSessionStore, SessionStore, StoreError};
+use crate::shard::{Shard, ShardConfig, ShardExit, ShardHandle};
+use crate::shed::ShedList;
+use crate::sink::{ChannelSink, EventSink, ShardEvent, SinkClosed};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Why the process stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    GatewayBot(#[from] GatewayBotError),
+    #[error("shard layout: {0}")]
+    Layout(#[from] PlanError),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("HTTP listener on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "shard {shard_id}: Discord refused the bot token (close 4004, authentication failed); \
+         every shard stopped; replace the token"
+    )]
+    AuthenticationFailed { shard_id: u32 },
+    #[error("DNS resolver: {0}")]
+    Dns(String),
+    #[error("every shard stopped (last: shard {shard_id}, {exit}); see the log for each reason")]
+    AllShardsStopped { shard_id: u32, exit: String },
+}
+
+/// Where events go.
+#[derive(Debug, Default)]
+pub enum SinkChoice {
+    /// RabbitMQ (`[amqp]`), the production sink.
+    #[default]
+    Amqp,
+    /// An in-process channel (tests, demos).
+    Channel(ChannelSink),
+}
+
+/// Options of [`run_with`] besides the configuration.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    pub sink: SinkChoice,
+    /// Receives the HTTP listener's address once bound.
+    pub on_listening: Option<oneshot::Sender<SocketAddr>>,
+}
+
+/// How a run ended without error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// Shards run by this process.
+    pub shards: Vec<u32>,
+    /// The shutdown finished within `shutdown_grace`.
+    pub drained: bool,
+}
+
+/// Runs the process's shards until `shutdown` is cancelled, with the AMQP sink.
+pub async fn run(cfg: config::Config, shutdown: CancellationToken) -> Result<RunReport, RunError> {
+    run_with(cfg, shutdown, RunOptions::default()).await
+}
+
+/// The sink of a run.
+enum AnySink {
+    Amqp(AmqpSink),
+    Channel(ChannelSink),
+}
+
+impl EventSink for AnySink {
+    async fn send(&self, event: ShardEvent) -> Result<(), SinkClosed> {
+        match self {
+            Self::Amqp(s) => s.send(event).await,
+            Self::Channel(s) => s.send(event).await,
+        }
+    }
+}
+
+/// The session store of a run.
+enum AnyStore {
+    File(FileSessionStore),
+    Redis(RedisSessionStore),
+}
+
+impl SessionStore for AnyStore {
+    async fn load(&self, shard_id: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Self::File(s) => s.load(shard_id).await,
+            Self::Redis(s) => s.load(shard_id).await,
+        }
+    }
+    async fn save(&self, shard_id: u32, bytes: Vec<u8>) -> Result<(), StoreError> {
+        match self {
+            Self::File(s) => s.save(shard_id, bytes).await,
+            Self::Redis(s) => s.save(shard_id, bytes).await,
+        }
+    }
+    async fn remove(&self, shard_id: u32) -> Result<(), StoreError> {
+        match self {
+            Self::File(s) => s.remove(shard_id).await,
+            Self::Redis(s) => s.remove(shard_id).await,
+        }
+    }
+}
+
+/// `GET /gateway/bot`, retried on 429 and transport errors (not on 401 or
+/// a bad body) until `shutdown`.
+async fn gateway_bot(
+    resolver: &dnscache::Resolver,
+    cfg: &config::Config,
+    token: &config::Secret,
+    shutdown: &CancellationToken,
+) -> Result<Option<crate::GatewayBot>, RunError> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let r = fetch_gateway_bot(
+            resolver,
+            &cfg.discord.api_base,
+            token,
+            Duration::from_secs(10),
+        )
+        .await;
+        let delay = match r {
+            Ok(g) => return Ok(Some(g)),
+            Err(GatewayBotError::RateLimited { retry_after }) => retry_after,
+            Err(GatewayBotError::Connect(e)) => {
+                tracing::warn!(error = %e, "GET /gateway/bot failed; retrying");
+                backoff.next_delay()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(None),
+        }
+    }
+}
+
+async fn redis_connection(
+    resolver: &dnscache::Resolver,
+    cfg: &config::Config,
+) -> Result<redis::aio::MultiplexedConnection, RunError> {
+    let client = redis::Client::open(cfg.redis.url.expose())
+        .map_err(|e| RunError::Redis(format!("invalid redis.url ({:?})", e.kind())))?;
+    client
+        .get_multiplexed_async_connection_with_config(&resolver.redis_config())
+        .await
+        .map_err(|e| RunError::Redis(format!("connecting ({:?})", e.kind())))
+}
+
+/// Runs the process's shards until `shutdown` is cancelled.
+pub async fn run_with(
+    cfg: config::Config,
+    shutdown: CancellationToken,
+    opts: RunOptions,
+) -> Result<RunReport, RunError> {
+    // The recorder first: the resolver (and anything else) binds its metric
+    // handles at construction, and handles taken before the recorder exists
+    // go nowhere.
+    crate::http::prometheus();
+    let resolver =
+        dnscache::Resolver::shared(&cfg.dns).map_err(|e| RunError::Dns(e.to_string()))?;
+    let token = cfg
+        .discord
+        .require_token()
+        .map_err(|e| RunError::Config(e.to_string()))?
+        .clone();
+    let shed = ShedList::new(&cfg.sharder.shed_events)
+        .map_err(|e| RunError::Config(format!("sharder.shed_events: {e}")))?;
+    let Some(bot) = gateway_bot(&resolver, &cfg, &token, &shutdown).await? else {
+        return Ok(RunReport {
+            shards: Vec::new(),
+            drained: true,
+        });
+    };
+    let mut limit = bot.session_start_limit;
+    if let Some(mc) = cfg.sharder.max_concurrency {
+        limit.max_concurrency = mc;
+    }
+    if bot.shards > cfg.sharder.total_shards {
+        tracing::warn!(
+            recommended = bot.shards,
+            configured = cfg.sharder.total_shards,
+            "Discord recommends more shards than configured"
+        );
+    }
+    let layout =
+        ClusterLayout::from_config(&cfg.sharder, limit.max_concurrency, cfg.redis.enabled());
+    let shards = match &cfg.sharder.process_shards {
+        Some(range) => crate::cli::check_shard_range(
+            range,
+            cfg.sharder.total_shards,
+            Some(limit.max_concurrency),
+            cfg.redis.enabled(),
+        )
+        .map_err(RunError::Config)?,
+        None => plan_shards(&layout, cfg.sharder.process_index)?,
+    };
+    let partial = cfg
+        .sharder
+        .process_shards
+        .as_ref()
+        .is_some_and(|r| *r != (0..cfg.sharder.total_shards));
+    let lock = if cfg.redis.enabled() && (cfg.sharder.process_count > 1 || partial) {
+        let owner = match &cfg.sharder.process_shards {
+            Some(r) if partial => format!("sharder-shards-{}-{}", r.start, r.end),
+            _ => format!("sharder-{}", cfg.sharder.process_index),
+        };
+        Some(RedisIdentifyLock::new(
+            redis_connection(&resolver, &cfg).await?,
+            cfg.redis.key_prefix.clone(),
+            owner,
+        ))
+    } else {
+        None
+    };
+    let scheduler = IdentifyScheduler::new(limit, IdentifySettings::from(&cfg.sharder), lock);
+    let store = Arc::new(match cfg.sharder.session_store {
+        config::SessionStoreKind::File => {
+            AnyStore::File(FileSessionStore::new(&cfg.sharder.session_dir))
+        }
+        config::SessionStoreKind::Redis => AnyStore::Redis(RedisSessionStore::new(
+            redis_connection(&resolver, &cfg).await?,
+            cfg.redis.key_prefix.clone(),
+            cfg.redis.session_ttl,
+        )),
+    });
+    let (sink, sink_task) = match opts.sink {
+        SinkChoice::Amqp => {
+            let (s, task) = AmqpSink::start(resolver.clone(), AmqpSinkConfig::from_config(&cfg));
+            (AnySink::Amqp(s), Some(task))
+        }
+        SinkChoice::Channel(c) => (AnySink::Channel(c), None),
+    };
+    let sink = Arc::new(ShedSink::new(sink, shed.clone()));
+    let gateway = cfg.sharder.gateway_url.clone().unwrap_or(bot.url);
+    let connector = Arc::new(ResolverConnector::new(resolver.clone()));
+
+    let mut handles: Vec<(u32, ShardHandle)> = Vec::with_capacity(shards.len());
+    let mut tasks = JoinSet::new();
+    for &id in &shards {
+        let config = ShardConfig::from_config(&cfg, id, gateway.clone());
+        let (shard, handle) = Shard::new(
+            config,
+            scheduler.clone(),
+            store.clone(),
+            sink.clone(),
+            connector.clone(),
+        );
+        handles.push((id, handle));
+        tasks.spawn(async move { (id, shard.run().await) });
+    }
+    drop(sink);
+    tracing::info!(shards = shards.len(), "shards started");
+
+    let admin = AdminState::new(&cfg.sharder, handles.clone(), scheduler.clone(), shed);
+    let listener = tokio::net::TcpListener::bind(cfg.sharder.http_listen)
+        .await
+        .map_err(|source| RunError::Http {
+            addr: cfg.sharder.http_listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| RunError::Http {
+        addr: cfg.sharder.http_listen,
+        source,
+    })?;
+    if let Some(tx) = opts.on_listening {
+        let _ = tx.send(addr);
+    }
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(serve(listener, admin, http_stop.clone()));
+
+    let mut failure = None;
+    let mut last_exit = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            joined = tasks.join_next() => match joined {
+                None => {
+                    if let Some((shard_id, exit)) = last_exit.take() {
+                        failure = Some(RunError::AllShardsStopped { shard_id, exit });
+                    }
+                    break;
+                }
+                Some(Ok((id, ShardExit::Fatal { authentication_failed: true, .. }))) => {
+                    tracing::error!(shard_id = id, "authentication failed (4004): stopping every shard");
+                    failure = Some(RunError::AuthenticationFailed { shard_id: id });
+                    break;
+                }
+                Some(Ok((id, exit))) => {
+                    tracing::error!(shard_id = id, ?exit, "shard ended");
+                    last_exit = Some((id, format!("{exit:?}")));
+                }
+                Some(Err(e)) => tracing::error!(error = %e, "shard task failed"),
+            },
+        }
+    }
+
+    let deadline = Instant::now() + cfg.sharder.shutdown_grace;
+    for (_, h) in &handles {
+        h.shutdown();
+    }
+    let mut drained = tokio::time::timeout_at(deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    tasks.abort_all();
+    if let Some(task) = sink_task {
+        let abort = task.abort_handle();
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(_) => {}
+            Err(_) => {
+                abort.abort();
+                drained = false;
+                tracing::warn!(
+                    "the sink did not drain within shutdown_grace; the rest replays on resume"
+                );
+            }
+        }
+    }
+    http_stop.cancel();
+    let _ = http.await;
+    tracing::info!(drained, "sharder stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(RunReport { shards, drained }),
+    }
+}

@@ -1,0 +1,340 @@
+//! Where a shard's events go, and how their acceptance comes back.
+//!
+//! An event is only safe once the next hop has it (RabbitMQ's publisher
+//! confirm, or a test's receiver). The persisted session's `seq` must never
+//! pass an event that was not accepted, or a restart would resume after it
+//! and lose it. So delivery has two halves: [`EventSink::send`] returns when
+//! the sink has taken the event (backpressure: the shard stops reading from
+//! the gateway while the sink is full), and the sink later calls
+//! [`Ack::confirm`] when the event is durable.
+//!
+//! # Algorithm
+//! Each event carries an [`Ack`] for `(epoch, seq)` that sends a confirmation
+//! to its shard. The shard's [`ConfirmedSeq`] records every forwarded `seq`
+//! as outstanding until confirmed; the confirmed sequence number is
+//! everything below the smallest outstanding one (or the highest forwarded
+//! when none is), so confirmations may arrive in any order. Confirmations
+//! of an older epoch (a previous session) are ignored.
+
+use crate::guilds::GuildCreateKind;
+use bytes::Bytes;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// One dispatch with its provenance.
+#[derive(Debug)]
+pub struct ShardEvent {
+    pub shard_id: u32,
+    pub num_shards: u32,
+    /// The session's epoch; `(epoch, seq)` is the event's version.
+    pub epoch: u64,
+    /// The gateway's `s`.
+    pub seq: u64,
+    /// The gateway's `t`.
+    pub event: String,
+    /// `d.guild_id`, or `d.id` for guild events.
+    pub guild_id: Option<u64>,
+    /// The classification of a GUILD_CREATE.
+    pub guild_create: Option<GuildCreateKind>,
+    pub received_at: SystemTime,
+    /// The raw bytes of `d`, as received.
+    pub data: Bytes,
+    ack: Ack,
+}
+
+impl ShardEvent {
+    pub(crate) fn new(
+        header: EventHeader,
+        event: String,
+        data: Bytes,
+        ack: mpsc::UnboundedSender<Confirmation>,
+    ) -> Self {
+        Self {
+            shard_id: header.shard_id,
+            num_shards: header.num_shards,
+            epoch: header.epoch,
+            seq: header.seq,
+            event,
+            guild_id: header.guild_id,
+            guild_create: header.guild_create,
+            received_at: SystemTime::now(),
+            data,
+            ack: Ack {
+                tx: ack,
+                epoch: header.epoch,
+                seq: header.seq,
+            },
+        }
+    }
+
+    /// The handle that confirms this event to its shard.
+    pub fn ack(&self) -> Ack {
+        self.ack.clone()
+    }
+
+    /// The event in the queue's envelope format (borrowing `t` and `d`).
+    /// A GUILD_CREATE still marked unavailable has no data and is not a
+    /// join, so it travels as `available`.
+    pub fn envelope(&self) -> envelope::Event<'_> {
+        let received_at = self
+            .received_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        envelope::Event {
+            epoch: self.epoch,
+            seq: self.seq,
+            received_at,
+            t: &self.event,
+            guild_id: self.guild_id,
+            guild_create: self.guild_create.map(|k| match k {
+                GuildCreateKind::Initial => envelope::GuildCreateKind::Initial,
+                GuildCreateKind::Available | GuildCreateKind::Unavailable => {
+                    envelope::GuildCreateKind::Available
+                }
+                GuildCreateKind::Joined => envelope::GuildCreateKind::Joined,
+            }),
+            d: &self.data,
+        }
+    }
+}
+
+/// The fields of a [`ShardEvent`] besides its name and data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventHeader {
+    pub shard_id: u32,
+    pub num_shards: u32,
+    pub epoch: u64,
+    pub seq: u64,
+    pub guild_id: Option<u64>,
+    pub guild_create: Option<GuildCreateKind>,
+}
+
+/// A sink's promise that an event is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmation {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// Confirms one event to its shard.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    tx: mpsc::UnboundedSender<Confirmation>,
+    epoch: u64,
+    seq: u64,
+}
+
+impl Ack {
+    /// The event is durable downstream. A shard that has gone away simply
+    /// ignores it.
+    pub fn confirm(self) {
+        let _ = self.tx.send(Confirmation {
+            epoch: self.epoch,
+            seq: self.seq,
+        });
+    }
+}
+
+/// The sink has shut down; the shard stops.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("event sink closed: {0}")]
+pub struct SinkClosed(pub String);
+
+/// The next hop of events.
+pub trait EventSink: Send + Sync + 'static {
+    /// Returns once the sink has taken `event` (not necessarily durably).
+    fn send(&self, event: ShardEvent) -> impl Future<Output = Result<(), SinkClosed>> + Send;
+}
+
+/// An in-process sink over a bounded channel, for tests and demos. The
+/// receiver confirms events (via [`ShardEvent::ack`]) when it has handled
+/// them, or the sink confirms on acceptance when built with `auto_confirm`.
+#[derive(Debug, Clone)]
+pub struct ChannelSink {
+    tx: mpsc::Sender<ShardEvent>,
+    auto_confirm: bool,
+}
+
+impl ChannelSink {
+    /// A sink holding at most `capacity` unread events.
+    pub fn new(capacity: usize, auto_confirm: bool) -> (Self, mpsc::Receiver<ShardEvent>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self { tx, auto_confirm }, rx)
+    }
+}
+
+impl EventSink for ChannelSink {
+    async fn send(&self, event: ShardEvent) -> Result<(), SinkClosed> {
+        let ack = self.auto_confirm.then(|| event.ack());
+        self.tx
+            .send(event)
+            .await
+            .map_err(|_| SinkClosed("channel receiver dropped".into()))?;
+        if let Some(ack) = ack {
+            ack.confirm();
+        }
+        Ok(())
+    }
+}
+
+/// The highest sequence number confirmed contiguously, for one session.
+#[derive(Debug, Clone, Default)]
+pub struct ConfirmedSeq {
+    epoch: u64,
+    base: u64,
+    highest: u64,
+    outstanding: BTreeSet<u64>,
+}
+
+impl ConfirmedSeq {
+    /// Starts tracking `epoch`, everything up to `base` already confirmed.
+    pub fn new(epoch: u64, base: u64) -> Self {
+        Self {
+            epoch,
+            base,
+            highest: base,
+            outstanding: BTreeSet::new(),
+        }
+    }
+
+    /// `seq` was handed to the sink.
+    pub fn forwarded(&mut self, seq: u64) {
+        if seq > self.base {
+            self.outstanding.insert(seq);
+            self.highest = self.highest.max(seq);
+        }
+    }
+
+    /// `seq` was handled without the sink (e.g. dropped by load shedding):
+    /// nothing downstream needs it.
+    pub fn skipped(&mut self, seq: u64) {
+        self.highest = self.highest.max(seq);
+    }
+
+    /// Applies a confirmation; false when it belongs to another session.
+    pub fn confirm(&mut self, c: Confirmation) -> bool {
+        if c.epoch != self.epoch {
+            return false;
+        }
+        self.outstanding.remove(&c.seq);
+        true
+    }
+
+    /// Everything up to this seq is confirmed.
+    pub fn confirmed(&self) -> u64 {
+        match self.outstanding.first() {
+            Some(&first) => first.saturating_sub(1).max(self.base),
+            None => self.highest,
+        }
+    }
+
+    /// Events forwarded and not confirmed yet.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// The epoch tracked.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(epoch: u64, seq: u64) -> Confirmation {
+        Confirmation { epoch, seq }
+    }
+
+    #[test]
+    fn confirmed_seq_is_contiguous() {
+        let mut t = ConfirmedSeq::new(5, 10);
+        assert_eq!(t.confirmed(), 10);
+        for s in 11..=15 {
+            t.forwarded(s);
+        }
+        assert_eq!(t.confirmed(), 10);
+        t.confirm(c(5, 12));
+        t.confirm(c(5, 13));
+        assert_eq!(t.confirmed(), 10, "11 still outstanding");
+        assert_eq!(t.outstanding(), 3);
+        assert!(!t.confirm(c(4, 11)), "old epoch");
+        assert_eq!(t.confirmed(), 10);
+        t.confirm(c(5, 11));
+        assert_eq!(t.confirmed(), 13);
+        t.skipped(16);
+        t.confirm(c(5, 14));
+        t.confirm(c(5, 15));
+        assert_eq!(t.confirmed(), 16);
+        // Replays at or below the base are not outstanding.
+        t.forwarded(3);
+        assert_eq!(t.confirmed(), 16);
+    }
+
+    #[tokio::test]
+    async fn channel_sink_confirms_when_told() {
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let header = EventHeader {
+            shard_id: 1,
+            num_shards: 2,
+            epoch: 9,
+            seq: 3,
+            guild_id: Some(4),
+            guild_create: None,
+        };
+        let (sink, mut rx) = ChannelSink::new(1, false);
+        sink.send(ShardEvent::new(
+            header,
+            "X".into(),
+            Bytes::from_static(b"{}"),
+            ack_tx.clone(),
+        ))
+        .await
+        .unwrap();
+        let ev = rx.recv().await.unwrap();
+        assert_eq!((ev.seq, ev.epoch, &ev.data[..]), (3, 9, &b"{}"[..]));
+        assert!(ack_rx.try_recv().is_err());
+        ev.ack().confirm();
+        assert_eq!(ack_rx.recv().await.unwrap(), c(9, 3));
+
+        // The envelope keeps the provenance and the exact bytes of d.
+        let mut joined = header;
+        joined.guild_create = Some(GuildCreateKind::Joined);
+        let ev = ShardEvent::new(
+            joined,
+            "GUILD_CREATE".into(),
+            Bytes::from_static(br#"{"id":"4"}"#),
+            ack_tx.clone(),
+        );
+        let mut enc = envelope::BatchEncoder::new(ev.shard_id, ev.num_shards).unwrap();
+        enc.push(&ev.envelope()).unwrap();
+        let bytes = enc.finish();
+        let batch = envelope::decode(&bytes).unwrap();
+        assert_eq!((batch.shard_id, batch.num_shards), (1, 2));
+        let e = batch.events[0];
+        assert_eq!(
+            (e.epoch, e.seq, e.guild_id, e.t),
+            (9, 3, Some(4), "GUILD_CREATE")
+        );
+        assert_eq!(e.guild_create, Some(envelope::GuildCreateKind::Joined));
+        assert_eq!(e.d, br#"{"id":"4"}"#);
+        assert!(e.received_at > 1_700_000_000_000);
+
+        let (auto, mut rx2) = ChannelSink::new(1, true);
+        auto.send(ShardEvent::new(header, "X".into(), Bytes::new(), ack_tx))
+            .await
+            .unwrap();
+        assert_eq!(ack_rx.recv().await.unwrap(), c(9, 3));
+        drop(rx2.recv().await);
+        drop(rx2);
+        let (ack_tx, _r) = mpsc::unbounded_channel();
+        assert!(
+            auto.send(ShardEvent::new(header, "X".into(), Bytes::new(), ack_tx))
+                .await
+                .is_err()
+        );
+    }
+}

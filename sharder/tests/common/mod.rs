@@ -1,0 +1,171 @@
+//! Shared helpers of the end-to-end tests: a raw HTTP/1.1 client, a reader
+//! of the partition queues, temporary directories and unique names.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use futures_util::StreamExt;
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
+use sharder::AmqpTopology;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("bulwark-test.{name}.{}.{nanos}", std::process::id())
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+pub struct TempDir(pub PathBuf);
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(unique(name));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One HTTP/1.1 request; returns the status and the body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// One event read from a partition queue.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub shard_id: u32,
+    pub epoch: u64,
+    pub seq: u64,
+    pub t: String,
+    pub received_at: u64,
+}
+
+/// Consumes every partition queue of `topo` (declaring it first), sending
+/// each decoded event on the returned channel. Keep the connection alive.
+pub async fn consume(topo: &AmqpTopology) -> (lapin::Connection, mpsc::UnboundedReceiver<Got>) {
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    topo.declare(&ch).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    for p in 0..topo.partitions {
+        let mut consumer = ch
+            .basic_consume(
+                topo.queue(p).as_str().into(),
+                format!("e2e-{p}").as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = consumer.next().await {
+                let batch = envelope::decode(&m.data).unwrap();
+                for e in batch.events {
+                    let _ = tx.send(Got {
+                        shard_id: batch.shard_id,
+                        epoch: e.epoch,
+                        seq: e.seq,
+                        t: e.t.to_owned(),
+                        received_at: e.received_at,
+                    });
+                }
+            }
+        });
+    }
+    (conn, rx)
+}
+
+/// Deletes the queues and exchanges of `topo`.
+pub async fn delete(topo: &AmqpTopology) {
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    // Best effort: a test that failed half-way may have declared less.
+    let _ = topo.delete(&ch).await;
+}
+
+/// Polls `f` every 10 ms until it is true, failing after `within`.
+pub async fn until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut f: F) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A sharder configuration for `sim`: every shard in this process, HTTP on
+/// a free loopback port, sessions in `dir`, plus `extra` `[sharder]` keys.
+pub fn run_config(sim: &discord_sim::SimHandle, dir: &TempDir, extra: &str) -> config::Config {
+    let toml = format!(
+        "[discord]\napi_base = \"{api}/api/v10\"\nintents = {intents}\n\
+         [sharder]\ntotal_shards = {shards}\ngateway_url = \"{gw}\"\n\
+         http_listen = \"127.0.0.1:0\"\nsession_dir = \"{dir}\"\n\
+         persist_interval = \"100ms\"\nshutdown_grace = \"5s\"\n{extra}",
+        api = sim.http_url(),
+        intents = (1 << 0) | (1 << 9) | (1 << 11),
+        shards = sim.config().shards,
+        gw = sim.gateway_url(),
+        dir = dir.0.display(),
+    );
+    config::Config::from_toml_str(
+        &toml,
+        "test",
+        vec![("BULWARK_DISCORD__TOKEN".into(), sim.config().token.clone())],
+    )
+    .unwrap()
+}
