@@ -1,0 +1,356 @@
+//! The RabbitMQ side: declaring the shared topology and consuming one
+//! partition queue into a [`Worker`].
+//!
+//! # Algorithm
+//!
+//! One task per partition (single active consumer on a quorum queue, so a
+//! shard's events arrive in gateway order), with `prefetch` messages in
+//! flight from the broker, processed in order, acked one by one after the
+//! store has applied them (at-least-once; the versioned store turns
+//! redeliveries into no-ops).
+//!
+//! * Poison (an undecodable envelope, or events with invalid payloads):
+//!   republished to the dead-letter exchange with a reason header, counted,
+//!   logged at most once per second with the number suppressed, then acked,
+//!   so one bad message never blocks its queue. If that publish fails the
+//!   message is rejected without requeue, and the queue's own
+//!   `x-dead-letter-exchange` still moves it aside.
+//! * Store failure (Redis down): the message is fine, so it is retried in
+//!   place with capped exponential backoff and jitter; the partition waits
+//!   (backpressure through prefetch) instead of dropping or spinning.
+//! * Output (when enabled): the message's clean events are published to
+//!   the output exchange with publisher confirms before the input is acked,
+//!   so output is at-least-once with a stable `message_id` (see
+//!   [`crate::output`]). The confirms are pipelined: the next message is
+//!   processed while earlier ones wait for theirs (at most `prefetch`
+//!   waiting), and each input is acked when its own confirms arrive. A
+//!   failed publish ends the consumer without acking; the session
+//!   reconnects and the broker redelivers.
+
+use crate::output::{Outgoing, PublishError, Unconfirmed, publish, publish_confirmed};
+use crate::processor::{ProcessError, Worker};
+use crate::store::Store;
+use envelope::Version;
+use envelope::topology;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel};
+use rand::Rng;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The shared topology (`envelope::topology::AmqpTopology`), under the name
+/// this crate has always exported: [`Topology::default`] is production,
+/// [`Topology::named`] isolates tests. Its one `declare` is the sharder's too.
+pub use envelope::topology::AmqpTopology as Topology;
+
+/// Why a consumer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("publishing clean events: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// Counts of one consumer's run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConsumeStats {
+    pub acked: u64,
+    /// Clean events published to the output exchange (and confirmed).
+    pub published: u64,
+    pub dead_lettered: u64,
+    pub store_retries: u64,
+}
+
+/// Logs at most once per interval, counting what it suppressed.
+struct LogLimiter {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(suppressed since last time)` when a line may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Capped exponential backoff with full jitter.
+fn backoff(attempt: u32) -> Duration {
+    let cap_ms: u64 = 10_000;
+    let base = 50u64.saturating_mul(1 << attempt.min(10)).min(cap_ms);
+    Duration::from_millis(rand::rng().random_range(base / 2..=base))
+}
+
+/// Consumes partition `partition` of `topo` on `ch` into `worker` until
+/// `shutdown` resolves or the channel closes. Publishes nothing.
+pub async fn consume_partition<S: Store>(
+    worker: Arc<Worker<S>>,
+    ch: Channel,
+    topo: Topology,
+    partition: u32,
+    prefetch: u16,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ConsumeStats, ConsumeError> {
+    consume_partition_with(worker, ch, topo, partition, prefetch, None, shutdown).await
+}
+
+/// [`consume_partition`], publishing the clean events to
+/// `topo.output_exchange` when `output` is given (the process-wide record
+/// of unconfirmed output, shared by reconnecting sessions).
+pub async fn consume_partition_with<S: Store>(
+    worker: Arc<Worker<S>>,
+    ch: Channel,
+    topo: Topology,
+    partition: u32,
+    prefetch: u16,
+    output: Option<Arc<Unconfirmed>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ConsumeStats, ConsumeError> {
+    ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let queue = topo.queue(partition);
+    let tag = format!("worker-{}-{partition}", std::process::id());
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut stats = ConsumeStats::default();
+    let mut poison_log = LogLimiter::new(Duration::from_secs(1));
+    let mut store_log = LogLimiter::new(Duration::from_secs(1));
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    let window = usize::from(prefetch.max(1));
+    tokio::pin!(shutdown);
+    loop {
+        let next = tokio::select! {
+            _ = &mut shutdown => Next::Stop,
+            r = async {
+                match waiting.front_mut() {
+                    Some(w) => w.confirms.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            }, if !waiting.is_empty() => Next::Confirmed(r),
+            d = consumer.next(), if waiting.len() < window => Next::Delivery(d),
+        };
+        let delivery = match next {
+            Next::Stop | Next::Delivery(None) => break,
+            Next::Delivery(Some(d)) => d?,
+            Next::Confirmed(r) => {
+                if let Some(w) = waiting.pop_front() {
+                    finish(w, r, &output, &mut stats).await?;
+                }
+                continue;
+            }
+        };
+        let mut attempt = 0u32;
+        // Kept across store retries: an event announced by a failed
+        // attempt is not announced again by the next one.
+        let mut fresh: Vec<Outgoing> = Vec::new();
+        let publishing = output.is_some();
+        let reason = loop {
+            let mut sink = |ev: &crate::processor::CleanEvent<'_>| {
+                if publishing {
+                    fresh.push(Outgoing::from_clean(ev));
+                }
+            };
+            match worker.process_message_with(&delivery.data, &mut sink).await {
+                Ok(report) if report.invalid.is_empty() => break None,
+                Ok(report) => {
+                    let list: Vec<String> = report
+                        .invalid
+                        .iter()
+                        .map(|(v, why)| format!("event {v}: {why}"))
+                        .collect();
+                    break Some(list.join("; "));
+                }
+                Err(ProcessError::Decode(e)) => break Some(e.to_string()),
+                Err(ProcessError::Store(e)) => {
+                    stats.store_retries += 1;
+                    metrics::counter!("worker_store_retries_total").increment(1);
+                    if let Some(n) = store_log.allow() {
+                        tracing::warn!(partition, error = %e, suppressed = n, "store failed; retrying");
+                    }
+                    tokio::select! {
+                        _ = &mut shutdown => {
+                            ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
+                            return Ok(stats);
+                        }
+                        _ = tokio::time::sleep(backoff(attempt)) => {}
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        };
+        if let Some(unconfirmed) = &output
+            && (!fresh.is_empty() || delivery.redelivered)
+            && let Some(key) = envelope::decode(&delivery.data)
+                .ok()
+                .and_then(|b| b.events.first().map(|e| (b.shard_id, e.version())))
+        {
+            let all = unconfirmed.merge(key, fresh);
+            if !all.is_empty() && reason.is_none() {
+                // Acked when the confirms arrive, while the next messages
+                // are processed.
+                let confirms = publish(&ch, &topo.output_exchange, &all).await?;
+                waiting.push_back(Waiting {
+                    confirms: Box::pin(confirms.confirmed()),
+                    delivery,
+                    key,
+                });
+                continue;
+            }
+            if !all.is_empty() {
+                stats.published +=
+                    publish_confirmed(&ch, &topo.output_exchange, &all).await? as u64;
+            }
+            unconfirmed.confirmed(key);
+        }
+        if let Some(reason) = reason {
+            stats.dead_lettered += 1;
+            metrics::counter!("worker_poison_messages_total").increment(1);
+            if let Some(n) = poison_log.allow() {
+                tracing::warn!(partition, %reason, suppressed = n, "dead-lettering poison message");
+            }
+            if dead_letter(&ch, &topo, &delivery, &reason).await.is_err() {
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+                continue;
+            }
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+        stats.acked += 1;
+    }
+    // Inputs whose output was published are acked once it is confirmed.
+    while let Some(mut w) = waiting.pop_front() {
+        let r = w.confirms.as_mut().await;
+        finish(w, r, &output, &mut stats).await?;
+    }
+    // Cancel explicitly so the broker hands the partition to the next single
+    // active consumer at once, and the unacked prefetch is redelivered.
+    ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await?;
+    drop(consumer);
+    Ok(stats)
+}
+
+/// An input message whose output was published and awaits confirms.
+struct Waiting {
+    confirms: Pin<Box<dyn Future<Output = Result<usize, PublishError>> + Send>>,
+    delivery: Delivery,
+    key: (u32, Version),
+}
+
+/// What the consume loop does next. Lives one iteration on the stack;
+/// boxing the delivery would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Stop,
+    Delivery(Option<Result<Delivery, lapin::Error>>),
+    Confirmed(Result<usize, PublishError>),
+}
+
+/// Acks an input whose output the broker confirmed (or fails with the
+/// publish error, leaving it unacked for redelivery).
+async fn finish(
+    w: Waiting,
+    confirmed: Result<usize, PublishError>,
+    output: &Option<Arc<Unconfirmed>>,
+    stats: &mut ConsumeStats,
+) -> Result<(), ConsumeError> {
+    stats.published += confirmed? as u64;
+    if let Some(u) = output {
+        u.confirmed(w.key);
+    }
+    w.delivery.ack(BasicAckOptions::default()).await?;
+    stats.acked += 1;
+    Ok(())
+}
+
+async fn dead_letter(
+    ch: &Channel,
+    topo: &Topology,
+    delivery: &lapin::message::Delivery,
+    reason: &str,
+) -> Result<(), lapin::Error> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    // A reason can quote a whole payload; keep the header small.
+    let reason: String = reason.chars().take(1024).collect();
+    headers.insert(
+        topology::REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason.as_str())),
+    );
+    headers.insert(
+        "x-bulwark-routing-key".into(),
+        AMQPValue::LongString(LongString::from(delivery.routing_key.as_str())),
+    );
+    let props = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    ch.basic_publish(
+        topo.dead_letter_exchange.as_str().into(),
+        delivery.routing_key.clone(),
+        BasicPublishOptions::default(),
+        &delivery.data,
+        props,
+    )
+    .await?
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        for attempt in 0..40 {
+            let d = backoff(attempt);
+            assert!(d <= Duration::from_secs(10), "{attempt}: {d:?}");
+            assert!(d >= Duration::from_millis(25));
+        }
+    }
+
+    #[test]
+    fn limiter_counts_what_it_suppresses() {
+        let mut l = LogLimiter::new(Duration::from_secs(3600));
+        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), None);
+        assert_eq!(l.allow(), None);
+        l.last = Some(Instant::now() - Duration::from_secs(7200));
+        assert_eq!(l.allow(), Some(2));
+    }
+}

@@ -1,0 +1,42 @@
+//! The cache worker: consumes envelopes, keeps a versioned cache that
+//! duplicates, redeliveries and reordering cannot corrupt, and hands the bot
+//! clean events, telling a real guild join from a guild loading after READY.
+//!
+//! * [`Worker`] is the embedding API: `Worker::new(store).on("GUILD_JOINED",
+//!   |ev| ..)` then [`Worker::process_message`] per queue message.
+//! * [`Store`] is the cache: [`MemoryStore`] (default) or [`RedisStore`]
+//!   (shared by replicas; every versioned write is one Lua script).
+//! * [`Mutation`] documents the cache rules; [`GuildView`] is the canonical
+//!   read form both stores return.
+#![forbid(unsafe_code)]
+
+mod consumer;
+mod delivery;
+mod gateway;
+pub mod http;
+mod memory;
+mod model;
+mod mutation;
+mod name;
+pub mod output;
+mod processor;
+pub mod readiness;
+mod redis_scripts;
+mod redis_store;
+mod snowflake;
+mod store;
+mod users;
+
+pub use consumer::{
+    ConsumeError, ConsumeStats, Topology, consume_partition, consume_partition_with,
+};
+pub use gateway::{CacheOptions, Class, Parsed, PayloadError, parse};
+pub use memory::{CacheStats, MemoryStore};
+pub use model::{
+    Channel, Emoji, Entity, GuildCore, GuildView, ImageHash, KINDS, Kind, Member, Name, Presence,
+    Role, Status, User, UserVersion, Versioned, VoiceState,
+};
+pub use mutation::{Mutation, Snapshot};
+pub use processor::{CleanEvent, CleanKind, ProcessError, Report, Worker};
+pub use redis_store::RedisStore;
+pub use store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Store, StoreError};

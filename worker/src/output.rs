@@ -1,0 +1,264 @@
+//! The output exchange: clean events published for bot processes, so bot
+//! logic runs in its own deployment instead of inside the worker.
+//!
+//! # Contract
+//!
+//! Every clean event ([`CleanEvent`]) goes to the topic exchange
+//! `envelope::topology::OUTPUT_EXCHANGE` with the clean name as routing key
+//! (`GUILD_JOINED`, `GUILD_AVAILABLE`, `MESSAGE_CREATE`, ...) and the raw
+//! gateway payload `d` as body. Each message carries:
+//!
+//! * `message_id` = `"<shard>:<epoch>:<seq>"`: one gateway event yields at
+//!   most one clean event, so this id is stable across redeliveries and
+//!   replicas; consumers deduplicate on it;
+//! * headers `x-bulwark-shard`, `x-bulwark-epoch`, `x-bulwark-seq`,
+//!   `x-bulwark-guild-id` (when the event has one), `x-bulwark-event` (the
+//!   gateway name), and `x-bulwark-initial` on `GUILD_AVAILABLE`.
+//!
+//! # Delivery: at-least-once with a dedup id
+//!
+//! The consumer publishes a message's clean events with publisher confirms
+//! and acks the input message only after the store writes are applied and
+//! every output publish is confirmed. The store announces a lifecycle event
+//! only on its first (newest) write, so a redelivery after a failed publish
+//! would not announce it again; to keep it, the events of a message are
+//! held in [`Unconfirmed`] until confirmed, keyed by the message's first
+//! event, and a redelivery of that message publishes them again (same
+//! `message_id`). That covers broker failures while the worker lives. A
+//! worker crash between the store write and the confirm still loses that
+//! announcement (Redis store; the in-memory store loses its cache then
+//! anyway and re-learns it from the new sessions).
+
+use crate::processor::{CleanEvent, CleanKind};
+use envelope::Version;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Header names of the output messages.
+pub const SHARD_HEADER: &str = "x-bulwark-shard";
+pub const EPOCH_HEADER: &str = "x-bulwark-epoch";
+pub const SEQ_HEADER: &str = "x-bulwark-seq";
+pub const GUILD_HEADER: &str = "x-bulwark-guild-id";
+pub const EVENT_HEADER: &str = "x-bulwark-event";
+pub const INITIAL_HEADER: &str = "x-bulwark-initial";
+
+/// An owned clean event, ready to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub routing_key: String,
+    pub message_id: String,
+    pub shard_id: u32,
+    pub version: Version,
+    pub guild_id: Option<u64>,
+    pub event: String,
+    pub initial: Option<bool>,
+    pub body: Vec<u8>,
+}
+
+impl Outgoing {
+    /// Copies what the output message needs out of a borrowed clean event.
+    pub fn from_clean(ev: &CleanEvent<'_>) -> Self {
+        Self {
+            routing_key: ev.name().to_owned(),
+            message_id: message_id(ev.shard_id, ev.version),
+            shard_id: ev.shard_id,
+            version: ev.version,
+            guild_id: ev.guild_id,
+            event: ev.t.to_owned(),
+            initial: match ev.kind {
+                CleanKind::GuildAvailable { initial } => Some(initial),
+                _ => None,
+            },
+            body: ev.d.to_vec(),
+        }
+    }
+
+    fn properties(&self) -> BasicProperties {
+        let mut h = FieldTable::default();
+        let s = |v: String| AMQPValue::LongString(LongString::from(v));
+        h.insert(SHARD_HEADER.into(), AMQPValue::LongUInt(self.shard_id));
+        h.insert(EPOCH_HEADER.into(), s(self.version.epoch.to_string()));
+        h.insert(SEQ_HEADER.into(), s(self.version.seq.to_string()));
+        // Snowflakes exceed i64-safe JSON numbers in some clients: strings.
+        if let Some(g) = self.guild_id {
+            h.insert(GUILD_HEADER.into(), s(g.to_string()));
+        }
+        h.insert(EVENT_HEADER.into(), s(self.event.clone()));
+        if let Some(i) = self.initial {
+            h.insert(INITIAL_HEADER.into(), AMQPValue::Boolean(i));
+        }
+        BasicProperties::default()
+            .with_message_id(ShortString::from(self.message_id.as_str()))
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(h)
+    }
+}
+
+/// The stable id of the clean event of `(shard, version)`.
+pub fn message_id(shard_id: u32, version: Version) -> String {
+    format!("{shard_id}:{}:{}", version.epoch, version.seq)
+}
+
+/// Why publishing failed: the input message must not be acked.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker refused (nack) output message {0}")]
+    Nacked(String),
+}
+
+/// Publishes `events` to `exchange` on `ch` (publisher confirms must be
+/// enabled on it) and waits until the broker confirmed every one.
+pub async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    events: &[Outgoing],
+) -> Result<usize, PublishError> {
+    publish(ch, exchange, events).await?.confirmed().await
+}
+
+/// Publishes `events` without waiting for the broker: the returned
+/// [`Confirms`] resolves when every one is confirmed.
+pub async fn publish(
+    ch: &Channel,
+    exchange: &str,
+    events: &[Outgoing],
+) -> Result<Confirms, PublishError> {
+    let mut confirms = Vec::with_capacity(events.len());
+    for ev in events {
+        let c = ch
+            .basic_publish(
+                exchange.into(),
+                ev.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                &ev.body,
+                ev.properties(),
+            )
+            .await?;
+        confirms.push((c, ev.message_id.clone()));
+    }
+    Ok(Confirms(confirms))
+}
+
+/// The broker's answers to one message's output publishes.
+pub struct Confirms(Vec<(lapin::PublisherConfirm, String)>);
+
+impl Confirms {
+    /// Waits for every confirm; the number of messages confirmed.
+    pub async fn confirmed(self) -> Result<usize, PublishError> {
+        let n = self.0.len();
+        for (c, id) in self.0 {
+            if c.await?.is_nack() {
+                return Err(PublishError::Nacked(id));
+            }
+        }
+        metrics::counter!("worker_events_published_total").increment(n as u64);
+        Ok(n)
+    }
+}
+
+/// Clean events published but not yet confirmed, by input message (its
+/// shard and first event version). Shared by every session of a process.
+#[derive(Debug, Default)]
+pub struct Unconfirmed {
+    by_message: Mutex<HashMap<(u32, Version), Vec<Outgoing>>>,
+}
+
+/// Messages whose output is kept for a redelivery; beyond it the oldest
+/// entries are not kept (logged), so a broker outage cannot grow memory
+/// without bound.
+const MAX_UNCONFIRMED: usize = 65_536;
+
+impl Unconfirmed {
+    /// Records `fresh` for `key` and returns everything to publish for it:
+    /// what an earlier, unconfirmed attempt produced plus `fresh`, without
+    /// repeating an id.
+    pub fn merge(&self, key: (u32, Version), fresh: Vec<Outgoing>) -> Vec<Outgoing> {
+        let mut map = self.by_message.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = map.remove(&key).unwrap_or_default();
+        for ev in fresh {
+            if !all.iter().any(|o| o.message_id == ev.message_id) {
+                all.push(ev);
+            }
+        }
+        if !all.is_empty() {
+            if map.len() >= MAX_UNCONFIRMED {
+                tracing::warn!(
+                    held = map.len(),
+                    "too many unconfirmed output messages held; a redelivery of this one will not re-publish"
+                );
+            } else {
+                map.insert(key, all.clone());
+            }
+        }
+        all
+    }
+
+    /// The output of `key` was confirmed.
+    pub fn confirmed(&self, key: (u32, Version)) {
+        self.by_message
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+
+    /// Number of messages held.
+    pub fn len(&self) -> usize {
+        self.by_message
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(seq: u64) -> Outgoing {
+        Outgoing {
+            routing_key: "GUILD_JOINED".into(),
+            message_id: message_id(3, Version::new(7, seq)),
+            shard_id: 3,
+            version: Version::new(7, seq),
+            guild_id: Some(1),
+            event: "GUILD_CREATE".into(),
+            initial: None,
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        assert_eq!(message_id(3, Version::new(7, 9)), "3:7:9");
+        assert_ne!(
+            message_id(3, Version::new(7, 9)),
+            message_id(3, Version::new(79, 0))
+        );
+    }
+
+    #[test]
+    fn a_redelivery_republishes_what_was_not_confirmed() {
+        let u = Unconfirmed::default();
+        let key = (3, Version::new(7, 1));
+        assert_eq!(u.merge(key, vec![out(1), out(2)]).len(), 2);
+        // Redelivered: the store dedups the join, so nothing fresh; the held
+        // events come back, a repeated one is not doubled.
+        let again = u.merge(key, vec![out(2)]);
+        assert_eq!(again, vec![out(1), out(2)]);
+        u.confirmed(key);
+        assert!(u.is_empty());
+        assert!(u.merge(key, Vec::new()).is_empty());
+        assert!(u.is_empty());
+    }
+}

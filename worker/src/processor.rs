@@ -1,0 +1,282 @@
+//! From envelope to clean events: parse, apply to the store, classify,
+//! deduplicate, call the handlers.
+//!
+//! # Algorithm
+//!
+//! For each event of a message, in gateway order:
+//! 1. parse `d` into mutations (an invalid payload is reported, the other
+//!    events of the message still apply);
+//! 2. apply every mutation (they are idempotent, so even a redelivery is
+//!    applied: a lost first attempt must not lose state);
+//! 3. emit or drop. A guild lifecycle event (join, available, unavailable,
+//!    removed) is emitted only if its guild-level write, applied last, was
+//!    the newest for the guild: that write happens once per version, so a
+//!    redelivered or late `joined` GUILD_CREATE never announces twice, and a
+//!    store failure before it is retried rather than lost. Any other event
+//!    is emitted if it is not stale (at least one write applied, or it
+//!    writes nothing) and its delivery is the first
+//!    (`first_delivery(shard, version)`, recorded after the writes).
+//!
+//! Emission is at most once: a crash after the writes and before the
+//! handler returns loses that announcement rather than repeating it.
+//!
+//! Joins come only from the sharder's `joined` marker, never from "the cache
+//! did not know this guild", so a cold restart with an empty cache cannot
+//! announce joins for the guilds the bot was already in.
+
+use crate::gateway::{self, CacheOptions, Class, PayloadError};
+use crate::store::{Store, StoreError};
+use envelope::{DecodeError, Event, Version};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a clean event tells the bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanKind {
+    /// The bot was added to a guild: exactly once per real join.
+    GuildJoined,
+    /// A guild's data arrived: after READY (`initial`) or after an outage.
+    GuildAvailable { initial: bool },
+    /// A guild went into an outage.
+    GuildUnavailable,
+    /// The bot was removed from a guild (or it was deleted).
+    GuildRemoved,
+    /// Any other gateway event, deduplicated, stale versions dropped.
+    Dispatch,
+}
+
+/// A deduplicated event for bot logic. Borrows from the message.
+#[derive(Debug, Clone, Copy)]
+pub struct CleanEvent<'a> {
+    pub kind: CleanKind,
+    pub shard_id: u32,
+    pub version: Version,
+    pub received_at: u64,
+    pub guild_id: Option<u64>,
+    /// The gateway event name (`GUILD_CREATE` for a join).
+    pub t: &'a str,
+    /// The raw gateway payload.
+    pub d: &'a [u8],
+}
+
+impl CleanEvent<'_> {
+    /// `GUILD_JOINED`, `GUILD_AVAILABLE`, `GUILD_UNAVAILABLE`,
+    /// `GUILD_REMOVED`, or the gateway name for any other event.
+    pub fn name(&self) -> &str {
+        match self.kind {
+            CleanKind::GuildJoined => "GUILD_JOINED",
+            CleanKind::GuildAvailable { .. } => "GUILD_AVAILABLE",
+            CleanKind::GuildUnavailable => "GUILD_UNAVAILABLE",
+            CleanKind::GuildRemoved => "GUILD_REMOVED",
+            CleanKind::Dispatch => self.t,
+        }
+    }
+}
+
+/// A message the worker cannot process at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Poison: dead-letter it.
+    #[error("undecodable envelope: {0}")]
+    Decode(#[from] DecodeError),
+    /// The store failed: retry later (requeue), the message is fine.
+    #[error("store failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Outcome of one message.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Clean events handed to the handlers.
+    pub emitted: usize,
+    /// Duplicates and stale events dropped.
+    pub dropped: usize,
+    /// Events whose payload was invalid, with the reason (skipped).
+    pub invalid: Vec<(Version, String)>,
+}
+
+type Handler = Arc<dyn Fn(&CleanEvent<'_>) + Send + Sync>;
+
+/// The embeddable worker: a store plus the bot's handlers.
+///
+/// ```
+/// # #![allow(clippy::unwrap_used)]
+/// use worker::{MemoryStore, Worker};
+/// let joins = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// let j = joins.clone();
+/// let worker = Worker::new(MemoryStore::new())
+///     .on("GUILD_JOINED", move |ev| {
+///         j.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+///         println!("joined {:?}", ev.guild_id);
+///     });
+/// # let _ = worker;
+/// ```
+pub struct Worker<S> {
+    store: Arc<S>,
+    by_name: HashMap<String, Vec<Handler>>,
+    any: Vec<Handler>,
+    options: CacheOptions,
+}
+
+impl<S: Store> Worker<S> {
+    /// A worker over `store` with no handlers.
+    pub fn new(store: S) -> Self {
+        Self::with_shared_store(Arc::new(store))
+    }
+
+    /// A worker over a store shared with other components (e.g. a read API).
+    pub fn with_shared_store(store: Arc<S>) -> Self {
+        Self {
+            store,
+            by_name: HashMap::new(),
+            any: Vec::new(),
+            options: CacheOptions::default(),
+        }
+    }
+
+    /// Which optional collections (presences, voice states) to cache.
+    pub fn with_options(mut self, options: CacheOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Calls `handler` for every clean event named `name` (see
+    /// [`CleanEvent::name`]).
+    pub fn on(
+        mut self,
+        name: &str,
+        handler: impl Fn(&CleanEvent<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.by_name
+            .entry(name.to_owned())
+            .or_default()
+            .push(Arc::new(handler));
+        self
+    }
+
+    /// Calls `handler` for every clean event.
+    pub fn on_any(mut self, handler: impl Fn(&CleanEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.any.push(Arc::new(handler));
+        self
+    }
+
+    /// The cache.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Decodes and processes one queue message.
+    pub async fn process_message(&self, bytes: &[u8]) -> Result<Report, ProcessError> {
+        self.process_message_with(bytes, &mut |_| {}).await
+    }
+
+    /// [`Worker::process_message`], also handing every clean event to
+    /// `sink` after the handlers (the consumer publishes them to the output
+    /// exchange this way).
+    pub async fn process_message_with(
+        &self,
+        bytes: &[u8],
+        sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
+    ) -> Result<Report, ProcessError> {
+        let started = std::time::Instant::now();
+        let batch = envelope::decode(bytes)?;
+        let mut report = Report::default();
+        for event in &batch.events {
+            self.process_event_with(batch.shard_id, event, &mut report, sink)
+                .await?;
+        }
+        metrics::histogram!("worker_apply_seconds").record(started.elapsed().as_secs_f64());
+        Ok(report)
+    }
+
+    /// Processes one event of `shard_id`, adding its outcome to `report`.
+    pub async fn process_event(
+        &self,
+        shard_id: u32,
+        event: &Event<'_>,
+        report: &mut Report,
+    ) -> Result<(), StoreError> {
+        self.process_event_with(shard_id, event, report, &mut |_| {})
+            .await
+    }
+
+    /// [`Worker::process_event`], handing a clean event to `sink` too.
+    pub async fn process_event_with(
+        &self,
+        shard_id: u32,
+        event: &Event<'_>,
+        report: &mut Report,
+        sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
+    ) -> Result<(), StoreError> {
+        let parsed = match gateway::parse(shard_id, event, &self.options) {
+            Ok(p) => p,
+            Err(PayloadError { event: t, source }) => {
+                metrics::counter!("worker_events_invalid_total").increment(1);
+                report
+                    .invalid
+                    .push((event.version(), format!("invalid {t} payload: {source}")));
+                return Ok(());
+            }
+        };
+        let tracked = !parsed.mutations.is_empty();
+        if let Some(g) = parsed.guild_id.filter(|_| tracked) {
+            self.store.admit(shard_id, g).await?;
+        }
+        let (mut any, mut last) = (false, false);
+        for m in parsed.mutations {
+            last = self.store.apply(m).await?;
+            any |= last;
+        }
+        let kind = match parsed.class {
+            Some(Class::Joined) if last => Some(CleanKind::GuildJoined),
+            Some(Class::Available { initial }) if last => {
+                Some(CleanKind::GuildAvailable { initial })
+            }
+            Some(Class::Unavailable) if last => Some(CleanKind::GuildUnavailable),
+            Some(Class::Removed) if last => Some(CleanKind::GuildRemoved),
+            Some(Class::Other) if !tracked || any => self
+                .store
+                .first_delivery(shard_id, event.version())
+                .await?
+                .then_some(CleanKind::Dispatch),
+            _ => None,
+        };
+        if any {
+            metrics::counter!("worker_events_applied_total").increment(1);
+        }
+        match kind {
+            Some(kind) => {
+                let clean = CleanEvent {
+                    kind,
+                    shard_id,
+                    version: event.version(),
+                    received_at: event.received_at,
+                    guild_id: parsed.guild_id,
+                    t: event.t,
+                    d: event.d,
+                };
+                report.emitted += 1;
+                metrics::counter!("worker_events_emitted_total").increment(1);
+                if kind == CleanKind::GuildJoined {
+                    metrics::counter!("worker_joins_emitted_total").increment(1);
+                }
+                if let Some(hs) = self.by_name.get(clean.name()) {
+                    for h in hs {
+                        h(&clean);
+                    }
+                }
+                for h in &self.any {
+                    h(&clean);
+                }
+                sink(&clean);
+            }
+            None => {
+                report.dropped += 1;
+                // Stale (every write older than the cache) or a duplicate
+                // delivery of the same version.
+                metrics::counter!("worker_events_dropped_total").increment(1);
+            }
+        }
+        Ok(())
+    }
+}

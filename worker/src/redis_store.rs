@@ -1,0 +1,521 @@
+//! The Redis store: one cache shared by every worker replica.
+//!
+//! Each versioned write is one Lua script, so the version check and the
+//! write are a single atomic step on the server: two replicas (or a
+//! redelivery racing the first attempt) can never both "win" a register.
+//!
+//! # Layout (prefix `P`)
+//!
+//! * `P:g:<guild>`: hash of the guild's registers: `f` (guild floor),
+//!   `f<kind letter>` (per-collection floors), `sh` (admitted), `core`, `av`,
+//!   `cb`/`cm` (member-count base and the snapshot version it is from).
+//! * `P:g:<guild>:c|r|m|e|p|v`: channels, roles, members, emojis,
+//!   presences, voice states; field = id.
+//! * `P:g:<guild>:d`: member-count deltas; field = version.
+//! * `P:u`: users; field = id.
+//! * `P:s:<shard>:<epoch>` (+ `:low`): the delivery window of a session.
+//! * `P:ready:<shard>` (`v`, `at`) and `P:ready:<shard>:L`: the shard's
+//!   latest READY and the guilds it listed; `P:shard:<shard>:guilds`: the
+//!   guilds admitted from that shard (meta field `sh` marks admission).
+//!
+//! A register's value is `<version><L json | D deleted-at-ms>`. Versions are
+//! fixed-width lowercase hex (`epoch` then `seq`, 16 digits each), compared
+//! in Lua 8 digits at a time as numbers, which is exact (no float rounding,
+//! no locale-dependent string collation).
+
+use crate::model::{
+    Channel, Emoji, Entity, GuildCore, GuildView, Kind, Member, Presence, Role, User, UserVersion,
+    Versioned, VoiceState,
+};
+use crate::mutation::{Mutation, Snapshot};
+use crate::redis_scripts::{ADMIT, DELTA, LIST, LISTED, PUT, READY, REG, REMOVE, SEEN, SNAPSHOT};
+use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Store, StoreError};
+use envelope::Version;
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Largest seq the delivery window can hold exactly (a Redis score is a
+/// double).
+const MAX_EXACT_SEQ: u64 = 1 << 53;
+
+fn ver(v: Version) -> String {
+    format!("{:016x}{:016x}", v.epoch, v.seq)
+}
+
+fn user_ver(v: UserVersion) -> String {
+    format!(
+        "{:016x}{:08x}{:016x}{:016x}",
+        v.received_at, v.shard_id, v.version.epoch, v.version.seq
+    )
+}
+
+fn parse_ver(s: &str) -> Option<Version> {
+    let epoch = u64::from_str_radix(s.get(..16)?, 16).ok()?;
+    let seq = u64::from_str_radix(s.get(16..32)?, 16).ok()?;
+    Some(Version::new(epoch, seq))
+}
+
+fn letter(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Channel => "c",
+        Kind::Role => "r",
+        Kind::Member => "m",
+        Kind::Emoji => "e",
+        Kind::Presence => "p",
+        Kind::Voice => "v",
+    }
+}
+
+fn live<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map(|j| format!("L{j}"))
+        .map_err(|e| StoreError::Corrupt {
+            key: "(encode)".into(),
+            reason: e.to_string(),
+        })
+}
+
+fn entity_payload(e: &Entity) -> Result<String, StoreError> {
+    match e {
+        Entity::Channel(v) => live(v),
+        Entity::Role(v) => live(v),
+        Entity::Member(v) => live(v),
+        Entity::Emoji(v) => live(v),
+        Entity::Presence(v) => live(v),
+        Entity::Voice(v) => live(v),
+    }
+}
+
+/// A decoded register: version and live JSON (`None` for a tombstone).
+fn split(key: &str, raw: &str) -> Result<(Version, Option<String>), StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let version = parse_ver(raw).ok_or_else(|| corrupt("bad version"))?;
+    match raw.get(32..33) {
+        Some("L") => Ok((version, raw.get(33..).map(str::to_owned))),
+        Some("D") => Ok((version, None)),
+        _ => Err(corrupt("bad register tag")),
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The versioned cache in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    con: MultiplexedConnection,
+    prefix: String,
+    window_ttl_ms: u64,
+}
+
+impl RedisStore {
+    /// Connects to `url` and keeps every key under `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, prefix, &redis::AsyncConnectionConfig::new()).await
+    }
+
+    /// [`RedisStore::connect`] with a connection config, e.g.
+    /// `dnscache::Resolver::redis_config()` so the host name is resolved by
+    /// the process's caching resolver.
+    pub async fn connect_with(
+        url: &str,
+        prefix: &str,
+        config: &redis::AsyncConnectionConfig,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let con = client
+            .get_multiplexed_async_connection_with_config(config)
+            .await?;
+        Ok(Self {
+            con,
+            prefix: prefix.to_owned(),
+            window_ttl_ms: 24 * 3600 * 1000,
+        })
+    }
+
+    /// How long a session's delivery window outlives its last event.
+    pub fn with_window_ttl_ms(mut self, ttl_ms: u64) -> Self {
+        self.window_ttl_ms = ttl_ms.max(1);
+        self
+    }
+
+    /// The guild's keys: one per [`Kind`] (in [`Kind::index`] order), the
+    /// deltas, the meta hash.
+    fn guild_keys(&self, g: u64) -> [String; 8] {
+        let m = format!("{}:g:{g}", self.prefix);
+        [
+            format!("{m}:c"),
+            format!("{m}:r"),
+            format!("{m}:m"),
+            format!("{m}:e"),
+            format!("{m}:p"),
+            format!("{m}:v"),
+            format!("{m}:d"),
+            m,
+        ]
+    }
+
+    /// Keys in script order: meta, the kinds, the deltas.
+    fn guild_script_keys(&self, g: u64, inv: &mut redis::ScriptInvocation<'_>) {
+        let [c, r, m, e, p, v, d, meta] = self.guild_keys(g);
+        inv.key(meta)
+            .key(c)
+            .key(r)
+            .key(m)
+            .key(e)
+            .key(p)
+            .key(v)
+            .key(d);
+    }
+
+    fn shard_keys(&self, shard: u32) -> [String; 3] {
+        let r = format!("{}:ready:{shard}", self.prefix);
+        [
+            r.clone(),
+            format!("{r}:L"),
+            format!("{}:shard:{shard}:guilds", self.prefix),
+        ]
+    }
+
+    async fn ready(
+        &self,
+        shard: u32,
+        version: Version,
+        at_ms: u64,
+        guilds: &[u64],
+    ) -> Result<bool, StoreError> {
+        let [ready, listed, members] = self.shard_keys(shard);
+        let mut inv = READY.prepare_invoke();
+        inv.key(&ready).key(&listed).arg(ver(version)).arg(at_ms);
+        for g in guilds {
+            inv.arg(g);
+        }
+        if !self.run(&mut inv).await? {
+            return Ok(false);
+        }
+        for &g in guilds {
+            let mut inv = LISTED.prepare_invoke();
+            inv.key(self.meta(g)).key(&members).arg(g).arg(ver(version));
+            self.run(&mut inv).await?;
+        }
+        // Guilds admitted after the READY script see its record themselves.
+        let mut con = self.con.clone();
+        let known: Vec<u64> = redis::cmd("SMEMBERS")
+            .arg(&members)
+            .query_async(&mut con)
+            .await?;
+        let listed: std::collections::HashSet<u64> = guilds.iter().copied().collect();
+        for g in known.into_iter().filter(|g| !listed.contains(g)) {
+            let mut inv = REMOVE.prepare_invoke();
+            self.guild_script_keys(g, &mut inv);
+            inv.arg(ver(version)).arg(at_ms);
+            self.run(&mut inv).await?;
+        }
+        Ok(true)
+    }
+
+    fn meta(&self, g: u64) -> String {
+        format!("{}:g:{g}", self.prefix)
+    }
+
+    fn kind_key(&self, g: u64, kind: Kind) -> String {
+        format!("{}:g:{g}:{}", self.prefix, letter(kind))
+    }
+
+    async fn run(&self, inv: &mut redis::ScriptInvocation<'_>) -> Result<bool, StoreError> {
+        let mut con = self.con.clone();
+        let n: i64 = inv.invoke_async(&mut con).await?;
+        Ok(n != 0)
+    }
+
+    async fn snapshot(&self, s: &Snapshot) -> Result<bool, StoreError> {
+        let mut inv = SNAPSHOT.prepare_invoke();
+        self.guild_script_keys(s.guild_id, &mut inv);
+        let complete: String = Kind::ALL
+            .iter()
+            .filter(|k| s.complete[k.index()])
+            .map(|k| letter(*k))
+            .collect();
+        inv.arg(ver(s.version))
+            .arg(live(&s.core)?)
+            .arg(s.member_count.map(|n| n.to_string()).unwrap_or_default())
+            .arg(complete);
+        for kind in Kind::ALL {
+            let items: Vec<_> = s
+                .entities
+                .iter()
+                .filter(|(_, e)| e.kind() == kind)
+                .collect();
+            inv.arg(items.len());
+            for (id, entity) in items {
+                inv.arg(id).arg(entity_payload(entity)?);
+            }
+        }
+        self.run(&mut inv).await
+    }
+
+    /// Deletes every key under the prefix (tests, tear-down). Uses SCAN,
+    /// never KEYS.
+    pub async fn purge(&self) -> Result<usize, StoreError> {
+        let mut con = self.con.clone();
+        let pattern = format!("{}:*", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut n = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut con)
+                .await?;
+            if !keys.is_empty() {
+                n += keys.len();
+                let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut con).await?;
+            }
+            if next == 0 {
+                return Ok(n);
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Store for RedisStore {
+    async fn apply(&self, mutation: Mutation) -> Result<bool, StoreError> {
+        match mutation {
+            Mutation::Snapshot(s) => self.snapshot(&s).await,
+            Mutation::List {
+                guild_id,
+                version,
+                kind,
+                items,
+            } => {
+                let mut inv = LIST.prepare_invoke();
+                inv.key(self.meta(guild_id))
+                    .key(self.kind_key(guild_id, kind))
+                    .arg(ver(version))
+                    .arg(letter(kind));
+                for (id, entity) in items.iter().filter(|(_, e)| e.kind() == kind) {
+                    inv.arg(id).arg(entity_payload(entity)?);
+                }
+                self.run(&mut inv).await
+            }
+            Mutation::Remove {
+                guild_id,
+                version,
+                at_ms,
+            } => {
+                let mut inv = REMOVE.prepare_invoke();
+                self.guild_script_keys(guild_id, &mut inv);
+                inv.arg(ver(version)).arg(at_ms);
+                self.run(&mut inv).await
+            }
+            Mutation::Ready {
+                shard_id,
+                version,
+                at_ms,
+                guilds,
+            } => self.ready(shard_id, version, at_ms, &guilds).await,
+            Mutation::Availability {
+                guild_id,
+                version,
+                available,
+            } => {
+                let mut inv = REG.prepare_invoke();
+                inv.key(self.meta(guild_id))
+                    .arg("av")
+                    .arg(ver(version))
+                    .arg(if available { "1" } else { "0" });
+                self.run(&mut inv).await
+            }
+            Mutation::Core {
+                guild_id,
+                version,
+                core,
+            } => {
+                let mut inv = REG.prepare_invoke();
+                inv.key(self.meta(guild_id))
+                    .arg("core")
+                    .arg(ver(version))
+                    .arg(live(&core)?);
+                self.run(&mut inv).await
+            }
+            Mutation::Put {
+                guild_id,
+                version,
+                id,
+                entity,
+            } => {
+                let kind = entity.kind();
+                let mut inv = PUT.prepare_invoke();
+                inv.key(self.meta(guild_id))
+                    .key(self.kind_key(guild_id, kind))
+                    .arg(format!("f{}", letter(kind)))
+                    .arg(id)
+                    .arg(ver(version))
+                    .arg(entity_payload(&entity)?);
+                self.run(&mut inv).await
+            }
+            Mutation::Delete {
+                guild_id,
+                version,
+                kind,
+                id,
+                at_ms,
+            } => {
+                let mut inv = PUT.prepare_invoke();
+                inv.key(self.meta(guild_id))
+                    .key(self.kind_key(guild_id, kind))
+                    .arg(format!("f{}", letter(kind)))
+                    .arg(id)
+                    .arg(ver(version))
+                    .arg(format!("D{at_ms}"));
+                self.run(&mut inv).await
+            }
+            Mutation::MemberDelta {
+                guild_id,
+                version,
+                delta,
+            } => {
+                let [_, _, _, _, _, _, d, meta] = self.guild_keys(guild_id);
+                let mut inv = DELTA.prepare_invoke();
+                inv.key(meta)
+                    .key(d)
+                    .arg(ver(version))
+                    .arg(delta)
+                    .arg(MAX_COUNT_DELTAS);
+                self.run(&mut inv).await
+            }
+            Mutation::User { id, version, user } => {
+                let mut inv = REG.prepare_invoke();
+                inv.key(format!("{}:u", self.prefix))
+                    .arg(id)
+                    .arg(user_ver(version))
+                    .arg(live(&user)?);
+                self.run(&mut inv).await
+            }
+        }
+    }
+
+    async fn first_delivery(&self, shard_id: u32, version: Version) -> Result<bool, StoreError> {
+        if version.seq >= MAX_EXACT_SEQ {
+            return Err(StoreError::Unsupported(
+                "seq above 2^53 cannot be tracked in a Redis delivery window",
+            ));
+        }
+        let window = format!("{}:s:{shard_id}:{:016x}", self.prefix, version.epoch);
+        let mut inv = SEEN.prepare_invoke();
+        inv.key(&window)
+            .key(format!("{window}:low"))
+            .arg(version.seq)
+            .arg(DELIVERY_WINDOW)
+            .arg(self.window_ttl_ms);
+        self.run(&mut inv).await
+    }
+
+    async fn admit(&self, shard_id: u32, guild_id: u64) -> Result<(), StoreError> {
+        let [ready, listed, members] = self.shard_keys(shard_id);
+        let mut inv = ADMIT.prepare_invoke();
+        self.guild_script_keys(guild_id, &mut inv);
+        inv.key(ready).key(listed).key(members).arg(guild_id);
+        self.run(&mut inv).await.map(|_| ())
+    }
+
+    async fn guild(&self, guild_id: u64) -> Result<Option<GuildView>, StoreError> {
+        let keys = self.guild_keys(guild_id);
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.hgetall(k);
+        }
+        let mut con = self.con.clone();
+        type Rows = Vec<(u64, String)>;
+        #[allow(clippy::type_complexity)]
+        let (c, r, m, e, p, v, d, meta): (
+            Rows,
+            Rows,
+            Rows,
+            Rows,
+            Rows,
+            Rows,
+            Vec<(String, i64)>,
+            Vec<(String, String)>,
+        ) = pipe.query_async(&mut con).await?;
+        let kinds = [c, r, m, e, p, v];
+        if kinds.iter().all(Vec::is_empty) && d.is_empty() && meta.is_empty() {
+            return Ok(None);
+        }
+        let meta_key = &keys[7];
+        let field = |name: &str| {
+            meta.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let mut view = GuildView::default();
+        if let Some(raw) = field("core") {
+            match split(meta_key, raw)? {
+                (version, Some(json)) => {
+                    view.core = Some(Versioned {
+                        version,
+                        value: decode::<GuildCore>(meta_key, &json)?,
+                    })
+                }
+                (_, None) => return Ok(None),
+            }
+        }
+        view.available = field("av").is_some_and(|raw| raw.ends_with('1'));
+        let base: i64 = field("cb").and_then(|s| s.parse().ok()).unwrap_or(0);
+        view.member_count = base + d.iter().map(|(_, x)| x).sum::<i64>();
+        for (kind, rows) in Kind::ALL.into_iter().zip(kinds) {
+            let key = &keys[kind.index()];
+            let floor = field(&format!("f{}", letter(kind)))
+                .and_then(parse_ver)
+                .unwrap_or(Version::ZERO);
+            for (id, raw) in rows {
+                let (version, json) = split(key, &raw)?;
+                let Some(json) = json.filter(|_| version >= floor) else {
+                    continue;
+                };
+                let entity = match kind {
+                    Kind::Channel => Entity::Channel(decode::<Channel>(key, &json)?),
+                    Kind::Role => Entity::Role(decode::<Role>(key, &json)?),
+                    Kind::Member => Entity::Member(decode::<Member>(key, &json)?),
+                    Kind::Emoji => Entity::Emoji(decode::<Emoji>(key, &json)?),
+                    Kind::Presence => Entity::Presence(decode::<Presence>(key, &json)?),
+                    Kind::Voice => Entity::Voice(decode::<VoiceState>(key, &json)?),
+                };
+                view.insert(id, version, entity);
+            }
+        }
+        Ok(Some(view))
+    }
+
+    async fn user(&self, user_id: u64) -> Result<Option<User>, StoreError> {
+        let mut con = self.con.clone();
+        let key = format!("{}:u", self.prefix);
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(user_id)
+            .query_async(&mut con)
+            .await?;
+        match raw {
+            None => Ok(None),
+            Some(raw) => match raw.get(56..57) {
+                Some("L") => Ok(Some(decode(&key, raw.get(57..).unwrap_or_default())?)),
+                _ => Err(StoreError::Corrupt {
+                    key,
+                    reason: "bad user register".into(),
+                }),
+            },
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The store trait: one versioned cache, two implementations
+//! ([`MemoryStore`](crate::MemoryStore) and [`RedisStore`](crate::RedisStore)).
+//!
+//! Each call is one atomic, idempotent step (see [`crate::Mutation`] for the
+//! rules), so several consumers, redeliveries and replays may interleave
+//! freely: the end state depends only on the set of events applied.
+
+use crate::model::{GuildView, Member, User, Versioned};
+use crate::mutation::Mutation;
+use envelope::Version;
+use std::future::Future;
+
+/// A store operation that failed (not a stale write: that is `Ok(false)`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("corrupt cache entry {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// How many sequence numbers above the lowest one still tracked a shard's
+/// delivery window remembers; older redeliveries count as duplicates.
+pub const DELIVERY_WINDOW: usize = 1024;
+
+/// Member-count deltas kept per guild above its last snapshot. Beyond it
+/// the older half is folded into the count, and a membership event that
+/// arrives later than that many newer ones of its guild is ignored.
+pub const MAX_COUNT_DELTAS: usize = 4096;
+
+/// A versioned cache of guilds, their channels, roles, members and emojis,
+/// and users.
+pub trait Store: Send + Sync + 'static {
+    /// Applies one mutation; `true` when it changed the cache, `false` when
+    /// every write in it was stale or a duplicate. For a snapshot or a
+    /// removal, `true` means it is the newest of its guild (the guild floor
+    /// moved): that is what decides whether a join is announced.
+    fn apply(&self, mutation: Mutation) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records that event `version` of `shard_id` was delivered; `true` only
+    /// the first time (within [`DELIVERY_WINDOW`] of the shard's session).
+    fn first_delivery(
+        &self,
+        shard_id: u32,
+        version: Version,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Called before the writes of an event of `shard_id` about `guild_id`.
+    /// The first time a guild is seen, applies the removal implied by the
+    /// shard's latest READY not listing it (see [`Mutation::Ready`]).
+    fn admit(
+        &self,
+        shard_id: u32,
+        guild_id: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The guild's canonical view; `None` when unknown or removed.
+    fn guild(
+        &self,
+        guild_id: u64,
+    ) -> impl Future<Output = Result<Option<GuildView>, StoreError>> + Send;
+
+    /// A cached user.
+    fn user(&self, user_id: u64) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
+
+    /// One member of a cached guild; `None` when the guild or the member
+    /// is unknown. The default reads the whole guild view; stores override
+    /// it with a direct lookup (the read API calls it per request).
+    fn member(
+        &self,
+        guild_id: u64,
+        user_id: u64,
+    ) -> impl Future<Output = Result<Option<Versioned<Member>>, StoreError>> + Send {
+        async move {
+            Ok(self
+                .guild(guild_id)
+                .await?
+                .filter(|g| g.core.is_some())
+                .and_then(|mut g| g.members.remove(&user_id)))
+        }
+    }
+}
