@@ -1,0 +1,4 @@
+//! Placeholder until the demo lands.
+#![forbid(unsafe_code)]
+
+fn main() {}

@@ -1,0 +1,4 @@
+//! Placeholder until the scenario runner lands.
+#![forbid(unsafe_code)]
+
+fn main() {}
