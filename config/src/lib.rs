@@ -83,13 +83,15 @@ impl Config {
                     message: e.to_string(),
                 })?;
         source::apply_env(&mut table, env)?;
-        let config: Config =
+        let auto_total = SharderConfig::take_auto_total(&mut table);
+        let mut config: Config =
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
                     origin: format!("{origin} (with BULWARK_* overrides)"),
                     message: e.to_string(),
                 })?;
+        config.sharder.total_shards_auto = auto_total;
         config.validate()?;
         Ok(config)
     }

@@ -48,8 +48,15 @@ pub enum SessionStoreKind {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SharderConfig {
-    /// Shards of the bot across all processes.
+    /// Shards of the bot across all processes. The file or environment may
+    /// say `"auto"` instead of a number; see `total_shards_auto`.
     pub total_shards: u32,
+    /// `total_shards = "auto"`: the sharder takes Discord's recommended count
+    /// from `GET /gateway/bot` at start-up and overwrites `total_shards`
+    /// with it. One process only: pods asking at different times could get
+    /// different answers and split the bot inconsistently.
+    #[serde(skip)]
+    pub total_shards_auto: bool,
     /// Processes (pods) sharing the bot.
     pub process_count: u32,
     /// This process, 0-based (a StatefulSet ordinal).
@@ -118,6 +125,7 @@ impl Default for SharderConfig {
     fn default() -> Self {
         Self {
             total_shards: 1,
+            total_shards_auto: false,
             process_count: 1,
             process_index: 0,
             assignment: ShardAssignmentKind::Contiguous,
@@ -148,7 +156,28 @@ impl Default for SharderConfig {
     }
 }
 
+/// The word that asks for Discord's recommended shard count.
+pub const AUTO_TOTAL: &str = "auto";
+
 impl SharderConfig {
+    /// Removes `total_shards = "auto"` from the merged table (file plus
+    /// environment) so the rest deserialises as a number, and says whether
+    /// it was there. Any other string is left for serde to reject with the
+    /// key's name.
+    pub(crate) fn take_auto_total(table: &mut toml::Table) -> bool {
+        let Some(sharder) = table.get_mut("sharder").and_then(toml::Value::as_table_mut) else {
+            return false;
+        };
+        let auto = sharder
+            .get("total_shards")
+            .and_then(toml::Value::as_str)
+            .is_some_and(|v| v.eq_ignore_ascii_case(AUTO_TOTAL));
+        if auto {
+            sharder.remove("total_shards");
+        }
+        auto
+    }
+
     /// Whether the TOML `text` sets `[sharder].process_index` (a pod ordinal
     /// is used only when neither the file nor the environment sets it). An
     /// unparsable text answers `false`; loading it reports the error.
@@ -172,6 +201,18 @@ impl SharderConfig {
         }
         if self.process_count == 0 {
             return bad("process_count", "must be at least 1".into());
+        }
+        if self.total_shards_auto
+            && (self.process_count > 1 || self.assignment == ShardAssignmentKind::Ranges)
+        {
+            return bad(
+                "total_shards",
+                format!(
+                    "\"auto\" needs one process (process_count is {}, assignment {:?}); \
+                     set the number every pod shares (GET /gateway/bot recommends one)",
+                    self.process_count, self.assignment
+                ),
+            );
         }
         if self.process_index >= self.process_count {
             return bad(
@@ -387,5 +428,33 @@ mod tests {
         assert_eq!(c.sharder.shutdown_grace, std::time::Duration::from_secs(5));
         assert_eq!(c.sharder.admin_token.expose(), "adm1n");
         assert!(!format!("{:?}", c.sharder).contains("adm1n"));
+    }
+
+    #[test]
+    fn total_shards_auto_from_file_or_env() {
+        let c =
+            Config::from_toml_str("[sharder]\ntotal_shards = \"auto\"\n", "t", Vec::new()).unwrap();
+        assert!(c.sharder.total_shards_auto);
+        let env = vec![(
+            "BULWARK_SHARDER__TOTAL_SHARDS".to_owned(),
+            "AUTO".to_owned(),
+        )];
+        let c = Config::from_toml_str("[sharder]\ntotal_shards = 8\n", "t", env).unwrap();
+        assert!(
+            c.sharder.total_shards_auto,
+            "the environment overrides the file"
+        );
+        let c = Config::from_toml_str("[sharder]\ntotal_shards = 8\n", "t", Vec::new()).unwrap();
+        assert!(!c.sharder.total_shards_auto);
+        assert_eq!(c.sharder.total_shards, 8);
+        for text in [
+            "[sharder]\ntotal_shards = \"auto\"\nprocess_count = 2\n",
+            "[sharder]\ntotal_shards = \"lots\"\n",
+        ] {
+            let e = Config::from_toml_str(text, "t", Vec::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("total_shards"), "{text} -> {e}");
+        }
     }
 }

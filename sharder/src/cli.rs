@@ -75,8 +75,15 @@ pub fn apply_shard_args(
             return Err("--total 0: must be at least 1".into());
         }
         cfg.total_shards = t;
+        cfg.total_shards_auto = false;
     }
     if let Some(s) = shards {
+        if cfg.total_shards_auto {
+            return Err(format!(
+                "--shards {s} with total_shards = \"auto\": a shard range needs the total \
+                 every process shares; add --total N"
+            ));
+        }
         let range = parse_shard_range(s)?;
         check_shard_range(&range, cfg.total_shards, cfg.max_concurrency, shared_lock)?;
         cfg.process_shards = Some(range);
@@ -179,6 +186,21 @@ mod tests {
         assert_eq!(c.process_shards, None);
         let e = apply_shard_args(&mut c, None, Some(0), false).unwrap_err();
         assert!(e.starts_with("--total"), "{e}");
+    }
+
+    #[test]
+    fn a_shard_range_needs_a_fixed_total() {
+        let auto = config::SharderConfig {
+            total_shards_auto: true,
+            ..config::SharderConfig::default()
+        };
+        let mut c = auto.clone();
+        let e = apply_shard_args(&mut c, Some("0..16"), None, true).unwrap_err();
+        assert!(e.contains("auto") && e.contains("--total"), "{e}");
+        let mut c = auto;
+        apply_shard_args(&mut c, Some("0..16"), Some(32), true).unwrap();
+        assert!(!c.total_shards_auto, "--total replaces auto");
+        assert_eq!(c.total_shards, 32);
     }
 
     #[test]

@@ -194,7 +194,7 @@ async fn redis_connection(
 
 /// Runs the process's shards until `shutdown` is cancelled.
 pub async fn run_with(
-    cfg: config::Config,
+    mut cfg: config::Config,
     shutdown: CancellationToken,
     opts: RunOptions,
 ) -> Result<RunReport, RunError> {
@@ -221,7 +221,17 @@ pub async fn run_with(
     if let Some(mc) = cfg.sharder.max_concurrency {
         limit.max_concurrency = mc;
     }
-    if bot.shards > cfg.sharder.total_shards {
+    if cfg.sharder.total_shards_auto {
+        // Discord's recommendation is only known now; everything below
+        // (layout, IDENTIFY's `shard` pair, session ownership) uses it. A
+        // stored session from another total is foreign and identifies anew.
+        cfg.sharder.total_shards = bot.shards.max(1);
+        cfg.sharder.total_shards_auto = false;
+        tracing::info!(
+            total_shards = cfg.sharder.total_shards,
+            "total_shards = \"auto\": using Discord's recommended shard count"
+        );
+    } else if bot.shards > cfg.sharder.total_shards {
         tracing::warn!(
             recommended = bot.shards,
             configured = cfg.sharder.total_shards,

@@ -274,3 +274,49 @@ async fn run_fails_when_every_shard_has_stopped() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_shards_auto_takes_discords_recommendation() {
+    let sim = Simulator::start(SimConfig {
+        shards: 3,
+        guilds: 6,
+        identify_window: Duration::from_millis(50),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = TempDir::new("auto");
+    let mut cfg = run_config(&sim, &dir, "identify_window = \"60ms\"\n");
+    // What `total_shards = "auto"` in the file loads as; the configured 1
+    // must not survive discovery.
+    cfg.sharder.total_shards = 1;
+    cfg.sharder.total_shards_auto = true;
+    let (sink, mut events) = ChannelSink::new(1024, true);
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(sharder::run_with(
+        cfg,
+        stop.clone(),
+        RunOptions {
+            sink: SinkChoice::Channel(sink),
+            on_listening: None,
+        },
+    ));
+    let mut ready = std::collections::BTreeSet::new();
+    timeout(WAIT, async {
+        while ready.len() < 3 {
+            let e = events.recv().await.unwrap();
+            assert_eq!(e.num_shards, 3, "every shard identifies as one of 3");
+            if e.event == "READY" {
+                ready.insert(e.shard_id);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ready.into_iter().collect::<Vec<_>>(), [0, 1, 2]);
+    stop.cancel();
+    let report = timeout(WAIT, run).await.unwrap().unwrap().unwrap();
+    assert_eq!(report.shards, [0, 1, 2]);
+    assert_eq!(sim.counters().identifies, 3);
+    sim.shutdown().await;
+}
