@@ -32,7 +32,7 @@ use crate::session_store::SessionStore;
 use crate::shard::{Outcome, Shard, ShardState};
 use crate::sink::EventSink;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::Rng;
 use serde::Deserialize;
 use std::future::Future;
@@ -147,6 +147,21 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 }
                 Some(c) = self.confirm_rx.recv() => self.on_confirm(c),
                 () = tokio::time::sleep_until(hb.next) => {
+                    // After a stall (a starved core, a slow sink) the timer
+                    // and an ACK already in the socket are ready together,
+                    // and `select!` may pick the timer: read what has arrived
+                    // before calling the connection a zombie. The yield
+                    // first lets tasks that were starved with us run (and
+                    // their bytes arrive) on a busy runtime.
+                    if !hb.acked {
+                        tokio::task::yield_now().await;
+                    }
+                    while !hb.acked {
+                        let Some(msg) = ws.next().now_or_never() else { break };
+                        if let Err(o) = self.on_message(&mut ws, &mut hb, &limiter, &mut inflater, msg).await {
+                            return o;
+                        }
+                    }
                     if let Err(o) = self.heartbeat(&mut ws, &mut hb, &limiter).await {
                         return o;
                     }
@@ -164,26 +179,41 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 }
                 _ = persist.tick() => self.persist(false).await,
                 msg = ws.next() => {
-                    let payload = match msg {
-                        None => return Outcome::Resume("connection ended without a close frame".into()),
-                        Some(Err(e)) => return Outcome::Resume(format!("websocket error: {e}")),
-                        Some(Ok(Message::Close(frame))) => return self.on_close(frame),
-                        Some(Ok(Message::Binary(b))) => match inflater.push(&b) {
-                            Ok(Some(p)) => p,
-                            Ok(None) => continue,
-                            Err(e) => {
-                                return self.corrupt(&mut ws, e.to_string()).await;
-                            }
-                        },
-                        Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
-                        Some(Ok(_)) => continue,
-                    };
-                    if let Err(o) = self.on_payload(&mut ws, &mut hb, &limiter, Bytes::from(payload)).await {
+                    if let Err(o) = self.on_message(&mut ws, &mut hb, &limiter, &mut inflater, msg).await {
                         return o;
                     }
                 }
             }
         }
+    }
+
+    /// One websocket message: a close ends the connection, a (complete,
+    /// inflated) payload goes to `on_payload`, anything else is skipped.
+    async fn on_message(
+        &mut self,
+        ws: &mut Ws<C>,
+        hb: &mut Heartbeat,
+        limiter: &SendLimiter,
+        inflater: &mut Decompressor,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<(), Outcome> {
+        let payload = match msg {
+            None => {
+                return Err(Outcome::Resume(
+                    "connection ended without a close frame".into(),
+                ));
+            }
+            Some(Err(e)) => return Err(Outcome::Resume(format!("websocket error: {e}"))),
+            Some(Ok(Message::Close(frame))) => return Err(self.on_close(frame)),
+            Some(Ok(Message::Binary(b))) => match inflater.push(&b) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.corrupt(ws, e.to_string()).await),
+            },
+            Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+            Some(Ok(_)) => return Ok(()),
+        };
+        self.on_payload(ws, hb, limiter, Bytes::from(payload)).await
     }
 
     async fn corrupt(&mut self, ws: &mut Ws<C>, reason: String) -> Outcome {
