@@ -1,0 +1,226 @@
+//! RabbitMQ as a scenario sees it: each run's own topology, a tap on the
+//! exchange, queue depths, and raw publishes for corrupt messages.
+//!
+//! The tap is an exclusive, auto-deleted queue bound to the run's topic
+//! exchange with `#`: it receives a copy of every message the sharder got
+//! confirmed, while the worker consumes the partition queues as usual. So
+//! "nothing lost" and "the shed events stopped within a second" are
+//! counted on what really reached the broker, from the envelope's
+//! provenance (`shard_id`, `epoch`, `seq`, `received_at`).
+
+use crate::{AMQP_URL, Result};
+use envelope::topology::AmqpTopology;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::sync::{Arc, Mutex};
+
+/// One event copied off the exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapEvent {
+    pub shard_id: u32,
+    pub epoch: u64,
+    pub seq: u64,
+    pub t: String,
+    /// When the sharder received the frame (unix ms).
+    pub received_at: u64,
+}
+
+/// A connection to the test broker with one channel.
+pub struct Broker {
+    pub conn: Connection,
+    pub ch: Channel,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Connects to 127.0.0.1:5672.
+    pub async fn connect() -> Result<Self> {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        Ok(Self { conn, ch })
+    }
+
+    /// Declares `topo` (what the sharder and worker declare too).
+    pub async fn declare(&self, topo: &AmqpTopology) -> Result<()> {
+        topo.declare(&self.ch).await?;
+        Ok(())
+    }
+
+    /// Deletes `topo`, messages included (best effort on a fresh channel:
+    /// a failed step of a scenario may have closed the main one).
+    pub async fn delete(&self, topo: &AmqpTopology) {
+        if let Ok(ch) = self.conn.create_channel().await {
+            let _ = topo.delete(&ch).await;
+        }
+    }
+
+    /// Messages ready in each partition queue (not yet delivered).
+    pub async fn backlog(&self, topo: &AmqpTopology) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for p in 0..topo.partitions {
+            out.push(self.queue_count(&topo.queue(p)).await?);
+        }
+        Ok(out)
+    }
+
+    /// Messages ready in `queue` (passive declare).
+    pub async fn queue_count(&self, queue: &str) -> Result<u32> {
+        let ch = self.conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = ch.close(200, "done".into()).await;
+        Ok(q.message_count())
+    }
+
+    /// Publishes raw bytes to `exchange` with `routing_key`, confirmed.
+    pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) -> Result<()> {
+        let ch = self.conn.create_channel().await?;
+        ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
+        ch.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+        let _ = ch.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    /// Starts copying every message of `topo`'s exchange.
+    pub async fn tap(&self, topo: &AmqpTopology) -> Result<Tap> {
+        let ch = self.conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        ch.queue_bind(
+            q.name().as_str().into(),
+            topo.exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let mut consumer = ch
+            .basic_consume(
+                q.name().as_str().into(),
+                "scenario-tap".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let undecodable = Arc::new(Mutex::new(0u64));
+        let (e, u) = (events.clone(), undecodable.clone());
+        let task = tokio::spawn(async move {
+            while let Some(Ok(m)) = consumer.next().await {
+                match envelope::decode(&m.data) {
+                    Ok(batch) => {
+                        let mut out = e.lock().unwrap_or_else(|p| p.into_inner());
+                        for ev in batch.events {
+                            out.push(TapEvent {
+                                shard_id: batch.shard_id,
+                                epoch: ev.epoch,
+                                seq: ev.seq,
+                                t: ev.t.to_owned(),
+                                received_at: ev.received_at,
+                            });
+                        }
+                    }
+                    Err(_) => *u.lock().unwrap_or_else(|p| p.into_inner()) += 1,
+                }
+            }
+        });
+        Ok(Tap {
+            _ch: ch,
+            events,
+            undecodable,
+            task,
+        })
+    }
+
+    /// Deletes an exchange (best effort).
+    pub async fn delete_exchange(&self, name: &str) {
+        let _ = self
+            .ch
+            .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+/// A running copy of the exchange's messages.
+pub struct Tap {
+    _ch: Channel,
+    events: Arc<Mutex<Vec<TapEvent>>>,
+    undecodable: Arc<Mutex<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap").field("events", &self.len()).finish()
+    }
+}
+
+impl Tap {
+    /// Every event copied so far, in arrival order.
+    pub fn events(&self) -> Vec<TapEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Events copied so far.
+    pub fn len(&self) -> usize {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True before the first event.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Messages that were not envelopes.
+    pub fn undecodable(&self) -> u64 {
+        *self.undecodable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,14 @@
+//! Placeholder.
+use super::ScenarioInfo;
+use crate::Result;
+use crate::report::{ScenarioReport, Size};
+
+pub const INFO: ScenarioInfo = ScenarioInfo {
+    name: "dns-storm",
+    incident: "",
+    asserts: "",
+};
+
+pub async fn run(_size: Size) -> Result<ScenarioReport> {
+    Err(crate::ScenarioError::Setup("not yet".into()))
+}
