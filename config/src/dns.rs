@@ -6,6 +6,7 @@
 //! DNS is down, in the spirit of RFC 8767.
 
 use crate::ConfigError;
+use crate::error::check_duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -78,8 +79,28 @@ impl Default for DnsConfig {
 }
 
 impl DnsConfig {
+    /// Checks `[dns]`'s bounds, for a resolver built from a `DnsConfig` that
+    /// did not come through [`crate::Config`]'s loader (which checks it
+    /// already): out-of-bounds values would otherwise surface as panics in
+    /// `Duration`/`Instant` arithmetic or `clamp` deep in the resolver.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, msg: String| Err(ConfigError::invalid(format!("dns.{key}"), msg));
+        for (key, value) in [
+            ("dns.min_ttl", self.min_ttl),
+            ("dns.max_ttl", self.max_ttl),
+            ("dns.negative_ttl", self.negative_ttl),
+            ("dns.max_stale", self.max_stale),
+            ("dns.stale_answer_timeout", self.stale_answer_timeout),
+            ("dns.retry_interval", self.retry_interval),
+            ("dns.query_timeout", self.query_timeout),
+            ("dns.connect_timeout", self.connect_timeout),
+        ] {
+            check_duration(key, value)?;
+        }
         if self.min_ttl > self.max_ttl {
             return bad(
                 "min_ttl",

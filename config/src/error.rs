@@ -1,6 +1,12 @@
 //! Configuration errors that say which key is wrong and what to do about it.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Upper bound of every duration key: a year. `humantime` accepts values up
+/// to `u64::MAX` seconds, and `Instant::now() + d` (a cache entry's expiry,
+/// a deadline) panics on overflow far below that; no setting needs a year.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why the configuration could not be loaded. Every variant names where the
 /// bad value came from (file, environment variable or key) and what is
@@ -33,4 +39,15 @@ impl ConfigError {
             message: message.into(),
         }
     }
+}
+
+/// `Err` naming `key` when `value` is above [`MAX_DURATION`].
+pub(crate) fn check_duration(key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value > MAX_DURATION {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{value:?} is above the 365-day bound of every duration"),
+        ));
+    }
+    Ok(())
 }

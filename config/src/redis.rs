@@ -4,6 +4,7 @@
 //! keys (checked at start-up by the sharder). The URL may carry a password,
 //! so it is a [`Secret`]; log it with [`crate::redact_url`].
 
+use crate::error::check_duration;
 use crate::{ConfigError, Secret};
 use serde::Deserialize;
 use std::time::Duration;
@@ -54,6 +55,7 @@ impl RedisConfig {
                 "must not be empty",
             ));
         }
+        check_duration("redis.session_ttl", self.session_ttl)?;
         if self.session_ttl < Duration::from_secs(60) {
             return Err(ConfigError::invalid(
                 "redis.session_ttl",

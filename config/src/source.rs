@@ -8,6 +8,13 @@
 //! and as a plain string otherwise (`30s`, `amqp://host`). Only after the
 //! merge is the table deserialised into typed structs, so an override gets
 //! exactly the same type checks and bounds as the file.
+//!
+//! Hostile or mistyped variables are errors, never panics or surprises: a
+//! path deeper than [`MAX_ENV_DEPTH`] is refused (a huge name would otherwise
+//! build a table nested thousands deep), a value is a TOML value only when it
+//! is exactly one (`1\nx = 2` is the string it looks like), and the secret
+//! keys ([`VERBATIM_KEYS`]) keep their text as given, so a numeric-looking
+//! password such as `0x1F` or `1e3` is not turned into `31` or `1000.0`.
 
 use crate::ConfigError;
 use toml::{Table, Value};
@@ -18,6 +25,19 @@ pub const ENV_PREFIX: &str = "BULWARK_";
 /// The one `BULWARK_` variable that is not an override: the config file's
 /// path, read by the binaries' `--config` flag.
 pub const CONFIG_PATH_ENV: &str = "BULWARK_CONFIG";
+
+/// Deepest `section.key` path an environment variable may set. Every key
+/// of the configuration is two levels deep; four leaves room to grow.
+pub const MAX_ENV_DEPTH: usize = 4;
+
+/// Keys whose override is taken as its text (unless it is one quoted TOML
+/// string): secrets and URLs, which must arrive byte for byte.
+pub const VERBATIM_KEYS: &[&str] = &[
+    "discord.token",
+    "amqp.url",
+    "redis.url",
+    "sharder.admin_token",
+];
 
 /// Applies `BULWARK_*` variables from `vars` onto `table`.
 pub fn apply_env(
@@ -31,17 +51,32 @@ pub fn apply_env(
     // Deterministic order, so two variables for one key always resolve alike.
     vars.sort();
     for (var, raw) in vars {
-        let path: Vec<String> = var[ENV_PREFIX.len()..]
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect();
+        let name = var.strip_prefix(ENV_PREFIX).unwrap_or_default();
+        let path: Vec<String> = name.split("__").map(str::to_ascii_lowercase).collect();
         if path.iter().any(String::is_empty) {
             return Err(ConfigError::Env {
                 var,
                 message: "expected BULWARK_<SECTION>__<KEY>, with no empty part".into(),
             });
         }
-        set_path(table, &path, parse_value(&raw)).map_err(|message| ConfigError::Env {
+        if path.len() > MAX_ENV_DEPTH {
+            return Err(ConfigError::Env {
+                var,
+                message: format!(
+                    "{} levels; no key is deeper than {MAX_ENV_DEPTH} (BULWARK_<SECTION>__<KEY>)",
+                    path.len()
+                ),
+            });
+        }
+        let value = if VERBATIM_KEYS.contains(&path.join(".").as_str()) {
+            match parse_value(&raw) {
+                Value::String(s) => Value::String(s),
+                _ => Value::String(raw),
+            }
+        } else {
+            parse_value(&raw)
+        };
+        set_path(table, &path, value).map_err(|message| ConfigError::Env {
             var: var.clone(),
             message,
         })?;
@@ -49,13 +84,14 @@ pub fn apply_env(
     Ok(())
 }
 
+/// `raw` as the one TOML value it spells, or as a string.
 fn parse_value(raw: &str) -> Value {
     let doc = format!("v = {raw}");
     match doc.parse::<Table>() {
-        Ok(mut t) => t
+        Ok(mut t) if t.len() == 1 => t
             .remove("v")
             .unwrap_or_else(|| Value::String(raw.to_owned())),
-        Err(_) => Value::String(raw.to_owned()),
+        _ => Value::String(raw.to_owned()),
     }
 }
 
@@ -69,10 +105,12 @@ fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), Stri
         cur = match entry {
             Value::Table(t) => t,
             _ => {
-                return Err(format!(
-                    "`{}` is a value, not a section",
-                    path[..=depth].join(".")
-                ));
+                let section: Vec<&str> = path
+                    .iter()
+                    .take(depth.saturating_add(1))
+                    .map(String::as_str)
+                    .collect();
+                return Err(format!("`{}` is a value, not a section", section.join(".")));
             }
         };
     }
@@ -123,6 +161,33 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("BULWARK_DNS__CACHE_SIZE__X"), "{msg}");
         assert!(msg.contains("dns.cache_size"), "{msg}");
+    }
+
+    #[test]
+    fn deep_paths_multi_line_values_and_secrets() {
+        let mut t = Table::new();
+        let deep = format!("BULWARK_{}", vec!["A"; 5000].join("__"));
+        let e = apply_env(&mut t, env(&[(&deep, "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("5000 levels"), "{e}");
+        assert!(t.is_empty());
+        apply_env(&mut t, env(&[("BULWARK_DNS__NDOTS", "1\nx = 2")])).unwrap();
+        assert_eq!(t["dns"]["ndots"].as_str(), Some("1\nx = 2"));
+        apply_env(
+            &mut t,
+            env(&[
+                ("BULWARK_DISCORD__TOKEN", "0x1F"),
+                ("BULWARK_SHARDER__ADMIN_TOKEN", "\"quoted\""),
+                ("BULWARK_REDIS__URL", "1e3"),
+                ("BULWARK_DNS__CACHE_SIZE", "0x1F"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(t["discord"]["token"].as_str(), Some("0x1F"));
+        assert_eq!(t["sharder"]["admin_token"].as_str(), Some("quoted"));
+        assert_eq!(t["redis"]["url"].as_str(), Some("1e3"));
+        assert_eq!(t["dns"]["cache_size"].as_integer(), Some(31));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! sharder; this section holds what only the worker needs.
 
 use crate::ConfigError;
+use crate::error::check_duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -88,6 +89,7 @@ impl WorkerConfig {
                 "0 means unlimited in AMQP and lets a burst exhaust memory; use 1..=65535".into(),
             );
         }
+        check_duration("worker.tombstone_horizon", self.tombstone_horizon)?;
         if self.tombstone_horizon < Duration::from_secs(60) {
             return bad(
                 "tombstone_horizon",
