@@ -7,6 +7,7 @@
 //! the same on every pod except `process_index`, so each pod can check the
 //! whole cluster's layout at start-up.
 
+use crate::error::check_duration;
 use crate::{ConfigError, Secret};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -156,6 +157,10 @@ impl Default for SharderConfig {
     }
 }
 
+/// Upper bound of `max_payload_bytes`: one payload is buffered whole, so
+/// the bound is what a hostile or broken stream may make the sharder hold.
+const MAX_PAYLOAD_BYTES: u64 = 1 << 30;
+
 /// The word that asks for Discord's recommended shard count.
 pub const AUTO_TOTAL: &str = "auto";
 
@@ -196,6 +201,16 @@ impl SharderConfig {
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, msg: String| Err(ConfigError::invalid(format!("sharder.{key}"), msg));
+        for (key, value) in [
+            ("sharder.identify_window", self.identify_window),
+            ("sharder.identify_min_interval", self.identify_min_interval),
+            ("sharder.persist_interval", self.persist_interval),
+            ("sharder.reconnect_base", self.reconnect_base),
+            ("sharder.reconnect_max", self.reconnect_max),
+            ("sharder.hello_timeout", self.hello_timeout),
+        ] {
+            check_duration(key, value)?;
+        }
         if self.total_shards == 0 {
             return bad("total_shards", "must be at least 1".into());
         }
@@ -262,6 +277,15 @@ impl SharderConfig {
             return bad(
                 "gateway_url",
                 format!("`{url}` must start with ws:// or wss://"),
+            );
+        }
+        if self.max_payload_bytes > MAX_PAYLOAD_BYTES {
+            return bad(
+                "max_payload_bytes",
+                format!(
+                    "{} is above the 1 GiB bound; a gateway payload is a few MiB at most",
+                    self.max_payload_bytes
+                ),
             );
         }
         if self.max_payload_bytes < 4096 {

@@ -110,6 +110,12 @@ fn durations(c: &Config) -> Vec<Duration> {
         c.redis.session_ttl,
         c.worker.tombstone_horizon,
         c.sharder.shutdown_grace,
+        c.sharder.identify_window,
+        c.sharder.identify_min_interval,
+        c.sharder.persist_interval,
+        c.sharder.reconnect_base,
+        c.sharder.reconnect_max,
+        c.sharder.hello_timeout,
     ]
 }
 
@@ -286,6 +292,10 @@ fn overflowing_durations_are_errors_naming_the_key() {
         ("dns.query_timeout", "18446744073709551615s"),
         ("redis.session_ttl", "1000y"),
         ("worker.tombstone_horizon", "500y"),
+        ("sharder.persist_interval", "584942417355y"),
+        ("sharder.identify_window", "2y"),
+        ("sharder.reconnect_max", "1000y"),
+        ("sharder.hello_timeout", "18446744073709551615s"),
     ] {
         let (section, name) = key.split_once('.').unwrap();
         let text = format!("[{section}]\n{name} = \"{value}\"\n");
@@ -294,6 +304,18 @@ fn overflowing_durations_are_errors_naming_the_key() {
             .to_string();
         assert!(e.contains(key) || e.contains(name), "{text} -> {e}");
     }
+}
+
+#[test]
+fn payload_bound_is_bounded() {
+    let e = Config::from_toml_str(
+        "[sharder]\nmax_payload_bytes = 9223372036854775807\n",
+        "t",
+        Vec::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("max_payload_bytes"), "{e}");
 }
 
 #[test]
