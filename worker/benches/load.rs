@@ -14,10 +14,11 @@
 //!   clean events to the output exchange (each publish waits for its
 //!   confirm before the input is acked).
 //!
-//! Each figure is run 5 times (the RabbitMQ one 3 times); min / median /
+//! Each figure is run 5 times (the Redis and RabbitMQ ones 3 times); min / median /
 //! max are printed.
 //!
-//! Run: `cargo bench -p worker --bench load` (needs Redis on 127.0.0.1:6379
+//! Run: `cargo bench -p worker --bench load` (`-- --redis` for the Redis
+//! rows only; needs Redis on 127.0.0.1:6379
 //! and RabbitMQ on 127.0.0.1:5672, guest/guest).
 #![allow(clippy::unwrap_used)]
 
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 use worker::{MemoryStore, RedisStore, Store, Worker};
 
 const RUNS: usize = 5;
+/// The Redis rows run fewer times: the unpipelined ones take seconds each.
+const REDIS_RUNS: usize = 3;
 
 fn frame(
     shard: u32,
@@ -103,6 +106,28 @@ async fn feed<S: Store>(worker: &Worker<S>, parts: &[Vec<Vec<u8>>]) -> Duration 
     t.elapsed()
 }
 
+/// The same events re-framed `per` to an envelope, as the sharder batches.
+fn rebatch(parts: &[Vec<Vec<u8>>], per: usize) -> Vec<Vec<Vec<u8>>> {
+    parts
+        .iter()
+        .map(|msgs| {
+            msgs.chunks(per)
+                .map(|chunk| {
+                    let batches: Vec<_> =
+                        chunk.iter().map(|m| envelope::decode(m).unwrap()).collect();
+                    let mut enc = BatchEncoder::new(batches[0].shard_id, 16).unwrap();
+                    for b in &batches {
+                        for e in &b.events {
+                            enc.push(e).unwrap();
+                        }
+                    }
+                    enc.finish()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn redis(rt: &tokio::runtime::Runtime) {
     let cfg = WorldConfig {
         shards: 8,
@@ -120,17 +145,53 @@ fn redis(rt: &tokio::runtime::Runtime) {
     let parts = log(cfg, 16_000);
     let events: usize = parts.iter().map(Vec::len).sum();
     let one: Vec<Vec<Vec<u8>>> = vec![parts.concat()];
-    for (label, input) in [
-        ("1 partition in order", &one),
-        ("8 partitions interleaved", &parts),
+    let batched = rebatch(&parts, 32);
+    let one_batched = vec![batched.concat()];
+    for (label, input, pipelined) in [
+        (
+            "1 partition in order, 1 event/envelope, unpipelined",
+            &one,
+            false,
+        ),
+        (
+            "1 partition in order, 1 event/envelope, pipelined",
+            &one,
+            true,
+        ),
+        (
+            "8 partitions interleaved, 1 event/envelope, unpipelined",
+            &parts,
+            false,
+        ),
+        (
+            "8 partitions interleaved, 1 event/envelope, pipelined",
+            &parts,
+            true,
+        ),
+        (
+            "1 partition in order, 32 events/envelope, unpipelined",
+            &one_batched,
+            false,
+        ),
+        (
+            "1 partition in order, 32 events/envelope, pipelined",
+            &one_batched,
+            true,
+        ),
+        (
+            "8 partitions interleaved, 32 events/envelope, pipelined",
+            &batched,
+            true,
+        ),
     ] {
         let mut rates = Vec::new();
-        for run in 0..RUNS {
+        for run in 0..REDIS_RUNS {
             let prefix = format!("bulwark-bench-{}-{run}", std::process::id());
             let elapsed = rt.block_on(async {
                 let store = RedisStore::connect("redis://127.0.0.1:6379/", &prefix)
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .with_pipelining(pipelined);
                 let purge = store.clone();
                 let worker = Worker::new(store);
                 let e = feed(&worker, input).await;
@@ -269,6 +330,10 @@ fn main() {
         .unwrap();
     if std::env::args().any(|a| a == "--consumer") {
         consumer(&rt);
+        return;
+    }
+    if std::env::args().any(|a| a == "--redis") {
+        redis(&rt);
         return;
     }
     burst(&rt);

@@ -39,4 +39,4 @@ pub use model::{
 pub use mutation::{Mutation, Snapshot};
 pub use processor::{CleanEvent, CleanKind, ProcessError, Report, Worker};
 pub use redis_store::RedisStore;
-pub use store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Store, StoreError};
+pub use store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};

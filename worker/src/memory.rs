@@ -13,7 +13,7 @@ use crate::model::{
 };
 use crate::mutation::{Mutation, Snapshot};
 use crate::snowflake::IdMap;
-use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Store, StoreError};
+use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};
 use crate::users::Users;
 use envelope::Version;
 use std::collections::{BTreeMap, HashMap};
@@ -310,6 +310,102 @@ impl State {
         true
     }
 
+    /// Applies one mutation; see [`Store::apply`].
+    fn apply(&mut self, mutation: Mutation) -> bool {
+        match mutation {
+            Mutation::Snapshot(s) => self.guilds.entry(s.guild_id).or_default().snapshot(*s),
+            Mutation::List {
+                guild_id,
+                version,
+                kind,
+                items,
+            } => {
+                let g = self.guilds.entry(guild_id).or_default();
+                if version < g.floors[kind.index()] {
+                    return false;
+                }
+                let mut changed = g.raise(kind, version);
+                for (id, entity) in items {
+                    if entity.kind() == kind {
+                        changed |= g.put(id, version, entity);
+                    }
+                }
+                changed
+            }
+            Mutation::Remove {
+                guild_id,
+                version,
+                at_ms,
+            } => self
+                .guilds
+                .entry(guild_id)
+                .or_default()
+                .remove(version, at_ms),
+            Mutation::Ready {
+                shard_id,
+                version,
+                at_ms,
+                guilds,
+            } => self.ready(shard_id, version, at_ms, guilds),
+            Mutation::Availability {
+                guild_id,
+                version,
+                available,
+            } => {
+                let g = self.guilds.entry(guild_id).or_default();
+                if version > g.available.0 {
+                    g.available = (version, available);
+                    true
+                } else {
+                    false
+                }
+            }
+            Mutation::Core {
+                guild_id,
+                version,
+                core,
+            } => self
+                .guilds
+                .entry(guild_id)
+                .or_default()
+                .set_core(version, Entry::Live(core)),
+            Mutation::Put {
+                guild_id,
+                version,
+                id,
+                entity,
+            } => self
+                .guilds
+                .entry(guild_id)
+                .or_default()
+                .put(id, version, entity),
+            Mutation::Delete {
+                guild_id,
+                version,
+                kind,
+                id,
+                at_ms,
+            } => self
+                .guilds
+                .entry(guild_id)
+                .or_default()
+                .delete(kind, id, version, at_ms),
+            Mutation::MemberDelta {
+                guild_id,
+                version,
+                delta,
+            } => {
+                let g = self.guilds.entry(guild_id).or_default();
+                let fresh = version > g.count_mark && g.deltas.insert(version, delta).is_none();
+                if g.deltas.len() > MAX_COUNT_DELTAS {
+                    g.fold_deltas();
+                }
+                fresh
+            }
+            Mutation::User { id, version, user } => self.users.put(id, version, user),
+        }
+    }
+
     /// First sight of `guild` from `shard`: if that shard's READY did not
     /// list it, the guild was not the bot's as of that READY, so the removal
     /// READY implies is applied before any write (older writes then lose,
@@ -362,99 +458,23 @@ impl MemoryStore {
 
     /// Applies a mutation synchronously; see [`Store::apply`].
     pub fn apply_now(&self, mutation: Mutation) -> bool {
+        self.lock().apply(mutation)
+    }
+
+    /// Runs a batch of steps under one lock; see [`Store::run`].
+    pub fn run_now(&self, steps: Vec<Step>) -> Vec<bool> {
         let mut st = self.lock();
-        match mutation {
-            Mutation::Snapshot(s) => st.guilds.entry(s.guild_id).or_default().snapshot(*s),
-            Mutation::List {
-                guild_id,
-                version,
-                kind,
-                items,
-            } => {
-                let g = st.guilds.entry(guild_id).or_default();
-                if version < g.floors[kind.index()] {
-                    return false;
-                }
-                let mut changed = g.raise(kind, version);
-                for (id, entity) in items {
-                    if entity.kind() == kind {
-                        changed |= g.put(id, version, entity);
-                    }
-                }
-                changed
-            }
-            Mutation::Remove {
-                guild_id,
-                version,
-                at_ms,
-            } => st
-                .guilds
-                .entry(guild_id)
-                .or_default()
-                .remove(version, at_ms),
-            Mutation::Ready {
-                shard_id,
-                version,
-                at_ms,
-                guilds,
-            } => st.ready(shard_id, version, at_ms, guilds),
-            Mutation::Availability {
-                guild_id,
-                version,
-                available,
-            } => {
-                let g = st.guilds.entry(guild_id).or_default();
-                if version > g.available.0 {
-                    g.available = (version, available);
+        steps
+            .into_iter()
+            .map(|step| match step {
+                Step::Admit { shard_id, guild_id } => {
+                    st.admit(shard_id, guild_id);
                     true
-                } else {
-                    false
                 }
-            }
-            Mutation::Core {
-                guild_id,
-                version,
-                core,
-            } => st
-                .guilds
-                .entry(guild_id)
-                .or_default()
-                .set_core(version, Entry::Live(core)),
-            Mutation::Put {
-                guild_id,
-                version,
-                id,
-                entity,
-            } => st
-                .guilds
-                .entry(guild_id)
-                .or_default()
-                .put(id, version, entity),
-            Mutation::Delete {
-                guild_id,
-                version,
-                kind,
-                id,
-                at_ms,
-            } => st
-                .guilds
-                .entry(guild_id)
-                .or_default()
-                .delete(kind, id, version, at_ms),
-            Mutation::MemberDelta {
-                guild_id,
-                version,
-                delta,
-            } => {
-                let g = st.guilds.entry(guild_id).or_default();
-                let fresh = version > g.count_mark && g.deltas.insert(version, delta).is_none();
-                if g.deltas.len() > MAX_COUNT_DELTAS {
-                    g.fold_deltas();
-                }
-                fresh
-            }
-            Mutation::User { id, version, user } => st.users.put(id, version, user),
-        }
+                Step::Apply(m) => st.apply(m),
+                Step::FirstDelivery { shard_id, version } => st.deliveries.first(shard_id, version),
+            })
+            .collect()
     }
 
     /// Number of cached users.
@@ -503,6 +523,10 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn apply(&self, mutation: Mutation) -> Result<bool, StoreError> {
         Ok(self.apply_now(mutation))
+    }
+
+    async fn run(&self, steps: Vec<Step>) -> Result<Vec<bool>, StoreError> {
+        Ok(self.run_now(steps))
     }
 
     async fn first_delivery(&self, shard_id: u32, version: Version) -> Result<bool, StoreError> {

@@ -3,12 +3,15 @@
 //!
 //! # Algorithm
 //!
-//! For each event of a message, in gateway order:
-//! 1. parse `d` into mutations (an invalid payload is reported, the other
-//!    events of the message still apply);
-//! 2. apply every mutation (they are idempotent, so even a redelivery is
-//!    applied: a lost first attempt must not lose state);
-//! 3. emit or drop. A guild lifecycle event (join, available, unavailable,
+//! For each message:
+//! 1. parse every event's `d` into mutations (an invalid payload is
+//!    reported, the other events of the message still apply), and lay out
+//!    the store steps of all events in gateway order: per event, `admit`,
+//!    its writes, then (for non-lifecycle events) `first_delivery`;
+//! 2. run the steps as one batch (one Redis round trip): every write is
+//!    applied, even on a redelivery (writes are idempotent, so a lost first
+//!    attempt must not lose state);
+//! 3. per event, emit or drop. A guild lifecycle event (join, available, unavailable,
 //!    removed) is emitted only if its guild-level write, applied last, was
 //!    the newest for the guild: that write happens once per version, so a
 //!    redelivered or late `joined` GUILD_CREATE never announces twice, and a
@@ -25,7 +28,7 @@
 //! announce joins for the guilds the bot was already in.
 
 use crate::gateway::{self, CacheOptions, Class, PayloadError};
-use crate::store::{Store, StoreError};
+use crate::store::{Step, Store, StoreError};
 use envelope::{DecodeError, Event, Version};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,6 +96,16 @@ pub struct Report {
     pub dropped: usize,
     /// Events whose payload was invalid, with the reason (skipped).
     pub invalid: Vec<(Version, String)>,
+}
+
+/// What one event will do: its class and where its step results are.
+struct Plan {
+    class: Option<Class>,
+    guild_id: Option<u64>,
+    /// Indexes of its writes in the batch's results.
+    writes: std::ops::Range<usize>,
+    /// Index of its first-delivery check, for [`Class::Other`].
+    delivery: Option<usize>,
 }
 
 type Handler = Arc<dyn Fn(&CleanEvent<'_>) + Send + Sync>;
@@ -172,7 +185,8 @@ impl<S: Store> Worker<S> {
 
     /// [`Worker::process_message`], also handing every clean event to
     /// `sink` after the handlers (the consumer publishes them to the output
-    /// exchange this way).
+    /// exchange this way). The store steps of every event of the message
+    /// run as one batch ([`Store::run`]: one round trip on Redis).
     pub async fn process_message_with(
         &self,
         bytes: &[u8],
@@ -181,10 +195,8 @@ impl<S: Store> Worker<S> {
         let started = std::time::Instant::now();
         let batch = envelope::decode(bytes)?;
         let mut report = Report::default();
-        for event in &batch.events {
-            self.process_event_with(batch.shard_id, event, &mut report, sink)
-                .await?;
-        }
+        self.process_events(batch.shard_id, &batch.events, &mut report, sink)
+            .await?;
         metrics::histogram!("worker_apply_seconds").record(started.elapsed().as_secs_f64());
         Ok(report)
     }
@@ -208,6 +220,46 @@ impl<S: Store> Worker<S> {
         report: &mut Report,
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) -> Result<(), StoreError> {
+        self.process_events(shard_id, std::slice::from_ref(event), report, sink)
+            .await
+    }
+
+    /// Events of one shard, in order: parse all, run their store steps as
+    /// one batch, then classify and emit each.
+    async fn process_events(
+        &self,
+        shard_id: u32,
+        events: &[Event<'_>],
+        report: &mut Report,
+        sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
+    ) -> Result<(), StoreError> {
+        let mut steps = Vec::with_capacity(events.len() * 2);
+        let mut plans = Vec::with_capacity(events.len());
+        for event in events {
+            plans.push(self.plan(shard_id, event, report, &mut steps));
+        }
+        let results = if steps.is_empty() {
+            Vec::new()
+        } else {
+            self.store.run(steps).await?
+        };
+        for (event, plan) in events.iter().zip(plans) {
+            if let Some(plan) = plan {
+                self.emit(shard_id, event, &plan, &results, report, sink);
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses `event` and appends its store steps; `None` when its payload
+    /// is invalid (reported, skipped).
+    fn plan(
+        &self,
+        shard_id: u32,
+        event: &Event<'_>,
+        report: &mut Report,
+        steps: &mut Vec<Step>,
+    ) -> Option<Plan> {
         let parsed = match gateway::parse(shard_id, event, &self.options) {
             Ok(p) => p,
             Err(PayloadError { event: t, source }) => {
@@ -215,68 +267,94 @@ impl<S: Store> Worker<S> {
                 report
                     .invalid
                     .push((event.version(), format!("invalid {t} payload: {source}")));
-                return Ok(());
+                return None;
             }
         };
         let tracked = !parsed.mutations.is_empty();
-        if let Some(g) = parsed.guild_id.filter(|_| tracked) {
-            self.store.admit(shard_id, g).await?;
+        if let Some(guild_id) = parsed.guild_id.filter(|_| tracked) {
+            steps.push(Step::Admit { shard_id, guild_id });
         }
-        let (mut any, mut last) = (false, false);
-        for m in parsed.mutations {
-            last = self.store.apply(m).await?;
-            any |= last;
-        }
-        let kind = match parsed.class {
+        let first = steps.len();
+        steps.extend(parsed.mutations.into_iter().map(Step::Apply));
+        let writes = first..steps.len();
+        // Recorded even when the event turns out stale: a stale event stays
+        // stale (versions only grow), so its redelivery is dropped either way.
+        let delivery = (parsed.class == Some(Class::Other)).then(|| {
+            steps.push(Step::FirstDelivery {
+                shard_id,
+                version: event.version(),
+            });
+            steps.len() - 1
+        });
+        Some(Plan {
+            class: parsed.class,
+            guild_id: parsed.guild_id,
+            writes,
+            delivery,
+        })
+    }
+
+    /// Classifies a planned event from its step results and emits it (or
+    /// counts it dropped).
+    fn emit(
+        &self,
+        shard_id: u32,
+        event: &Event<'_>,
+        plan: &Plan,
+        results: &[bool],
+        report: &mut Report,
+        sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
+    ) {
+        let writes = results.get(plan.writes.clone()).unwrap_or_default();
+        let tracked = !writes.is_empty();
+        let any = writes.iter().any(|&w| w);
+        let last = writes.last().copied().unwrap_or(false);
+        let first = plan
+            .delivery
+            .and_then(|i| results.get(i).copied())
+            .unwrap_or(false);
+        let kind = match plan.class {
             Some(Class::Joined) if last => Some(CleanKind::GuildJoined),
             Some(Class::Available { initial }) if last => {
                 Some(CleanKind::GuildAvailable { initial })
             }
             Some(Class::Unavailable) if last => Some(CleanKind::GuildUnavailable),
             Some(Class::Removed) if last => Some(CleanKind::GuildRemoved),
-            Some(Class::Other) if !tracked || any => self
-                .store
-                .first_delivery(shard_id, event.version())
-                .await?
-                .then_some(CleanKind::Dispatch),
+            Some(Class::Other) if (!tracked || any) && first => Some(CleanKind::Dispatch),
             _ => None,
         };
         if any {
             metrics::counter!("worker_events_applied_total").increment(1);
         }
-        match kind {
-            Some(kind) => {
-                let clean = CleanEvent {
-                    kind,
-                    shard_id,
-                    version: event.version(),
-                    received_at: event.received_at,
-                    guild_id: parsed.guild_id,
-                    t: event.t,
-                    d: event.d,
-                };
-                report.emitted += 1;
-                metrics::counter!("worker_events_emitted_total").increment(1);
-                if kind == CleanKind::GuildJoined {
-                    metrics::counter!("worker_joins_emitted_total").increment(1);
-                }
-                if let Some(hs) = self.by_name.get(clean.name()) {
-                    for h in hs {
-                        h(&clean);
-                    }
-                }
-                for h in &self.any {
-                    h(&clean);
-                }
-                sink(&clean);
-            }
-            None => {
-                report.dropped += 1;
-                // Stale (every write older than the cache) or a duplicate
-                // delivery of the same version.
-                metrics::counter!("worker_events_dropped_total").increment(1);
+        let Some(kind) = kind else {
+            report.dropped += 1;
+            // Stale (every write older than the cache) or a duplicate
+            // delivery of the same version.
+            metrics::counter!("worker_events_dropped_total").increment(1);
+            return;
+        };
+        let clean = CleanEvent {
+            kind,
+            shard_id,
+            version: event.version(),
+            received_at: event.received_at,
+            guild_id: plan.guild_id,
+            t: event.t,
+            d: event.d,
+        };
+        report.emitted += 1;
+        metrics::counter!("worker_events_emitted_total").increment(1);
+        if kind == CleanKind::GuildJoined {
+            metrics::counter!("worker_joins_emitted_total").increment(1);
+        }
+        if let Some(hs) = self.by_name.get(clean.name()) {
+            for h in hs {
+                h(&clean);
             }
         }
-        Ok(())
+        for h in &self.any {
+            h(&clean);
+        }
+        sink(&clean);
     }
 }

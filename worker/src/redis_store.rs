@@ -29,7 +29,7 @@ use crate::model::{
 };
 use crate::mutation::{Mutation, Snapshot};
 use crate::redis_scripts::{ADMIT, DELTA, LIST, LISTED, PUT, READY, REG, REMOVE, SEEN, SNAPSHOT};
-use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Store, StoreError};
+use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};
 use envelope::Version;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
@@ -108,12 +108,16 @@ fn decode<T: DeserializeOwned>(key: &str, json: &str) -> Result<T, StoreError> {
     })
 }
 
+/// A prepared script call (the scripts are statics).
+type Invocation = redis::ScriptInvocation<'static>;
+
 /// The versioned cache in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
     con: MultiplexedConnection,
     prefix: String,
     window_ttl_ms: u64,
+    pipelined: bool,
 }
 
 impl RedisStore {
@@ -138,12 +142,20 @@ impl RedisStore {
             con,
             prefix: prefix.to_owned(),
             window_ttl_ms: 24 * 3600 * 1000,
+            pipelined: true,
         })
     }
 
     /// How long a session's delivery window outlives its last event.
     pub fn with_window_ttl_ms(mut self, ttl_ms: u64) -> Self {
         self.window_ttl_ms = ttl_ms.max(1);
+        self
+    }
+
+    /// With `false`, [`Store::run`] makes one round trip per step instead
+    /// of one per batch (kept to measure what pipelining buys).
+    pub fn with_pipelining(mut self, pipelined: bool) -> Self {
+        self.pipelined = pipelined;
         self
     }
 
@@ -164,7 +176,7 @@ impl RedisStore {
     }
 
     /// Keys in script order: meta, the kinds, the deltas.
-    fn guild_script_keys(&self, g: u64, inv: &mut redis::ScriptInvocation<'_>) {
+    fn guild_script_keys(&self, g: u64, inv: &mut Invocation) {
         let [c, r, m, e, p, v, d, meta] = self.guild_keys(g);
         inv.key(meta)
             .key(c)
@@ -198,13 +210,13 @@ impl RedisStore {
         for g in guilds {
             inv.arg(g);
         }
-        if !self.run(&mut inv).await? {
+        if !self.invoke(&mut inv).await? {
             return Ok(false);
         }
         for &g in guilds {
             let mut inv = LISTED.prepare_invoke();
             inv.key(self.meta(g)).key(&members).arg(g).arg(ver(version));
-            self.run(&mut inv).await?;
+            self.invoke(&mut inv).await?;
         }
         // Guilds admitted after the READY script see its record themselves.
         let mut con = self.con.clone();
@@ -217,7 +229,7 @@ impl RedisStore {
             let mut inv = REMOVE.prepare_invoke();
             self.guild_script_keys(g, &mut inv);
             inv.arg(ver(version)).arg(at_ms);
-            self.run(&mut inv).await?;
+            self.invoke(&mut inv).await?;
         }
         Ok(true)
     }
@@ -230,13 +242,13 @@ impl RedisStore {
         format!("{}:g:{g}:{}", self.prefix, letter(kind))
     }
 
-    async fn run(&self, inv: &mut redis::ScriptInvocation<'_>) -> Result<bool, StoreError> {
+    async fn invoke(&self, inv: &mut Invocation) -> Result<bool, StoreError> {
         let mut con = self.con.clone();
         let n: i64 = inv.invoke_async(&mut con).await?;
         Ok(n != 0)
     }
 
-    async fn snapshot(&self, s: &Snapshot) -> Result<bool, StoreError> {
+    fn snapshot(&self, s: &Snapshot) -> Result<Invocation, StoreError> {
         let mut inv = SNAPSHOT.prepare_invoke();
         self.guild_script_keys(s.guild_id, &mut inv);
         let complete: String = Kind::ALL
@@ -259,7 +271,7 @@ impl RedisStore {
                 inv.arg(id).arg(entity_payload(entity)?);
             }
         }
-        self.run(&mut inv).await
+        Ok(inv)
     }
 
     /// Deletes every key under the prefix (tests, tear-down). Uses SCAN,
@@ -290,15 +302,17 @@ impl RedisStore {
     }
 }
 
-impl Store for RedisStore {
-    async fn apply(&self, mutation: Mutation) -> Result<bool, StoreError> {
-        match mutation {
-            Mutation::Snapshot(s) => self.snapshot(&s).await,
+impl RedisStore {
+    /// The script call of a mutation; `None` for READY, which takes
+    /// several round trips ([`RedisStore::ready`]).
+    fn invocation(&self, mutation: &Mutation) -> Result<Option<Invocation>, StoreError> {
+        match *mutation {
+            Mutation::Snapshot(ref s) => self.snapshot(s).map(Some),
             Mutation::List {
                 guild_id,
                 version,
                 kind,
-                items,
+                ref items,
             } => {
                 let mut inv = LIST.prepare_invoke();
                 inv.key(self.meta(guild_id))
@@ -308,7 +322,7 @@ impl Store for RedisStore {
                 for (id, entity) in items.iter().filter(|(_, e)| e.kind() == kind) {
                     inv.arg(id).arg(entity_payload(entity)?);
                 }
-                self.run(&mut inv).await
+                Ok(Some(inv))
             }
             Mutation::Remove {
                 guild_id,
@@ -318,14 +332,9 @@ impl Store for RedisStore {
                 let mut inv = REMOVE.prepare_invoke();
                 self.guild_script_keys(guild_id, &mut inv);
                 inv.arg(ver(version)).arg(at_ms);
-                self.run(&mut inv).await
+                Ok(Some(inv))
             }
-            Mutation::Ready {
-                shard_id,
-                version,
-                at_ms,
-                guilds,
-            } => self.ready(shard_id, version, at_ms, &guilds).await,
+            Mutation::Ready { .. } => Ok(None),
             Mutation::Availability {
                 guild_id,
                 version,
@@ -336,25 +345,25 @@ impl Store for RedisStore {
                     .arg("av")
                     .arg(ver(version))
                     .arg(if available { "1" } else { "0" });
-                self.run(&mut inv).await
+                Ok(Some(inv))
             }
             Mutation::Core {
                 guild_id,
                 version,
-                core,
+                ref core,
             } => {
                 let mut inv = REG.prepare_invoke();
                 inv.key(self.meta(guild_id))
                     .arg("core")
                     .arg(ver(version))
-                    .arg(live(&core)?);
-                self.run(&mut inv).await
+                    .arg(live(core)?);
+                Ok(Some(inv))
             }
             Mutation::Put {
                 guild_id,
                 version,
                 id,
-                entity,
+                ref entity,
             } => {
                 let kind = entity.kind();
                 let mut inv = PUT.prepare_invoke();
@@ -363,8 +372,8 @@ impl Store for RedisStore {
                     .arg(format!("f{}", letter(kind)))
                     .arg(id)
                     .arg(ver(version))
-                    .arg(entity_payload(&entity)?);
-                self.run(&mut inv).await
+                    .arg(entity_payload(entity)?);
+                Ok(Some(inv))
             }
             Mutation::Delete {
                 guild_id,
@@ -380,7 +389,7 @@ impl Store for RedisStore {
                     .arg(id)
                     .arg(ver(version))
                     .arg(format!("D{at_ms}"));
-                self.run(&mut inv).await
+                Ok(Some(inv))
             }
             Mutation::MemberDelta {
                 guild_id,
@@ -394,20 +403,37 @@ impl Store for RedisStore {
                     .arg(ver(version))
                     .arg(delta)
                     .arg(MAX_COUNT_DELTAS);
-                self.run(&mut inv).await
+                Ok(Some(inv))
             }
-            Mutation::User { id, version, user } => {
+            Mutation::User {
+                id,
+                version,
+                ref user,
+            } => {
                 let mut inv = REG.prepare_invoke();
                 inv.key(format!("{}:u", self.prefix))
                     .arg(id)
                     .arg(user_ver(version))
-                    .arg(live(&user)?);
-                self.run(&mut inv).await
+                    .arg(live(user)?);
+                Ok(Some(inv))
             }
         }
     }
 
-    async fn first_delivery(&self, shard_id: u32, version: Version) -> Result<bool, StoreError> {
+    /// The script call of any step but a READY.
+    fn step_invocation(&self, step: &Step) -> Result<Option<Invocation>, StoreError> {
+        match step {
+            Step::Apply(m) => self.invocation(m),
+            Step::Admit { shard_id, guild_id } => {
+                Ok(Some(self.admit_invocation(*shard_id, *guild_id)))
+            }
+            Step::FirstDelivery { shard_id, version } => {
+                self.seen_invocation(*shard_id, *version).map(Some)
+            }
+        }
+    }
+
+    fn seen_invocation(&self, shard_id: u32, version: Version) -> Result<Invocation, StoreError> {
         if version.seq >= MAX_EXACT_SEQ {
             return Err(StoreError::Unsupported(
                 "seq above 2^53 cannot be tracked in a Redis delivery window",
@@ -420,15 +446,94 @@ impl Store for RedisStore {
             .arg(version.seq)
             .arg(DELIVERY_WINDOW)
             .arg(self.window_ttl_ms);
-        self.run(&mut inv).await
+        Ok(inv)
     }
 
-    async fn admit(&self, shard_id: u32, guild_id: u64) -> Result<(), StoreError> {
+    fn admit_invocation(&self, shard_id: u32, guild_id: u64) -> Invocation {
         let [ready, listed, members] = self.shard_keys(shard_id);
         let mut inv = ADMIT.prepare_invoke();
         self.guild_script_keys(guild_id, &mut inv);
         inv.key(ready).key(listed).key(members).arg(guild_id);
-        self.run(&mut inv).await.map(|_| ())
+        inv
+    }
+
+    /// Runs `invs` in one pipelined round trip, each script atomic on the
+    /// server. A script missing from the server's cache (restarted, or
+    /// `SCRIPT FLUSH`) is loaded and its calls retried; the calls are
+    /// independent, idempotent register writes, so the retry is safe.
+    async fn pipeline(&self, invs: &[Invocation]) -> Result<Vec<bool>, StoreError> {
+        if invs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for inv in invs {
+            pipe.invoke_script(inv);
+        }
+        let answers: Vec<redis::RedisResult<i64>> = pipe.query_async(&mut con).await?;
+        let mut out = Vec::with_capacity(invs.len());
+        for (inv, answer) in invs.iter().zip(answers) {
+            let n = match answer {
+                Ok(n) => n,
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    inv.invoke_async(&mut con).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            out.push(n != 0);
+        }
+        Ok(out)
+    }
+}
+
+impl Store for RedisStore {
+    async fn apply(&self, mutation: Mutation) -> Result<bool, StoreError> {
+        match self.invocation(&mutation)? {
+            Some(mut inv) => self.invoke(&mut inv).await,
+            None => match mutation {
+                Mutation::Ready {
+                    shard_id,
+                    version,
+                    at_ms,
+                    guilds,
+                } => self.ready(shard_id, version, at_ms, &guilds).await,
+                _ => Ok(false),
+            },
+        }
+    }
+
+    async fn run(&self, steps: Vec<Step>) -> Result<Vec<bool>, StoreError> {
+        let mut out = Vec::with_capacity(steps.len());
+        let mut invs = Vec::with_capacity(steps.len());
+        for step in steps {
+            match self.step_invocation(&step)? {
+                Some(mut inv) if !self.pipelined => out.push(self.invoke(&mut inv).await?),
+                Some(inv) => invs.push(inv),
+                None => {
+                    // READY: flush what precedes it, keeping the order.
+                    out.extend(self.pipeline(&std::mem::take(&mut invs)).await?);
+                    if let Step::Apply(m) = step {
+                        out.push(Store::apply(self, m).await?);
+                    }
+                }
+            }
+        }
+        out.extend(self.pipeline(&invs).await?);
+        Ok(out)
+    }
+
+    async fn first_delivery(&self, shard_id: u32, version: Version) -> Result<bool, StoreError> {
+        self.invoke(&mut self.seen_invocation(shard_id, version)?)
+            .await
+    }
+
+    async fn admit(&self, shard_id: u32, guild_id: u64) -> Result<(), StoreError> {
+        self.invoke(&mut self.admit_invocation(shard_id, guild_id))
+            .await
+            .map(|_| ())
     }
 
     async fn guild(&self, guild_id: u64) -> Result<Option<GuildView>, StoreError> {

@@ -30,6 +30,18 @@ pub const DELIVERY_WINDOW: usize = 1024;
 /// arrives later than that many newer ones of its guild is ignored.
 pub const MAX_COUNT_DELTAS: usize = 4096;
 
+/// One store call of an event's processing. A message's steps run as one
+/// batch, in order (see [`Store::run`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// [`Store::admit`]; its result is always `true`.
+    Admit { shard_id: u32, guild_id: u64 },
+    /// [`Store::apply`].
+    Apply(Mutation),
+    /// [`Store::first_delivery`].
+    FirstDelivery { shard_id: u32, version: Version },
+}
+
 /// A versioned cache of guilds, their channels, roles, members and emojis,
 /// and users.
 pub trait Store: Send + Sync + 'static {
@@ -55,6 +67,30 @@ pub trait Store: Send + Sync + 'static {
         shard_id: u32,
         guild_id: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Runs `steps` in order, one result per step. Each step stays one
+    /// atomic, idempotent operation; a batch only saves round trips (the
+    /// Redis store pipelines it, the memory store takes its lock once). On
+    /// an error some steps may have run: the caller retries the whole
+    /// batch, which idempotence makes safe.
+    fn run(&self, steps: Vec<Step>) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(steps.len());
+            for step in steps {
+                out.push(match step {
+                    Step::Admit { shard_id, guild_id } => {
+                        self.admit(shard_id, guild_id).await?;
+                        true
+                    }
+                    Step::Apply(m) => self.apply(m).await?,
+                    Step::FirstDelivery { shard_id, version } => {
+                        self.first_delivery(shard_id, version).await?
+                    }
+                });
+            }
+            Ok(out)
+        }
+    }
 
     /// The guild's canonical view; `None` when unknown or removed.
     fn guild(
