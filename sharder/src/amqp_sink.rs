@@ -194,6 +194,7 @@ impl Publisher {
             let result = match connected {
                 Ok((conn, ch)) => {
                     self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    metrics::gauge!("sharder_amqp_connected").set(1.0);
                     let r = self.session(&ch).await;
                     if r.is_ok() {
                         let _ = conn.close(200, "OK".into()).await;
@@ -205,9 +206,20 @@ impl Publisher {
             };
             if let Err(e) = result {
                 metrics::counter!("sharder_amqp_reconnects_total").increment(1);
+                metrics::gauge!("sharder_amqp_connected").set(0.0);
                 let delay = self.backoff.next_delay();
                 tracing::warn!(error = %e, ?delay, unconfirmed = self.unsent.len(), "AMQP publisher disconnected; retrying");
-                tokio::time::sleep(delay).await;
+                // Keep the depth gauges live while away: an outage is when
+                // operators watch them.
+                let retry_at = tokio::time::Instant::now() + delay;
+                loop {
+                    self.note_away();
+                    let now = tokio::time::Instant::now();
+                    if now >= retry_at {
+                        break;
+                    }
+                    tokio::time::sleep((retry_at - now).min(Duration::from_secs(1))).await;
+                }
             }
         }
     }
@@ -415,6 +427,13 @@ impl Publisher {
                 self.unsent.push_back(done.finish(&self.cfg.topology));
             }
         }
+    }
+
+    /// The depth gauges while disconnected: nothing is in flight.
+    fn note_away(&self) {
+        let held = self.unsent.iter().map(|o| o.acks.len()).sum::<usize>() + self.staged.len();
+        metrics::gauge!("sharder_sink_unconfirmed_events").set(held as f64);
+        metrics::gauge!("sharder_sink_buffered_events").set(self.rx.len() as f64);
     }
 
     fn note_held(&self, inflight: &VecDeque<(Outgoing, PublisherConfirm)>) {
