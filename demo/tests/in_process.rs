@@ -1,0 +1,35 @@
+//! The demo in its default shape (in-process queue, in-memory cache), with
+//! a small world: the cache must equal the simulator's truth, every real
+//! join must be announced exactly once and nothing else announced as one,
+//! no event may be lost, and the cold boot may not beat the protocol floor.
+//! Its own test binary: the demo reads the process-wide metrics registry.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use bulwark_demo::{DemoOptions, Progress, run, unique_name};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_demo_ends_with_the_truth_and_no_false_join() {
+    let opts = DemoOptions {
+        shards: 32,
+        guilds_per_shard: 8,
+        ..common::small()
+    };
+    let summary = tokio::time::timeout(
+        common::BOUND,
+        run(
+            &opts,
+            &unique_name(),
+            &mut Progress::Quiet,
+            &CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    common::assert_clean(&summary, &opts);
+    assert_eq!(summary.queue, "in-process channel");
+}
