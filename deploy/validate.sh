@@ -4,7 +4,7 @@
 #  2. every built-in kind passes `kubernetes-validate --strict` (bundled
 #     OpenAPI schemas, offline) for the oldest and newest Kubernetes we
 #     support;
-#  3. CRD kinds (RabbitmqCluster, ServiceMonitor) have no schema in
+#  3. CRD kinds (RabbitmqCluster, ServiceMonitor, PrometheusRule) have no schema in
 #     kubernetes-validate, which only WARNs on a missing schema and passes.
 #     So they are filtered out of step 2 and checked here by hand (apiVersion
 #     and the fields we rely on), and any OTHER kind without a schema fails:
@@ -15,8 +15,9 @@
 #     terminationGracePeriodSeconds > preStop + sharder.shutdown_grace,
 #     no Secret rendered, secrets only by secretKeyRef, hardened
 #     securityContext, resources, probes on /readyz and /healthz, ndots 1.
-#  5. every metric name in grafana/bulwark-dashboard.json's PromQL is emitted
-#     by the Rust sources (sharder/src, worker/src, dnscache/src).
+#  5. every metric name in grafana/bulwark-dashboard.json's PromQL and in the
+#     production alert rules is emitted by the Rust sources (sharder/src,
+#     worker/src, dnscache/src); every alert has a runbook section.
 # Usage: deploy/validate.sh [overlay...]   (default: every overlay)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -71,7 +72,9 @@ def err(msg): errors.append(msg)
 CRDS = {
     "RabbitmqCluster": "rabbitmq.com/v1beta1",
     "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
 }
+DURATION = re.compile(r"^(\d+(ms|s|m|h))+$")
 builtin = []
 for d in docs:
     kind, api = d.get("kind"), d.get("apiVersion")
@@ -93,6 +96,34 @@ for d in docs:
                                    "autoEnableAllFeatureFlags"}
             if unknown:
                 err(f"{kind}/{name}: unknown spec fields {sorted(unknown)}")
+        if kind == "PrometheusRule":
+            groups = spec.get("groups") or []
+            if not groups:
+                err(f"{kind}/{name}: spec.groups is empty")
+            seen = set()
+            for g in groups:
+                rules = g.get("rules") or []
+                if not g.get("name") or not rules:
+                    err(f"{kind}/{name}: every group needs a name and rules")
+                for r in rules:
+                    a = r.get("alert")
+                    if not a or not isinstance(r.get("expr"), str) or not r["expr"].strip():
+                        err(f"{kind}/{name}: every rule needs alert and expr, got {r!r}")
+                        continue
+                    if a in seen:
+                        err(f"{kind}/{name}: alert {a} defined twice")
+                    seen.add(a)
+                    if "for" in r and not DURATION.match(str(r["for"])):
+                        err(f"{kind}/{name}: {a}: for {r['for']!r} is not a duration")
+                    if (r.get("labels") or {}).get("severity") not in ("warning", "critical"):
+                        err(f"{kind}/{name}: {a}: labels.severity must be warning or critical")
+                    ann = r.get("annotations") or {}
+                    if not ann.get("summary") or not str(ann.get("runbook", "")).startswith("docs/operations.md#"):
+                        err(f"{kind}/{name}: {a}: needs annotations.summary and a runbook in docs/operations.md")
+                    elif ann["runbook"].split("#", 1)[1] != a.lower():
+                        err(f"{kind}/{name}: {a}: runbook anchor must be #{a.lower()}")
+                    elif f"### {a}\n" not in open("../docs/operations.md").read():
+                        err(f"{kind}/{name}: {a}: docs/operations.md has no '### {a}' section")
         if kind == "ServiceMonitor":
             if not (spec.get("selector") or {}).get("matchLabels"):
                 err(f"{kind}/{name}: spec.selector.matchLabels missing")
@@ -276,11 +307,14 @@ echo "--- grafana/bulwark-dashboard.json"
 # __name__ matchers) must appear as a quoted string in the Rust sources.
 # Histogram/summary series suffixes (_bucket, _sum, _count) are stripped
 # when the full name is not found.
-if ! python3 - grafana/bulwark-dashboard.json ../sharder/src ../worker/src ../dnscache/src <<'PY'
-import json, pathlib, re, sys
+# The alert rules' expressions get the same check.
+if ! python3 - grafana/bulwark-dashboard.json overlays/production/prometheusrule.yaml \
+    ../sharder/src ../worker/src ../dnscache/src <<'PY'
+import json, pathlib, re, sys, yaml
 
 dash = json.load(open(sys.argv[1]))
-src = "".join(p.read_text() for d in sys.argv[2:] for p in pathlib.Path(d).rglob("*.rs"))
+rules = yaml.safe_load(open(sys.argv[2]))
+src = "".join(p.read_text() for d in sys.argv[3:] for p in pathlib.Path(d).rglob("*.rs"))
 if dash.get("schemaVersion") != 39:
     sys.exit(f"FAIL: dashboard schemaVersion {dash.get('schemaVersion')}, expected 39")
 exprs = []
@@ -297,6 +331,10 @@ for v in dash.get("templating", {}).get("list", []):
         exprs.append(m.group(1))
 if not exprs:
     sys.exit("FAIL: no PromQL expressions found in the dashboard")
+alert_exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+if not alert_exprs:
+    sys.exit("FAIL: no alert expressions found in prometheusrule.yaml")
+exprs += alert_exprs
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",
             "and", "or", "unless", "offset", "inf", "nan"}
 names = set()
@@ -319,13 +357,13 @@ for n in sorted(names):
     if f'"{base}"' not in src:
         missing.append(n)
 for n in missing:
-    print(f"FAIL: dashboard uses metric {n}, which no sharder/worker/dnscache source emits", file=sys.stderr)
+    print(f"FAIL: dashboard or alerts use metric {n}, which no sharder/worker/dnscache source emits", file=sys.stderr)
 if not missing:
-    print(f"{len(exprs)} expressions, {len(names)} metric names: all emitted by the sources")
+    print(f"{len(exprs)} expressions ({len(alert_exprs)} alerts), {len(names)} metric names: all emitted by the sources")
 sys.exit(1 if missing else 0)
 PY
 then
-  echo "FAIL: grafana/bulwark-dashboard.json references metrics the code does not emit" >&2
+  echo "FAIL: the dashboard or the alert rules reference metrics the code does not emit" >&2
   failed=1
 fi
 
