@@ -7,259 +7,19 @@
 //! Rules: see [`crate::Mutation`].
 
 use crate::delivery::Deliveries;
-use crate::model::{
-    Channel, Emoji, Entity, GuildCore, GuildView, KINDS, Kind, Member, Presence, Role, User,
-    Versioned, VoiceState,
-};
-use crate::mutation::{Mutation, Snapshot};
+use crate::model::{GuildView, Member, User, Versioned};
+use crate::mutation::Mutation;
 use crate::snowflake::IdMap;
 use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};
 use crate::users::Users;
 use envelope::Version;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
+mod guild;
 mod stats;
+use guild::{Entry, GuildSlot, Slot};
 pub use stats::CacheStats;
-
-/// A live value or a tombstone (receive time of the delete, unix ms).
-#[derive(Debug, Clone)]
-enum Entry<T> {
-    Live(T),
-    Dead(u64),
-}
-
-#[derive(Debug, Clone)]
-struct Slot<T> {
-    version: Version,
-    entry: Entry<T>,
-}
-
-/// LWW write into one typed map; `floor` is the collection's floor.
-fn put<T>(
-    map: &mut IdMap<Slot<T>>,
-    floor: Version,
-    id: u64,
-    version: Version,
-    entry: Entry<T>,
-) -> bool {
-    if version < floor {
-        return false;
-    }
-    match map.get_mut(&id) {
-        Some(slot) if slot.version >= version => false,
-        Some(slot) => {
-            *slot = Slot { version, entry };
-            true
-        }
-        None => {
-            map.insert(id, Slot { version, entry });
-            true
-        }
-    }
-}
-
-fn live<T: Clone>(map: &IdMap<Slot<T>>) -> BTreeMap<u64, Versioned<T>> {
-    map.iter()
-        .filter_map(|(&id, s)| match &s.entry {
-            Entry::Live(v) => Some((
-                id,
-                Versioned {
-                    version: s.version,
-                    value: v.clone(),
-                },
-            )),
-            Entry::Dead(_) => None,
-        })
-        .collect()
-}
-
-#[derive(Debug, Default)]
-struct GuildSlot {
-    /// The shard whose events admitted the guild (see [`Store::admit`]).
-    shard: Option<u32>,
-    /// Version of the last applied snapshot or removal.
-    floor: Version,
-    /// Per-kind floors (index: [`Kind::index`]).
-    floors: [Version; KINDS],
-    core: Option<Slot<GuildCore>>,
-    available: (Version, bool),
-    count_base: i64,
-    count_mark: Version,
-    deltas: BTreeMap<Version, i8>,
-    channels: IdMap<Slot<Channel>>,
-    roles: IdMap<Slot<Role>>,
-    members: IdMap<Slot<Member>>,
-    emojis: IdMap<Slot<Emoji>>,
-    presences: IdMap<Slot<Presence>>,
-    voice: IdMap<Slot<VoiceState>>,
-}
-
-impl GuildSlot {
-    fn put(&mut self, id: u64, version: Version, entity: Entity) -> bool {
-        let f = self.floors[entity.kind().index()];
-        match entity {
-            Entity::Channel(v) => put(&mut self.channels, f, id, version, Entry::Live(v)),
-            Entity::Role(v) => put(&mut self.roles, f, id, version, Entry::Live(v)),
-            Entity::Member(v) => put(&mut self.members, f, id, version, Entry::Live(v)),
-            Entity::Emoji(v) => put(&mut self.emojis, f, id, version, Entry::Live(v)),
-            Entity::Presence(v) => put(&mut self.presences, f, id, version, Entry::Live(v)),
-            Entity::Voice(v) => put(&mut self.voice, f, id, version, Entry::Live(v)),
-        }
-    }
-
-    fn delete(&mut self, kind: Kind, id: u64, version: Version, at_ms: u64) -> bool {
-        let f = self.floors[kind.index()];
-        match kind {
-            Kind::Channel => put(&mut self.channels, f, id, version, Entry::Dead(at_ms)),
-            Kind::Role => put(&mut self.roles, f, id, version, Entry::Dead(at_ms)),
-            Kind::Member => put(&mut self.members, f, id, version, Entry::Dead(at_ms)),
-            Kind::Emoji => put(&mut self.emojis, f, id, version, Entry::Dead(at_ms)),
-            Kind::Presence => put(&mut self.presences, f, id, version, Entry::Dead(at_ms)),
-            Kind::Voice => put(&mut self.voice, f, id, version, Entry::Dead(at_ms)),
-        }
-    }
-
-    /// Raises `kind`'s floor to `version` (if higher), dropping every entity
-    /// stored below it. Returns whether the floor moved.
-    fn raise(&mut self, kind: Kind, version: Version) -> bool {
-        let f = &mut self.floors[kind.index()];
-        if version <= *f {
-            return false;
-        }
-        *f = version;
-        match kind {
-            Kind::Channel => self.channels.retain(|_, s| s.version >= version),
-            Kind::Role => self.roles.retain(|_, s| s.version >= version),
-            Kind::Member => self.members.retain(|_, s| s.version >= version),
-            Kind::Emoji => self.emojis.retain(|_, s| s.version >= version),
-            Kind::Presence => self.presences.retain(|_, s| s.version >= version),
-            Kind::Voice => self.voice.retain(|_, s| s.version >= version),
-        }
-        true
-    }
-
-    fn set_count(&mut self, version: Version, count: i64) {
-        if version > self.count_mark {
-            self.count_mark = version;
-            self.count_base = count;
-            self.deltas.retain(|v, _| *v > version);
-        }
-    }
-
-    /// Folds the older half of the member-count deltas into the base and
-    /// moves the mark past them, bounding memory during a long session.
-    fn fold_deltas(&mut self) {
-        let Some(&pivot) = self.deltas.keys().nth(self.deltas.len() / 2) else {
-            return;
-        };
-        let keep = self.deltas.split_off(&pivot);
-        let folded = std::mem::replace(&mut self.deltas, keep);
-        if let Some((&last, _)) = folded.last_key_value() {
-            self.count_mark = last;
-        }
-        self.count_base += folded.values().map(|&d| i64::from(d)).sum::<i64>();
-    }
-
-    /// The bot left the guild as of `version`: everything older goes.
-    fn remove(&mut self, version: Version, at_ms: u64) -> bool {
-        let applied = version > self.floor;
-        if applied {
-            self.floor = version;
-        }
-        for kind in Kind::ALL {
-            self.raise(kind, version);
-        }
-        self.set_count(version, 0);
-        self.set_core(version, Entry::Dead(at_ms));
-        applied
-    }
-
-    fn set_core(&mut self, version: Version, entry: Entry<GuildCore>) -> bool {
-        match &self.core {
-            Some(s) if s.version >= version => false,
-            _ => {
-                self.core = Some(Slot { version, entry });
-                true
-            }
-        }
-    }
-
-    fn snapshot(&mut self, s: Snapshot) -> bool {
-        let v = s.version;
-        let applied = v > self.floor;
-        if applied {
-            self.floor = v;
-        }
-        for kind in Kind::ALL {
-            if s.complete[kind.index()] {
-                self.raise(kind, v);
-            }
-        }
-        self.set_core(v, Entry::Live(s.core));
-        if v > self.available.0 {
-            self.available = (v, true);
-        }
-        if let Some(n) = s.member_count {
-            self.set_count(v, i64::try_from(n).unwrap_or(i64::MAX));
-        }
-        for (id, entity) in s.entities {
-            self.put(id, v, entity);
-        }
-        applied
-    }
-
-    fn view(&self) -> Option<GuildView> {
-        let core = match &self.core {
-            Some(Slot {
-                entry: Entry::Dead(_),
-                ..
-            }) => return None,
-            Some(Slot {
-                version,
-                entry: Entry::Live(c),
-            }) => Some(Versioned {
-                version: *version,
-                value: c.clone(),
-            }),
-            None => None,
-        };
-        Some(GuildView {
-            core,
-            available: self.available.1,
-            member_count: self.count_base
-                + self.deltas.values().map(|&d| i64::from(d)).sum::<i64>(),
-            channels: live(&self.channels),
-            roles: live(&self.roles),
-            members: live(&self.members),
-            emojis: live(&self.emojis),
-            presences: live(&self.presences),
-            voice_states: live(&self.voice),
-        })
-    }
-
-    fn collect(&mut self, cutoff_ms: u64) -> usize {
-        fn keep<T>(cutoff_ms: u64) -> impl Fn(&u64, &mut Slot<T>) -> bool {
-            move |_, s| !matches!(s.entry, Entry::Dead(at) if at < cutoff_ms)
-        }
-        let size = |g: &Self| {
-            g.channels.len()
-                + g.roles.len()
-                + g.members.len()
-                + g.emojis.len()
-                + g.presences.len()
-                + g.voice.len()
-        };
-        let before = size(self);
-        self.channels.retain(keep(cutoff_ms));
-        self.roles.retain(keep(cutoff_ms));
-        self.members.retain(keep(cutoff_ms));
-        self.emojis.retain(keep(cutoff_ms));
-        self.presences.retain(keep(cutoff_ms));
-        self.voice.retain(keep(cutoff_ms));
-        before - size(self)
-    }
-}
 
 /// The latest READY of a shard: its version and the guilds it listed.
 #[derive(Debug)]
@@ -577,7 +337,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Channel;
+    use crate::model::{Channel, Entity, Kind};
 
     fn put(seq: u64, name: &str) -> Mutation {
         Mutation::Put {
