@@ -185,7 +185,10 @@ pub async fn consume_partition_with<S: Store>(
                     fresh.push(Outgoing::from_clean(ev));
                 }
             };
-            match worker.process_message_with(&delivery.data, &mut sink).await {
+            match worker
+                .process_delivery(&delivery.data, delivery.redelivered, &mut sink)
+                .await
+            {
                 Ok(report) if report.invalid.is_empty() => break None,
                 Ok(report) => {
                     let list: Vec<String> = report

@@ -206,8 +206,10 @@ struct GuildP<'a> {
 }
 
 #[derive(Deserialize)]
-struct ReadyP {
+struct ReadyP<'a> {
     guilds: Vec<ReadyGuildP>,
+    #[serde(default, borrow)]
+    user: Option<UserP<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -485,12 +487,17 @@ pub fn parse(
             // Every guild of a fresh session is unavailable until its
             // GUILD_CREATE (which has a higher seq) arrives; cached guilds
             // of the shard it does not list are gone.
-            let r: ReadyP = serde_json::from_slice(d).map_err(err)?;
+            let r: ReadyP<'_> = serde_json::from_slice(d).map_err(err)?;
+            let bot_id = r.user.as_ref().map(|u| u.id);
+            if let Some(user) = r.user {
+                m.push(user.into_mutation(uv));
+            }
             m.push(Mutation::Ready {
                 shard_id,
                 version,
                 at_ms,
                 guilds: r.guilds.into_iter().map(|g| g.id).collect(),
+                bot_id,
             });
         }
         "GUILD_UPDATE" => {

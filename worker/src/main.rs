@@ -128,12 +128,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 let mut tick = tokio::time::interval(Duration::from_secs(60));
                 loop {
                     tick.tick().await;
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0);
-                    let n = gc.collect_tombstones(now.saturating_sub(horizon.as_millis() as u64));
+                    let cutoff = cutoff_ms(horizon);
+                    let n = gc.collect_tombstones(cutoff);
                     metrics::counter!("worker_tombstones_collected_total").increment(n as u64);
+                    collect_users(&*gc, cutoff).await;
                 }
             });
             let counted = store.clone();
@@ -156,6 +154,16 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("connecting to {}", redact_url(cfg.redis.url.expose())))?;
             let store = Arc::new(store);
+            let gc = store.clone();
+            let horizon = cfg.worker.tombstone_horizon;
+            tokio::spawn(async move {
+                // Every replica sweeps; the sweep is idempotent.
+                let mut tick = tokio::time::interval(Duration::from_secs(600));
+                loop {
+                    tick.tick().await;
+                    collect_users(&*gc, cutoff_ms(horizon)).await;
+                }
+            });
             let api = ApiState {
                 store: store.clone(),
                 health: shared.health.clone(),
@@ -166,6 +174,23 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             let worker = Worker::with_shared_store(store).with_options(options(&cfg));
             supervise(Arc::new(worker), &cfg, &shared, stop_rx).await
         }
+    }
+}
+
+/// Unix ms `horizon` ago: writes older than that are past redelivery.
+fn cutoff_ms(horizon: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now.saturating_sub(horizon.as_millis() as u64)
+}
+
+/// Drops the users no member refers to (see [`Store::collect_users`]).
+async fn collect_users<S: Store>(store: &S, cutoff: u64) {
+    match store.collect_users(cutoff).await {
+        Ok(n) => metrics::counter!("worker_users_collected_total").increment(n as u64),
+        Err(e) => tracing::warn!(error = %e, "collecting unreferenced users failed"),
     }
 }
 

@@ -34,6 +34,8 @@ struct State {
     guilds: IdMap<GuildSlot>,
     ready: HashMap<u32, ReadyRecord>,
     users: Users,
+    /// The bot's own user ids (from READY): never collected.
+    bots: IdMap<()>,
     deliveries: Deliveries,
 }
 
@@ -106,7 +108,13 @@ impl State {
                 version,
                 at_ms,
                 guilds,
-            } => self.ready(shard_id, version, at_ms, guilds),
+                bot_id,
+            } => {
+                if let Some(id) = bot_id {
+                    self.bots.insert(id, ());
+                }
+                self.ready(shard_id, version, at_ms, guilds)
+            }
             Mutation::Availability {
                 guild_id,
                 version,
@@ -115,6 +123,7 @@ impl State {
                 let g = self.guilds.entry(guild_id).or_default();
                 if version > g.available.0 {
                     g.available = (version, available);
+                    g.remember(version);
                     true
                 } else {
                     false
@@ -205,6 +214,7 @@ impl MemoryStore {
                 guilds: IdMap::default(),
                 ready: HashMap::new(),
                 users: Users::default(),
+                bots: IdMap::default(),
                 deliveries: Deliveries::new(DELIVERY_WINDOW),
             }),
         }
@@ -233,6 +243,10 @@ impl MemoryStore {
                 }
                 Step::Apply(m) => st.apply(m),
                 Step::FirstDelivery { shard_id, version } => st.deliveries.first(shard_id, version),
+                Step::Announced { guild_id, version } => st
+                    .guilds
+                    .get(&guild_id)
+                    .is_some_and(|g| g.announced(version)),
             })
             .collect()
     }
@@ -248,6 +262,29 @@ impl MemoryStore {
     pub fn collect_tombstones(&self, cutoff_ms: u64) -> usize {
         let mut st = self.lock();
         st.guilds.values_mut().map(|g| g.collect(cutoff_ms)).sum()
+    }
+
+    /// Drops the users no cached member refers to (and that are not the
+    /// bot), unless written at or after `cutoff_ms` (unix ms, their
+    /// `received_at`). Returns how many. The cutoff protects a user written
+    /// just before its member (GUILD_CREATE writes users first); like the
+    /// tombstone horizon, it must exceed the longest redelivery delay, or a
+    /// very late write could bring back an unreferenced user.
+    pub fn collect_users(&self, cutoff_ms: u64) -> usize {
+        let mut st = self.lock();
+        let State {
+            guilds,
+            users,
+            bots,
+            ..
+        } = &mut *st;
+        let mut referenced: IdMap<()> = IdMap::default();
+        for g in guilds.values() {
+            referenced.extend(g.live_member_ids().map(|id| (id, ())));
+        }
+        users.retain(|id, v| {
+            referenced.contains_key(&id) || bots.contains_key(&id) || v.received_at >= cutoff_ms
+        })
     }
 
     /// Number of guilds with a live core (known and not removed).
@@ -300,6 +337,18 @@ impl Store for MemoryStore {
 
     async fn guild(&self, guild_id: u64) -> Result<Option<GuildView>, StoreError> {
         Ok(self.guild_now(guild_id))
+    }
+
+    async fn collect_users(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        Ok(MemoryStore::collect_users(self, cutoff_ms))
+    }
+
+    async fn announced(&self, guild_id: u64, version: Version) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .guilds
+            .get(&guild_id)
+            .is_some_and(|g| g.announced(version)))
     }
 
     async fn user(&self, user_id: u64) -> Result<Option<User>, StoreError> {

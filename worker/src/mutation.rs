@@ -64,12 +64,14 @@ pub enum Mutation {
         version: Version,
         at_ms: u64,
     },
-    /// READY of a fresh session: the shard's complete guild list.
+    /// READY of a fresh session: the shard's complete guild list, and the
+    /// bot's own user id (never collected, see `collect_users`).
     Ready {
         shard_id: u32,
         version: Version,
         at_ms: u64,
         guilds: Vec<u64>,
+        bot_id: Option<u64>,
     },
     /// GUILD_DELETE `unavailable: true` (false) or GUILD_CREATE (true).
     Availability {

@@ -20,8 +20,13 @@
 //!    writes nothing) and its delivery is the first
 //!    (`first_delivery(shard, version)`, recorded after the writes).
 //!
-//! Emission is at most once: a crash after the writes and before the
-//! handler returns loses that announcement rather than repeating it.
+//! Handlers are called at most once: a crash after the writes and before a
+//! handler returns loses that announcement rather than repeating it. The
+//! output sink is at least once for lifecycle events: the store remembers
+//! the last few lifecycle writes it applied as a guild's newest, and a
+//! message the broker redelivers (the worker may have died before its output
+//! was confirmed) hands such an event to the sink again, with the same
+//! version, hence the same output `message_id` for consumers to deduplicate.
 //!
 //! Joins come only from the sharder's `joined` marker, never from "the cache
 //! did not know this guild", so a cold restart with an empty cache cannot
@@ -94,6 +99,9 @@ pub struct Report {
     pub emitted: usize,
     /// Duplicates and stale events dropped.
     pub dropped: usize,
+    /// Lifecycle events of a redelivered message handed to the sink again
+    /// (not to the handlers): see [`Worker::process_delivery`].
+    pub republished: usize,
     /// Events whose payload was invalid, with the reason (skipped).
     pub invalid: Vec<(Version, String)>,
 }
@@ -106,6 +114,8 @@ struct Plan {
     writes: std::ops::Range<usize>,
     /// Index of its first-delivery check, for [`Class::Other`].
     delivery: Option<usize>,
+    /// Index of its [`Step::Announced`] check (redelivered lifecycle events).
+    announced: Option<usize>,
 }
 
 type Handler = Arc<dyn Fn(&CleanEvent<'_>) + Send + Sync>;
@@ -192,11 +202,33 @@ impl<S: Store> Worker<S> {
         bytes: &[u8],
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) -> Result<Report, ProcessError> {
+        self.process_delivery(bytes, false, sink).await
+    }
+
+    /// [`Worker::process_message_with`] for a queue delivery. When the
+    /// broker `redelivered` it, the worker may have crashed after applying
+    /// it and before its output was confirmed: a lifecycle event whose
+    /// write the store remembers as once applied as the newest
+    /// ([`Step::Announced`]) is handed to `sink` again (same version, so
+    /// the same output `message_id`), but not to the handlers, which stay
+    /// at most once.
+    pub async fn process_delivery(
+        &self,
+        bytes: &[u8],
+        redelivered: bool,
+        sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
+    ) -> Result<Report, ProcessError> {
         let started = std::time::Instant::now();
         let batch = envelope::decode(bytes)?;
         let mut report = Report::default();
-        self.process_events(batch.shard_id, &batch.events, &mut report, sink)
-            .await?;
+        self.process_events(
+            batch.shard_id,
+            &batch.events,
+            redelivered,
+            &mut report,
+            sink,
+        )
+        .await?;
         metrics::histogram!("worker_apply_seconds").record(started.elapsed().as_secs_f64());
         Ok(report)
     }
@@ -220,7 +252,7 @@ impl<S: Store> Worker<S> {
         report: &mut Report,
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) -> Result<(), StoreError> {
-        self.process_events(shard_id, std::slice::from_ref(event), report, sink)
+        self.process_events(shard_id, std::slice::from_ref(event), false, report, sink)
             .await
     }
 
@@ -230,13 +262,14 @@ impl<S: Store> Worker<S> {
         &self,
         shard_id: u32,
         events: &[Event<'_>],
+        replay: bool,
         report: &mut Report,
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) -> Result<(), StoreError> {
         let mut steps = Vec::with_capacity(events.len() * 2);
         let mut plans = Vec::with_capacity(events.len());
         for event in events {
-            plans.push(self.plan(shard_id, event, report, &mut steps));
+            plans.push(self.plan(shard_id, event, replay, report, &mut steps));
         }
         let results = if steps.is_empty() {
             Vec::new()
@@ -257,6 +290,7 @@ impl<S: Store> Worker<S> {
         &self,
         shard_id: u32,
         event: &Event<'_>,
+        replay: bool,
         report: &mut Report,
         steps: &mut Vec<Step>,
     ) -> Option<Plan> {
@@ -286,11 +320,23 @@ impl<S: Store> Worker<S> {
             });
             steps.len() - 1
         });
+        let lifecycle = !matches!(parsed.class, Some(Class::Other) | None);
+        let announced = parsed
+            .guild_id
+            .filter(|_| replay && lifecycle)
+            .map(|guild_id| {
+                steps.push(Step::Announced {
+                    guild_id,
+                    version: event.version(),
+                });
+                steps.len() - 1
+            });
         Some(Plan {
             class: parsed.class,
             guild_id: parsed.guild_id,
             writes,
             delivery,
+            announced,
         })
     }
 
@@ -309,17 +355,19 @@ impl<S: Store> Worker<S> {
         let tracked = !writes.is_empty();
         let any = writes.iter().any(|&w| w);
         let last = writes.last().copied().unwrap_or(false);
-        let first = plan
-            .delivery
-            .and_then(|i| results.get(i).copied())
-            .unwrap_or(false);
+        let at = |i: Option<usize>| i.and_then(|i| results.get(i).copied()).unwrap_or(false);
+        let first = at(plan.delivery);
+        // Not newest now, but applied as the newest by an earlier attempt
+        // whose output may be lost: published again, handlers not called.
+        let replayed = !last && at(plan.announced);
+        let lifecycle = last || replayed;
         let kind = match plan.class {
-            Some(Class::Joined) if last => Some(CleanKind::GuildJoined),
-            Some(Class::Available { initial }) if last => {
+            Some(Class::Joined) if lifecycle => Some(CleanKind::GuildJoined),
+            Some(Class::Available { initial }) if lifecycle => {
                 Some(CleanKind::GuildAvailable { initial })
             }
-            Some(Class::Unavailable) if last => Some(CleanKind::GuildUnavailable),
-            Some(Class::Removed) if last => Some(CleanKind::GuildRemoved),
+            Some(Class::Unavailable) if lifecycle => Some(CleanKind::GuildUnavailable),
+            Some(Class::Removed) if lifecycle => Some(CleanKind::GuildRemoved),
             Some(Class::Other) if (!tracked || any) && first => Some(CleanKind::Dispatch),
             _ => None,
         };
@@ -342,6 +390,12 @@ impl<S: Store> Worker<S> {
             t: event.t,
             d: event.d,
         };
+        if replayed {
+            report.republished += 1;
+            metrics::counter!("worker_events_republished_total").increment(1);
+            sink(&clean);
+            return;
+        }
         report.emitted += 1;
         metrics::counter!("worker_events_emitted_total").increment(1);
         if kind == CleanKind::GuildJoined {

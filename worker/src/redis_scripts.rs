@@ -9,7 +9,9 @@
 //! collation locale. The helpers mirror the in-memory store: `lww` is a
 //! last-writer-wins register write, `raise` lifts a collection's floor and
 //! deletes what lies below it, `setcount` installs a snapshot's member
-//! count and drops the deltas it includes, `bump` moves the guild floor.
+//! count and drops the deltas it includes, `bump` moves the guild floor and
+//! `remember`s it as an applied lifecycle write (`lh`: the last four, so a
+//! redelivery after a crash can re-derive its announcement).
 
 use redis::Script;
 use std::sync::LazyLock;
@@ -48,10 +50,15 @@ local function setcount(meta, dkey, v, n)
     if not newer(all[i], v) then redis.call('HDEL', dkey, all[i]) end
   end
 end
+local function remember(meta, v)
+  local h = v .. (redis.call('HGET', meta, 'lh') or '')
+  redis.call('HSET', meta, 'lh', string.sub(h, 1, 4 * #v))
+end
 local function bump(meta, v)
   local f = redis.call('HGET', meta, 'f')
   if f and not newer(v, f) then return 0 end
   redis.call('HSET', meta, 'f', v)
+  remember(meta, v)
   return 1
 end
 local names = {'c', 'r', 'm', 'e', 'p', 'v'}
@@ -67,6 +74,33 @@ end
 fn script(body: &str) -> Script {
     Script::new(&format!("{LIB}\n{body}"))
 }
+
+/// An availability change (GUILD_DELETE unavailable). KEYS: meta. ARGV:
+/// version, '1' or '0'. Remembered as a lifecycle write when applied.
+pub(crate) static AVAIL: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if lww(KEYS[1], 'av', ARGV[1], ARGV[2]) == 0 then return 0 end
+remember(KEYS[1], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Whether a lifecycle write was applied as the guild's newest, among the
+/// last four (`lh`: their versions, newest first). KEYS: meta. ARGV:
+/// version.
+pub(crate) static ANNOUNCED: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local h = redis.call('HGET', KEYS[1], 'lh') or ''
+for i = 1, #h, #ARGV[1] do
+  if string.sub(h, i, i + #ARGV[1] - 1) == ARGV[1] then return 1 end
+end
+return 0
+"#,
+    )
+});
 
 /// KEYS: hash. ARGV: field, version, payload.
 pub(crate) static REG: LazyLock<Script> =
@@ -217,6 +251,26 @@ if redis.call('ZCARD', KEYS[1]) > tonumber(ARGV[2]) then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
+"#,
+    )
+});
+
+/// Users found unreferenced by a sweep. KEYS: users hash. ARGV: cutoff
+/// (unix ms, 16 hex digits), then user ids. Deletes each user whose last
+/// write was received before the cutoff (the first 16 digits of its
+/// version); returns how many.
+pub(crate) static SWEEP_USERS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local n = 0
+for i = 2, #ARGV do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur and newer(ARGV[1], string.sub(cur, 1, 16)) then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
 "#,
     )
 });

@@ -7,12 +7,14 @@
 //! # Layout (prefix `P`)
 //!
 //! * `P:g:<guild>`: hash of the guild's registers: `f` (guild floor),
+//!   `lh` (the last four lifecycle versions applied as newest),
 //!   `f<kind letter>` (per-collection floors), `sh` (admitted), `core`, `av`,
 //!   `cb`/`cm` (member-count base and the snapshot version it is from).
 //! * `P:g:<guild>:c|r|m|e|p|v`: channels, roles, members, emojis,
 //!   presences, voice states; field = id.
 //! * `P:g:<guild>:d`: member-count deltas; field = version.
-//! * `P:u`: users; field = id.
+//! * `P:u`: users; field = id. `P:bots`: the bot's own user ids (READY),
+//!   never collected.
 //! * `P:s:<shard>:<epoch>` (+ `:low`): the delivery window of a session.
 //! * `P:ready:<shard>` (`v`, `at`) and `P:ready:<shard>:L`: the shard's
 //!   latest READY and the guilds it listed; `P:shard:<shard>:guilds`: the
@@ -28,7 +30,10 @@ use crate::model::{
     Versioned, VoiceState,
 };
 use crate::mutation::{Mutation, Snapshot};
-use crate::redis_scripts::{ADMIT, DELTA, LIST, LISTED, PUT, READY, REG, REMOVE, SEEN, SNAPSHOT};
+use crate::redis_scripts::{
+    ADMIT, ANNOUNCED, AVAIL, DELTA, LIST, LISTED, PUT, READY, REG, REMOVE, SEEN, SNAPSHOT,
+    SWEEP_USERS,
+};
 use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};
 use envelope::Version;
 use redis::aio::MultiplexedConnection;
@@ -274,6 +279,28 @@ impl RedisStore {
         Ok(inv)
     }
 
+    /// Every key matching `pattern` (SCAN, never KEYS).
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+        let mut con = self.con.clone();
+        let mut cursor: u64 = 0;
+        let mut all = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut con)
+                .await?;
+            all.extend(keys);
+            if next == 0 {
+                return Ok(all);
+            }
+            cursor = next;
+        }
+    }
+
     /// Deletes every key under the prefix (tests, tear-down). Uses SCAN,
     /// never KEYS.
     pub async fn purge(&self) -> Result<usize, StoreError> {
@@ -340,9 +367,8 @@ impl RedisStore {
                 version,
                 available,
             } => {
-                let mut inv = REG.prepare_invoke();
+                let mut inv = AVAIL.prepare_invoke();
                 inv.key(self.meta(guild_id))
-                    .arg("av")
                     .arg(ver(version))
                     .arg(if available { "1" } else { "0" });
                 Ok(Some(inv))
@@ -430,6 +456,11 @@ impl RedisStore {
             Step::FirstDelivery { shard_id, version } => {
                 self.seen_invocation(*shard_id, *version).map(Some)
             }
+            Step::Announced { guild_id, version } => {
+                let mut inv = ANNOUNCED.prepare_invoke();
+                inv.key(self.meta(*guild_id)).arg(ver(*version));
+                Ok(Some(inv))
+            }
         }
     }
 
@@ -499,7 +530,18 @@ impl Store for RedisStore {
                     version,
                     at_ms,
                     guilds,
-                } => self.ready(shard_id, version, at_ms, &guilds).await,
+                    bot_id,
+                } => {
+                    if let Some(id) = bot_id {
+                        let mut con = self.con.clone();
+                        let _: i64 = redis::cmd("SADD")
+                            .arg(format!("{}:bots", self.prefix))
+                            .arg(id)
+                            .query_async(&mut con)
+                            .await?;
+                    }
+                    self.ready(shard_id, version, at_ms, &guilds).await
+                }
                 _ => Ok(false),
             },
         }
@@ -602,6 +644,65 @@ impl Store for RedisStore {
             }
         }
         Ok(Some(view))
+    }
+
+    async fn announced(&self, guild_id: u64, version: Version) -> Result<bool, StoreError> {
+        let step = Step::Announced { guild_id, version };
+        match self.step_invocation(&step)? {
+            Some(mut inv) => self.invoke(&mut inv).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn collect_users(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let mut con = self.con.clone();
+        // Every live member id, from each guild's member hash.
+        let mut referenced: std::collections::HashSet<u64> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:bots", self.prefix))
+            .query_async::<Vec<u64>>(&mut con)
+            .await?
+            .into_iter()
+            .collect();
+        for key in self.scan(&format!("{}:g:*:m", self.prefix)).await? {
+            let rows: Vec<(u64, String)> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut con)
+                .await?;
+            referenced.extend(
+                rows.into_iter()
+                    .filter(|(_, raw)| raw.get(32..33) == Some("L"))
+                    .map(|(id, _)| id),
+            );
+        }
+        // Unreferenced users, deleted by a script that re-checks each one's
+        // write time, so a user rewritten meanwhile stays.
+        let users = format!("{}:u", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut dropped = 0usize;
+        loop {
+            let (next, page): (u64, Vec<(u64, String)>) = redis::cmd("HSCAN")
+                .arg(&users)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut con)
+                .await?;
+            let gone: Vec<u64> = page
+                .into_iter()
+                .filter(|(id, _)| !referenced.contains(id))
+                .map(|(id, _)| id)
+                .collect();
+            if !gone.is_empty() {
+                let mut inv = SWEEP_USERS.prepare_invoke();
+                inv.key(&users).arg(format!("{cutoff_ms:016x}")).arg(&gone);
+                let n: i64 = inv.invoke_async(&mut con).await?;
+                dropped += usize::try_from(n).unwrap_or(0);
+            }
+            if next == 0 {
+                return Ok(dropped);
+            }
+            cursor = next;
+        }
     }
 
     async fn user(&self, user_id: u64) -> Result<Option<User>, StoreError> {

@@ -40,6 +40,11 @@ pub enum Step {
     Apply(Mutation),
     /// [`Store::first_delivery`].
     FirstDelivery { shard_id: u32, version: Version },
+    /// Whether the guild-level lifecycle write at `version` (a snapshot,
+    /// removal or availability change) was once applied as the guild's
+    /// newest, i.e. announced. Asked for redelivered messages only, to
+    /// re-derive an announcement whose output a crash may have lost.
+    Announced { guild_id: u64, version: Version },
 }
 
 /// A versioned cache of guilds, their channels, roles, members and emojis,
@@ -86,6 +91,9 @@ pub trait Store: Send + Sync + 'static {
                     Step::FirstDelivery { shard_id, version } => {
                         self.first_delivery(shard_id, version).await?
                     }
+                    Step::Announced { guild_id, version } => {
+                        self.announced(guild_id, version).await?
+                    }
                 });
             }
             Ok(out)
@@ -97,6 +105,30 @@ pub trait Store: Send + Sync + 'static {
         &self,
         guild_id: u64,
     ) -> impl Future<Output = Result<Option<GuildView>, StoreError>> + Send;
+
+    /// Drops users no cached member refers to, except the bot's own user
+    /// (from READY) and users written at or after `cutoff_ms` (their
+    /// `received_at`, unix ms); returns how many. Run it periodically with a
+    /// cutoff a horizon in the past (see `worker.tombstone_horizon`).
+    /// The default collects nothing.
+    fn collect_users(
+        &self,
+        cutoff_ms: u64,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let _ = cutoff_ms;
+        async { Ok(0) }
+    }
+
+    /// [`Step::Announced`]. The default remembers nothing (`false`): a
+    /// crash can then lose an announcement's output.
+    fn announced(
+        &self,
+        guild_id: u64,
+        version: Version,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = (guild_id, version);
+        async { Ok(false) }
+    }
 
     /// A cached user.
     fn user(&self, user_id: u64) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;

@@ -47,6 +47,32 @@ impl Users {
         self.records.get(i as usize).map(|(_, u)| u)
     }
 
+    /// Keeps the users for which `keep(id, version)` holds; returns how
+    /// many were dropped. Rebuilds the vector and the index (a sweep, run
+    /// rarely), so no hole or tombstone is left behind.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(u64, &UserVersion) -> bool) -> usize {
+        let before = self.records.len();
+        let mut old: Vec<Option<(UserVersion, User)>> = std::mem::take(&mut self.records)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut index = IdMap::default();
+        let mut records = Vec::new();
+        for (&id, &i) in &self.index {
+            let Some(rec) = old.get_mut(i as usize).and_then(Option::take) else {
+                continue;
+            };
+            if keep(id, &rec.0) {
+                // `records` is no longer than the old vector, whose indexes fit.
+                index.insert(id, u32::try_from(records.len()).unwrap_or(u32::MAX));
+                records.push(rec);
+            }
+        }
+        self.index = index;
+        self.records = records;
+        before - self.records.len()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.records.len()
     }
@@ -86,5 +112,26 @@ mod tests {
         assert_eq!(u.get(2).map(|x| x.name.as_str()), Some("b"));
         assert!(u.get(3).is_none());
         assert_eq!(u.len(), 2);
+    }
+
+    #[test]
+    fn retain_rebuilds_a_dense_table() {
+        let mut u = Users::default();
+        for id in 1..=5 {
+            assert!(u.put(id, at(id), user(&format!("u{id}"))));
+        }
+        assert_eq!(u.retain(|id, _| id % 2 == 1), 2);
+        assert_eq!(u.len(), 3);
+        for id in [1, 3, 5] {
+            assert_eq!(
+                u.get(id).map(|x| x.name.to_string()),
+                Some(format!("u{id}"))
+            );
+        }
+        assert!(u.get(2).is_none() && u.get(4).is_none());
+        // Still writable, last-writer-wins as before.
+        assert!(!u.put(3, at(2), user("older")));
+        assert!(u.put(2, at(9), user("back")));
+        assert_eq!(u.get(2).map(|x| x.name.as_str()), Some("back"));
     }
 }

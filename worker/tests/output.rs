@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use worker::output::{GUILD_HEADER, INITIAL_HEADER, SHARD_HEADER, Unconfirmed};
-use worker::{ConsumeError, MemoryStore, Topology, Worker, consume_partition_with};
+use worker::{ConsumeError, MemoryStore, Store, Topology, Worker, consume_partition_with};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const G1: u64 = 81384788765712384;
@@ -311,5 +311,106 @@ async fn a_failed_publish_is_not_acked_and_the_redelivery_publishes_it() {
     assert!(unconfirmed.is_empty());
     // In-process handlers stay at most once.
     assert_eq!(joins.load(Ordering::SeqCst), 1);
+    cleanup(&ch, &topo, &out).await;
+}
+
+/// A worker killed mid-flight (after the store write, before its output was
+/// published) must not lose the GUILD_JOINED: the broker redelivers the
+/// input and the next process, with nothing held in memory, re-derives the
+/// announcement from what the Redis store remembers, under the same
+/// `message_id`. A sharder duplicate of the same event (not a redelivery)
+/// still announces nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_output_confirm_does_not_lose_the_join() {
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let topo = Topology::named(&unique("out-crash"), 1);
+    let out = setup(&ch, &topo).await;
+    let join = one(
+        1,
+        "GUILD_CREATE",
+        G1,
+        Some(GuildCreateKind::Joined),
+        &create(G1),
+    );
+    publish(&ch, &topo, &join).await;
+    let store = worker::RedisStore::connect("redis://127.0.0.1:6379/", &unique("crash"))
+        .await
+        .unwrap();
+
+    // First process: dies inside the GUILD_JOINED handler, which runs after
+    // the store write and before the output publish.
+    let doomed = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let w1 =
+        Arc::new(Worker::new(store.clone()).on("GUILD_JOINED", |_| panic!("killed mid-flight")));
+    let first = tokio::spawn(consume_partition_with(
+        w1,
+        doomed.create_channel().await.unwrap(),
+        topo.clone(),
+        0,
+        4,
+        Some(Arc::new(Unconfirmed::default())),
+        std::future::pending(),
+    ));
+    let died = tokio::time::timeout(Duration::from_secs(20), first)
+        .await
+        .expect("the first worker never processed the join");
+    assert!(died.unwrap_err().is_panic());
+    // Its connection goes with the process; the broker requeues the input.
+    doomed.close(0, "killed".into()).await.unwrap();
+    assert!(store.guild(G1).await.unwrap().is_some(), "store written");
+
+    // Second process: fresh memory, same store.
+    let joins = Arc::new(AtomicUsize::new(0));
+    let j = joins.clone();
+    let w2 = Arc::new(Worker::new(store.clone()).on("GUILD_JOINED", move |_| {
+        j.fetch_add(1, Ordering::SeqCst);
+    }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(consume_partition_with(
+        w2,
+        conn.create_channel().await.unwrap(),
+        topo.clone(),
+        0,
+        4,
+        Some(Arc::new(Unconfirmed::default())),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let got = drain_until(&ch, &out, "GUILD_JOINED").await;
+    assert_eq!(got.len(), 1);
+    let id = |m: &BasicGetMessage| {
+        m.delivery
+            .properties
+            .message_id()
+            .clone()
+            .map(|s| s.to_string())
+    };
+    assert_eq!(id(&got[0]).as_deref(), Some("0:1:1"));
+    // Handlers stay at most once: the dead process had its call.
+    assert_eq!(joins.load(Ordering::SeqCst), 0);
+
+    // The sharder republishing the same join (not a broker redelivery)
+    // announces nothing; a later event shows the queue moved past it.
+    publish(&ch, &topo, &join).await;
+    let msg = json!({"id": "5", "channel_id": "6", "guild_id": G1.to_string(), "content": "hi"})
+        .to_string();
+    publish(&ch, &topo, &one(2, "MESSAGE_CREATE", G1, None, &msg)).await;
+    let got = drain_until(&ch, &out, "MESSAGE_CREATE").await;
+    let keys: Vec<&str> = got
+        .iter()
+        .map(|m| m.delivery.routing_key.as_str())
+        .collect();
+    assert_eq!(keys, ["MESSAGE_CREATE"]);
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap().unwrap();
+    assert_eq!(stats.acked, 3);
+    assert_eq!(joins.load(Ordering::SeqCst), 0);
+    store.purge().await.unwrap();
     cleanup(&ch, &topo, &out).await;
 }

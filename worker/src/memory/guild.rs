@@ -18,6 +18,11 @@ use crate::snowflake::IdMap;
 use envelope::Version;
 use std::collections::BTreeMap;
 
+/// Lifecycle versions remembered per guild: a guild changes state a few
+/// times a day at most, and a redelivery comes within the consumer's
+/// prefetch window.
+pub(super) const LIFECYCLE_KEPT: usize = 4;
+
 /// A live value or a tombstone (receive time of the delete, unix ms).
 #[derive(Debug, Clone)]
 pub(super) enum Entry<T> {
@@ -80,6 +85,9 @@ pub(super) struct GuildSlot {
     pub(super) floors: [Version; KINDS],
     pub(super) core: Option<Slot<GuildCore>>,
     pub(super) available: (Version, bool),
+    /// The last guild-level lifecycle writes applied as the newest (see
+    /// [`GuildSlot::announced`]), most recent first.
+    pub(super) lifecycle: [Version; LIFECYCLE_KEPT],
     pub(super) count_base: i64,
     pub(super) count_mark: Version,
     pub(super) deltas: BTreeMap<Version, i8>,
@@ -162,6 +170,7 @@ impl GuildSlot {
         let applied = version > self.floor;
         if applied {
             self.floor = version;
+            self.remember(version);
         }
         for kind in Kind::ALL {
             self.raise(kind, version);
@@ -186,6 +195,7 @@ impl GuildSlot {
         let applied = v > self.floor;
         if applied {
             self.floor = v;
+            self.remember(v);
         }
         for kind in Kind::ALL {
             if s.complete[kind.index()] {
@@ -203,6 +213,28 @@ impl GuildSlot {
             self.put(id, v, entity);
         }
         applied
+    }
+
+    /// Records that the lifecycle write `v` was applied as the newest.
+    pub(super) fn remember(&mut self, v: Version) {
+        self.lifecycle.rotate_right(1);
+        self.lifecycle[0] = v;
+    }
+
+    /// Whether the lifecycle write `v` (snapshot, removal, availability)
+    /// was once applied as the guild's newest, i.e. was announced, among
+    /// the last [`LIFECYCLE_KEPT`]: a redelivery after a crash re-derives
+    /// its announcement from this.
+    pub(super) fn announced(&self, v: Version) -> bool {
+        v != Version::ZERO && self.lifecycle.contains(&v)
+    }
+
+    /// Ids of the members with a live entry.
+    pub(super) fn live_member_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.members
+            .iter()
+            .filter(|(_, s)| matches!(s.entry, Entry::Live(_)))
+            .map(|(&id, _)| id)
     }
 
     pub(super) fn view(&self) -> Option<GuildView> {
