@@ -152,7 +152,7 @@ impl Process {
             .env_remove("POD_NAME")
             .env_remove("BULWARK_CONFIG")
             .env("BULWARK_DISCORD__TOKEN", TOKEN)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", crate::child_log_filter());
         // Overrides from the caller's environment would change the run.
         for (k, _) in std::env::vars() {
             if k.starts_with("BULWARK_") && k != "BULWARK_DISCORD__TOKEN" && k != "BULWARK_BIN_DIR"

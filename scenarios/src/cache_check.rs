@@ -122,10 +122,19 @@ async fn compare_guild(worker: SocketAddr, id: &str, want: &Value) -> Result<Opt
         if got != want {
             let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
             let extra = got.keys().filter(|k| !want.contains_key(*k)).count();
+            let renamed: Vec<String> = want
+                .iter()
+                .filter_map(|(k, w)| {
+                    let g = got.get(k)?;
+                    (g != w).then(|| format!("{k} cached {g:?} true {w:?}"))
+                })
+                .take(2)
+                .collect();
             diffs.push(format!(
-                "{kind}: {} cached vs {} true ({missing} missing, {extra} extra, others renamed)",
+                "{kind}: {} cached vs {} true ({missing} missing, {extra} extra, renamed: {})",
                 got.len(),
-                want.len()
+                want.len(),
+                renamed.join(", ")
             ));
         }
     }

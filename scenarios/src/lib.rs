@@ -164,6 +164,18 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // `BULWARK_SCENARIOS_KEEP=1` keeps configs and process logs for a
+        // post-mortem.
+        if std::env::var_os("BULWARK_SCENARIOS_KEEP").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The `RUST_LOG` of the processes under test: `BULWARK_SCENARIOS_LOG`,
+/// else `warn`.
+pub fn child_log_filter() -> String {
+    std::env::var("BULWARK_SCENARIOS_LOG").unwrap_or_else(|_| "warn".to_owned())
 }

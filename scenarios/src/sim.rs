@@ -82,6 +82,9 @@ pub struct LedgerEntry {
     pub session_id: String,
     pub seq: u64,
     pub event: String,
+    /// The guild, as a decimal string.
+    #[serde(default)]
+    pub guild_id: Option<String>,
 }
 
 /// `GET /sim/ledger`.
@@ -124,7 +127,7 @@ impl SimProcess {
             .arg(format!("--heartbeat-ms={}", args.heartbeat_ms))
             .arg(format!("--session-expiry-ms={}", args.session_expiry_ms))
             .arg(format!("--seed={}", args.seed))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", crate::child_log_filter())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
