@@ -46,6 +46,10 @@ struct Args {
     /// Only time the pure world model (no sockets): events generated per second.
     #[arg(long)]
     world_only: bool,
+    /// Only time zlib-stream compression of generated payloads (no sockets),
+    /// round-robin over `--connections` compression contexts.
+    #[arg(long)]
+    deflate_only: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -60,6 +64,8 @@ fn main() -> anyhow::Result<()> {
     for run in 1..=args.runs {
         let r = if args.world_only {
             world_run(&args)
+        } else if args.deflate_only {
+            deflate_run(&args)
         } else {
             one_run(&args)
         };
@@ -97,6 +103,49 @@ fn world_run(args: &Args) -> anyhow::Result<f64> {
         }
         n += 1000;
     }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn deflate_run(args: &Args) -> anyhow::Result<f64> {
+    let cfg = discord_sim::WorldConfig {
+        shards: args.connections,
+        guilds: args.connections * args.guilds_per_shard,
+        ..discord_sim::WorldConfig::default()
+    };
+    let mut w = discord_sim::World::new(1, cfg)?;
+    let payloads: Vec<String> = (0..4096)
+        .map(|seq| {
+            let d = w.next_dispatch();
+            format!(
+                "{{\"op\":0,\"s\":{seq},\"t\":\"{}\",\"d\":{}}}",
+                d.event, d.payload
+            )
+        })
+        .collect();
+    let mut contexts: Vec<flate2::Compress> = (0..args.connections)
+        .map(|_| flate2::Compress::new(flate2::Compression::fast(), true))
+        .collect();
+    let mut out = Vec::with_capacity(1 << 20);
+    let t0 = Instant::now();
+    let mut n = 0usize;
+    let (mut bytes_in, mut bytes_out) = (0usize, 0usize);
+    while t0.elapsed() < Duration::from_secs(args.seconds) {
+        for _ in 0..1000 {
+            let p = &payloads[n % payloads.len()];
+            let k = n % contexts.len();
+            let c = &mut contexts[k];
+            out.clear();
+            c.compress_vec(p.as_bytes(), &mut out, flate2::FlushCompress::Sync)?;
+            bytes_in += p.len();
+            bytes_out += out.len();
+            n += 1;
+        }
+    }
+    println!(
+        "  mean payload {} bytes, compressed {} bytes",
+        bytes_in / n,
+        bytes_out / n
+    );
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 

@@ -84,6 +84,7 @@ fn apply(cache: &mut BTreeMap<u64, GuildTruth>, shard: u32, v: &Value) {
                     channels: by("channels", false),
                     roles: by("roles", false),
                     members: by("members", true),
+                    emojis: by("emojis", false),
                     guild: without(p.clone(), SNAPSHOT_ONLY),
                 },
             );
@@ -94,8 +95,17 @@ fn apply(cache: &mut BTreeMap<u64, GuildTruth>, shard: u32, v: &Value) {
         "GUILD_DELETE" => {
             cache.remove(&id(&p["id"])).unwrap();
         }
-        "GUILD_UPDATE" => {
-            cache.get_mut(&gid()).unwrap().guild = without(p.clone(), &["roles", "emojis"])
+        "GUILD_UPDATE" | "GUILD_EMOJIS_UPDATE" => {
+            let g = cache.get_mut(&gid()).unwrap();
+            g.emojis = p["emojis"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (id(&e["id"]), e.clone()))
+                .collect();
+            if t == "GUILD_UPDATE" {
+                g.guild = without(p.clone(), &["roles", "emojis"]);
+            }
         }
         "GUILD_MEMBER_ADD" | "GUILD_MEMBER_UPDATE" => {
             let g = cache.get_mut(&gid()).unwrap();
@@ -217,6 +227,7 @@ async fn every_payload_kind_decodes_with_twilight_over_both_compressions() {
         "RESUMED",
         "GUILD_CREATE",
         "GUILD_UPDATE",
+        "GUILD_EMOJIS_UPDATE",
         "GUILD_DELETE",
         "OUTAGE",
         "GUILD_MEMBER_ADD",

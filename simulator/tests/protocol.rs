@@ -272,8 +272,9 @@ async fn ready_lists_the_shards_guilds_then_one_guild_create_each() {
         assert_eq!(v["t"], "GUILD_CREATE");
         assert_eq!(v["s"], i as u64 + 2);
         assert_eq!(v["d"]["id"], id.to_string());
-        assert_eq!(v["d"]["member_count"], 5);
-        assert_eq!(v["d"]["members"].as_array().unwrap().len(), 5);
+        // The 5 configured members and the bot's own.
+        assert_eq!(v["d"]["member_count"], 6);
+        assert_eq!(v["d"]["members"].as_array().unwrap().len(), 6);
         assert_eq!(v["d"]["channels"].as_array().unwrap().len(), 4);
         assert_eq!(v["d"]["roles"].as_array().unwrap().len(), 4);
     }

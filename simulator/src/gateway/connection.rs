@@ -11,17 +11,20 @@
 //! from the session (new frames), a control order (fault injection), and the
 //! heartbeat deadline (1.5 heartbeat intervals after the last heartbeat, or
 //! after HELLO). On wake-up it pulls frames after the last seq it wrote, in
-//! batches, and writes them through the connection's compression context.
+//! batches, compresses and frames them into one output buffer, and writes
+//! that buffer with one call. Those frames bypass tungstenite's writer, so
+//! its buffer is flushed first: bytes never interleave mid-frame.
 
 use super::Shared;
+use super::handshake::Refusal;
 use super::limits::SendLimiter;
 use super::protocol::{self, CloseReason, Command, close};
-use super::sessions::{Control, Frame, Link, Malformed, Pull, Refusal};
+use super::sessions::{Control, Frame, Link, Malformed, Pull};
 use super::transport::Transport;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -53,7 +56,13 @@ struct Conn<S> {
     zombie: bool,
     limiter: SendLimiter,
     text: String,
-    batch: Vec<Arc<Frame>>,
+    batch: Vec<Frame>,
+    /// Compression output of one payload, reused.
+    scratch: Vec<u8>,
+    /// Framed dispatches of one batch, written at once, reused.
+    out: Vec<u8>,
+    /// Payload compression (IDENTIFY `compress: true`).
+    payload_zlib: Option<Box<flate2::Compress>>,
 }
 
 /// Serves one upgraded connection until it ends.
@@ -75,6 +84,9 @@ where
         limiter: SendLimiter::new(cfg.send_limit, cfg.send_window),
         text: String::new(),
         batch: Vec::with_capacity(PULL_BATCH),
+        scratch: Vec::new(),
+        out: Vec::new(),
+        payload_zlib: None,
         shared: shared.clone(),
     };
     let end = conn.run(&mut ctl_rx).await;
@@ -180,6 +192,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 match res {
                     Ok(sid) => {
                         tracing::debug!(conn = self.id, session = %sid, "identified");
+                        if id.compress == Some(true) && matches!(self.transport, Transport::Plain) {
+                            self.payload_zlib =
+                                Some(Box::new(super::transport::payload_compressor()));
+                        }
                         self.session = Some(sid);
                         self.sent = 0;
                         self.pump().await?;
@@ -207,6 +223,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         self.pump().await?;
                     }
                     Err(refusal) => self.refuse(refusal).await?,
+                }
+            }
+            Command::RequestMembers(req) => {
+                let Some(sid) = self.session.clone() else {
+                    let r = CloseReason::new(close::NOT_AUTHENTICATED, "op 8 before identify");
+                    return Err(self.protocol_error(r).await);
+                };
+                let res = self.shared.core().request_members(
+                    &sid,
+                    &req,
+                    &self.shared.cfg,
+                    std::time::Instant::now(),
+                );
+                if let Err(reason) = res {
+                    return Err(self.protocol_error(reason).await);
                 }
             }
             Command::Other(op) => {
@@ -311,17 +342,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Ok(());
             }
             let n = self.batch.len();
-            for i in 0..n {
-                let f = self.batch[i].clone();
-                protocol::dispatch_into(&mut self.text, f.seq, f.event, &f.d);
-                let msg = self.transport.encode(&self.text).map_err(|e| {
-                    tracing::error!(conn = self.id, error = %e, "compression failed");
-                    End::Resumable
-                })?;
-                self.ws.feed(msg).await.map_err(|_| End::Resumable)?;
-                self.sent = f.seq;
-            }
             self.ws.flush().await.map_err(|_| End::Resumable)?;
+            self.out.clear();
+            for f in &self.batch {
+                protocol::dispatch_into(&mut self.text, f.seq, f.event, &f.d);
+                self.transport
+                    .frame_into(
+                        &self.text,
+                        self.payload_zlib.as_deref_mut(),
+                        &mut self.scratch,
+                        &mut self.out,
+                    )
+                    .map_err(|e| {
+                        tracing::error!(conn = self.id, error = %e, "compression failed");
+                        End::Resumable
+                    })?;
+            }
+            let io = self.ws.get_mut();
+            io.write_all(&self.out).await.map_err(|_| End::Resumable)?;
+            io.flush().await.map_err(|_| End::Resumable)?;
+            if let Some(last) = self.batch.last() {
+                self.sent = last.seq;
+            }
             if n < PULL_BATCH {
                 return Ok(());
             }

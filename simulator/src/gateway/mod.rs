@@ -3,8 +3,10 @@
 
 pub(crate) mod connection;
 pub(crate) mod generator;
+pub(crate) mod handshake;
 pub(crate) mod http;
 pub(crate) mod limits;
+pub(crate) mod member_requests;
 pub(crate) mod protocol;
 pub(crate) mod records;
 pub(crate) mod sessions;

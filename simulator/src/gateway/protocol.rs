@@ -60,8 +60,8 @@ pub(crate) struct Identify {
     pub shard: Option<[u32; 2]>,
     #[serde(default)]
     pub large_threshold: Option<u32>,
+    /// Payload compression (plain transport only).
     #[serde(default)]
-    #[allow(dead_code)]
     pub compress: Option<bool>,
 }
 
@@ -88,8 +88,10 @@ pub(crate) enum Command {
     Heartbeat,
     Identify(Box<Identify>),
     Resume(Resume),
-    /// Presence update (3), voice state update (4), request guild members
-    /// (8), request soundboard sounds (31): accepted after identify, no reply.
+    /// Request guild members (8).
+    RequestMembers(Box<super::member_requests::RequestGuildMembers>),
+    /// Presence update (3), voice state update (4), request soundboard
+    /// sounds (31): accepted after identify, no reply.
     Other(u8),
 }
 
@@ -134,7 +136,10 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Command, CloseReason> {
         6 => Ok(Command::Resume(
             serde_json::from_str(d).map_err(|e| field("resume", e))?,
         )),
-        3 | 4 | 8 | 31 => {
+        8 => Ok(Command::RequestMembers(Box::new(
+            serde_json::from_str(d).map_err(|e| field("request guild members", e))?,
+        ))),
+        3 | 4 | 31 => {
             if !d.trim_start().starts_with('{') {
                 return Err(CloseReason::new(
                     close::DECODE_ERROR,

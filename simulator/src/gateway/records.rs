@@ -54,6 +54,12 @@ pub struct Counters {
     pub protocol_errors: u64,
     /// Heartbeats received.
     pub heartbeats: u64,
+    /// Request Guild Members (op 8) commands received.
+    #[serde(default)]
+    pub member_requests: u64,
+    /// Op 8 commands answered with RATE_LIMITED.
+    #[serde(default)]
+    pub member_requests_rate_limited: u64,
     /// Dispatches produced by the world.
     pub events_generated: u64,
     /// Dispatches assigned to sessions (READY, GUILD_CREATE and RESUMED

@@ -8,6 +8,16 @@
 //! zstd-stream: every payload is fed to the connection's zstd stream and
 //! flushed (ZSTD_e_flush), so each websocket message decompresses, in the
 //! client's single decompression context, to exactly one payload.
+//!
+//! Payload compression (IDENTIFY `compress: true`, plain transport only):
+//! each payload of at least [`PAYLOAD_COMPRESS_MIN`] bytes is sent as a
+//! binary message holding one complete zlib stream; smaller ones stay text,
+//! so clients must handle both, as on Discord.
+//!
+//! Dispatches are framed straight into a per-connection output buffer
+//! ([`Transport::frame_into`]) that the connection writes once per batch,
+//! reusing the compression scratch buffer, so a dispatch costs no
+//! allocation on this path.
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, FlushCompress};
@@ -44,15 +54,57 @@ impl Transport {
         }
     }
 
+    /// Appends one payload as one complete server websocket frame (FIN,
+    /// unmasked) to `out`, compressing through `scratch`.
+    pub(crate) fn frame_into(
+        &mut self,
+        text: &str,
+        payload_zlib: Option<&mut Compress>,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CompressError> {
+        scratch.clear();
+        let opcode = match self {
+            Transport::Plain => match payload_zlib {
+                Some(c) if text.len() >= PAYLOAD_COMPRESS_MIN => {
+                    c.reset();
+                    zlib_into(c, text.as_bytes(), FlushCompress::Finish, scratch)?;
+                    OP_BINARY
+                }
+                _ => {
+                    push_ws_header(out, OP_TEXT, text.len());
+                    out.extend_from_slice(text.as_bytes());
+                    return Ok(());
+                }
+            },
+            Transport::Zlib(c) => {
+                zlib_into(c, text.as_bytes(), FlushCompress::Sync, scratch)?;
+                OP_BINARY
+            }
+            Transport::Zstd(e) => {
+                zstd_into(e, text.as_bytes(), scratch)?;
+                OP_BINARY
+            }
+        };
+        push_ws_header(out, opcode, scratch.len());
+        out.extend_from_slice(scratch);
+        Ok(())
+    }
+
     /// Encodes one payload as one websocket message.
     pub(crate) fn encode(&mut self, text: &str) -> Result<Message, CompressError> {
         match self {
             Transport::Plain => Ok(Message::Text(text.to_owned().into())),
-            Transport::Zlib(c) => Ok(Message::Binary(Bytes::from(zlib_sync(c, text.as_bytes())?))),
-            Transport::Zstd(e) => Ok(Message::Binary(Bytes::from(zstd_flush(
-                e,
-                text.as_bytes(),
-            )?))),
+            Transport::Zlib(c) => {
+                let mut out = Vec::with_capacity(text.len() / 2 + 64);
+                zlib_into(c, text.as_bytes(), FlushCompress::Sync, &mut out)?;
+                Ok(Message::Binary(Bytes::from(out)))
+            }
+            Transport::Zstd(e) => {
+                let mut out = Vec::with_capacity(text.len() / 2 + 64);
+                zstd_into(e, text.as_bytes(), &mut out)?;
+                Ok(Message::Binary(Bytes::from(out)))
+            }
         }
     }
 
@@ -73,8 +125,41 @@ impl Transport {
     }
 }
 
-fn zlib_sync(c: &mut Compress, input: &[u8]) -> Result<Vec<u8>, CompressError> {
-    let mut out = Vec::with_capacity(input.len() / 2 + 64);
+/// Payloads at least this long are zlib-compressed when the client asked
+/// for payload compression.
+pub(crate) const PAYLOAD_COMPRESS_MIN: usize = 1024;
+
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+
+/// A fresh context for payload compression (reset per payload).
+pub(crate) fn payload_compressor() -> Compress {
+    Compress::new(Compression::fast(), true)
+}
+
+/// Appends a websocket frame header (FIN, no mask) for `len` bytes.
+fn push_ws_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&short.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// Appends `input` deflated through `c` and flushed with `flush` to `out`.
+fn zlib_into(
+    c: &mut Compress,
+    input: &[u8],
+    flush: FlushCompress,
+    out: &mut Vec<u8>,
+) -> Result<(), CompressError> {
+    let finish = matches!(flush, FlushCompress::Finish);
+    out.reserve(input.len() / 2 + 64);
     let start = c.total_in();
     loop {
         let consumed = (c.total_in() - start) as usize;
@@ -82,28 +167,34 @@ fn zlib_sync(c: &mut Compress, input: &[u8]) -> Result<Vec<u8>, CompressError> {
             out.reserve(out.capacity().max(64));
         }
         let rest = input.get(consumed..).unwrap_or_default();
-        c.compress_vec(rest, &mut out, FlushCompress::Sync)
+        let status = c
+            .compress_vec(rest, out, flush)
             .map_err(|e| CompressError(e.to_string()))?;
         let done = (c.total_in() - start) as usize == input.len();
-        if done && out.len() < out.capacity() {
-            return Ok(out);
+        if finish {
+            if status == flate2::Status::StreamEnd {
+                return Ok(());
+            }
+        } else if done && out.len() < out.capacity() {
+            return Ok(());
         }
     }
 }
 
-fn zstd_flush(
+fn zstd_into(
     e: &mut zstd::stream::raw::Encoder<'static>,
     input: &[u8],
-) -> Result<Vec<u8>, CompressError> {
+    out: &mut Vec<u8>,
+) -> Result<(), CompressError> {
     let err = |e: std::io::Error| CompressError(e.to_string());
-    let mut out: Vec<u8> = Vec::with_capacity(input.len() / 2 + 64);
+    out.reserve(input.len() / 2 + 64);
     let mut inb = InBuffer::around(input);
     while inb.pos() < input.len() {
         if out.len() == out.capacity() {
             out.reserve(out.capacity().max(64));
         }
         let pos = out.len();
-        let mut outb = OutBuffer::around_pos(&mut out, pos);
+        let mut outb = OutBuffer::around_pos(out, pos);
         e.run(&mut inb, &mut outb).map_err(err)?;
     }
     loop {
@@ -111,9 +202,9 @@ fn zstd_flush(
             out.reserve(out.capacity().max(64));
         }
         let pos = out.len();
-        let mut outb = OutBuffer::around_pos(&mut out, pos);
+        let mut outb = OutBuffer::around_pos(out, pos);
         if e.flush(&mut outb).map_err(err)? == 0 {
-            return Ok(out);
+            return Ok(());
         }
     }
 }
@@ -161,6 +252,59 @@ mod tests {
         d.read_exact(&mut out).unwrap();
         assert_eq!(&out[..9], b"{\"op\":10}");
         assert!(out.ends_with(b"{\"op\":0}"));
+    }
+
+    #[test]
+    fn framed_payloads_match_tungstenite_messages() {
+        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+        let mut t = Transport::from_query(Some("zlib-stream")).unwrap();
+        let mut inflate = flate2::Decompress::new(true);
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        let texts = [
+            "{\"op\":11}".to_owned(),
+            "z".repeat(70_000),
+            "a".repeat(300),
+        ];
+        for text in &texts {
+            t.frame_into(text, None, &mut scratch, &mut out).unwrap();
+        }
+        let mut cursor = std::io::Cursor::new(&out[..]);
+        for text in &texts {
+            let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final && header.mask.is_none());
+            let start = cursor.position() as usize;
+            let body = &out[start..start + len as usize];
+            cursor.set_position(start as u64 + len);
+            let mut text_out = Vec::with_capacity(text.len() + 64);
+            inflate
+                .decompress_vec(body, &mut text_out, flate2::FlushDecompress::Sync)
+                .unwrap();
+            assert_eq!(text_out, text.as_bytes());
+        }
+        assert_eq!(cursor.position() as usize, out.len());
+    }
+
+    #[test]
+    fn payload_compression_sends_big_payloads_as_one_zlib_stream() {
+        let mut t = Transport::from_query(None).unwrap();
+        let mut c = payload_compressor();
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        let big = format!("{{\"x\":\"{}\"}}", "b".repeat(5000));
+        t.frame_into("{}", Some(&mut c), &mut scratch, &mut out)
+            .unwrap();
+        assert_eq!(out, [0x81, 2, b'{', b'}']);
+        for _ in 0..2 {
+            out.clear();
+            t.frame_into(&big, Some(&mut c), &mut scratch, &mut out)
+                .unwrap();
+            assert_eq!(out[0], 0x82);
+            let header = if out[1] == 126 { 4 } else { 2 };
+            let mut text = String::new();
+            flate2::read::ZlibDecoder::new(&out[header..])
+                .read_to_string(&mut text)
+                .unwrap();
+            assert_eq!(text, big);
+        }
     }
 
     #[test]

@@ -1,204 +1,319 @@
-//! JSON shapes of the entities the world sends: users, members, roles,
-//! channels and guild fields, as Discord's gateway v10 documents them.
+//! The entities the world sends (users, members, roles, channels, emojis and
+//! the guild's own fields), stored typed and kept pre-serialised.
 //!
-//! Every builder returns the exact object that goes on the wire, and the world
-//! stores that object as ground truth, so "what a perfect cache holds" and
-//! "what was sent" cannot drift apart. Field sets follow discord-api-docs and
-//! are checked against twilight-model's deserialisers in the tests.
+//! Each entity holds the fields the world changes, plus the exact JSON text
+//! last sent for it (`json`), rebuilt only when the entity changes. Payloads
+//! are assembled from that text, and the ground truth is parsed back from
+//! it, so "what a perfect cache holds" and "what was sent" cannot drift
+//! apart. Field sets follow discord-api-docs and are checked against
+//! twilight-model's deserialisers in the tests.
 
+use super::json_text::{push_id, push_ids, push_opt_str, push_str};
+use super::names;
 use rand::Rng;
 use rand::rngs::StdRng;
-use serde_json::{Value, json};
-
-const ADJECTIVES: &[&str] = &[
-    "quiet", "rapid", "amber", "lucky", "brave", "cosmic", "dusty", "frozen", "golden", "hidden",
-    "ivory", "jolly", "mellow", "neon", "odd", "pixel", "rusty", "silver", "tidy", "wild",
-];
-const NOUNS: &[&str] = &[
-    "otter", "forge", "harbor", "lantern", "meadow", "nebula", "orchard", "parrot", "quarry",
-    "river", "summit", "tundra", "valley", "walrus", "yard", "zephyr", "falcon", "garden",
-    "island", "comet",
-];
-const TOPICS: &[&str] = &[
-    "general",
-    "memes",
-    "help",
-    "announcements",
-    "off-topic",
-    "music",
-    "gaming",
-    "art",
-    "dev",
-    "support",
-];
-const WORDS: &[&str] = &[
-    "hello", "anyone", "around", "tonight", "the", "build", "is", "green", "again", "what", "did",
-    "you", "think", "of", "patch", "notes", "lol", "nice", "shard", "ping",
-];
-
-/// A display name such as `lucky-otter`.
-pub(crate) fn name(rng: &mut StdRng) -> String {
-    format!(
-        "{}-{}",
-        ADJECTIVES[rng.random_range(0..ADJECTIVES.len())],
-        NOUNS[rng.random_range(0..NOUNS.len())]
-    )
-}
-
-/// A text channel name such as `help-3`.
-pub(crate) fn channel_name(rng: &mut StdRng) -> String {
-    format!(
-        "{}-{}",
-        TOPICS[rng.random_range(0..TOPICS.len())],
-        rng.random_range(0..100u32)
-    )
-}
-
-/// Message text of 3 to 12 words.
-pub(crate) fn sentence(rng: &mut StdRng) -> String {
-    let n = rng.random_range(3..=12);
-    let mut s = String::with_capacity(n * 7);
-    for i in 0..n {
-        if i > 0 {
-            s.push(' ');
-        }
-        s.push_str(WORDS[rng.random_range(0..WORDS.len())]);
-    }
-    s
-}
-
-/// A user object.
-pub(crate) fn user(id: u64, rng: &mut StdRng) -> Value {
-    let username = format!(
-        "{}{}",
-        name(rng).replace('-', "_"),
-        rng.random_range(0..1000u32)
-    );
-    json!({
-        "id": id.to_string(),
-        "username": username,
-        "global_name": name(rng),
-        "discriminator": "0",
-        "avatar": null,
-        "bot": false,
-        "public_flags": 0,
-    })
-}
-
-/// A guild member object (without `guild_id`).
-pub(crate) fn member(user: Value, roles: &[u64], joined_at: &str) -> Value {
-    json!({
-        "user": user,
-        "nick": null,
-        "avatar": null,
-        "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
-        "joined_at": joined_at,
-        "premium_since": null,
-        "deaf": false,
-        "mute": false,
-        "flags": 0,
-        "pending": false,
-        "communication_disabled_until": null,
-    })
-}
-
-/// A role object. `guild_id` is the id of `@everyone`.
-pub(crate) fn role(id: u64, name: &str, position: i64, rng: &mut StdRng) -> Value {
-    let color: u32 = if position == 0 {
-        0
-    } else {
-        rng.random_range(0..0x00FF_FFFF)
-    };
-    json!({
-        "id": id.to_string(),
-        "name": name,
-        "color": color,
-        "colors": {"primary_color": color, "secondary_color": null, "tertiary_color": null},
-        "hoist": rng.random_bool(0.2),
-        "icon": null,
-        "unicode_emoji": null,
-        "position": position,
-        "permissions": if position == 0 { "1071698660929" } else { "2248473465835073" },
-        "managed": false,
-        "mentionable": rng.random_bool(0.3),
-        "flags": 0,
-    })
-}
+use std::fmt::Write as _;
 
 /// Channel types the world generates.
 pub(crate) const GUILD_TEXT: u8 = 0;
 pub(crate) const GUILD_VOICE: u8 = 2;
 pub(crate) const GUILD_CATEGORY: u8 = 4;
 
-/// A guild channel object.
-pub(crate) fn channel(
-    id: u64,
-    guild_id: u64,
-    kind: u8,
-    name: &str,
-    position: i64,
-    parent: Option<u64>,
-) -> Value {
-    let mut c = json!({
-        "id": id.to_string(),
-        "type": kind,
-        "guild_id": guild_id.to_string(),
-        "name": name,
-        "position": position,
-        "permission_overwrites": [],
-        "parent_id": parent.map(|p| p.to_string()),
-        "nsfw": false,
-        "flags": 0,
-    });
-    if kind == GUILD_TEXT {
-        c["topic"] = Value::Null;
-        c["rate_limit_per_user"] = json!(0);
-        c["last_message_id"] = Value::Null;
-    } else if kind == GUILD_VOICE {
-        c["bitrate"] = json!(64000);
-        c["user_limit"] = json!(0);
-        c["rtc_region"] = Value::Null;
-    }
-    c
+/// A user object's JSON.
+pub(crate) fn user_json(id: u64, username: &str, global_name: Option<&str>, bot: bool) -> String {
+    let mut s = String::with_capacity(160);
+    s.push_str("{\"id\":");
+    push_id(&mut s, id);
+    s.push_str(",\"username\":");
+    push_str(&mut s, username);
+    s.push_str(",\"global_name\":");
+    push_opt_str(&mut s, global_name);
+    let _ = write!(
+        s,
+        ",\"discriminator\":\"0\",\"avatar\":null,\"bot\":{bot},\"public_flags\":0}}"
+    );
+    s
 }
 
-/// The guild's own fields, as GUILD_UPDATE sends them minus `roles` and
-/// `emojis` (those are added when sending).
-pub(crate) fn guild_fields(id: u64, name: &str, owner_id: u64) -> Value {
-    json!({
-        "id": id.to_string(),
-        "name": name,
-        "icon": null,
-        "splash": null,
-        "discovery_splash": null,
-        "banner": null,
-        "description": null,
-        "owner_id": owner_id.to_string(),
-        "afk_channel_id": null,
-        "afk_timeout": 300,
-        "widget_enabled": false,
-        "widget_channel_id": null,
-        "verification_level": 1,
-        "default_message_notifications": 1,
-        "explicit_content_filter": 0,
-        "features": [],
-        "mfa_level": 0,
-        "application_id": null,
-        "system_channel_id": null,
-        "system_channel_flags": 0,
-        "rules_channel_id": null,
-        "max_presences": null,
-        "max_members": 500000,
-        "vanity_url_code": null,
-        "premium_tier": 0,
-        "premium_subscription_count": 0,
-        "preferred_locale": "en-US",
-        "public_updates_channel_id": null,
-        "max_video_channel_users": 25,
-        "max_stage_video_channel_users": 50,
-        "nsfw_level": 0,
-        "stickers": [],
-        "premium_progress_bar_enabled": false,
-        "safety_alerts_channel_id": null,
-    })
+/// A random (human) user: its username and its user object's JSON.
+pub(crate) fn random_user(id: u64, rng: &mut StdRng) -> (String, String) {
+    let username = format!(
+        "{}{}",
+        names::name(rng).replace('-', "_"),
+        rng.random_range(0..1000u32)
+    );
+    let json = user_json(id, &username, Some(&names::name(rng)), false);
+    (username, json)
+}
+
+/// A guild member.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    /// The user's username (what member queries match).
+    pub username: String,
+    /// The `user` object's JSON.
+    pub user: String,
+    pub nick: Option<String>,
+    /// Role ids, ascending.
+    pub roles: Vec<u64>,
+    pub joined_at: String,
+    /// The member object's fields after `user`, closing brace included:
+    /// the member is `{"user":USER,REST` and the partial member (as in
+    /// MESSAGE_CREATE) is `{REST`.
+    pub rest: String,
+}
+
+impl Member {
+    pub(crate) fn new(username: String, user: String, roles: Vec<u64>, joined_at: String) -> Self {
+        let mut m = Member {
+            username,
+            user,
+            nick: None,
+            roles,
+            joined_at,
+            rest: String::new(),
+        };
+        m.refresh();
+        m
+    }
+
+    /// Rebuilds `rest` after a change.
+    pub(crate) fn refresh(&mut self) {
+        let s = &mut self.rest;
+        s.clear();
+        s.push_str("\"nick\":");
+        push_opt_str(s, self.nick.as_deref());
+        s.push_str(",\"avatar\":null,\"roles\":");
+        push_ids(s, &self.roles);
+        s.push_str(",\"joined_at\":");
+        push_str(s, &self.joined_at);
+        s.push_str(
+            ",\"premium_since\":null,\"deaf\":false,\"mute\":false,\"flags\":0,\
+             \"pending\":false,\"communication_disabled_until\":null}",
+        );
+    }
+
+    /// The member object (without `guild_id`).
+    pub(crate) fn write_json(&self, out: &mut String) {
+        out.push_str("{\"user\":");
+        out.push_str(&self.user);
+        out.push(',');
+        out.push_str(&self.rest);
+    }
+
+    /// The member object with `guild_id` first (GUILD_MEMBER_ADD/UPDATE).
+    pub(crate) fn write_with_guild(&self, out: &mut String, guild_id: u64) {
+        out.push_str("{\"guild_id\":");
+        push_id(out, guild_id);
+        out.push_str(",\"user\":");
+        out.push_str(&self.user);
+        out.push(',');
+        out.push_str(&self.rest);
+    }
+
+    /// The member object as a string.
+    pub(crate) fn json(&self) -> String {
+        let mut s = String::with_capacity(self.user.len() + self.rest.len() + 16);
+        self.write_json(&mut s);
+        s
+    }
+}
+
+/// A role.
+#[derive(Debug, Clone)]
+pub(crate) struct Role {
+    pub id: u64,
+    pub name: String,
+    pub color: u32,
+    pub hoist: bool,
+    pub position: i64,
+    pub mentionable: bool,
+    /// The role object's JSON.
+    pub json: String,
+}
+
+impl Role {
+    /// A role at `position`; position 0 is `@everyone`, whose id is the
+    /// guild's.
+    pub(crate) fn new(id: u64, name: String, position: i64, rng: &mut StdRng) -> Self {
+        let color: u32 = if position == 0 {
+            0
+        } else {
+            rng.random_range(0..0x00FF_FFFF)
+        };
+        let mut r = Role {
+            id,
+            name,
+            color,
+            hoist: rng.random_bool(0.2),
+            position,
+            mentionable: rng.random_bool(0.3),
+            json: String::new(),
+        };
+        r.refresh();
+        r
+    }
+
+    pub(crate) fn refresh(&mut self) {
+        let s = &mut self.json;
+        s.clear();
+        s.push_str("{\"id\":");
+        push_id(s, self.id);
+        s.push_str(",\"name\":");
+        push_str(s, &self.name);
+        let permissions = if self.position == 0 {
+            "1071698660929"
+        } else {
+            "2248473465835073"
+        };
+        let _ = write!(
+            s,
+            ",\"color\":{c},\"colors\":{{\"primary_color\":{c},\"secondary_color\":null,\
+             \"tertiary_color\":null}},\"hoist\":{h},\"icon\":null,\"unicode_emoji\":null,\
+             \"position\":{p},\"permissions\":\"{permissions}\",\"managed\":false,\
+             \"mentionable\":{m},\"flags\":0}}",
+            c = self.color,
+            h = self.hoist,
+            p = self.position,
+            m = self.mentionable,
+        );
+    }
+}
+
+/// A guild channel.
+#[derive(Debug, Clone)]
+pub(crate) struct Channel {
+    pub id: u64,
+    pub guild_id: u64,
+    pub kind: u8,
+    pub name: String,
+    pub position: i64,
+    pub parent: Option<u64>,
+    pub topic: Option<String>,
+    /// The channel object's JSON.
+    pub json: String,
+}
+
+impl Channel {
+    pub(crate) fn new(
+        id: u64,
+        guild_id: u64,
+        kind: u8,
+        name: String,
+        position: i64,
+        parent: Option<u64>,
+    ) -> Self {
+        let mut c = Channel {
+            id,
+            guild_id,
+            kind,
+            name,
+            position,
+            parent,
+            topic: None,
+            json: String::new(),
+        };
+        c.refresh();
+        c
+    }
+
+    pub(crate) fn refresh(&mut self) {
+        let s = &mut self.json;
+        s.clear();
+        s.push_str("{\"id\":");
+        push_id(s, self.id);
+        let _ = write!(s, ",\"type\":{},\"guild_id\":", self.kind);
+        push_id(s, self.guild_id);
+        s.push_str(",\"name\":");
+        push_str(s, &self.name);
+        let _ = write!(
+            s,
+            ",\"position\":{},\"permission_overwrites\":[],\"parent_id\":",
+            self.position
+        );
+        match self.parent {
+            Some(p) => push_id(s, p),
+            None => s.push_str("null"),
+        }
+        s.push_str(",\"nsfw\":false,\"flags\":0");
+        if self.kind == GUILD_TEXT {
+            s.push_str(",\"topic\":");
+            push_opt_str(s, self.topic.as_deref());
+            s.push_str(",\"rate_limit_per_user\":0,\"last_message_id\":null");
+        } else if self.kind == GUILD_VOICE {
+            s.push_str(",\"bitrate\":64000,\"user_limit\":0,\"rtc_region\":null");
+        }
+        s.push('}');
+    }
+}
+
+/// A custom guild emoji.
+#[derive(Debug, Clone)]
+pub(crate) struct Emoji {
+    pub animated: bool,
+    /// The emoji object's JSON.
+    pub json: String,
+}
+
+impl Emoji {
+    pub(crate) fn new(id: u64, name: String, animated: bool) -> Self {
+        let mut s = String::with_capacity(128);
+        s.push_str("{\"id\":");
+        push_id(&mut s, id);
+        s.push_str(",\"name\":");
+        push_str(&mut s, &name);
+        let _ = write!(
+            s,
+            ",\"roles\":[],\"require_colons\":true,\"managed\":false,\
+             \"animated\":{animated},\"available\":true}}"
+        );
+        Emoji { animated, json: s }
+    }
+}
+
+/// The guild's own fields (GUILD_UPDATE minus `roles` and `emojis`).
+#[derive(Debug, Clone)]
+pub(crate) struct GuildFields {
+    pub id: u64,
+    pub name: String,
+    pub description: Option<String>,
+    pub owner_id: u64,
+}
+
+impl GuildFields {
+    /// Writes the fields as an object *without* its closing brace, so the
+    /// caller can append the lists GUILD_UPDATE / GUILD_CREATE carry.
+    pub(crate) fn write_open(&self, out: &mut String) {
+        out.push_str("{\"id\":");
+        push_id(out, self.id);
+        out.push_str(",\"name\":");
+        push_str(out, &self.name);
+        out.push_str(
+            ",\"icon\":null,\"splash\":null,\"discovery_splash\":null,\"banner\":null,\
+             \"description\":",
+        );
+        push_opt_str(out, self.description.as_deref());
+        out.push_str(",\"owner_id\":");
+        push_id(out, self.owner_id);
+        out.push_str(
+            ",\"afk_channel_id\":null,\"afk_timeout\":300,\"widget_enabled\":false,\
+             \"widget_channel_id\":null,\"verification_level\":1,\
+             \"default_message_notifications\":1,\"explicit_content_filter\":0,\
+             \"features\":[],\"mfa_level\":0,\"application_id\":null,\
+             \"system_channel_id\":null,\"system_channel_flags\":0,\"rules_channel_id\":null,\
+             \"max_presences\":null,\"max_members\":500000,\"vanity_url_code\":null,\
+             \"premium_tier\":0,\"premium_subscription_count\":0,\"preferred_locale\":\"en-US\",\
+             \"public_updates_channel_id\":null,\"max_video_channel_users\":25,\
+             \"max_stage_video_channel_users\":50,\"nsfw_level\":0,\"stickers\":[],\
+             \"premium_progress_bar_enabled\":false,\"safety_alerts_channel_id\":null",
+        );
+    }
+
+    /// The fields as a complete object.
+    pub(crate) fn json(&self) -> String {
+        let mut s = String::with_capacity(1024);
+        self.write_open(&mut s);
+        s.push('}');
+        s
+    }
 }

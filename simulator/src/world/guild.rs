@@ -1,13 +1,18 @@
 //! One guild's state, and the ground-truth view of it.
 //!
-//! Each entity is kept as the JSON object last sent for it, so the truth a
-//! cache is compared against is literally what went over the wire. Id lists
-//! beside the maps let the generator pick a random entity in O(1) while the
-//! maps keep a deterministic (id) order for snapshots and truth.
+//! Entities are stored typed with their pre-serialised JSON (see
+//! [`super::entities`]); GUILD_CREATE and GUILD_UPDATE are assembled from
+//! that text, and [`GuildTruth`] is parsed back from the same text, so the
+//! truth a cache is compared against is literally what went over the wire.
+//! Id lists beside the maps let the generator pick a random entity in O(1)
+//! while the maps keep a deterministic (id) order for snapshots and truth.
 
+use super::entities::{Channel, Emoji, GuildFields, Member, Role};
+use super::json_text::push_array;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 /// The exact state a perfect cache holds for one guild.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -29,77 +34,111 @@ pub struct GuildTruth {
     pub roles: BTreeMap<u64, Value>,
     /// Members by user id, each as last sent (without `guild_id`).
     pub members: BTreeMap<u64, Value>,
+    /// Custom emojis by id, as last sent (GUILD_CREATE, GUILD_UPDATE or
+    /// GUILD_EMOJIS_UPDATE, which all carry the complete list).
+    pub emojis: BTreeMap<u64, Value>,
 }
 
 /// A guild as the world holds it.
 #[derive(Debug, Clone)]
 pub(crate) struct GuildState {
-    pub(crate) truth: GuildTruth,
+    pub(crate) shard: u32,
+    pub(crate) unavailable: bool,
+    pub(crate) member_count: u64,
+    pub(crate) fields: GuildFields,
+    pub(crate) channels: BTreeMap<u64, Channel>,
+    pub(crate) roles: BTreeMap<u64, Role>,
+    pub(crate) members: BTreeMap<u64, Member>,
+    pub(crate) emojis: BTreeMap<u64, Emoji>,
     /// Text channels (where messages and typing happen).
     pub(crate) text_channels: Vec<u64>,
     /// All channel ids.
     pub(crate) channel_ids: Vec<u64>,
     /// Role ids except `@everyone`.
     pub(crate) role_ids: Vec<u64>,
-    /// Member user ids.
+    /// Member user ids, the owner first and the bot second.
     pub(crate) member_ids: Vec<u64>,
-    pub(crate) owner_id: u64,
     pub(crate) joined_at: String,
-    /// The `user` object and the partial member JSON of each member,
-    /// pre-serialised for the hot MESSAGE_CREATE / TYPING_START path.
-    pub(crate) author_cache: BTreeMap<u64, (String, String)>,
+}
+
+/// Which members a GUILD_CREATE lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MemberList {
+    /// Every member (sessions with GUILD_MEMBERS).
+    All,
+    /// Only the bot's own member (Discord also lists members in voice
+    /// channels; the world has no voice states).
+    BotOnly(u64),
 }
 
 impl GuildState {
-    /// Stores a member object and refreshes its pre-serialised forms.
-    pub(crate) fn put_member(&mut self, user_id: u64, member: Value) {
-        let user = member.get("user").map(Value::to_string).unwrap_or_default();
-        let mut partial = member.clone();
-        if let Some(o) = partial.as_object_mut() {
-            o.remove("user");
-        }
-        self.author_cache
-            .insert(user_id, (user, partial.to_string()));
-        self.truth.members.insert(user_id, member);
-    }
-
-    pub(crate) fn remove_member(&mut self, index: usize) -> Option<Value> {
+    /// Removes the member at `index` of `member_ids`.
+    pub(crate) fn remove_member(&mut self, index: usize) -> Option<(u64, Member)> {
         let user_id = self.member_ids.swap_remove(index);
-        self.author_cache.remove(&user_id);
-        self.truth.members.remove(&user_id)
+        self.members.remove(&user_id).map(|m| (user_id, m))
     }
 
-    /// The role list as sent inside GUILD_CREATE / GUILD_UPDATE (by position).
-    fn roles_json(&self) -> Value {
-        let mut roles: Vec<&Value> = self.truth.roles.values().collect();
-        roles.sort_by_key(|r| r.get("position").and_then(Value::as_i64).unwrap_or(0));
-        json!(roles)
+    /// Appends the role list as sent inside GUILD_CREATE / GUILD_UPDATE (by
+    /// position), then the emoji list.
+    fn write_roles_and_emojis(&self, out: &mut String) {
+        let mut roles: Vec<&Role> = self.roles.values().collect();
+        roles.sort_by_key(|r| (r.position, r.id));
+        out.push_str(",\"roles\":");
+        push_array(out, roles.iter().map(|r| r.json.as_str()));
+        self.write_emojis(out);
+    }
+
+    /// Appends `,"emojis":[...]`.
+    pub(crate) fn write_emojis(&self, out: &mut String) {
+        out.push_str(",\"emojis\":");
+        push_array(out, self.emojis.values().map(|e| e.json.as_str()));
     }
 
     /// GUILD_UPDATE's payload: guild fields plus roles and emojis.
-    pub(crate) fn update_payload(&self) -> Value {
-        let mut g = self.truth.guild.clone();
-        g["roles"] = self.roles_json();
-        g["emojis"] = json!([]);
-        g
+    pub(crate) fn update_payload(&self) -> String {
+        let mut s = String::with_capacity(2048 + 256 * self.roles.len());
+        self.fields.write_open(&mut s);
+        self.write_roles_and_emojis(&mut s);
+        s.push('}');
+        s
     }
 
-    /// GUILD_CREATE's payload: the full snapshot.
-    pub(crate) fn create_payload(&self) -> Value {
-        let mut g = self.update_payload();
-        g["joined_at"] = json!(self.joined_at);
-        g["large"] = json!(self.truth.member_count > 50);
-        g["unavailable"] = json!(false);
-        g["member_count"] = json!(self.truth.member_count);
-        g["channels"] = json!(self.truth.channels.values().collect::<Vec<_>>());
-        g["members"] = json!(self.truth.members.values().collect::<Vec<_>>());
-        g["threads"] = json!([]);
-        g["presences"] = json!([]);
-        g["voice_states"] = json!([]);
-        g["stage_instances"] = json!([]);
-        g["guild_scheduled_events"] = json!([]);
-        g["soundboard_sounds"] = json!([]);
-        g
+    /// GUILD_CREATE's payload: the full snapshot, with `members` as
+    /// `list` says.
+    pub(crate) fn create_payload(&self, list: MemberList) -> String {
+        let mut s = String::with_capacity(
+            4096 + 300 * (self.channels.len() + self.roles.len()) + 400 * self.members.len(),
+        );
+        self.fields.write_open(&mut s);
+        self.write_roles_and_emojis(&mut s);
+        s.push_str(",\"joined_at\":");
+        super::json_text::push_str(&mut s, &self.joined_at);
+        let _ = write!(
+            s,
+            ",\"large\":{},\"unavailable\":false,\"member_count\":{},\"channels\":",
+            self.member_count > 50,
+            self.member_count
+        );
+        push_array(&mut s, self.channels.values().map(|c| c.json.as_str()));
+        s.push_str(",\"members\":[");
+        let mut first = true;
+        for (id, m) in &self.members {
+            if let MemberList::BotOnly(bot) = list
+                && *id != bot
+            {
+                continue;
+            }
+            if !first {
+                s.push(',');
+            }
+            first = false;
+            m.write_json(&mut s);
+        }
+        s.push_str(
+            "],\"threads\":[],\"presences\":[],\"voice_states\":[],\"stage_instances\":[],\
+             \"guild_scheduled_events\":[],\"soundboard_sounds\":[]}",
+        );
+        s
     }
 
     /// Ids of roles no member holds (and so can be deleted without making
@@ -108,14 +147,39 @@ impl GuildState {
         self.role_ids
             .iter()
             .copied()
-            .filter(|rid| {
-                let id = rid.to_string();
-                !self.truth.members.values().any(|m| {
-                    m.get("roles")
-                        .and_then(Value::as_array)
-                        .is_some_and(|rs| rs.iter().any(|r| r.as_str() == Some(id.as_str())))
-                })
-            })
+            .filter(|rid| !self.members.values().any(|m| m.roles.contains(rid)))
             .collect()
+    }
+
+    /// The ground truth, parsed from the JSON the guild's entities were
+    /// last sent as.
+    pub(crate) fn truth(&self) -> GuildTruth {
+        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+        GuildTruth {
+            shard: self.shard,
+            unavailable: self.unavailable,
+            member_count: self.member_count,
+            guild: parse(&self.fields.json()),
+            channels: self
+                .channels
+                .iter()
+                .map(|(&id, c)| (id, parse(&c.json)))
+                .collect(),
+            roles: self
+                .roles
+                .iter()
+                .map(|(&id, r)| (id, parse(&r.json)))
+                .collect(),
+            members: self
+                .members
+                .iter()
+                .map(|(&id, m)| (id, parse(&m.json())))
+                .collect(),
+            emojis: self
+                .emojis
+                .iter()
+                .map(|(&id, e)| (id, parse(&e.json)))
+                .collect(),
+        }
     }
 }

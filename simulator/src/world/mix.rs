@@ -7,6 +7,9 @@ use crate::error::SimError;
 use std::fmt;
 use std::str::FromStr;
 
+/// How many kinds of change there are.
+const KINDS: usize = 17;
+
 /// One kind of change the world can make. Most map to one dispatch event;
 /// `GuildJoin`, `GuildOutage` and `GuildRemove` are the three meanings of
 /// GUILD_CREATE / GUILD_DELETE.
@@ -25,6 +28,8 @@ pub enum EventKind {
     RoleUpdate,
     RoleDelete,
     GuildUpdate,
+    /// A guild's custom emojis change (GUILD_EMOJIS_UPDATE).
+    EmojisUpdate,
     /// The bot joins a new guild (GUILD_CREATE of a guild it was not in).
     GuildJoin,
     /// A guild becomes unavailable (GUILD_DELETE `unavailable:true`) and
@@ -36,7 +41,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; KINDS] = [
         EventKind::MessageCreate,
         EventKind::TypingStart,
         EventKind::PresenceUpdate,
@@ -50,6 +55,7 @@ impl EventKind {
         EventKind::RoleUpdate,
         EventKind::RoleDelete,
         EventKind::GuildUpdate,
+        EventKind::EmojisUpdate,
         EventKind::GuildJoin,
         EventKind::GuildOutage,
         EventKind::GuildRemove,
@@ -72,6 +78,7 @@ impl EventKind {
             EventKind::RoleUpdate => "GUILD_ROLE_UPDATE",
             EventKind::RoleDelete => "GUILD_ROLE_DELETE",
             EventKind::GuildUpdate => "GUILD_UPDATE",
+            EventKind::EmojisUpdate => "GUILD_EMOJIS_UPDATE",
             EventKind::GuildJoin => "GUILD_JOIN",
             EventKind::GuildOutage => "GUILD_OUTAGE",
             EventKind::GuildRemove => "GUILD_REMOVE",
@@ -82,13 +89,13 @@ impl EventKind {
 /// Relative weights per [`EventKind`]; a kind with weight 0 never happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMix {
-    weights: [u32; 16],
+    weights: [u32; KINDS],
 }
 
 impl EventMix {
     /// A mix where only the given kinds happen, with the given weights.
     pub fn only(kinds: &[(EventKind, u32)]) -> Self {
-        let mut weights = [0; 16];
+        let mut weights = [0; KINDS];
         for &(k, w) in kinds {
             weights[k as usize] = w;
         }
@@ -142,6 +149,7 @@ impl Default for EventMix {
             (RoleUpdate, 20),
             (RoleDelete, 8),
             (GuildUpdate, 10),
+            (EmojisUpdate, 5),
             (GuildJoin, 3),
             (GuildOutage, 2),
             (GuildRemove, 2),
@@ -173,7 +181,9 @@ impl FromStr for EventMix {
             key: "event_mix".into(),
             message,
         };
-        let mut mix = EventMix { weights: [0; 16] };
+        let mut mix = EventMix {
+            weights: [0; KINDS],
+        };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, weight) = part
                 .split_once('=')

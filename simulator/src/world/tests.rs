@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use serde_json::{Value, json};
 
 /// Keys of a GUILD_CREATE payload that are not guild fields.
 const SNAPSHOT_ONLY: &[&str] = &[
@@ -33,6 +34,15 @@ fn without(mut v: Value, keys: &[&str]) -> Value {
     v
 }
 
+fn emojis_by_id(p: &Value) -> BTreeMap<u64, Value> {
+    p["emojis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (id(&e["id"]), e.clone()))
+        .collect()
+}
+
 /// A straightforward cache, applying dispatches in order.
 fn apply(cache: &mut BTreeMap<u64, GuildTruth>, shards: u32, d: &Dispatch) {
     let p: Value = serde_json::from_str(&d.payload).unwrap();
@@ -61,6 +71,7 @@ fn apply(cache: &mut BTreeMap<u64, GuildTruth>, shards: u32, d: &Dispatch) {
                 channels: by_id("channels", "id"),
                 roles: by_id("roles", "id"),
                 members: by_id("members", "user"),
+                emojis: by_id("emojis", "id"),
                 guild: without(p.clone(), SNAPSHOT_ONLY),
             };
             cache.insert(gid, g);
@@ -72,7 +83,12 @@ fn apply(cache: &mut BTreeMap<u64, GuildTruth>, shards: u32, d: &Dispatch) {
                 cache.remove(&gid);
             }
         }
-        "GUILD_UPDATE" => cache.get_mut(&gid).unwrap().guild = without(p, &["roles", "emojis"]),
+        "GUILD_UPDATE" => {
+            let g = cache.get_mut(&gid).unwrap();
+            g.emojis = emojis_by_id(&p);
+            g.guild = without(p, &["roles", "emojis"]);
+        }
+        "GUILD_EMOJIS_UPDATE" => cache.get_mut(&gid).unwrap().emojis = emojis_by_id(&p),
         "GUILD_MEMBER_ADD" | "GUILD_MEMBER_UPDATE" => {
             let g = cache.get_mut(&gid).unwrap();
             if d.event == "GUILD_MEMBER_ADD" {
@@ -161,8 +177,11 @@ fn initial_guilds_spread_over_shards_and_route_right() {
             assert!(available);
             assert_eq!(shard_of(gid, 4), shard);
             let g = w.guild_truth(gid).unwrap();
-            assert_eq!(g.members.len(), 6);
-            assert_eq!(g.member_count, 6);
+            // The configured members plus the bot's own.
+            assert_eq!(g.members.len(), 7);
+            assert_eq!(g.member_count, 7);
+            assert!(g.members.contains_key(&BOT_USER_ID));
+            assert_eq!(g.emojis.len(), 3);
             assert_eq!(g.channels.len(), 8);
             assert_eq!(g.roles.len(), 6);
         }
@@ -179,6 +198,7 @@ fn applying_every_dispatch_reproduces_the_truth() {
             event: "GUILD_CREATE",
             guild_id: Some(gid),
             payload: w.guild_create(gid).unwrap(),
+            restricted: None,
         };
         apply(&mut cache, 4, &d);
     }
@@ -205,6 +225,7 @@ fn applying_every_dispatch_reproduces_the_truth() {
         "GUILD_ROLE_UPDATE",
         "GUILD_ROLE_DELETE",
         "GUILD_UPDATE",
+        "GUILD_EMOJIS_UPDATE",
         "GUILD_CREATE",
         "GUILD_DELETE",
         "OUTAGE",

@@ -13,8 +13,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
 pub const TOKEN: &str = "sim-token";
-/// GUILDS | GUILD_MEMBERS | GUILD_PRESENCES | GUILD_MESSAGES | GUILD_MESSAGE_TYPING
-pub const ALL_USED_INTENTS: u64 = 1 | (1 << 1) | (1 << 8) | (1 << 9) | (1 << 11);
+/// GUILDS | GUILD_MEMBERS | GUILD_EMOJIS_AND_STICKERS | GUILD_PRESENCES |
+/// GUILD_MESSAGES | GUILD_MESSAGE_TYPING | MESSAGE_CONTENT
+pub const ALL_USED_INTENTS: u64 =
+    1 | (1 << 1) | (1 << 3) | (1 << 8) | (1 << 9) | (1 << 11) | (1 << 15);
 pub const DEADLINE: Duration = Duration::from_secs(5);
 
 /// Fast windows for tests: 5 ms identify window; a 10 s heartbeat so that
@@ -117,7 +119,13 @@ impl Client {
 
     fn inflate(&mut self, b: &[u8]) -> Result<Option<String>, String> {
         match &mut self.inflater {
-            Inflater::Plain => Ok(Some(String::from_utf8_lossy(b).into_owned())),
+            // Payload compression: a binary message is one whole zlib stream.
+            Inflater::Plain => {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut flate2::read::ZlibDecoder::new(b), &mut text)
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(text))
+            }
             Inflater::Zlib(d, buf) => {
                 buf.extend_from_slice(b);
                 if !buf.ends_with(&[0, 0, 0xff, 0xff]) {
