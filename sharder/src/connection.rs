@@ -301,6 +301,8 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         self.set_state(ShardState::Identifying);
         let sent = send::<C>(ws, limiter, SendKind::Command, identify.to_string()).await;
         self.scheduler.identify_sent(permit);
+        // The key's next shard may connect now, a window ahead of its turn.
+        self.connect_slot = None;
         sent
     }
 

@@ -33,6 +33,7 @@
 //! Without Redis, processes must not share keys at all: see
 //! [`crate::plan_shards`].
 
+use crate::connect_gate::{ConnectGate, ConnectSlot};
 use crate::identify_lock::RedisIdentifyLock;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
@@ -105,6 +106,8 @@ struct Inner {
     budget: StdMutex<Budget>,
     budget_changed: Notify,
     lock: Option<RedisIdentifyLock>,
+    /// Who may connect ahead of their identify (see `connect_gate.rs`).
+    connect: ConnectGate,
 }
 
 /// Grants identifies within Discord's limits. Cheap to clone; all clones
@@ -162,6 +165,7 @@ impl IdentifyScheduler {
                 }),
                 budget_changed: Notify::new(),
                 lock,
+                connect: ConnectGate::new(limit.max_concurrency),
             }),
         }
     }
@@ -175,6 +179,12 @@ impl IdentifyScheduler {
     pub fn bucket_of(&self, shard_id: u32) -> u16 {
         let n = u32::from(self.max_concurrency());
         u16::try_from(shard_id % n).unwrap_or(0)
+    }
+
+    /// Waits until `shard_id` may open the connection it will identify on:
+    /// a slot of its key, held until the IDENTIFY has left (drop it then).
+    pub async fn connect_slot(&self, shard_id: u32) -> ConnectSlot {
+        self.inner.connect.slot(self.bucket_of(shard_id)).await
     }
 
     /// Changes the minimum interval between two identifies at runtime

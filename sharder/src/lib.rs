@@ -30,6 +30,7 @@ mod backoff;
 mod cli;
 mod close_code;
 mod connect;
+mod connect_gate;
 mod connection;
 mod dispatch;
 mod event_names;
@@ -59,6 +60,7 @@ pub use cli::{
     parse_shard_range, pod_ordinal,
 };
 pub use close_code::{CloseAction, RESUMABLE_CLOSE, close_action, is_authentication_failure};
+pub use connect_gate::ConnectSlot;
 pub use connect::{ConnectError, Connector, PlainConnector, ResolverConnector, gateway_url};
 pub use envelope::topology::AmqpTopology;
 pub use frame::{DispatchKeys, Frame, FrameError, op, parse_snowflake};

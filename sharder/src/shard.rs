@@ -11,7 +11,9 @@
 //! 2. Connect: a resume goes to the session's `resume_gateway_url`; after a
 //!    resume attempt there failed (no connection, or no RESUMED), the next
 //!    attempt resumes through the configured gateway URL instead. An
-//!    identify always goes to the gateway URL.
+//!    identify always goes to the gateway URL, and first waits for a
+//!    connect slot of its identify key (`connect_gate.rs`), so a cold boot
+//!    connects each batch a window ahead instead of every shard at once.
 //! 3. Run the connection (see `connection.rs`) until it ends with an
 //!    outcome: resume (op 7, op 9 `true`, a resumable close code, a dropped
 //!    or zombied connection, a corrupt frame), identify (op 9 `false`, 4007,
@@ -30,6 +32,7 @@
 
 use crate::backoff::Backoff;
 use crate::connect::{Connector, gateway_url};
+use crate::connect_gate::ConnectSlot;
 use crate::guilds::GuildTracker;
 use crate::identify::IdentifyScheduler;
 use crate::inflate::{Compression, DEFAULT_MAX_PAYLOAD};
@@ -252,6 +255,8 @@ pub struct Shard<K: EventSink, S: SessionStore, C: Connector> {
     pub(crate) reached_active: bool,
     /// A wait the protocol asks for before the next connection (op 9).
     pub(crate) extra_delay: Option<Duration>,
+    /// Held from before connecting until the IDENTIFY has left.
+    pub(crate) connect_slot: Option<ConnectSlot>,
 }
 
 impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
@@ -289,6 +294,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             dirty: false,
             reached_active: false,
             extra_delay: None,
+            connect_slot: None,
         };
         let handle = ShardHandle {
             state: state_rx,
@@ -339,6 +345,16 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 _ => self.config.gateway_url.clone(),
             };
             let url = gateway_url(&base, self.config.compression);
+            if !resuming {
+                // Queue for the identify key before connecting, so a cold
+                // boot opens connections a window ahead, not all at once.
+                self.set_state(ShardState::WaitingForIdentify);
+                let slot = tokio::select! {
+                    s = self.scheduler.connect_slot(id) => s,
+                    _ = self.shutdown.changed() => return self.finish(ShardExit::Shutdown).await,
+                };
+                self.connect_slot = Some(slot);
+            }
             self.set_state(ShardState::Connecting);
             let connect = self.connector.connect(&url, self.config.max_payload);
             let connected = tokio::select! {
@@ -353,6 +369,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 }
                 Err(e) => Outcome::Resume(e.to_string()),
             };
+            self.connect_slot = None;
             if resuming
                 && !self.reached_active
                 && matches!(outcome, Outcome::Resume(_) | Outcome::Identify(_))
