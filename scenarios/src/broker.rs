@@ -28,6 +28,10 @@ pub struct TapEvent {
     pub t: String,
     /// When the sharder received the frame (unix ms).
     pub received_at: u64,
+    /// The envelope's guild id.
+    pub guild_id: Option<u64>,
+    /// The raw `d`, for post-mortems.
+    pub d: String,
 }
 
 /// A connection to the test broker with one channel.
@@ -156,6 +160,8 @@ impl Broker {
                                 seq: ev.seq,
                                 t: ev.t.to_owned(),
                                 received_at: ev.received_at,
+                                guild_id: ev.guild_id,
+                                d: String::from_utf8_lossy(ev.d).into_owned(),
                             });
                         }
                     }
