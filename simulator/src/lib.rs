@@ -60,8 +60,22 @@
 //! Dispatches are filtered by the session's intents as Discord does
 //! (GUILD_MEMBER_* need GUILD_MEMBERS, PRESENCE_UPDATE needs GUILD_PRESENCES,
 //! MESSAGE_CREATE needs GUILD_MESSAGES, TYPING_START GUILD_MESSAGE_TYPING,
-//! guild/channel/role events GUILDS). A cache compared with [`Truth`] must
-//! identify with at least GUILDS | GUILD_MEMBERS.
+//! GUILD_EMOJIS_UPDATE GUILD_EMOJIS_AND_STICKERS, guild/channel/role events
+//! GUILDS). Without MESSAGE_CONTENT, MESSAGE_CREATE's `content`, `embeds`,
+//! `attachments` and `components` are empty unless the message mentions the
+//! bot. Without GUILD_MEMBERS, GUILD_CREATE's `members` lists only the bot's
+//! own member (every guild has the bot as a member; `member_count` stays
+//! exact). A cache compared with [`Truth`] must identify with at least
+//! GUILDS | GUILD_MEMBERS (and GUILD_EMOJIS_AND_STICKERS for `emojis`).
+//!
+//! # Client requests
+//! IDENTIFY `compress: true` (plain transport) sends payloads of 1 KiB or
+//! more as binary messages holding one whole zlib stream each. Request Guild
+//! Members (op 8) is answered with GUILD_MEMBERS_CHUNKs (at most 1000
+//! members each, `chunk_index`/`chunk_count`/`nonce`, `not_found` for
+//! `user_ids`); the whole member list needs GUILD_MEMBERS (else 4013), and
+//! a second request for one guild within half the send window gets a
+//! RATE_LIMITED dispatch instead ([`Counters::member_requests_rate_limited`]).
 #![forbid(unsafe_code)]
 
 mod config;

@@ -188,7 +188,7 @@ impl Core {
                 let found = |id: &u64| members.binary_search_by_key(id, |m| m.0).ok();
                 (
                     ids.iter()
-                        .filter_map(|id| found(id))
+                        .filter_map(&found)
                         .map(|i| &members[i].2)
                         .collect(),
                     ids.iter()
