@@ -184,6 +184,30 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
             }
             env.checks
                 .figure(&format!("events of guild {id}"), lines.join(" "));
+            for (shard, entries) in &ledger.shards {
+                for e in entries.iter().filter(|e| e.guild_id.as_deref() == Some(id)) {
+                    let Some(q) = events
+                        .iter()
+                        .find(|t| t.shard_id == *shard && t.seq == e.seq)
+                    else {
+                        continue;
+                    };
+                    if !(q.t.ends_with("_UPDATE") || q.t.starts_with("GUILD_MEMBER")) {
+                        continue;
+                    }
+                    let d: serde_json::Value = serde_json::from_str(&q.d).unwrap_or_default();
+                    env.checks.figure(
+                        &format!(
+                            "queued {}@{}#{} epoch {} envelope guild {:?}",
+                            q.t, q.shard_id, q.seq, q.epoch, q.guild_id
+                        ),
+                        format!(
+                            "id {} name {} guild_id {} user {}",
+                            d["id"], d["name"], d["guild_id"], d["user"]["id"]
+                        ),
+                    );
+                }
+            }
         }
     }
     let m = worker.metrics().await;
