@@ -28,7 +28,9 @@ pub use dns::DnsConfig;
 pub use error::ConfigError;
 pub use redis::RedisConfig;
 pub use secret::{Secret, redact_url};
-pub use sharder::{GatewayCompression, SessionStoreKind, ShardAssignmentKind, SharderConfig};
+pub use sharder::{
+    GatewayCompression, MAX_TOTAL_SHARDS, SessionStoreKind, ShardAssignmentKind, SharderConfig,
+};
 pub use source::{CONFIG_PATH_ENV, ENV_PREFIX};
 pub use worker::{WorkerConfig, WorkerStoreKind};
 

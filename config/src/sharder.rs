@@ -161,6 +161,11 @@ impl Default for SharderConfig {
 /// the bound is what a hostile or broken stream may make the sharder hold.
 const MAX_PAYLOAD_BYTES: u64 = 1 << 30;
 
+/// The most shards a bot may have. The largest bots run tens of thousands;
+/// a bound keeps a typo or a garbage `GET /gateway/bot` answer from
+/// allocating a shard list of billions.
+pub const MAX_TOTAL_SHARDS: u32 = 100_000;
+
 /// The word that asks for Discord's recommended shard count.
 pub const AUTO_TOTAL: &str = "auto";
 
@@ -211,8 +216,11 @@ impl SharderConfig {
         ] {
             check_duration(key, value)?;
         }
-        if self.total_shards == 0 {
-            return bad("total_shards", "must be at least 1".into());
+        if !(1..=MAX_TOTAL_SHARDS).contains(&self.total_shards) {
+            return bad(
+                "total_shards",
+                format!("{} is outside 1..={MAX_TOTAL_SHARDS}", self.total_shards),
+            );
         }
         if self.process_count == 0 {
             return bad("process_count", "must be at least 1".into());
@@ -388,6 +396,7 @@ mod tests {
         assert_eq!(c.sharder.shard_ranges[1], [4, 8]);
         for (text, key) in [
             ("[sharder]\ntotal_shards = 0\n", "sharder.total_shards"),
+            ("[sharder]\ntotal_shards = 100001\n", "sharder.total_shards"),
             ("[sharder]\nprocess_index = 1\n", "sharder.process_index"),
             (
                 "[sharder]\nassignment = \"ranges\"\nshard_ranges = [[1, 1]]\n",

@@ -110,6 +110,9 @@ impl Resolver {
     /// Builds a resolver with its own cache from `[dns]` settings. Reads
     /// resolv.conf when `cfg.upstreams` or `cfg.search` is empty.
     pub fn new(cfg: &DnsConfig) -> Result<Self, DnsError> {
+        // A `DnsConfig` built in code skips the loader's checks; out-of-
+        // bounds values would panic later in `Instant` arithmetic.
+        cfg.check().map_err(|e| DnsError::Setup(e.to_string()))?;
         let upstream = Upstream::new(cfg).map_err(DnsError::Setup)?;
         let metrics = Metrics::new(&upstream.label);
         let inner = Inner {
@@ -482,4 +485,34 @@ async fn wait(mut flight: Flight) -> Option<Fetched> {
         .await
         .ok()
         .and_then(|v| v.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_config_built_in_code_is_checked_not_panicked_on() {
+        for cfg in [
+            DnsConfig {
+                min_ttl: Duration::from_secs(600),
+                max_ttl: Duration::from_secs(60),
+                ..DnsConfig::default()
+            },
+            DnsConfig {
+                max_stale: Duration::MAX,
+                ..DnsConfig::default()
+            },
+            DnsConfig {
+                refresh_ahead: f64::NAN,
+                ..DnsConfig::default()
+            },
+        ] {
+            let e = Resolver::new(&cfg).map(|_| ()).unwrap_err();
+            assert!(matches!(e, DnsError::Setup(_)), "{e}");
+            assert!(e.to_string().contains("dns."), "names the key: {e}");
+        }
+    }
 }

@@ -71,8 +71,11 @@ pub fn apply_shard_args(
     shared_lock: bool,
 ) -> Result<(), String> {
     if let Some(t) = total {
-        if t == 0 {
-            return Err("--total 0: must be at least 1".into());
+        if !(1..=config::MAX_TOTAL_SHARDS).contains(&t) {
+            return Err(format!(
+                "--total {t}: must be within 1..={}",
+                config::MAX_TOTAL_SHARDS
+            ));
         }
         cfg.total_shards = t;
         cfg.total_shards_auto = false;
@@ -186,6 +189,8 @@ mod tests {
         assert_eq!(c.process_shards, None);
         let e = apply_shard_args(&mut c, None, Some(0), false).unwrap_err();
         assert!(e.starts_with("--total"), "{e}");
+        let e = apply_shard_args(&mut c, None, Some(u32::MAX), false).unwrap_err();
+        assert!(e.starts_with("--total 4294967295"), "{e}");
     }
 
     #[test]

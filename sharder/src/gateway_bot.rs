@@ -70,6 +70,10 @@ struct RateLimitBody {
     retry_after: f64,
 }
 
+/// The most shards a bot may have (here and in `[sharder].total_shards`);
+/// the largest bots run tens of thousands.
+pub use config::MAX_TOTAL_SHARDS;
+
 /// Parses and checks a `GET /gateway/bot` body.
 pub fn parse_gateway_bot(body: &[u8]) -> Result<GatewayBot, GatewayBotError> {
     let b: Body =
@@ -78,8 +82,13 @@ pub fn parse_gateway_bot(body: &[u8]) -> Result<GatewayBot, GatewayBotError> {
     if !(b.url.starts_with("wss://") || b.url.starts_with("ws://")) {
         return invalid(format!("url `{}` is not a websocket URL", b.url));
     }
-    if b.shards == 0 {
-        return invalid("shards is 0".into());
+    if b.shards == 0 || b.shards > MAX_TOTAL_SHARDS {
+        // With `total_shards = "auto"` this count becomes the process's
+        // shard list: a garbage answer must not allocate billions.
+        return invalid(format!(
+            "shards {} is outside 1..={MAX_TOTAL_SHARDS}",
+            b.shards
+        ));
     }
     let l = b.session_start_limit;
     if l.remaining > l.total {
@@ -151,6 +160,7 @@ mod tests {
         for bad in [
             base.replace("wss://", "https://"),
             base.replace("\"shards\":9", "\"shards\":0"),
+            base.replace("\"shards\":9", "\"shards\":4294967295"),
             base.replace("\"remaining\":999", "\"remaining\":1001"),
             base.replace("\"max_concurrency\":16", "\"max_concurrency\":0"),
             base.replace("\"shards\":9", "\"shards\":\"9\""),

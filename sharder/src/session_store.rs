@@ -157,11 +157,22 @@ impl SessionStore for FileSessionStore {
         blocking(move || match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
-            Ok(m) if m.len() > crate::session::MAX_SESSION_BYTES as u64 => {
-                // Read only enough to be rejected as too large.
-                Ok(Some(vec![b'{'; crate::session::MAX_SESSION_BYTES + 1]))
+            // A FIFO or device here would block the shard's start forever.
+            Ok(m) if !m.is_file() => Err(io_err(&path)(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file; remove it",
+            ))),
+            Ok(_) => {
+                // Bounded even if the file grows after the check: one byte
+                // over the limit is enough to be rejected as too large.
+                use std::io::Read;
+                let limit = crate::session::MAX_SESSION_BYTES as u64 + 1;
+                let mut bytes = Vec::new();
+                std::fs::File::open(&path)
+                    .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+                    .map_err(io_err(&path))?;
+                Ok(Some(bytes))
             }
-            Ok(_) => std::fs::read(&path).map(Some).map_err(io_err(&path)),
         })
         .await
     }
@@ -271,5 +282,34 @@ mod tests {
         assert!(!save_session(&store, &session(&owner, 0)).await);
         assert!(store.load(0).await.is_err());
         assert_eq!(load_session(&store, &owner, 0).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_fifo_or_a_huge_file_is_refused_without_blocking() {
+        let dir = TempDir::new("fifo");
+        let store = FileSessionStore::new(&dir.0);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let owner = SessionOwner::new(&Secret::new("tok"), 8);
+        // A FIFO nobody writes to: opening it for reading would block.
+        let made = std::process::Command::new("mkfifo")
+            .arg(store.path(3))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = tokio::time::timeout(std::time::Duration::from_secs(5), store.load(3))
+            .await
+            .expect("a FIFO must not block the load")
+            .unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert_eq!(load_session(&store, &owner, 3).await, None);
+        // A huge file is read only one byte past the bound.
+        std::fs::write(
+            store.path(4),
+            vec![b' '; crate::session::MAX_SESSION_BYTES * 2],
+        )
+        .unwrap();
+        let bytes = store.load(4).await.unwrap().unwrap();
+        assert_eq!(bytes.len(), crate::session::MAX_SESSION_BYTES + 1);
+        assert_eq!(load_session(&store, &owner, 4).await, None);
     }
 }
