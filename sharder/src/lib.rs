@@ -60,8 +60,8 @@ pub use cli::{
     parse_shard_range, pod_ordinal,
 };
 pub use close_code::{CloseAction, RESUMABLE_CLOSE, close_action, is_authentication_failure};
-pub use connect_gate::ConnectSlot;
 pub use connect::{ConnectError, Connector, PlainConnector, ResolverConnector, gateway_url};
+pub use connect_gate::ConnectSlot;
 pub use envelope::topology::AmqpTopology;
 pub use frame::{DispatchKeys, Frame, FrameError, op, parse_snowflake};
 pub use gateway_bot::{GatewayBot, GatewayBotError, fetch_gateway_bot, parse_gateway_bot};
