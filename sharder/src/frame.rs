@@ -146,6 +146,15 @@ pub fn parse_snowflake(text: &str) -> Option<u64> {
 impl<'a> Frame<'a> {
     /// Reads the envelope of `payload`.
     pub fn parse(payload: &'a [u8]) -> Result<Self, FrameError> {
+        // serde reads a struct from a JSON array too (`[0,{},1,"X"]` would
+        // pass as a dispatch); a gateway frame is always an object.
+        if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(FrameError::Json {
+                line: 1,
+                column: 1,
+                message: "a gateway frame must be a JSON object".into(),
+            });
+        }
         let raw: RawFrame<'a> = serde_json::from_slice(payload)?;
         if raw.op == op::DISPATCH {
             if raw.s.is_none() {
@@ -292,6 +301,8 @@ mod tests {
             br#"{"op":0,"s":1,"d":{}}"#,
             br#"{"op":0,"s":1,"t":"","d":{}}"#,
             br#"{"op":0,"s":-1,"t":"X"}"#,
+            br#"[0,{},1,"X"]"#,
+            br#"  [0,{"guild_id":"1"},1,"GUILD_CREATE"]"#,
             b"{\"op\":0,\"s\":1,\"t\":\"X\",\"d\":\"\xff\"}",
         ];
         for c in cases {
