@@ -210,11 +210,11 @@ fn sharder_child(f: &Flags) -> anyhow::Result<()> {
     let rt = sharder_run::runtime()?;
     rt.block_on(async {
         let run = sharder_run::start(spec.config()?, SinkChoice::Amqp);
-        let shards = f64::from(spec.shards);
+        let shards = spec.shards as usize;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         // The AMQP sink has no in-process receiver to watch, so readiness
-        // is the sharder's own gauge (what /readyz answers).
-        while metric("sharder_shards_active") < shards {
+        // is the sharder's own per-shard state gauge.
+        while sharder_run::active_shards() < shards {
             if tokio::time::Instant::now() > deadline {
                 bail!("not every shard became active within 90 s");
             }

@@ -271,7 +271,9 @@ fn twilight(f: &Flags) -> anyhow::Result<()> {
                                 break;
                             }
                         }
-                        Ok(Message::Close(_)) => {}
+                        Ok(Message::Close(frame)) => {
+                            eprintln!("twilight shard {id}: close {frame:?}")
+                        }
                         Err(e) => eprintln!("twilight shard {id}: {e}"),
                     }
                 }

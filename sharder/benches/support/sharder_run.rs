@@ -210,6 +210,21 @@ pub fn metric(name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Shards whose `sharder_shard_state{state="active"}` gauge is 1 (set on
+/// every state transition, unlike `sharder_shards_active`, which only a
+/// `/metrics` request refreshes).
+pub fn active_shards() -> usize {
+    sharder::prometheus()
+        .render()
+        .lines()
+        .filter(|l| {
+            l.starts_with("sharder_shard_state{")
+                && l.contains("state=\"active\"")
+                && l.ends_with(" 1")
+        })
+        .count()
+}
+
 /// The runtime every child uses: multi-threaded, one worker per core, as
 /// the sharder binary's `#[tokio::main]`.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -73,7 +73,11 @@ impl SimProcess {
     /// Starts the simulator on a free loopback port and waits until it
     /// listens.
     pub fn start(a: &SimArgs) -> anyhow::Result<Self> {
-        let token = format!("bench-token-{}", std::process::id());
+        // Discord accepts IDENTIFY tokens with the `Bot ` prefix, and
+        // twilight-gateway always sends one; the simulator compares tokens
+        // verbatim, so the token itself starts with `Bot ` (our sharder
+        // sends it unchanged, twilight adds no second prefix).
+        let token = format!("Bot bench-token-{}", std::process::id());
         let mut child = Command::new(binary()?)
             .args(["--listen", "127.0.0.1:0"])
             .args(["--shards", &a.shards.to_string()])
