@@ -63,9 +63,9 @@ impl Flags {
     }
 
     /// A comma-separated list, or `default`.
-    pub fn list<T: FromStr>(&self, name: &str, default: &[T]) -> anyhow::Result<Vec<T>>
+    pub fn list<T>(&self, name: &str, default: &[T]) -> anyhow::Result<Vec<T>>
     where
-        T: Clone,
+        T: FromStr + Clone,
         T::Err: std::fmt::Display,
     {
         match self.values.get(name) {
