@@ -5,7 +5,8 @@
 //! * [`Worker`] is the embedding API: `Worker::new(store).on("GUILD_JOINED",
 //!   |ev| ..)` then [`Worker::process_message`] per queue message.
 //! * [`Store`] is the cache: [`MemoryStore`] (default) or [`RedisStore`]
-//!   (shared by replicas; every versioned write is one Lua script).
+//!   (shared by replicas; every versioned write is one Lua script, and a
+//!   message's writes go in one pipelined round trip, see [`Step`]).
 //! * [`Mutation`] documents the cache rules; [`GuildView`] is the canonical
 //!   read form both stores return.
 #![forbid(unsafe_code)]

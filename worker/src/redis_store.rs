@@ -3,6 +3,9 @@
 //! Each versioned write is one Lua script, so the version check and the
 //! write are a single atomic step on the server: two replicas (or a
 //! redelivery racing the first attempt) can never both "win" a register.
+//! A message's steps ([`Step`]) are sent as one pipeline of script calls:
+//! one round trip per message instead of one per write, each call still
+//! atomic on the server (READY, rare, keeps its own round trips).
 //!
 //! # Layout (prefix `P`)
 //!

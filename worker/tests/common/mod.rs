@@ -323,8 +323,13 @@ pub fn unversioned(v: &GuildView) -> Value {
 /// The world's truth for every guild it holds, rendered through the
 /// worker's own GUILD_CREATE parser (so both sides use one model).
 pub fn truth_views(world: &World) -> BTreeMap<u64, Value> {
+    truth_views_of(world.truth())
+}
+
+/// [`truth_views`] of a simulator's truth.
+pub fn truth_views_of(truth: discord_sim::Truth) -> BTreeMap<u64, Value> {
     let mut out = BTreeMap::new();
-    for (gid, t) in world.truth().guilds {
+    for (gid, t) in truth.guilds {
         let mut g = t.guild.clone();
         g["id"] = json!(gid.to_string());
         g["member_count"] = json!(t.member_count);
