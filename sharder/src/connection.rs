@@ -32,7 +32,7 @@ use crate::session_store::SessionStore;
 use crate::shard::{Outcome, Shard, ShardState};
 use crate::sink::EventSink;
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use serde::Deserialize;
 use std::future::Future;
@@ -153,15 +153,6 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                     // before calling the connection a zombie. The yield
                     // first lets tasks that were starved with us run (and
                     // their bytes arrive) on a busy runtime.
-                    if !hb.acked {
-                        tokio::task::yield_now().await;
-                    }
-                    while !hb.acked {
-                        let Some(msg) = ws.next().now_or_never() else { break };
-                        if let Err(o) = self.on_message(&mut ws, &mut hb, &limiter, &mut inflater, msg).await {
-                            return o;
-                        }
-                    }
                     if let Err(o) = self.heartbeat(&mut ws, &mut hb, &limiter).await {
                         return o;
                     }
