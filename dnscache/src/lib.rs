@@ -38,6 +38,7 @@ mod error;
 mod host;
 mod http;
 mod metrics;
+mod redis_connection;
 mod redis_dns;
 mod resolver;
 mod store;
@@ -49,6 +50,7 @@ mod websocket;
 
 pub use error::{ConnectError, DnsError};
 pub use metrics::Stats;
+pub use redis_connection::RedisConnection;
 pub use resolver::{Resolved, Resolver, Served};
 pub use stream::MaybeTls;
 pub use tcp::STAGGER;

@@ -24,7 +24,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A cross-process identify lock on a Redis server.
 #[derive(Clone)]
 pub struct RedisIdentifyLock {
-    conn: redis::aio::MultiplexedConnection,
+    conn: dnscache::RedisConnection,
     prefix: String,
     owner: String,
 }
@@ -42,7 +42,7 @@ impl RedisIdentifyLock {
     /// A lock on keys under `prefix`, held as `owner` (e.g. the pod name; it
     /// only shows up in Redis for debugging).
     pub fn new(
-        conn: redis::aio::MultiplexedConnection,
+        conn: dnscache::RedisConnection,
         prefix: impl Into<String>,
         owner: impl Into<String>,
     ) -> Self {
@@ -108,12 +108,13 @@ mod tests {
     use crate::{IdentifyScheduler, IdentifySettings, SessionStartLimit};
     use std::time::Instant;
 
-    async fn conn() -> redis::aio::MultiplexedConnection {
-        redis::Client::open("redis://127.0.0.1:6379/")
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+    async fn conn() -> dnscache::RedisConnection {
+        let c = dnscache::RedisConnection::with_client(
+            redis::Client::open("redis://127.0.0.1:6379/").unwrap(),
+            redis::AsyncConnectionConfig::new(),
+        );
+        c.ready().await.unwrap();
+        c
     }
 
     fn unique_prefix(name: &str) -> String {

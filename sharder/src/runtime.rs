@@ -180,16 +180,18 @@ async fn gateway_bot(
     }
 }
 
+/// A Redis connection that reconnects after an outage (a plain multiplexed
+/// connection never does), dialled now so a bad URL fails start-up.
 async fn redis_connection(
     resolver: &dnscache::Resolver,
     cfg: &config::Config,
-) -> Result<redis::aio::MultiplexedConnection, RunError> {
-    let client = redis::Client::open(cfg.redis.url.expose())
+) -> Result<dnscache::RedisConnection, RunError> {
+    let conn = dnscache::RedisConnection::lazy(resolver, cfg.redis.url.expose())
         .map_err(|e| RunError::Redis(format!("invalid redis.url ({:?})", e.kind())))?;
-    client
-        .get_multiplexed_async_connection_with_config(&resolver.redis_config())
+    conn.ready()
         .await
-        .map_err(|e| RunError::Redis(format!("connecting ({:?})", e.kind())))
+        .map_err(|e| RunError::Redis(format!("connecting ({:?})", e.kind())))?;
+    Ok(conn)
 }
 
 /// Runs the process's shards until `shutdown` is cancelled.

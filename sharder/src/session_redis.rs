@@ -17,7 +17,7 @@ use std::time::Duration;
 /// Sessions as Redis strings.
 #[derive(Clone)]
 pub struct RedisSessionStore {
-    conn: redis::aio::MultiplexedConnection,
+    conn: dnscache::RedisConnection,
     prefix: String,
     ttl: Duration,
 }
@@ -33,11 +33,7 @@ impl std::fmt::Debug for RedisSessionStore {
 
 impl RedisSessionStore {
     /// A store under `prefix` whose keys expire `ttl` after their last save.
-    pub fn new(
-        conn: redis::aio::MultiplexedConnection,
-        prefix: impl Into<String>,
-        ttl: Duration,
-    ) -> Self {
+    pub fn new(conn: dnscache::RedisConnection, prefix: impl Into<String>, ttl: Duration) -> Self {
         Self {
             conn,
             prefix: prefix.into(),
@@ -93,11 +89,10 @@ mod tests {
     use config::Secret;
 
     async fn store(name: &str) -> RedisSessionStore {
-        let conn = redis::Client::open("redis://127.0.0.1:6379/")
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let conn = dnscache::RedisConnection::with_client(
+            redis::Client::open("redis://127.0.0.1:6379/").unwrap(),
+            redis::AsyncConnectionConfig::new(),
+        );
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

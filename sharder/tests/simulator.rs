@@ -542,11 +542,10 @@ async fn eight_shards_at_concurrency_four_identify_in_two_batches_without_violat
 #[tokio::test]
 async fn restart_resumes_from_the_redis_session_store() {
     let rig = Rig::new("redis-store", 1).await;
-    let conn = redis::Client::open("redis://127.0.0.1:6379/")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let conn = dnscache::RedisConnection::with_client(
+        redis::Client::open("redis://127.0.0.1:6379/").unwrap(),
+        redis::AsyncConnectionConfig::new(),
+    );
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
