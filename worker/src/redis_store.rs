@@ -39,7 +39,6 @@ use crate::redis_scripts::{
 };
 use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};
 use envelope::Version;
-use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -122,7 +121,9 @@ type Invocation = redis::ScriptInvocation<'static>;
 /// The versioned cache in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    con: MultiplexedConnection,
+    /// Reconnects after a Redis outage (a multiplexed connection alone
+    /// never does, and the worker would stay broken).
+    con: dnscache::RedisConnection,
     prefix: String,
     window_ttl_ms: u64,
     pipelined: bool,
@@ -143,9 +144,8 @@ impl RedisStore {
         config: &redis::AsyncConnectionConfig,
     ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
-        let con = client
-            .get_multiplexed_async_connection_with_config(config)
-            .await?;
+        let con = dnscache::RedisConnection::with_client(client, config.clone());
+        con.ready().await?;
         Ok(Self {
             con,
             prefix: prefix.to_owned(),
