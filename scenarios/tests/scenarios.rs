@@ -55,8 +55,6 @@ fn corrupt_data() {
 }
 
 #[test]
-#[ignore = "bug: worker's RedisStore never reconnects after its Redis connection is cut \
-            (worker/src/redis_store.rs:122, one MultiplexedConnection for the process)"]
 fn broker_outage() {
     scenario("broker-outage");
 }
