@@ -624,7 +624,9 @@ impl Store for RedisStore {
         }
         view.available = field("av").is_some_and(|raw| raw.ends_with('1'));
         let base: i64 = field("cb").and_then(|s| s.parse().ok()).unwrap_or(0);
-        view.member_count = base + d.iter().map(|(_, x)| x).sum::<i64>();
+        // `cb` and the deltas come from Redis: a corrupt value must not
+        // overflow (a panic in debug builds).
+        view.member_count = d.iter().fold(base, |acc, (_, x)| acc.saturating_add(*x));
         for (kind, rows) in Kind::ALL.into_iter().zip(kinds) {
             let key = &keys[kind.index()];
             let floor = field(&format!("f{}", letter(kind)))
