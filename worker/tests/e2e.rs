@@ -288,8 +288,11 @@ async fn sharder_to_memory_64x1000() {
     memory_case(SHARDS * 1_000).await;
 }
 
-async fn memory_case(guilds: u32) {
-    let sim = Simulator::start(SimConfig {
+/// The simulated bot both cases run against: small guilds (the test is
+/// about races, not sizes), a scaled identify window, and a mix of every
+/// kind of change plus real joins and removals.
+async fn start_sim(guilds: u32) -> discord_sim::SimHandle {
+    Simulator::start(SimConfig {
         shards: SHARDS,
         guilds,
         channels_per_guild: 2,
@@ -308,7 +311,11 @@ async fn memory_case(guilds: u32) {
         ..SimConfig::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+async fn memory_case(guilds: u32) {
+    let sim = start_sim(guilds).await;
     let initial: BTreeSet<u64> = sim.truth().guilds.keys().copied().collect();
     let base = unique("mem");
     let topo = AmqpTopology::named(&base, PARTITIONS);
@@ -449,26 +456,7 @@ async fn published_joins(ch: &lapin::Channel, q: &str) -> BTreeMap<u64, BTreeSet
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharder_to_redis_cache_with_two_replicas_and_a_kill() {
     let guilds = SHARDS * 100;
-    let sim = Simulator::start(SimConfig {
-        shards: SHARDS,
-        guilds,
-        channels_per_guild: 2,
-        roles_per_guild: 1,
-        members_per_guild: 2,
-        identify_window: Duration::from_millis(300),
-        max_concurrency: 16,
-        event_rate: 0.0,
-        outage_events: u64::MAX / 4,
-        event_mix: "GUILD_MEMBER_ADD=6,GUILD_MEMBER_UPDATE=5,GUILD_MEMBER_REMOVE=5,\
-                    CHANNEL_CREATE=3,CHANNEL_UPDATE=4,CHANNEL_DELETE=3,GUILD_ROLE_CREATE=2,\
-                    GUILD_ROLE_UPDATE=3,GUILD_ROLE_DELETE=2,GUILD_UPDATE=2,MESSAGE_CREATE=4,\
-                    GUILD_JOIN=1,GUILD_REMOVE=1"
-            .parse()
-            .unwrap(),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = start_sim(guilds).await;
     let initial: BTreeSet<u64> = sim.truth().guilds.keys().copied().collect();
     let base = unique("redis");
     let topo = AmqpTopology::named(&base, PARTITIONS);
