@@ -18,7 +18,7 @@ use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::Duration;
 use worker::{CleanEvent, CleanKind, Store, Worker};
 
 /// Clean events as the worker announced them.
@@ -33,7 +33,10 @@ pub struct Observation {
 #[derive(Debug, Default)]
 struct Seen {
     /// First READY per shard, as the worker processed it.
-    ready_at: HashMap<u32, Instant>,
+    /// Each shard's first READY, as the sharder received it (ms since
+    /// the epoch): the worker sees it later, behind whatever the queue
+    /// holds, which would shrink or stretch the span.
+    ready_at: HashMap<u32, u64>,
     /// The guild ids each session's READY listed, by session id.
     ready_guilds: HashMap<String, HashSet<u64>>,
     /// Every `GUILD_JOINED`'s guild, in order (repeats kept).
@@ -93,10 +96,9 @@ impl Observation {
     }
 
     fn on_ready(&self, ev: &CleanEvent<'_>) {
-        let now = Instant::now();
         let parsed: Result<Ready, _> = serde_json::from_slice(ev.d);
         let mut seen = self.seen();
-        seen.ready_at.entry(ev.shard_id).or_insert(now);
+        seen.ready_at.entry(ev.shard_id).or_insert(ev.received_at);
         match parsed {
             Ok(r) => {
                 let ids = r.guilds.iter().filter_map(|g| g.id.parse().ok()).collect();
@@ -111,12 +113,13 @@ impl Observation {
         self.seen().ready_at.keys().copied().collect()
     }
 
-    /// The first and the last READY, once at least one arrived.
-    pub fn ready_span(&self) -> Option<(Instant, Instant)> {
+    /// From the first READY to the last, by the sharder's receive times,
+    /// once at least one arrived.
+    pub fn ready_span(&self) -> Option<Duration> {
         let seen = self.seen();
         let first = seen.ready_at.values().min()?;
         let last = seen.ready_at.values().max()?;
-        Some((*first, *last))
+        Some(Duration::from_millis(last.saturating_sub(*first)))
     }
 
     /// The guilds each session's READY listed.

@@ -219,9 +219,7 @@ async fn verdict<S: Store>(
     let cache_check = compare_cache(store, &truth, seen).await?;
     let joins = audit_joins(&ledger, &ready_guilds, &observation.joins());
     let flow = Counters::read().since(baseline);
-    let (first, last) = observation
-        .ready_span()
-        .unwrap_or((Instant::now(), Instant::now()));
+    let ready_span = observation.ready_span().unwrap_or_default();
     Ok(Summary {
         shards: opts.shards,
         batches: opts.batches(),
@@ -234,7 +232,7 @@ async fn verdict<S: Store>(
             CacheKind::Memory => "in-memory".into(),
             CacheKind::Redis => "Redis".into(),
         },
-        ready_span: last.duration_since(first),
+        ready_span,
         floor: opts.floor(),
         identifies: counters.identifies,
         identify_violations: counters.identify_violations,
@@ -341,10 +339,7 @@ impl<S: Store + CacheSize> Watcher<'_, S> {
             });
             match phase {
                 Phase::Booting if ready.len() as u32 >= opts.shards => {
-                    let span = self
-                        .observation
-                        .ready_span()
-                        .map_or(Duration::ZERO, |(a, b)| b - a);
+                    let span = self.observation.ready_span().unwrap_or_default();
                     progress.note(&format!(
                         "all {} shards READY: READY span {:.2}s against the floor {:.2}s; \
                          {:?} of traffic follows",
