@@ -115,6 +115,7 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
         .expect_eq("identifies", c.identifies, u64::from(shards));
 
     sim.set_event_rate(0.0).await?;
+    let stopped_at = sim.counters().await?.events_generated;
     let truth = sim.truth().await?;
     let ledger = sim.ledger().await?;
     let expected: std::collections::BTreeSet<(u32, u64)> = ledger
@@ -160,6 +161,25 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     );
     env.checks.figure("guilds equal", diff.matching);
     if !diff.equal() {
+        // Whether the world moved after the events were stopped (the truth
+        // was read after this count), and whether any session was lost.
+        if let Ok(c) = sim.counters().await {
+            env.checks.figure(
+                "events generated after the rate was set to 0",
+                c.events_generated.saturating_sub(stopped_at),
+            );
+            env.checks.figure(
+                "sessions at the end: identifies / resumes / failed resumes / 4009s / expired",
+                format!(
+                    "{} / {} / {} / {} / {}",
+                    c.identifies,
+                    c.resumes,
+                    c.failed_resumes,
+                    c.heartbeat_timeouts,
+                    c.expired_sessions
+                ),
+            );
+        }
         // Evidence for a post-mortem: what the differing guilds were sent,
         // and whether each of those events reached RabbitMQ.
         let events = tap.events();
@@ -192,10 +212,38 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
                     else {
                         continue;
                     };
-                    if !(q.t.ends_with("_UPDATE") || q.t.starts_with("GUILD_MEMBER")) {
+                    let d: serde_json::Value = serde_json::from_str(&q.d).unwrap_or_default();
+                    if q.t == "GUILD_CREATE" {
+                        // The snapshot: its channel names and member count,
+                        // so a name in the truth can be traced to it.
+                        let channels: Vec<String> = d["channels"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|c| format!("{}={}", c["id"], c["name"]))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        env.checks.figure(
+                            &format!(
+                                "queued GUILD_CREATE@{}#{} epoch {}",
+                                q.shard_id, q.seq, q.epoch
+                            ),
+                            format!(
+                                "name {} member_count {} channels {}",
+                                d["name"],
+                                d["member_count"],
+                                channels.join(",")
+                            ),
+                        );
                         continue;
                     }
-                    let d: serde_json::Value = serde_json::from_str(&q.d).unwrap_or_default();
+                    if !(q.t.ends_with("_UPDATE")
+                        || q.t.starts_with("GUILD_MEMBER")
+                        || q.t.starts_with("CHANNEL_"))
+                    {
+                        continue;
+                    }
                     env.checks.figure(
                         &format!(
                             "queued {}@{}#{} epoch {} envelope guild {:?}",
