@@ -39,7 +39,7 @@ impl Core {
         now: Instant,
     ) -> Result<Arc<str>, Refusal> {
         let closed = |code, msg: String| Err(Refusal::Close(CloseReason::new(code, msg)));
-        if id.token != cfg.token {
+        if !token_matches(&id.token, &cfg.token) {
             return closed(close::AUTHENTICATION_FAILED, "invalid token".into());
         }
         let [shard, num] = match id.shard {
@@ -170,7 +170,7 @@ impl Core {
         cfg: &SimConfig,
         now: Instant,
     ) -> Result<(Arc<str>, u64), Refusal> {
-        if r.token != cfg.token {
+        if !token_matches(&r.token, &cfg.token) {
             return Err(Refusal::Close(CloseReason::new(
                 close::AUTHENTICATION_FAILED,
                 "invalid token",
@@ -206,6 +206,13 @@ impl Core {
         self.push(slot, "RESUMED", None, d.into(), cfg);
         Ok((sid, r.seq))
     }
+}
+
+/// Whether a token sent in IDENTIFY or RESUME is the bot's token. Discord
+/// accepts it bare or with the `Bot ` prefix of the HTTP `Authorization`
+/// header (twilight-gateway always sends the prefixed form).
+fn token_matches(sent: &str, token: &str) -> bool {
+    sent == token || sent.strip_prefix("Bot ") == Some(token)
 }
 
 fn splitmix(x: u64) -> u64 {
