@@ -4,7 +4,7 @@
 
 use super::entities::{Channel, Emoji, GUILD_TEXT, Member, Role};
 use super::json_text::{push_array, push_id};
-use super::{BOT_USER_ID, Dispatch, World, names, pick};
+use super::{BOT_USER_ID, Dispatch, World, names, pick, pick_index};
 use rand::Rng;
 
 impl World {
@@ -14,20 +14,22 @@ impl World {
         let role_ids = self.guilds.get(&gid)?.role_ids.clone();
         let roles = self.random_roles(&role_ids);
         let member = Member::new(username, user, roles, self.clock.iso_now());
-        let g = self.guilds.get_mut(&gid)?;
-        let mut d = String::with_capacity(512);
-        member.write_with_guild(&mut d, gid);
-        g.members.insert(uid, member);
-        g.member_ids.push(uid);
+        let World { guilds, buf, .. } = self;
+        let g = guilds.get_mut(&gid)?;
+        buf.clear();
+        member.write_with_guild(buf, gid);
+        g.add_member(uid, member);
         g.member_count += 1;
-        Some(Dispatch::new(g.shard, "GUILD_MEMBER_ADD", gid, d))
+        Some(Dispatch::from_text(g.shard, "GUILD_MEMBER_ADD", gid, buf))
     }
 
     pub(super) fn member_update(&mut self, gid: u64) -> Option<Dispatch> {
-        let World { guilds, rng, .. } = self;
+        let World {
+            guilds, rng, buf, ..
+        } = self;
         let g = guilds.get_mut(&gid)?;
-        let uid = *pick(rng, &g.member_ids)?;
-        if uid == BOT_USER_ID {
+        let idx = pick_index(rng, g.member_ids.len())?;
+        if g.member_ids[idx] == BOT_USER_ID {
             return None;
         }
         let n = rng.random_range(0..=2usize.min(g.role_ids.len()));
@@ -37,34 +39,47 @@ impl World {
         roles.sort_unstable();
         roles.dedup();
         let nick = rng.random_bool(0.6).then(|| names::name(rng));
-        let m = g.members.get_mut(&uid)?;
+        let m = g.members.get_mut(idx)?;
         m.nick = nick;
         m.roles = roles;
         m.refresh();
-        let mut d = String::with_capacity(512);
-        m.write_with_guild(&mut d, gid);
-        Some(Dispatch::new(g.shard, "GUILD_MEMBER_UPDATE", gid, d))
+        buf.clear();
+        m.write_with_guild(buf, gid);
+        Some(Dispatch::from_text(
+            g.shard,
+            "GUILD_MEMBER_UPDATE",
+            gid,
+            buf,
+        ))
     }
 
     pub(super) fn member_remove(&mut self, gid: u64) -> Option<Dispatch> {
-        let g = self.guilds.get_mut(&gid)?;
+        let World {
+            guilds, rng, buf, ..
+        } = self;
+        let g = guilds.get_mut(&gid)?;
         if g.member_ids.len() < 3 {
             return None;
         }
-        let idx = self.rng.random_range(0..g.member_ids.len());
+        let idx = rng.random_range(0..g.member_ids.len());
         let uid = g.member_ids[idx];
         if uid == g.fields.owner_id || uid == BOT_USER_ID {
             return None;
         }
         let (_, member) = g.remove_member(idx)?;
         g.member_count = g.member_count.saturating_sub(1);
-        let mut d = String::with_capacity(256);
-        d.push_str("{\"guild_id\":");
-        push_id(&mut d, gid);
-        d.push_str(",\"user\":");
-        d.push_str(&member.user);
-        d.push('}');
-        Some(Dispatch::new(g.shard, "GUILD_MEMBER_REMOVE", gid, d))
+        buf.clear();
+        buf.push_str("{\"guild_id\":");
+        push_id(buf, gid);
+        buf.push_str(",\"user\":");
+        buf.push_str(&member.user);
+        buf.push('}');
+        Some(Dispatch::from_text(
+            g.shard,
+            "GUILD_MEMBER_REMOVE",
+            gid,
+            buf,
+        ))
     }
 
     pub(super) fn channel_create(&mut self, gid: u64) -> Option<Dispatch> {
@@ -74,11 +89,11 @@ impl World {
         let parent = g.channel_ids.first().copied();
         let pos = g.channel_ids.len() as i64;
         let c = Channel::new(cid, gid, GUILD_TEXT, name, pos, parent);
-        let d = c.json.clone();
+        let d = Dispatch::from_text(g.shard, "CHANNEL_CREATE", gid, &c.json);
         g.channels.insert(cid, c);
         g.channel_ids.push(cid);
         g.text_channels.push(cid);
-        Some(Dispatch::new(g.shard, "CHANNEL_CREATE", gid, d))
+        Some(d)
     }
 
     pub(super) fn channel_update(&mut self, gid: u64) -> Option<Dispatch> {
@@ -90,12 +105,7 @@ impl World {
         c.name = name;
         c.topic = Some(topic);
         c.refresh();
-        Some(Dispatch::new(
-            g.shard,
-            "CHANNEL_UPDATE",
-            gid,
-            c.json.clone(),
-        ))
+        Some(Dispatch::from_text(g.shard, "CHANNEL_UPDATE", gid, &c.json))
     }
 
     pub(super) fn channel_delete(&mut self, gid: u64) -> Option<Dispatch> {

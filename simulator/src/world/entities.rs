@@ -8,11 +8,10 @@
 //! apart. Field sets follow discord-api-docs and are checked against
 //! twilight-model's deserialisers in the tests.
 
-use super::json_text::{push_id, push_ids, push_opt_str, push_str};
+use super::json_text::{push_bool, push_i64, push_id, push_ids, push_opt_str, push_str, push_u64};
 use super::names;
 use rand::Rng;
 use rand::rngs::StdRng;
-use std::fmt::Write as _;
 
 /// Channel types the world generates.
 pub(crate) const GUILD_TEXT: u8 = 0;
@@ -28,20 +27,17 @@ pub(crate) fn user_json(id: u64, username: &str, global_name: Option<&str>, bot:
     push_str(&mut s, username);
     s.push_str(",\"global_name\":");
     push_opt_str(&mut s, global_name);
-    let _ = write!(
-        s,
-        ",\"discriminator\":\"0\",\"avatar\":null,\"bot\":{bot},\"public_flags\":0}}"
-    );
+    s.push_str(",\"discriminator\":\"0\",\"avatar\":null,\"bot\":");
+    push_bool(&mut s, bot);
+    s.push_str(",\"public_flags\":0}");
     s
 }
 
 /// A random (human) user: its username and its user object's JSON.
 pub(crate) fn random_user(id: u64, rng: &mut StdRng) -> (String, String) {
-    let username = format!(
-        "{}{}",
-        names::name(rng).replace('-', "_"),
-        rng.random_range(0..1000u32)
-    );
+    let mut username = String::with_capacity(24);
+    names::push_name(&mut username, rng, '_');
+    push_u64(&mut username, u64::from(rng.random_range(0..1000u32)));
     let json = user_json(id, &username, Some(&names::name(rng)), false);
     (username, json)
 }
@@ -166,17 +162,19 @@ impl Role {
         } else {
             "2248473465835073"
         };
-        let _ = write!(
-            s,
-            ",\"color\":{c},\"colors\":{{\"primary_color\":{c},\"secondary_color\":null,\
-             \"tertiary_color\":null}},\"hoist\":{h},\"icon\":null,\"unicode_emoji\":null,\
-             \"position\":{p},\"permissions\":\"{permissions}\",\"managed\":false,\
-             \"mentionable\":{m},\"flags\":0}}",
-            c = self.color,
-            h = self.hoist,
-            p = self.position,
-            m = self.mentionable,
-        );
+        s.push_str(",\"color\":");
+        push_u64(s, u64::from(self.color));
+        s.push_str(",\"colors\":{\"primary_color\":");
+        push_u64(s, u64::from(self.color));
+        s.push_str(",\"secondary_color\":null,\"tertiary_color\":null},\"hoist\":");
+        push_bool(s, self.hoist);
+        s.push_str(",\"icon\":null,\"unicode_emoji\":null,\"position\":");
+        push_i64(s, self.position);
+        s.push_str(",\"permissions\":\"");
+        s.push_str(permissions);
+        s.push_str("\",\"managed\":false,\"mentionable\":");
+        push_bool(s, self.mentionable);
+        s.push_str(",\"flags\":0}");
     }
 }
 
@@ -222,15 +220,15 @@ impl Channel {
         s.clear();
         s.push_str("{\"id\":");
         push_id(s, self.id);
-        let _ = write!(s, ",\"type\":{},\"guild_id\":", self.kind);
+        s.push_str(",\"type\":");
+        push_u64(s, u64::from(self.kind));
+        s.push_str(",\"guild_id\":");
         push_id(s, self.guild_id);
         s.push_str(",\"name\":");
         push_str(s, &self.name);
-        let _ = write!(
-            s,
-            ",\"position\":{},\"permission_overwrites\":[],\"parent_id\":",
-            self.position
-        );
+        s.push_str(",\"position\":");
+        push_i64(s, self.position);
+        s.push_str(",\"permission_overwrites\":[],\"parent_id\":");
         match self.parent {
             Some(p) => push_id(s, p),
             None => s.push_str("null"),
@@ -262,11 +260,9 @@ impl Emoji {
         push_id(&mut s, id);
         s.push_str(",\"name\":");
         push_str(&mut s, &name);
-        let _ = write!(
-            s,
-            ",\"roles\":[],\"require_colons\":true,\"managed\":false,\
-             \"animated\":{animated},\"available\":true}}"
-        );
+        s.push_str(",\"roles\":[],\"require_colons\":true,\"managed\":false,\"animated\":");
+        push_bool(&mut s, animated);
+        s.push_str(",\"available\":true}");
         Emoji { animated, json: s }
     }
 }

@@ -48,7 +48,9 @@ pub(crate) struct GuildState {
     pub(crate) fields: GuildFields,
     pub(crate) channels: BTreeMap<u64, Channel>,
     pub(crate) roles: BTreeMap<u64, Role>,
-    pub(crate) members: BTreeMap<u64, Member>,
+    /// Members, at the same index as their user id in `member_ids` (the
+    /// hot paths pick an index and need no lookup; snapshots sort).
+    pub(crate) members: Vec<Member>,
     pub(crate) emojis: BTreeMap<u64, Emoji>,
     /// Text channels (where messages and typing happen).
     pub(crate) text_channels: Vec<u64>,
@@ -72,10 +74,29 @@ pub(crate) enum MemberList {
 }
 
 impl GuildState {
+    /// Adds a member (last in `member_ids`).
+    pub(crate) fn add_member(&mut self, user_id: u64, member: Member) {
+        self.member_ids.push(user_id);
+        self.members.push(member);
+    }
+
     /// Removes the member at `index` of `member_ids`.
     pub(crate) fn remove_member(&mut self, index: usize) -> Option<(u64, Member)> {
-        let user_id = self.member_ids.swap_remove(index);
-        self.members.remove(&user_id).map(|m| (user_id, m))
+        if index >= self.member_ids.len() || self.members.len() != self.member_ids.len() {
+            return None;
+        }
+        Some((
+            self.member_ids.swap_remove(index),
+            self.members.swap_remove(index),
+        ))
+    }
+
+    /// The members as (user id, member), ascending by user id.
+    pub(crate) fn members_by_id(&self) -> Vec<(u64, &Member)> {
+        let mut all: Vec<(u64, &Member)> =
+            self.member_ids.iter().copied().zip(&self.members).collect();
+        all.sort_unstable_by_key(|&(id, _)| id);
+        all
     }
 
     /// Appends the role list as sent inside GUILD_CREATE / GUILD_UPDATE (by
@@ -122,9 +143,9 @@ impl GuildState {
         push_array(&mut s, self.channels.values().map(|c| c.json.as_str()));
         s.push_str(",\"members\":[");
         let mut first = true;
-        for (id, m) in &self.members {
+        for (id, m) in self.members_by_id() {
             if let MemberList::BotOnly(bot) = list
-                && *id != bot
+                && id != bot
             {
                 continue;
             }
@@ -147,7 +168,7 @@ impl GuildState {
         self.role_ids
             .iter()
             .copied()
-            .filter(|rid| !self.members.values().any(|m| m.roles.contains(rid)))
+            .filter(|rid| !self.members.iter().any(|m| m.roles.contains(rid)))
             .collect()
     }
 
@@ -171,9 +192,9 @@ impl GuildState {
                 .map(|(&id, r)| (id, parse(&r.json)))
                 .collect(),
             members: self
-                .members
-                .iter()
-                .map(|(&id, m)| (id, parse(&m.json())))
+                .members_by_id()
+                .into_iter()
+                .map(|(id, m)| (id, parse(&m.json())))
                 .collect(),
             emojis: self
                 .emojis

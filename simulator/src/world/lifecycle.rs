@@ -130,7 +130,7 @@ impl World {
             },
             channels,
             roles,
-            members: BTreeMap::new(),
+            members: Vec::new(),
             emojis,
             text_channels,
             channel_ids,
@@ -141,8 +141,7 @@ impl World {
         for i in 0..self.cfg.members_per_guild {
             let uid = self.clock.next_id();
             let member = self.new_member(&g, uid);
-            g.members.insert(uid, member);
-            g.member_ids.push(uid);
+            g.add_member(uid, member);
             if i == 0 {
                 let bot = Member::new(
                     BOT_USERNAME.to_owned(),
@@ -150,8 +149,7 @@ impl World {
                     Vec::new(),
                     joined_at.clone(),
                 );
-                g.members.insert(BOT_USER_ID, bot);
-                g.member_ids.push(BOT_USER_ID);
+                g.add_member(BOT_USER_ID, bot);
             }
         }
         g.fields.owner_id = g.member_ids[0];

@@ -6,10 +6,14 @@
 //! sends to sessions without the MESSAGE_CONTENT intent, whose `content`,
 //! `embeds`, `attachments` and `components` are empty. A message that
 //! mentions the bot keeps its content for everyone, as on Discord.
+//!
+//! These are most of the stream, so each is written into the world's one
+//! reused text buffer with plain appends (no formatting machinery, no
+//! intermediate strings) and copied once into its shared payload.
 
-use super::{BOT_USER_ID, BOT_USERNAME, Dispatch, World, entities, names, pick};
+use super::json_text::{push_id, push_u64};
+use super::{BOT_USER_ID, BOT_USERNAME, Dispatch, World, entities, names, pick, pick_index};
 use rand::Rng;
-use std::fmt::Write as _;
 
 /// One message in this many mentions the bot.
 const MENTION_ONE_IN: u32 = 20;
@@ -17,86 +21,109 @@ const MENTION_ONE_IN: u32 = 20;
 impl World {
     pub(super) fn message_create(&mut self, gid: u64) -> Option<Dispatch> {
         let id = self.clock.next_id();
-        let ts = self.clock.iso_now();
-        let World { guilds, rng, .. } = self;
+        let World {
+            guilds,
+            rng,
+            clock,
+            buf,
+            ..
+        } = self;
         let g = guilds.get(&gid)?;
         let channel = *pick(rng, &g.text_channels)?;
-        let author = *pick(rng, &g.member_ids)?;
-        if author == BOT_USER_ID {
+        let author = pick_index(rng, g.member_ids.len())?;
+        if g.member_ids[author] == BOT_USER_ID {
             return None;
         }
-        let m = g.members.get(&author)?;
+        let m = g.members.get(author)?;
         let mentions_bot = rng.random_range(0..MENTION_ONE_IN) == 0;
-        let mut content = String::with_capacity(96);
+        buf.clear();
+        buf.push_str("{\"type\":0,\"tts\":false,\"timestamp\":\"");
+        clock.push_iso_now(buf);
+        buf.push_str("\",\"pinned\":false,\"mentions\":[");
         if mentions_bot {
-            let _ = write!(content, "<@{BOT_USER_ID}> ");
+            buf.push_str(&entities::user_json(BOT_USER_ID, BOT_USERNAME, None, true));
         }
-        names::push_sentence(&mut content, rng);
-        let mut head = String::with_capacity(256 + m.user.len() + m.rest.len());
-        let _ = write!(
-            head,
-            "{{\"type\":0,\"tts\":false,\"timestamp\":\"{ts}\",\"pinned\":false,\"mentions\":["
-        );
+        buf.push_str("],\"mention_roles\":[],\"mention_everyone\":false,\"member\":{");
+        buf.push_str(&m.rest);
+        buf.push_str(",\"id\":");
+        push_id(buf, id);
+        buf.push_str(",\"flags\":0,\"edited_timestamp\":null,\"channel_id\":");
+        push_id(buf, channel);
+        buf.push_str(",\"author\":");
+        buf.push_str(&m.user);
+        buf.push_str(",\"guild_id\":");
+        push_id(buf, gid);
+        buf.push_str(",\"embeds\":[],\"components\":[],\"attachments\":[],\"content\":");
+        let head = buf.len();
+        // The content is plain words (and a mention), which need no JSON
+        // escaping (checked in the tests), so it is written in place.
+        buf.push('"');
         if mentions_bot {
-            head.push_str(&entities::user_json(BOT_USER_ID, BOT_USERNAME, None, true));
+            buf.push_str("<@");
+            push_u64(buf, BOT_USER_ID);
+            buf.push_str("> ");
         }
-        let _ = write!(
-            head,
-            "],\"mention_roles\":[],\"mention_everyone\":false,\"member\":{{{rest},\
-             \"id\":\"{id}\",\"flags\":0,\"edited_timestamp\":null,\"channel_id\":\"{channel}\",\
-             \"author\":{user},\"guild_id\":\"{gid}\",\"embeds\":[],\"components\":[],\
-             \"attachments\":[],\"content\":",
-            rest = m.rest,
-            user = m.user,
-        );
-        let mut full = String::with_capacity(head.len() + content.len() + 4);
-        full.push_str(&head);
-        super::json_text::push_str(&mut full, &content);
-        full.push('}');
-        let mut d = Dispatch::new(g.shard, "MESSAGE_CREATE", gid, full);
+        names::push_sentence(buf, rng);
+        buf.push_str("\"}");
+        let mut d = Dispatch::from_text(g.shard, "MESSAGE_CREATE", gid, buf);
         if !mentions_bot {
-            head.push_str("\"\"}");
-            d.restricted = Some(head.into());
+            buf.truncate(head);
+            buf.push_str("\"\"}");
+            d.restricted = Some(buf.as_str().into());
         }
         Some(d)
     }
 
     pub(super) fn typing_start(&mut self, gid: u64) -> Option<Dispatch> {
         let secs = self.clock.unix_secs();
-        let World { guilds, rng, .. } = self;
+        let World {
+            guilds, rng, buf, ..
+        } = self;
         let g = guilds.get(&gid)?;
         let channel = *pick(rng, &g.text_channels)?;
-        let uid = *pick(rng, &g.member_ids)?;
-        let m = g.members.get(&uid)?;
-        let mut s = String::with_capacity(160 + m.user.len() + m.rest.len());
-        let _ = write!(
-            s,
-            "{{\"user_id\":\"{uid}\",\"timestamp\":{secs},\"member\":{{\"user\":{user},{rest},\
-             \"channel_id\":\"{channel}\",\"guild_id\":\"{gid}\"}}",
-            user = m.user,
-            rest = m.rest,
-        );
-        Some(Dispatch::new(g.shard, "TYPING_START", gid, s))
+        let idx = pick_index(rng, g.member_ids.len())?;
+        let (uid, m) = (g.member_ids[idx], g.members.get(idx)?);
+        buf.clear();
+        buf.push_str("{\"user_id\":");
+        push_id(buf, uid);
+        buf.push_str(",\"timestamp\":");
+        push_u64(buf, secs);
+        buf.push_str(",\"member\":{\"user\":");
+        buf.push_str(&m.user);
+        buf.push(',');
+        buf.push_str(&m.rest);
+        buf.push_str(",\"channel_id\":");
+        push_id(buf, channel);
+        buf.push_str(",\"guild_id\":");
+        push_id(buf, gid);
+        buf.push('}');
+        Some(Dispatch::from_text(g.shard, "TYPING_START", gid, buf))
     }
 
     pub(super) fn presence_update(&mut self, gid: u64) -> Option<Dispatch> {
         const STATUSES: [&str; 4] = ["online", "idle", "dnd", "offline"];
-        let World { guilds, rng, .. } = self;
+        let World {
+            guilds, rng, buf, ..
+        } = self;
         let status = STATUSES[rng.random_range(0..STATUSES.len())];
         let g = guilds.get(&gid)?;
         let uid = *pick(rng, &g.member_ids)?;
-        let mut s = String::with_capacity(160);
-        let _ = write!(
-            s,
-            "{{\"user\":{{\"id\":\"{uid}\"}},\"status\":\"{status}\",\"guild_id\":\"{gid}\",\
-             \"client_status\":"
-        );
+        buf.clear();
+        buf.push_str("{\"user\":{\"id\":");
+        push_id(buf, uid);
+        buf.push_str("},\"status\":\"");
+        buf.push_str(status);
+        buf.push_str("\",\"guild_id\":");
+        push_id(buf, gid);
+        buf.push_str(",\"client_status\":");
         if status == "offline" {
-            s.push_str("{}");
+            buf.push_str("{}");
         } else {
-            let _ = write!(s, "{{\"desktop\":\"{status}\"}}");
+            buf.push_str("{\"desktop\":\"");
+            buf.push_str(status);
+            buf.push_str("\"}");
         }
-        s.push_str(",\"activities\":[]}");
-        Some(Dispatch::new(g.shard, "PRESENCE_UPDATE", gid, s))
+        buf.push_str(",\"activities\":[]}");
+        Some(Dispatch::from_text(g.shard, "PRESENCE_UPDATE", gid, buf))
     }
 }

@@ -43,6 +43,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use snowflake::SnowflakeClock;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// The bot user's id (READY's `user`, and a member of every guild).
@@ -71,6 +72,12 @@ pub struct Dispatch {
 
 impl Dispatch {
     fn new(shard: u32, event: &'static str, guild_id: u64, payload: String) -> Self {
+        Self::from_text(shard, event, guild_id, &payload)
+    }
+
+    /// A dispatch whose payload is a copy of `payload` (typically the
+    /// world's reused text buffer: one allocation, the shared one).
+    fn from_text(shard: u32, event: &'static str, guild_id: u64, payload: &str) -> Self {
         Dispatch {
             shard,
             event,
@@ -82,6 +89,16 @@ impl Dispatch {
 }
 
 /// The exact state of every guild the bot is in, as a perfect cache holds it.
+///
+/// Precisely: for each guild, the state obtained by applying, in order, the
+/// last GUILD_CREATE snapshot a session of its shard was sent and every
+/// dispatch sent after it. Every change is applied to the world and handed
+/// to the sessions of its shard in one step, under one lock, so this holds
+/// for every shard with a session; a change to a guild whose shard has no
+/// session reaches the cache through the snapshot of the shard's next
+/// IDENTIFY. Truth read while events are still being generated is a moving
+/// target: a client comparing against it must stop the events first, and
+/// the simulator must generate nothing once the stop was acknowledged.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Truth {
     /// Guilds by id (serialised with string keys).
@@ -94,12 +111,16 @@ pub struct World {
     cfg: WorldConfig,
     rng: StdRng,
     clock: SnowflakeClock,
-    guilds: BTreeMap<u64, GuildState>,
+    /// Guilds by id. Unordered: whatever lists guilds sorts them.
+    guilds: IdMap<GuildState>,
     available: Vec<u64>,
-    available_pos: HashMap<u64, usize>,
+    available_pos: IdMap<usize>,
     /// (due event number, guild) for automatic outages, in due order.
     auto_restore: VecDeque<(u64, u64)>,
     events: u64,
+    /// Reused text buffer payloads are written into before being copied
+    /// into their `Arc<str>`.
+    buf: String,
 }
 
 impl World {
@@ -109,11 +130,12 @@ impl World {
         let mut w = World {
             rng: StdRng::seed_from_u64(seed),
             clock: SnowflakeClock::new(),
-            guilds: BTreeMap::new(),
+            guilds: IdMap::default(),
             available: Vec::new(),
-            available_pos: HashMap::new(),
+            available_pos: IdMap::default(),
             auto_restore: VecDeque::new(),
             events: 0,
+            buf: String::with_capacity(4096),
             cfg,
         };
         for i in 0..w.cfg.guilds {
@@ -152,18 +174,23 @@ impl World {
 
     /// Every guild id the bot is in, ascending.
     pub fn guild_ids(&self) -> Vec<u64> {
-        self.guilds.keys().copied().collect()
+        let mut ids: Vec<u64> = self.guilds.keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// The guilds of `shard` with whether each is available, ascending by id
     /// (READY lists them all as unavailable stubs; the available ones then
     /// get a GUILD_CREATE).
     pub fn shard_guilds(&self, shard: u32) -> Vec<(u64, bool)> {
-        self.guilds
+        let mut guilds: Vec<(u64, bool)> = self
+            .guilds
             .iter()
             .filter(|(_, g)| g.shard == shard)
             .map(|(&id, g)| (id, !g.unavailable))
-            .collect()
+            .collect();
+        guilds.sort_unstable_by_key(|&(id, _)| id);
+        guilds
     }
 
     /// The GUILD_CREATE payload for an available guild, as of now.
@@ -200,9 +227,9 @@ impl World {
             return None;
         }
         Some(
-            g.members
-                .iter()
-                .map(|(&id, m)| (id, m.username.as_str(), m.json()))
+            g.members_by_id()
+                .into_iter()
+                .map(|(id, m)| (id, m.username.as_str(), m.json()))
                 .collect(),
         )
     }
@@ -271,11 +298,44 @@ impl World {
     }
 }
 
+/// A map keyed by snowflake, with [`IdHasher`].
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// SplitMix64's finaliser over a `u64` key: snowflakes share their low 22
+/// bits, so they need real mixing, but not SipHash's cost. No random state,
+/// and nothing iterates a map in hash order, so output stays seeded.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> Option<&'a T> {
-    if items.is_empty() {
+    items.get(pick_index(rng, items.len())?)
+}
+
+/// A random index below `len` (drawing exactly as [`pick`] does).
+fn pick_index(rng: &mut StdRng, len: usize) -> Option<usize> {
+    if len == 0 {
         None
     } else {
-        items.get(rng.random_range(0..items.len()))
+        Some(rng.random_range(0..len))
     }
 }
 

@@ -33,27 +33,35 @@ const WORDS: &[&str] = &[
 
 /// A display name such as `lucky-otter`.
 pub(crate) fn name(rng: &mut StdRng) -> String {
+    let mut s = String::with_capacity(16);
+    push_name(&mut s, rng, '-');
+    s
+}
+
+/// Appends a name like [`name`]'s, with `sep` between its two words.
+pub(crate) fn push_name(out: &mut String, rng: &mut StdRng, sep: char) {
     let a = ADJECTIVES[rng.random_range(0..ADJECTIVES.len())];
     let n = NOUNS[rng.random_range(0..NOUNS.len())];
-    let mut s = String::with_capacity(a.len() + n.len() + 1);
-    s.push_str(a);
-    s.push('-');
-    s.push_str(n);
-    s
+    out.push_str(a);
+    out.push(sep);
+    out.push_str(n);
 }
 
 /// An emoji name such as `lucky_otter` (emoji names allow no `-`).
 pub(crate) fn emoji_name(rng: &mut StdRng) -> String {
-    name(rng).replace('-', "_")
+    let mut s = String::with_capacity(16);
+    push_name(&mut s, rng, '_');
+    s
 }
 
 /// A text channel name such as `help-3`.
 pub(crate) fn channel_name(rng: &mut StdRng) -> String {
-    format!(
-        "{}-{}",
-        TOPICS[rng.random_range(0..TOPICS.len())],
-        rng.random_range(0..100u32)
-    )
+    let topic = TOPICS[rng.random_range(0..TOPICS.len())];
+    let mut s = String::with_capacity(topic.len() + 3);
+    s.push_str(topic);
+    s.push('-');
+    super::json_text::push_u64(&mut s, u64::from(rng.random_range(0..100u32)));
+    s
 }
 
 /// Appends message text of 3 to 12 words to `out`.
@@ -72,4 +80,20 @@ pub(crate) fn sentence(rng: &mut StdRng) -> String {
     let mut s = String::with_capacity(64);
     push_sentence(&mut s, rng);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Message content is written without escaping (see `messages`), which
+    /// is only right while no word needs any.
+    #[test]
+    fn words_need_no_json_escaping() {
+        for w in ADJECTIVES.iter().chain(NOUNS).chain(TOPICS).chain(WORDS) {
+            let mut out = String::new();
+            crate::world::json_text::push_str(&mut out, w);
+            assert_eq!(out, format!("\"{w}\""));
+        }
+    }
 }

@@ -12,6 +12,8 @@
 //! `n` advances the clock further to the next millisecond `t` with
 //! `t % n == s`.
 
+use super::json_text::push_padded;
+#[cfg(test)]
 use std::fmt::Write as _;
 
 /// Discord's epoch (2015-01-01T00:00:00Z) in Unix milliseconds.
@@ -27,6 +29,12 @@ pub fn shard_of(guild_id: u64, num_shards: u32) -> u32 {
 pub(crate) struct SnowflakeClock {
     /// Milliseconds since the Discord epoch.
     ms: u64,
+    /// The Unix second `iso_prefix` was written for.
+    iso_secs: u64,
+    /// `YYYY-MM-DDTHH:MM:SS.` of `iso_secs`: the clock moves a few
+    /// milliseconds per event, so the date is rebuilt only every few
+    /// hundred timestamps.
+    iso_prefix: String,
 }
 
 impl SnowflakeClock {
@@ -34,6 +42,8 @@ impl SnowflakeClock {
     pub(crate) fn new() -> Self {
         Self {
             ms: 1_704_067_200_000 - DISCORD_EPOCH_MS,
+            iso_secs: u64::MAX,
+            iso_prefix: String::with_capacity(20),
         }
     }
 
@@ -60,8 +70,25 @@ impl SnowflakeClock {
     }
 
     /// The current time as Discord's ISO 8601 timestamp format.
-    pub(crate) fn iso_now(&self) -> String {
-        iso8601(self.ms + DISCORD_EPOCH_MS)
+    pub(crate) fn iso_now(&mut self) -> String {
+        let mut s = String::with_capacity(32);
+        self.push_iso_now(&mut s);
+        s
+    }
+
+    /// Appends [`Self::iso_now`] to `out` (same text as [`iso8601`]).
+    pub(crate) fn push_iso_now(&mut self, out: &mut String) {
+        let unix_ms = self.ms + DISCORD_EPOCH_MS;
+        let secs = unix_ms / 1000;
+        if secs != self.iso_secs {
+            self.iso_secs = secs;
+            self.iso_prefix.clear();
+            push_date_time(&mut self.iso_prefix, secs);
+            self.iso_prefix.push('.');
+        }
+        out.push_str(&self.iso_prefix);
+        push_padded(out, unix_ms % 1000, 3);
+        out.push_str("000+00:00");
     }
 
     /// The current time in Unix seconds (TYPING_START's `timestamp`).
@@ -75,7 +102,9 @@ impl SnowflakeClock {
     }
 }
 
-/// Formats Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.ffffff+00:00`.
+/// Formats Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.ffffff+00:00` with
+/// the formatter: the tests' oracle for [`SnowflakeClock::push_iso_now`].
+#[cfg(test)]
 pub(crate) fn iso8601(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
     let micros = (unix_ms % 1000) * 1000;
@@ -91,6 +120,23 @@ pub(crate) fn iso8601(unix_ms: u64) -> String {
         rem % 60
     );
     s
+}
+
+/// Appends `YYYY-MM-DDTHH:MM:SS` for Unix seconds `secs`.
+fn push_date_time(out: &mut String, secs: u64) {
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    push_padded(out, y.max(0) as u64, 4);
+    out.push('-');
+    push_padded(out, u64::from(m), 2);
+    out.push('-');
+    push_padded(out, u64::from(d), 2);
+    out.push('T');
+    push_padded(out, rem / 3600, 2);
+    out.push(':');
+    push_padded(out, (rem / 60) % 60, 2);
+    out.push(':');
+    push_padded(out, rem % 60, 2);
 }
 
 /// Howard Hinnant's days-to-civil-date conversion.
@@ -135,5 +181,14 @@ mod tests {
             SnowflakeClock::new().iso_now(),
             "2024-01-01T00:00:00.000000+00:00"
         );
+    }
+
+    #[test]
+    fn the_cached_timestamp_follows_the_clock() {
+        let mut c = SnowflakeClock::new();
+        for step in [0, 1, 998, 1, 1, 3_600_000, 86_399_999, 7, 40_000_000_000] {
+            c.advance(step);
+            assert_eq!(c.iso_now(), iso8601(c.ms + DISCORD_EPOCH_MS));
+        }
     }
 }
