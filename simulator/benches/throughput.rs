@@ -49,9 +49,13 @@ struct Args {
     #[arg(long)]
     world_only: bool,
     /// Only time zlib-stream compression of generated payloads (no sockets),
-    /// round-robin over `--connections` compression contexts.
+    /// each into the compression context of its shard (`--connections`).
     #[arg(long)]
     deflate_only: bool,
+    /// With `--deflate-only`: time flate2's zlib-rs level-1 contexts instead
+    /// of the simulator's own zlib-stream compressor (for comparison).
+    #[arg(long)]
+    flate2: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -141,17 +145,29 @@ fn deflate_run(args: &Args) -> anyhow::Result<f64> {
         ..discord_sim::WorldConfig::default()
     };
     let mut w = discord_sim::World::new(1, cfg)?;
-    let payloads: Vec<String> = (0..4096)
-        .map(|seq| {
+    // Each payload goes to its shard's context, as on the wire; enough of
+    // them that no context sees a payload twice within a 32 KiB window.
+    let count = (args.connections as usize * 64).max(4096);
+    let mut seqs = vec![0u64; args.connections as usize];
+    let payloads: Vec<(usize, String)> = (0..count)
+        .map(|_| {
             let d = w.next_dispatch();
-            format!(
-                "{{\"op\":0,\"s\":{seq},\"t\":\"{}\",\"d\":{}}}",
-                d.event, d.payload
-            )
+            let k = d.shard as usize % seqs.len();
+            seqs[k] += 1;
+            let text = format!(
+                "{{\"op\":0,\"s\":{},\"t\":\"{}\",\"d\":{}}}",
+                seqs[k], d.event, d.payload
+            );
+            (k, text)
         })
         .collect();
-    let mut contexts: Vec<flate2::Compress> = (0..args.connections)
+    let mut flate2_contexts: Vec<flate2::Compress> = (0..args.connections)
+        .filter(|_| args.flate2)
         .map(|_| flate2::Compress::new(flate2::Compression::fast(), true))
+        .collect();
+    let mut contexts: Vec<discord_sim::ZlibStream> = (0..args.connections)
+        .filter(|_| !args.flate2)
+        .map(|_| discord_sim::ZlibStream::new())
         .collect();
     let mut out = Vec::with_capacity(1 << 20);
     let t0 = Instant::now();
@@ -159,11 +175,18 @@ fn deflate_run(args: &Args) -> anyhow::Result<f64> {
     let (mut bytes_in, mut bytes_out) = (0usize, 0usize);
     while t0.elapsed() < Duration::from_secs(args.seconds) {
         for _ in 0..1000 {
-            let p = &payloads[n % payloads.len()];
-            let k = n % contexts.len();
-            let c = &mut contexts[k];
+            let (k, p) = &payloads[n % payloads.len()];
+            let k = *k;
             out.clear();
-            c.compress_vec(p.as_bytes(), &mut out, flate2::FlushCompress::Sync)?;
+            if args.flate2 {
+                flate2_contexts[k].compress_vec(
+                    p.as_bytes(),
+                    &mut out,
+                    flate2::FlushCompress::Sync,
+                )?;
+            } else {
+                contexts[k].compress_sync(p.as_bytes(), &mut out);
+            }
             bytes_in += p.len();
             bytes_out += out.len();
             n += 1;
@@ -223,6 +246,7 @@ fn one_run(args: &Args) -> anyhow::Result<(f64, f64)> {
     });
     let url = addr_rx.recv().context("simulator did not start")?;
     let received = Arc::new(AtomicU64::new(0));
+    let wire = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -244,11 +268,12 @@ fn one_run(args: &Args) -> anyhow::Result<(f64, f64)> {
                 c => format!("{url}/?v=10&encoding=json&compress={c}"),
             };
             let received = received.clone();
+            let wire = wire.clone();
             let stop = stop.clone();
             let ready_tx = ready_tx.clone();
             let n = args.connections;
             tasks.push(tokio::spawn(async move {
-                client(url, shard, n, received, stop, ready_tx).await
+                client(url, shard, n, (received, wire), stop, ready_tx).await
             }));
         }
         for _ in 0..args.connections {
@@ -260,10 +285,16 @@ fn one_run(args: &Args) -> anyhow::Result<(f64, f64)> {
         let _ = rate_tx.send(args.rate);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let start = received.load(Ordering::Relaxed);
+        let wire0 = wire.load(Ordering::Relaxed);
         let cpu0 = cpu_now().await?;
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(args.seconds)).await;
         let got = received.load(Ordering::Relaxed) - start;
+        let bytes = wire.load(Ordering::Relaxed) - wire0;
+        println!(
+            "  mean message {} bytes on the wire (payload, not framing)",
+            bytes / got.max(1)
+        );
         let rate = got as f64 / t0.elapsed().as_secs_f64();
         let cpu = (cpu_now().await? - cpu0) as f64 / 1e9;
         let per_cpu = got as f64 / cpu.max(1e-9);
@@ -284,7 +315,7 @@ async fn client(
     url: String,
     shard: u32,
     shards: u32,
-    received: Arc<AtomicU64>,
+    (received, wire): (Arc<AtomicU64>, Arc<AtomicU64>),
     stop: Arc<AtomicBool>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
@@ -325,6 +356,12 @@ async fn client(
             let _ = ready.send(()).await;
         } else if messages > 2 {
             received.fetch_add(1, Ordering::Relaxed);
+            let len = match &msg {
+                Message::Binary(b) => b.len(),
+                Message::Text(t) => t.len(),
+                _ => 0,
+            };
+            wire.fetch_add(len as u64, Ordering::Relaxed);
         }
     }
     Ok(())

@@ -345,11 +345,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.ws.flush().await.map_err(|_| End::Resumable)?;
             self.out.clear();
             for f in &self.batch {
-                protocol::dispatch_into(&mut self.text, f.seq, f.event, &f.d);
                 self.transport
-                    .frame_into(
-                        &self.text,
+                    .frame_dispatch_into(
+                        f.seq,
+                        f.event,
+                        &f.d,
                         self.payload_zlib.as_deref_mut(),
+                        &mut self.text,
                         &mut self.scratch,
                         &mut self.out,
                     )

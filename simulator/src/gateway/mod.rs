@@ -2,6 +2,7 @@
 //! rate limits, compression and the event generator.
 
 pub(crate) mod connection;
+pub(crate) mod deflate;
 pub(crate) mod generator;
 pub(crate) mod handshake;
 pub(crate) mod http;

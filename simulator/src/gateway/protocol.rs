@@ -9,7 +9,6 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::fmt::Write as _;
 
 /// Close codes the simulator uses.
 pub(crate) mod close {
@@ -176,13 +175,38 @@ pub(crate) fn invalid_session(resumable: bool) -> &'static str {
     }
 }
 
-/// A dispatch (op 0) around a pre-serialised `d`.
+/// A dispatch (op 0) around a pre-serialised `d`. Connections frame the
+/// parts instead ([`super::transport::Transport::frame_dispatch_into`]).
+#[cfg(test)]
 pub(crate) fn dispatch_into(out: &mut String, seq: u64, event: &str, d: &str) {
-    out.clear();
-    out.reserve(d.len() + event.len() + 48);
-    let _ = write!(out, "{{\"op\":0,\"s\":{seq},\"t\":\"{event}\",\"d\":");
+    dispatch_head(out, seq, event);
+    out.reserve(d.len() + 1);
     out.push_str(d);
     out.push('}');
+}
+
+/// The text of a dispatch before `d`: `{"op":0,"s":<seq>,"t":"<event>","d":`.
+/// The dispatch is this, `d`, and `}`.
+pub(crate) fn dispatch_head(out: &mut String, seq: u64, event: &str) {
+    out.clear();
+    out.push_str("{\"op\":0,\"s\":");
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = seq;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &c in &digits[i..] {
+        out.push(char::from(c));
+    }
+    out.push_str(",\"t\":\"");
+    out.push_str(event);
+    out.push_str("\",\"d\":");
 }
 
 #[cfg(test)]
@@ -240,6 +264,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["s"], 3);
         assert_eq!(v["d"]["id"], "1");
+        for seq in [0, 9, 10, 1234567890, u64::MAX] {
+            dispatch_into(&mut s, seq, "READY", "null");
+            assert_eq!(s, format!(r#"{{"op":0,"s":{seq},"t":"READY","d":null}}"#));
+        }
         serde_json::from_str::<serde_json::Value>(&hello(45000)).unwrap();
     }
 }

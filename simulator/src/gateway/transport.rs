@@ -4,7 +4,10 @@
 //! # Algorithm
 //! zlib-stream: every payload is fed to the connection's deflate stream and
 //! flushed with Z_SYNC_FLUSH, so each websocket message ends with
-//! `00 00 FF FF` and the client's single inflate context can decode it.
+//! `00 00 FF FF` and the client's single inflate context can decode it. The
+//! deflate stream is the simulator's own level-1 compressor
+//! ([`super::deflate`]), whose few KiB of state per connection stay in
+//! cache where zlib's 300 KiB would not.
 //! zstd-stream: every payload is fed to the connection's zstd stream and
 //! flushed (ZSTD_e_flush), so each websocket message decompresses, in the
 //! client's single decompression context, to exactly one payload.
@@ -19,6 +22,8 @@
 //! reusing the compression scratch buffer, so a dispatch costs no
 //! allocation on this path.
 
+use super::deflate::ZlibStream;
+use super::protocol;
 use bytes::Bytes;
 use flate2::{Compress, Compression, FlushCompress};
 use tokio_tungstenite::tungstenite::Message;
@@ -27,7 +32,7 @@ use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 /// The compression a connection asked for with `compress=`.
 pub(crate) enum Transport {
     Plain,
-    Zlib(Box<Compress>),
+    Zlib(ZlibStream),
     Zstd(Box<zstd::stream::raw::Encoder<'static>>),
 }
 
@@ -41,10 +46,7 @@ impl Transport {
     pub(crate) fn from_query(value: Option<&str>) -> Result<Self, String> {
         match value {
             None => Ok(Transport::Plain),
-            Some("zlib-stream") => Ok(Transport::Zlib(Box::new(Compress::new(
-                Compression::fast(),
-                true,
-            )))),
+            Some("zlib-stream") => Ok(Transport::Zlib(ZlibStream::new())),
             Some("zstd-stream") => zstd::stream::raw::Encoder::new(1)
                 .map(|e| Transport::Zstd(Box::new(e)))
                 .map_err(|e| format!("cannot create zstd context: {e}")),
@@ -77,8 +79,8 @@ impl Transport {
                     return Ok(());
                 }
             },
-            Transport::Zlib(c) => {
-                zlib_into(c, text.as_bytes(), FlushCompress::Sync, scratch)?;
+            Transport::Zlib(z) => {
+                z.compress_sync(text.as_bytes(), scratch);
                 OP_BINARY
             }
             Transport::Zstd(e) => {
@@ -91,13 +93,53 @@ impl Transport {
         Ok(())
     }
 
+    /// Appends dispatch `d` with `seq` and `event` as one frame, exactly as
+    /// [`Self::frame_into`] would frame [`protocol::dispatch_into`]'s text.
+    /// zlib-stream compresses the parts without joining them first; `text`
+    /// is reused scratch space.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn frame_dispatch_into(
+        &mut self,
+        seq: u64,
+        event: &str,
+        d: &str,
+        payload_zlib: Option<&mut Compress>,
+        text: &mut String,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CompressError> {
+        protocol::dispatch_head(text, seq, event);
+        let parts = [text.as_bytes(), d.as_bytes(), b"}"];
+        match self {
+            Transport::Zlib(z) => {
+                scratch.clear();
+                z.compress_parts(&parts, scratch);
+                push_ws_header(out, OP_BINARY, scratch.len());
+                out.extend_from_slice(scratch);
+                Ok(())
+            }
+            Transport::Plain if payload_zlib.is_none() => {
+                push_ws_header(out, OP_TEXT, parts.iter().map(|p| p.len()).sum());
+                for p in parts {
+                    out.extend_from_slice(p);
+                }
+                Ok(())
+            }
+            _ => {
+                text.push_str(d);
+                text.push('}');
+                self.frame_into(text, payload_zlib, scratch, out)
+            }
+        }
+    }
+
     /// Encodes one payload as one websocket message.
     pub(crate) fn encode(&mut self, text: &str) -> Result<Message, CompressError> {
         match self {
             Transport::Plain => Ok(Message::Text(text.to_owned().into())),
-            Transport::Zlib(c) => {
+            Transport::Zlib(z) => {
                 let mut out = Vec::with_capacity(text.len() / 2 + 64);
-                zlib_into(c, text.as_bytes(), FlushCompress::Sync, &mut out)?;
+                z.compress_sync(text.as_bytes(), &mut out);
                 Ok(Message::Binary(Bytes::from(out)))
             }
             Transport::Zstd(e) => {
@@ -282,6 +324,36 @@ mod tests {
             assert_eq!(text_out, text.as_bytes());
         }
         assert_eq!(cursor.position() as usize, out.len());
+    }
+
+    #[test]
+    fn framed_dispatches_match_framed_dispatch_text() {
+        let d = format!("{{\"content\":\"{}\"}}", "c".repeat(2000));
+        for compress in [None, Some("zlib-stream"), Some("zstd-stream")] {
+            for payload in [false, true] {
+                let mut a = Transport::from_query(compress).unwrap();
+                let mut b = Transport::from_query(compress).unwrap();
+                let (mut ca, mut cb) = (payload_compressor(), payload_compressor());
+                let (mut text, mut scratch) = (String::new(), Vec::new());
+                let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+                for (seq, d) in [(1, "{}"), (2, d.as_str()), (300, "null")] {
+                    a.frame_dispatch_into(
+                        seq,
+                        "MESSAGE_CREATE",
+                        d,
+                        payload.then_some(&mut ca),
+                        &mut text,
+                        &mut scratch,
+                        &mut out_a,
+                    )
+                    .unwrap();
+                    protocol::dispatch_into(&mut text, seq, "MESSAGE_CREATE", d);
+                    b.frame_into(&text, payload.then_some(&mut cb), &mut scratch, &mut out_b)
+                        .unwrap();
+                }
+                assert_eq!(out_a, out_b, "{compress:?} payload={payload}");
+            }
+        }
     }
 
     #[test]
