@@ -82,7 +82,8 @@ pub(crate) struct LedgerRecord {
 #[derive(Debug, Default)]
 pub(crate) struct LedgerStore {
     pub sessions: Vec<Arc<str>>,
-    pub shards: BTreeMap<u32, Vec<LedgerRecord>>,
+    /// Records by shard id (a vector, not a map: one is pushed per dispatch).
+    pub shards: Vec<Vec<LedgerRecord>>,
 }
 
 impl LedgerStore {
@@ -92,7 +93,11 @@ impl LedgerStore {
     }
 
     pub(crate) fn record(&mut self, shard: u32, rec: LedgerRecord) {
-        self.shards.entry(shard).or_default().push(rec);
+        let i = shard as usize;
+        if i >= self.shards.len() {
+            self.shards.resize_with(i + 1, Vec::new);
+        }
+        self.shards[i].push(rec);
     }
 
     pub(crate) fn snapshot(&self) -> Ledger {
@@ -100,7 +105,9 @@ impl LedgerStore {
             shards: self
                 .shards
                 .iter()
-                .map(|(&shard, recs)| {
+                .enumerate()
+                .filter(|(_, recs)| !recs.is_empty())
+                .map(|(shard, recs)| {
                     let entries = recs
                         .iter()
                         .map(|r| LedgerEntry {
@@ -114,7 +121,7 @@ impl LedgerStore {
                             guild_id: r.guild_id,
                         })
                         .collect();
-                    (shard, entries)
+                    (shard as u32, entries)
                 })
                 .collect(),
         }
