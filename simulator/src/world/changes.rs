@@ -13,7 +13,7 @@ impl World {
         let (username, user) = super::entities::random_user(uid, &mut self.rng);
         let role_ids = self.guilds.get(&gid)?.role_ids.clone();
         let roles = self.random_roles(&role_ids);
-        let member = Member::new(username, user, roles, self.clock.iso_now());
+        let member = Member::new(username, &user, roles, self.clock.iso_now());
         let World { guilds, buf, .. } = self;
         let g = guilds.get_mut(&gid)?;
         buf.clear();
@@ -72,7 +72,7 @@ impl World {
         buf.push_str("{\"guild_id\":");
         push_id(buf, gid);
         buf.push_str(",\"user\":");
-        buf.push_str(&member.user);
+        buf.push_str(member.user());
         buf.push('}');
         Some(Dispatch::from_text(
             g.shard,

@@ -45,39 +45,61 @@ pub(crate) fn random_user(id: u64, rng: &mut StdRng) -> (String, String) {
 /// A guild member.
 #[derive(Debug, Clone)]
 pub(crate) struct Member {
+    /// The member object without `guild_id`: `{"user":USER,REST` where
+    /// REST is the fields after `user`, closing brace included. One
+    /// allocation holds both parts the hot payloads copy (the user object,
+    /// and REST, which opened with `{` is the partial member of
+    /// MESSAGE_CREATE).
+    json: String,
+    /// Where USER ends in `json`.
+    user_end: usize,
     /// The user's username (what member queries match).
     pub username: String,
-    /// The `user` object's JSON.
-    pub user: String,
     pub nick: Option<String>,
     /// Role ids, ascending.
     pub roles: Vec<u64>,
     pub joined_at: String,
-    /// The member object's fields after `user`, closing brace included:
-    /// the member is `{"user":USER,REST` and the partial member (as in
-    /// MESSAGE_CREATE) is `{REST`.
-    pub rest: String,
 }
 
+/// `{"user":`, the start of every member's JSON.
+const MEMBER_OPEN: &str = "{\"user\":";
+
 impl Member {
-    pub(crate) fn new(username: String, user: String, roles: Vec<u64>, joined_at: String) -> Self {
+    /// A member whose `user` object's JSON is `user`.
+    pub(crate) fn new(username: String, user: &str, roles: Vec<u64>, joined_at: String) -> Self {
+        let mut json = String::with_capacity(MEMBER_OPEN.len() + user.len() + 240);
+        json.push_str(MEMBER_OPEN);
+        json.push_str(user);
         let mut m = Member {
+            user_end: json.len(),
+            json,
             username,
-            user,
             nick: None,
             roles,
             joined_at,
-            rest: String::new(),
         };
         m.refresh();
         m
     }
 
-    /// Rebuilds `rest` after a change.
+    /// The `user` object's JSON.
+    pub(crate) fn user(&self) -> &str {
+        self.json
+            .get(MEMBER_OPEN.len()..self.user_end)
+            .unwrap_or_default()
+    }
+
+    /// The member's fields after `user`, closing brace included: the
+    /// partial member is `{` followed by this.
+    pub(crate) fn rest(&self) -> &str {
+        self.json.get(self.user_end + 1..).unwrap_or_default()
+    }
+
+    /// Rebuilds the fields after `user` after a change.
     pub(crate) fn refresh(&mut self) {
-        let s = &mut self.rest;
-        s.clear();
-        s.push_str("\"nick\":");
+        let s = &mut self.json;
+        s.truncate(self.user_end);
+        s.push_str(",\"nick\":");
         push_opt_str(s, self.nick.as_deref());
         s.push_str(",\"avatar\":null,\"roles\":");
         push_ids(s, &self.roles);
@@ -91,27 +113,20 @@ impl Member {
 
     /// The member object (without `guild_id`).
     pub(crate) fn write_json(&self, out: &mut String) {
-        out.push_str("{\"user\":");
-        out.push_str(&self.user);
-        out.push(',');
-        out.push_str(&self.rest);
+        out.push_str(&self.json);
     }
 
     /// The member object with `guild_id` first (GUILD_MEMBER_ADD/UPDATE).
     pub(crate) fn write_with_guild(&self, out: &mut String, guild_id: u64) {
         out.push_str("{\"guild_id\":");
         push_id(out, guild_id);
-        out.push_str(",\"user\":");
-        out.push_str(&self.user);
         out.push(',');
-        out.push_str(&self.rest);
+        out.push_str(self.json.get(1..).unwrap_or_default());
     }
 
     /// The member object as a string.
     pub(crate) fn json(&self) -> String {
-        let mut s = String::with_capacity(self.user.len() + self.rest.len() + 16);
-        self.write_json(&mut s);
-        s
+        self.json.clone()
     }
 }
 

@@ -40,26 +40,30 @@ pub struct GuildTruth {
 }
 
 /// A guild as the world holds it.
+///
+/// `repr(C)` keeps declaration order: the fields every message, typing and
+/// presence event reads come first, in the first two cache lines.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub(crate) struct GuildState {
     pub(crate) shard: u32,
     pub(crate) unavailable: bool,
     pub(crate) member_count: u64,
-    pub(crate) fields: GuildFields,
-    pub(crate) channels: BTreeMap<u64, Channel>,
-    pub(crate) roles: BTreeMap<u64, Role>,
+    /// Text channels (where messages and typing happen).
+    pub(crate) text_channels: Vec<u64>,
+    /// Member user ids, the owner first and the bot second.
+    pub(crate) member_ids: Vec<u64>,
     /// Members, at the same index as their user id in `member_ids` (the
     /// hot paths pick an index and need no lookup; snapshots sort).
     pub(crate) members: Vec<Member>,
+    pub(crate) fields: GuildFields,
+    pub(crate) channels: BTreeMap<u64, Channel>,
+    pub(crate) roles: BTreeMap<u64, Role>,
     pub(crate) emojis: BTreeMap<u64, Emoji>,
-    /// Text channels (where messages and typing happen).
-    pub(crate) text_channels: Vec<u64>,
     /// All channel ids.
     pub(crate) channel_ids: Vec<u64>,
     /// Role ids except `@everyone`.
     pub(crate) role_ids: Vec<u64>,
-    /// Member user ids, the owner first and the bot second.
-    pub(crate) member_ids: Vec<u64>,
     pub(crate) joined_at: String,
 }
 

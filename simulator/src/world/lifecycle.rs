@@ -145,7 +145,7 @@ impl World {
             if i == 0 {
                 let bot = Member::new(
                     BOT_USERNAME.to_owned(),
-                    entities::user_json(BOT_USER_ID, BOT_USERNAME, None, true),
+                    &entities::user_json(BOT_USER_ID, BOT_USERNAME, None, true),
                     Vec::new(),
                     joined_at.clone(),
                 );
@@ -162,7 +162,7 @@ impl World {
     pub(super) fn new_member(&mut self, g: &GuildState, uid: u64) -> Member {
         let (username, user) = entities::random_user(uid, &mut self.rng);
         let roles = self.random_roles(&g.role_ids);
-        Member::new(username, user, roles, self.clock.iso_now())
+        Member::new(username, &user, roles, self.clock.iso_now())
     }
 
     pub(super) fn random_roles(&mut self, role_ids: &[u64]) -> Vec<u64> {

@@ -44,13 +44,13 @@ impl World {
             buf.push_str(&entities::user_json(BOT_USER_ID, BOT_USERNAME, None, true));
         }
         buf.push_str("],\"mention_roles\":[],\"mention_everyone\":false,\"member\":{");
-        buf.push_str(&m.rest);
+        buf.push_str(m.rest());
         buf.push_str(",\"id\":");
         push_id(buf, id);
         buf.push_str(",\"flags\":0,\"edited_timestamp\":null,\"channel_id\":");
         push_id(buf, channel);
         buf.push_str(",\"author\":");
-        buf.push_str(&m.user);
+        buf.push_str(m.user());
         buf.push_str(",\"guild_id\":");
         push_id(buf, gid);
         buf.push_str(",\"embeds\":[],\"components\":[],\"attachments\":[],\"content\":");
@@ -88,10 +88,8 @@ impl World {
         push_id(buf, uid);
         buf.push_str(",\"timestamp\":");
         push_u64(buf, secs);
-        buf.push_str(",\"member\":{\"user\":");
-        buf.push_str(&m.user);
-        buf.push(',');
-        buf.push_str(&m.rest);
+        buf.push_str(",\"member\":");
+        m.write_json(buf);
         buf.push_str(",\"channel_id\":");
         push_id(buf, channel);
         buf.push_str(",\"guild_id\":");
