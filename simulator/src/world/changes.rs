@@ -8,14 +8,15 @@ use super::{BOT_USER_ID, Dispatch, World, names, pick, pick_index};
 use rand::Rng;
 
 impl World {
-    pub(super) fn member_add(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn member_add(&mut self, slot: usize) -> Option<Dispatch> {
         let uid = self.clock.next_id();
         let (username, user) = super::entities::random_user(uid, &mut self.rng);
-        let role_ids = self.guilds.get(&gid)?.role_ids.clone();
+        let role_ids = self.guilds.at(slot)?.role_ids.clone();
         let roles = self.random_roles(&role_ids);
         let member = Member::new(username, &user, roles, self.clock.iso_now());
         let World { guilds, buf, .. } = self;
-        let g = guilds.get_mut(&gid)?;
+        let g = guilds.at_mut(slot)?;
+        let gid = g.fields.id;
         buf.clear();
         member.write_with_guild(buf, gid);
         g.add_member(uid, member);
@@ -23,11 +24,12 @@ impl World {
         Some(Dispatch::from_text(g.shard, "GUILD_MEMBER_ADD", gid, buf))
     }
 
-    pub(super) fn member_update(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn member_update(&mut self, slot: usize) -> Option<Dispatch> {
         let World {
             guilds, rng, buf, ..
         } = self;
-        let g = guilds.get_mut(&gid)?;
+        let g = guilds.at_mut(slot)?;
+        let gid = g.fields.id;
         let idx = pick_index(rng, g.member_ids.len())?;
         if g.member_ids[idx] == BOT_USER_ID {
             return None;
@@ -53,11 +55,12 @@ impl World {
         ))
     }
 
-    pub(super) fn member_remove(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn member_remove(&mut self, slot: usize) -> Option<Dispatch> {
         let World {
             guilds, rng, buf, ..
         } = self;
-        let g = guilds.get_mut(&gid)?;
+        let g = guilds.at_mut(slot)?;
+        let gid = g.fields.id;
         if g.member_ids.len() < 3 {
             return None;
         }
@@ -82,10 +85,11 @@ impl World {
         ))
     }
 
-    pub(super) fn channel_create(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn channel_create(&mut self, slot: usize) -> Option<Dispatch> {
         let cid = self.clock.next_id();
         let name = names::channel_name(&mut self.rng);
-        let g = self.guilds.get_mut(&gid)?;
+        let g = self.guilds.at_mut(slot)?;
+        let gid = g.fields.id;
         let parent = g.channel_ids.first().copied();
         let pos = g.channel_ids.len() as i64;
         let c = Channel::new(cid, gid, GUILD_TEXT, name, pos, parent);
@@ -96,10 +100,11 @@ impl World {
         Some(d)
     }
 
-    pub(super) fn channel_update(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn channel_update(&mut self, slot: usize) -> Option<Dispatch> {
         let name = names::channel_name(&mut self.rng);
         let topic = names::sentence(&mut self.rng);
-        let g = self.guilds.get_mut(&gid)?;
+        let g = self.guilds.at_mut(slot)?;
+        let gid = g.fields.id;
         let cid = *pick(&mut self.rng, &g.text_channels)?;
         let c = g.channels.get_mut(&cid)?;
         c.name = name;
@@ -108,8 +113,9 @@ impl World {
         Some(Dispatch::from_text(g.shard, "CHANNEL_UPDATE", gid, &c.json))
     }
 
-    pub(super) fn channel_delete(&mut self, gid: u64) -> Option<Dispatch> {
-        let g = self.guilds.get_mut(&gid)?;
+    pub(super) fn channel_delete(&mut self, slot: usize) -> Option<Dispatch> {
+        let g = self.guilds.at_mut(slot)?;
+        let gid = g.fields.id;
         if g.text_channels.len() < 2 {
             return None;
         }
@@ -120,10 +126,11 @@ impl World {
         Some(Dispatch::new(g.shard, "CHANNEL_DELETE", gid, c.json))
     }
 
-    pub(super) fn role_create(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn role_create(&mut self, slot: usize) -> Option<Dispatch> {
         let rid = self.clock.next_id();
         let name = names::name(&mut self.rng);
-        let g = self.guilds.get_mut(&gid)?;
+        let g = self.guilds.at_mut(slot)?;
+        let gid = g.fields.id;
         let pos = g.role_ids.len() as i64 + 1;
         let role = Role::new(rid, name, pos, &mut self.rng);
         let d = role_payload(gid, &role.json);
@@ -132,10 +139,11 @@ impl World {
         Some(Dispatch::new(g.shard, "GUILD_ROLE_CREATE", gid, d))
     }
 
-    pub(super) fn role_update(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn role_update(&mut self, slot: usize) -> Option<Dispatch> {
         let name = names::name(&mut self.rng);
         let color: u32 = self.rng.random_range(0..0x00FF_FFFF);
-        let g = self.guilds.get_mut(&gid)?;
+        let g = self.guilds.at_mut(slot)?;
+        let gid = g.fields.id;
         let rid = *pick(&mut self.rng, &g.role_ids)?;
         let role = g.roles.get_mut(&rid)?;
         role.name = name;
@@ -145,8 +153,9 @@ impl World {
         Some(Dispatch::new(g.shard, "GUILD_ROLE_UPDATE", gid, d))
     }
 
-    pub(super) fn role_delete(&mut self, gid: u64) -> Option<Dispatch> {
-        let g = self.guilds.get_mut(&gid)?;
+    pub(super) fn role_delete(&mut self, slot: usize) -> Option<Dispatch> {
+        let g = self.guilds.at_mut(slot)?;
+        let gid = g.fields.id;
         let candidates = g.unheld_roles();
         let rid = *pick(&mut self.rng, &candidates)?;
         g.role_ids.retain(|&r| r != rid);
@@ -160,10 +169,11 @@ impl World {
         Some(Dispatch::new(g.shard, "GUILD_ROLE_DELETE", gid, d))
     }
 
-    pub(super) fn guild_update(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn guild_update(&mut self, slot: usize) -> Option<Dispatch> {
         let name = names::name(&mut self.rng);
         let described = self.rng.random_bool(0.5);
-        let g = self.guilds.get_mut(&gid)?;
+        let g = self.guilds.at_mut(slot)?;
+        let gid = g.fields.id;
         g.fields.description = described.then(|| format!("the {name} community"));
         g.fields.name = name;
         Some(Dispatch::new(
@@ -176,11 +186,12 @@ impl World {
 
     /// GUILD_EMOJIS_UPDATE: one emoji added, renamed or removed; the
     /// payload carries the complete new list, as Discord's does.
-    pub(super) fn emojis_update(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn emojis_update(&mut self, slot: usize) -> Option<Dispatch> {
         let eid = self.clock.next_id();
         let name = names::emoji_name(&mut self.rng);
         let action = self.rng.random_range(0..3u8);
-        let g = self.guilds.get_mut(&gid)?;
+        let g = self.guilds.at_mut(slot)?;
+        let gid = g.fields.id;
         let ids: Vec<u64> = g.emojis.keys().copied().collect();
         match (action, pick(&mut self.rng, &ids)) {
             (0, Some(&old)) => {

@@ -17,13 +17,14 @@ impl World {
     /// returns its GUILD_DELETE `unavailable:true`, or `None` when the guild
     /// is unknown or already unavailable.
     pub fn start_outage(&mut self, guild_id: u64) -> Option<Dispatch> {
-        let g = self.guilds.get_mut(&guild_id)?;
+        let slot = self.guilds.slot(guild_id)?;
+        let g = self.guilds.at_mut(slot)?;
         if g.unavailable {
             return None;
         }
         g.unavailable = true;
         let shard = g.shard;
-        self.remove_available(guild_id);
+        self.guilds.set_available(slot, false);
         let mut d = String::with_capacity(48);
         d.push_str("{\"id\":");
         json_text::push_id(&mut d, guild_id);
@@ -34,47 +35,26 @@ impl World {
     /// Ends an outage: returns the guild's GUILD_CREATE, or `None` when the
     /// guild is unknown or available.
     pub fn end_outage(&mut self, guild_id: u64) -> Option<Dispatch> {
-        let g = self.guilds.get_mut(&guild_id)?;
+        let slot = self.guilds.slot(guild_id)?;
+        let g = self.guilds.at_mut(slot)?;
         if !g.unavailable {
             return None;
         }
         g.unavailable = false;
-        self.add_available(guild_id);
-        Some(self.create_dispatch(guild_id))
+        self.guilds.set_available(slot, true);
+        self.guilds.at(slot).map(create_dispatch)
     }
 
-    /// GUILD_CREATE of an available guild, with its restricted variant.
-    fn create_dispatch(&self, gid: u64) -> Dispatch {
-        let g = &self.guilds[&gid];
-        let mut d = Dispatch::new(
-            g.shard,
-            "GUILD_CREATE",
-            gid,
-            g.create_payload(MemberList::All),
-        );
-        d.restricted = Some(g.create_payload(MemberList::BotOnly(BOT_USER_ID)).into());
-        d
+    /// Creates a guild on `shard` (see [`World::new_guild`]); returns its
+    /// slot.
+    pub(super) fn add_guild(&mut self, shard: u32) -> usize {
+        let g = self.new_guild(shard);
+        self.guilds.insert(g)
     }
 
-    pub(super) fn add_available(&mut self, gid: u64) {
-        if !self.available_pos.contains_key(&gid) {
-            self.available_pos.insert(gid, self.available.len());
-            self.available.push(gid);
-        }
-    }
-
-    pub(super) fn remove_available(&mut self, gid: u64) {
-        if let Some(pos) = self.available_pos.remove(&gid) {
-            self.available.swap_remove(pos);
-            if let Some(&moved) = self.available.get(pos) {
-                self.available_pos.insert(moved, pos);
-            }
-        }
-    }
-
-    /// Creates a guild on `shard` with its channels, roles, emojis and
-    /// members (the owner first, then the bot).
-    pub(super) fn add_guild(&mut self, shard: u32) -> u64 {
+    /// A new guild on `shard` with its channels, roles, emojis and members
+    /// (the owner first, then the bot).
+    fn new_guild(&mut self, shard: u32) -> GuildState {
         let id = self.clock.next_id_for_shard(shard, self.cfg.shards);
         let rng = &mut self.rng;
         let clock = &mut self.clock;
@@ -154,9 +134,7 @@ impl World {
         }
         g.fields.owner_id = g.member_ids[0];
         g.member_count = g.member_ids.len() as u64;
-        self.guilds.insert(id, g);
-        self.add_available(id);
-        id
+        g
     }
 
     pub(super) fn new_member(&mut self, g: &GuildState, uid: u64) -> Member {
@@ -177,20 +155,34 @@ impl World {
 
     pub(super) fn join(&mut self) -> Dispatch {
         let shard = self.rng.random_range(0..self.cfg.shards);
-        let gid = self.add_guild(shard);
-        self.create_dispatch(gid)
+        let g = self.new_guild(shard);
+        let d = create_dispatch(&g);
+        self.guilds.insert(g);
+        d
     }
 
-    pub(super) fn guild_remove(&mut self, gid: u64) -> Option<Dispatch> {
-        if self.available.len() < 2 {
+    pub(super) fn guild_remove(&mut self, slot: usize) -> Option<Dispatch> {
+        if self.guilds.available_len() < 2 {
             return None;
         }
-        let g = self.guilds.remove(&gid)?;
-        self.remove_available(gid);
+        let g = self.guilds.remove(slot)?;
+        let gid = g.fields.id;
         let mut d = String::with_capacity(32);
         d.push_str("{\"id\":");
         json_text::push_id(&mut d, gid);
         d.push('}');
         Some(Dispatch::new(g.shard, "GUILD_DELETE", gid, d))
     }
+}
+
+/// GUILD_CREATE of an available guild, with its restricted variant.
+fn create_dispatch(g: &GuildState) -> Dispatch {
+    let mut d = Dispatch::new(
+        g.shard,
+        "GUILD_CREATE",
+        g.fields.id,
+        g.create_payload(MemberList::All),
+    );
+    d.restricted = Some(g.create_payload(MemberList::BotOnly(BOT_USER_ID)).into());
+    d
 }

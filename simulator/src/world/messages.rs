@@ -19,7 +19,7 @@ use rand::Rng;
 const MENTION_ONE_IN: u32 = 20;
 
 impl World {
-    pub(super) fn message_create(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn message_create(&mut self, slot: usize) -> Option<Dispatch> {
         let id = self.clock.next_id();
         let World {
             guilds,
@@ -28,7 +28,8 @@ impl World {
             buf,
             ..
         } = self;
-        let g = guilds.get(&gid)?;
+        let g = guilds.at(slot)?;
+        let gid = g.fields.id;
         let channel = *pick(rng, &g.text_channels)?;
         let author = pick_index(rng, g.member_ids.len())?;
         if g.member_ids[author] == BOT_USER_ID {
@@ -74,12 +75,13 @@ impl World {
         Some(d)
     }
 
-    pub(super) fn typing_start(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn typing_start(&mut self, slot: usize) -> Option<Dispatch> {
         let secs = self.clock.unix_secs();
         let World {
             guilds, rng, buf, ..
         } = self;
-        let g = guilds.get(&gid)?;
+        let g = guilds.at(slot)?;
+        let gid = g.fields.id;
         let channel = *pick(rng, &g.text_channels)?;
         let idx = pick_index(rng, g.member_ids.len())?;
         let (uid, m) = (g.member_ids[idx], g.members.get(idx)?);
@@ -98,13 +100,14 @@ impl World {
         Some(Dispatch::from_text(g.shard, "TYPING_START", gid, buf))
     }
 
-    pub(super) fn presence_update(&mut self, gid: u64) -> Option<Dispatch> {
+    pub(super) fn presence_update(&mut self, slot: usize) -> Option<Dispatch> {
         const STATUSES: [&str; 4] = ["online", "idle", "dnd", "offline"];
         let World {
             guilds, rng, buf, ..
         } = self;
         let status = STATUSES[rng.random_range(0..STATUSES.len())];
-        let g = guilds.get(&gid)?;
+        let g = guilds.at(slot)?;
+        let gid = g.fields.id;
         let uid = *pick(rng, &g.member_ids)?;
         buf.clear();
         buf.push_str("{\"user\":{\"id\":");

@@ -22,6 +22,7 @@ mod changes;
 mod config;
 mod entities;
 mod guild;
+mod guilds;
 mod json_text;
 mod lifecycle;
 mod messages;
@@ -38,12 +39,12 @@ pub(crate) use guild::MemberList;
 
 use crate::error::SimError;
 use guild::GuildState;
+use guilds::Guilds;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use snowflake::SnowflakeClock;
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// The bot user's id (READY's `user`, and a member of every guild).
@@ -111,10 +112,9 @@ pub struct World {
     cfg: WorldConfig,
     rng: StdRng,
     clock: SnowflakeClock,
-    /// Guilds by id. Unordered: whatever lists guilds sorts them.
-    guilds: IdMap<GuildState>,
-    available: Vec<u64>,
-    available_pos: IdMap<usize>,
+    /// Guilds by slot and id, and which are available. Unordered:
+    /// whatever lists guilds sorts them.
+    guilds: Guilds,
     /// (due event number, guild) for automatic outages, in due order.
     auto_restore: VecDeque<(u64, u64)>,
     events: u64,
@@ -130,9 +130,7 @@ impl World {
         let mut w = World {
             rng: StdRng::seed_from_u64(seed),
             clock: SnowflakeClock::new(),
-            guilds: IdMap::default(),
-            available: Vec::new(),
-            available_pos: IdMap::default(),
+            guilds: Guilds::default(),
             auto_restore: VecDeque::new(),
             events: 0,
             buf: String::with_capacity(4096),
@@ -174,7 +172,7 @@ impl World {
 
     /// Every guild id the bot is in, ascending.
     pub fn guild_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.guilds.keys().copied().collect();
+        let mut ids: Vec<u64> = self.guilds.iter().map(|(id, _)| id).collect();
         ids.sort_unstable();
         ids
     }
@@ -187,7 +185,7 @@ impl World {
             .guilds
             .iter()
             .filter(|(_, g)| g.shard == shard)
-            .map(|(&id, g)| (id, !g.unavailable))
+            .map(|(id, g)| (id, !g.unavailable))
             .collect();
         guilds.sort_unstable_by_key(|&(id, _)| id);
         guilds
@@ -200,7 +198,7 @@ impl World {
 
     /// The GUILD_CREATE payload with the member list `list` asks for.
     pub(crate) fn guild_create_for(&self, guild_id: u64, list: MemberList) -> Option<Arc<str>> {
-        let g = self.guilds.get(&guild_id)?;
+        let g = self.guilds.get(guild_id)?;
         if g.unavailable {
             return None;
         }
@@ -210,19 +208,19 @@ impl World {
     /// The ground truth: every guild as a perfect cache holds it now.
     pub fn truth(&self) -> Truth {
         Truth {
-            guilds: self.guilds.iter().map(|(&id, g)| (id, g.truth())).collect(),
+            guilds: self.guilds.iter().map(|(id, g)| (id, g.truth())).collect(),
         }
     }
 
     /// Ground truth for one guild.
     pub fn guild_truth(&self, guild_id: u64) -> Option<GuildTruth> {
-        self.guilds.get(&guild_id).map(GuildState::truth)
+        self.guilds.get(guild_id).map(GuildState::truth)
     }
 
     /// The members of an available guild as (user id, username, member
     /// JSON), ascending by id: what GUILD_MEMBERS_CHUNK answers draw from.
     pub(crate) fn members_of(&self, guild_id: u64) -> Option<Vec<(u64, &str, String)>> {
-        let g = self.guilds.get(&guild_id)?;
+        let g = self.guilds.get(guild_id)?;
         if g.unavailable {
             return None;
         }
@@ -264,65 +262,41 @@ impl World {
         if kind == EventKind::GuildJoin {
             return Some(self.join());
         }
-        if self.available.is_empty() {
+        let available = self.guilds.available_len();
+        if available == 0 {
             return None;
         }
-        let gid = self.available[self.rng.random_range(0..self.available.len())];
+        let slot = self
+            .guilds
+            .available_slot(self.rng.random_range(0..available))?;
         match kind {
-            EventKind::MessageCreate => self.message_create(gid),
-            EventKind::TypingStart => self.typing_start(gid),
-            EventKind::PresenceUpdate => self.presence_update(gid),
-            EventKind::MemberAdd => self.member_add(gid),
-            EventKind::MemberUpdate => self.member_update(gid),
-            EventKind::MemberRemove => self.member_remove(gid),
-            EventKind::ChannelCreate => self.channel_create(gid),
-            EventKind::ChannelUpdate => self.channel_update(gid),
-            EventKind::ChannelDelete => self.channel_delete(gid),
-            EventKind::RoleCreate => self.role_create(gid),
-            EventKind::RoleUpdate => self.role_update(gid),
-            EventKind::RoleDelete => self.role_delete(gid),
-            EventKind::GuildUpdate => self.guild_update(gid),
-            EventKind::EmojisUpdate => self.emojis_update(gid),
+            EventKind::MessageCreate => self.message_create(slot),
+            EventKind::TypingStart => self.typing_start(slot),
+            EventKind::PresenceUpdate => self.presence_update(slot),
+            EventKind::MemberAdd => self.member_add(slot),
+            EventKind::MemberUpdate => self.member_update(slot),
+            EventKind::MemberRemove => self.member_remove(slot),
+            EventKind::ChannelCreate => self.channel_create(slot),
+            EventKind::ChannelUpdate => self.channel_update(slot),
+            EventKind::ChannelDelete => self.channel_delete(slot),
+            EventKind::RoleCreate => self.role_create(slot),
+            EventKind::RoleUpdate => self.role_update(slot),
+            EventKind::RoleDelete => self.role_delete(slot),
+            EventKind::GuildUpdate => self.guild_update(slot),
+            EventKind::EmojisUpdate => self.emojis_update(slot),
             EventKind::GuildOutage => {
-                if self.available.len() < 2 {
+                if available < 2 {
                     return None;
                 }
+                let gid = self.guilds.at(slot)?.fields.id;
                 let d = self.start_outage(gid)?;
                 self.auto_restore
                     .push_back((self.events + self.cfg.outage_events.max(1), gid));
                 Some(d)
             }
-            EventKind::GuildRemove => self.guild_remove(gid),
+            EventKind::GuildRemove => self.guild_remove(slot),
             EventKind::GuildJoin => Some(self.join()),
         }
-    }
-}
-
-/// A map keyed by snowflake, with [`IdHasher`].
-type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
-
-/// SplitMix64's finaliser over a `u64` key: snowflakes share their low 22
-/// bits, so they need real mixing, but not SipHash's cost. No random state,
-/// and nothing iterates a map in hash order, so output stays seeded.
-#[derive(Debug, Clone, Copy, Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 
