@@ -45,16 +45,16 @@ impl State {
     /// holds was left while the worker was not looking, and is removed as of
     /// `version`. Only the newest READY of a shard is kept.
     fn ready(&mut self, shard: u32, version: Version, at_ms: u64, guilds: Vec<u64>) -> bool {
-        if self.ready.get(&shard).is_some_and(|r| r.version >= version) {
+        let previous = self.ready.get(&shard);
+        if previous.is_some_and(|r| r.version >= version) {
             return false;
         }
         let listed: IdMap<()> = guilds.iter().map(|&g| (g, ())).collect();
         for &g in &guilds {
+            let unlisted_before = previous.is_some_and(|r| !r.listed.contains_key(&g));
             let slot = self.guilds.entry(g).or_default();
             slot.shard = Some(shard);
-            if version > slot.available.0 {
-                slot.available = (version, false);
-            }
+            slot.listed(version, unlisted_before);
         }
         for (id, slot) in self.guilds.iter_mut() {
             if slot.shard == Some(shard) && !listed.contains_key(id) {
@@ -247,6 +247,10 @@ impl MemoryStore {
                     .guilds
                     .get(&guild_id)
                     .is_some_and(|g| g.announced(version)),
+                Step::GapJoin { guild_id, version } => st
+                    .guilds
+                    .get(&guild_id)
+                    .is_some_and(|g| g.is_gap_join(version)),
             })
             .collect()
     }
@@ -349,6 +353,14 @@ impl Store for MemoryStore {
             .guilds
             .get(&guild_id)
             .is_some_and(|g| g.announced(version)))
+    }
+
+    async fn gap_join(&self, guild_id: u64, version: Version) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .guilds
+            .get(&guild_id)
+            .is_some_and(|g| g.is_gap_join(version)))
     }
 
     async fn user(&self, user_id: u64) -> Result<Option<User>, StoreError> {

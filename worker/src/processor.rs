@@ -28,9 +28,16 @@
 //! was confirmed) hands such an event to the sink again, with the same
 //! version, hence the same output `message_id` for consumers to deduplicate.
 //!
-//! Joins come only from the sharder's `joined` marker, never from "the cache
+//! Joins come from the sharder's `joined` marker, never from "the cache
 //! did not know this guild", so a cold restart with an empty cache cannot
-//! announce joins for the guilds the bot was already in.
+//! announce joins for the guilds the bot was already in. One exception the
+//! marker cannot see: a session that ended (heartbeat timeout, invalid
+//! session) and was replaced by a new IDENTIFY loses the events between the
+//! last one read and the new READY, and a guild joined in that gap is
+//! listed by the new READY, so the sharder marks its GUILD_CREATE
+//! `initial`. The store infers such a join from the shard's previous READY
+//! ([`Store::gap_join`](crate::Store::gap_join)), and it is announced like
+//! a marked one.
 
 use crate::gateway::{self, CacheOptions, Class, PayloadError};
 use crate::store::{Step, Store, StoreError};
@@ -116,6 +123,8 @@ struct Plan {
     delivery: Option<usize>,
     /// Index of its [`Step::Announced`] check (redelivered lifecycle events).
     announced: Option<usize>,
+    /// Index of its [`Step::GapJoin`] check (GUILD_CREATE not marked joined).
+    gap_join: Option<usize>,
 }
 
 type Handler = Arc<dyn Fn(&CleanEvent<'_>) + Send + Sync>;
@@ -331,12 +340,25 @@ impl<S: Store> Worker<S> {
                 });
                 steps.len() - 1
             });
+        // A GUILD_CREATE the sharder did not mark joined may still be a
+        // join made during a session gap (see `Store::gap_join`).
+        let gap_join = parsed
+            .guild_id
+            .filter(|_| matches!(parsed.class, Some(Class::Available { .. })))
+            .map(|guild_id| {
+                steps.push(Step::GapJoin {
+                    guild_id,
+                    version: event.version(),
+                });
+                steps.len() - 1
+            });
         Some(Plan {
             class: parsed.class,
             guild_id: parsed.guild_id,
             writes,
             delivery,
             announced,
+            gap_join,
         })
     }
 
@@ -361,7 +383,11 @@ impl<S: Store> Worker<S> {
         // whose output may be lost: published again, handlers not called.
         let replayed = !last && at(plan.announced);
         let lifecycle = last || replayed;
-        let kind = match plan.class {
+        let class = match plan.class {
+            Some(Class::Available { .. }) if at(plan.gap_join) => Some(Class::Joined),
+            c => c,
+        };
+        let kind = match class {
             Some(Class::Joined) if lifecycle => Some(CleanKind::GuildJoined),
             Some(Class::Available { initial }) if lifecycle => {
                 Some(CleanKind::GuildAvailable { initial })

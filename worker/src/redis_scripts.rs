@@ -11,7 +11,8 @@
 //! deletes what lies below it, `setcount` installs a snapshot's member
 //! count and drops the deltas it includes, `bump` moves the guild floor and
 //! `remember`s it as an applied lifecycle write (`lh`: the last four, so a
-//! redelivery after a crash can re-derive its announcement).
+//! redelivery after a crash can re-derive its announcement). `gm`/`gj`:
+//! a session-gap join's READY mark and the snapshot that consumed it.
 
 use redis::Script;
 use std::sync::LazyLock;
@@ -124,7 +125,14 @@ pub(crate) static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local v = ARGV[1]
+local before = redis.call('HGET', KEYS[1], 'f')
+local core = redis.call('HGET', KEYS[1], 'core')
+local live = core and string.sub(core, #v + 1, #v + 1) == 'L'
 local applied = bump(KEYS[1], v)
+local gm = redis.call('HGET', KEYS[1], 'gm')
+if applied == 1 and not live and gm and (not before or newer(gm, before)) and newer(v, gm) then
+  redis.call('HSET', KEYS[1], 'gj', v)
+end
 for k = 1, 6 do
   if string.find(ARGV[4], names[k], 1, true) then raise(KEYS[1], 'f' .. names[k], KEYS[k + 1], v) end
 end
@@ -184,29 +192,60 @@ return 1
     )
 });
 
-/// A newer READY for a shard. KEYS: READY hash, listed set. ARGV: version,
-/// at ms, listed guild ids.
+/// A newer READY for a shard. KEYS: READY hash, listed set, the previous
+/// READY's listed set. ARGV: version, at ms, listed guild ids. Returns 1
+/// when applied, 2 when this READY is already the shard's latest (a retry:
+/// its per-guild steps are idempotent and run again), 0 when older. The
+/// previous list is kept (`p`: whether there was one) for [`LISTED`].
 pub(crate) static READY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local cur = redis.call('HGET', KEYS[1], 'v')
+if cur and cur == ARGV[1] then return 2 end
 if cur and not newer(ARGV[1], cur) then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'at', ARGV[2])
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'at', ARGV[2], 'p', cur and '1' or '0')
 for i = 3, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 return 1
 "#,
     )
 });
 
-/// A guild listed by READY. KEYS: meta, the shard's guild set. ARGV: guild
-/// id, version.
+/// A guild listed by READY. KEYS: meta, the shard's guild set, the READY
+/// hash, the previous READY's listed set. ARGV: guild id, version. Marks a
+/// session-gap join (`gm`, see `Store::gap_join`) when the cache holds the
+/// guild as not the bot's: removed before this READY, or never seen and
+/// not listed by the shard's previous READY (when there was one).
 pub(crate) static LISTED: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 redis.call('HSETNX', KEYS[1], 'sh', '1')
 redis.call('SADD', KEYS[2], ARGV[1])
-return lww(KEYS[1], 'av', ARGV[2], '0')
+local v = ARGV[2]
+local core = redis.call('HGET', KEYS[1], 'core')
+local gone
+if core then
+  gone = string.sub(core, #v + 1, #v + 1) == 'D' and newer(v, string.sub(core, 1, #v))
+else
+  gone = redis.call('HGET', KEYS[3], 'p') == '1' and redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0
+end
+if gone then
+  local gm = redis.call('HGET', KEYS[1], 'gm')
+  if not gm or newer(v, gm) then redis.call('HSET', KEYS[1], 'gm', v) end
+end
+return lww(KEYS[1], 'av', v, '0')
+"#,
+    )
+});
+
+/// Whether the snapshot at a version was a session-gap join (`gj`). KEYS:
+/// meta. ARGV: version.
+pub(crate) static GAP_JOIN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HGET', KEYS[1], 'gj') == ARGV[1] then return 1 end
+return 0
 "#,
     )
 });

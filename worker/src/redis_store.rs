@@ -10,7 +10,8 @@
 //! # Layout (prefix `P`)
 //!
 //! * `P:g:<guild>`: hash of the guild's registers: `f` (guild floor),
-//!   `lh` (the last four lifecycle versions applied as newest),
+//!   `lh` (the last four lifecycle versions applied as newest), `gm`/`gj`
+//!   (a session-gap join's READY mark and its snapshot's version),
 //!   `f<kind letter>` (per-collection floors), `sh` (admitted), `core`, `av`,
 //!   `cb`/`cm` (member-count base and the snapshot version it is from).
 //! * `P:g:<guild>:c|r|m|e|p|v`: channels, roles, members, emojis,
@@ -19,8 +20,9 @@
 //! * `P:u`: users; field = id. `P:bots`: the bot's own user ids (READY),
 //!   never collected.
 //! * `P:s:<shard>:<epoch>` (+ `:low`): the delivery window of a session.
-//! * `P:ready:<shard>` (`v`, `at`) and `P:ready:<shard>:L`: the shard's
-//!   latest READY and the guilds it listed; `P:shard:<shard>:guilds`: the
+//! * `P:ready:<shard>` (`v`, `at`, `p`) and `P:ready:<shard>:L`: the shard's
+//!   latest READY and the guilds it listed (`:P`: those of the one before,
+//!   `p` = 1 when there was one, for session-gap joins); `P:shard:<shard>:guilds`: the
 //!   guilds admitted from that shard (meta field `sh` marks admission).
 //!
 //! A register's value is `<version><L json | D deleted-at-ms>`. Versions are
@@ -34,8 +36,8 @@ use crate::model::{
 };
 use crate::mutation::{Mutation, Snapshot};
 use crate::redis_scripts::{
-    ADMIT, ANNOUNCED, AVAIL, DELTA, LIST, LISTED, PUT, READY, REG, REMOVE, SEEN, SNAPSHOT,
-    SWEEP_USERS,
+    ADMIT, ANNOUNCED, AVAIL, DELTA, GAP_JOIN, LIST, LISTED, PUT, READY, REG, REMOVE, SEEN,
+    SNAPSHOT, SWEEP_USERS,
 };
 use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};
 use envelope::Version;
@@ -196,12 +198,13 @@ impl RedisStore {
             .key(d);
     }
 
-    fn shard_keys(&self, shard: u32) -> [String; 3] {
+    fn shard_keys(&self, shard: u32) -> [String; 4] {
         let r = format!("{}:ready:{shard}", self.prefix);
         [
             r.clone(),
             format!("{r}:L"),
             format!("{}:shard:{shard}:guilds", self.prefix),
+            format!("{r}:P"),
         ]
     }
 
@@ -212,22 +215,33 @@ impl RedisStore {
         at_ms: u64,
         guilds: &[u64],
     ) -> Result<bool, StoreError> {
-        let [ready, listed, members] = self.shard_keys(shard);
+        let [ready, listed, members, previous] = self.shard_keys(shard);
         let mut inv = READY.prepare_invoke();
-        inv.key(&ready).key(&listed).arg(ver(version)).arg(at_ms);
+        inv.key(&ready)
+            .key(&listed)
+            .key(&previous)
+            .arg(ver(version))
+            .arg(at_ms);
         for g in guilds {
             inv.arg(g);
         }
-        if !self.invoke(&mut inv).await? {
+        let mut con = self.con.clone();
+        let applied: i64 = inv.invoke_async(&mut con).await?;
+        if applied == 0 {
             return Ok(false);
         }
+        // 2: a retry of a READY whose per-guild steps may not all have run.
         for &g in guilds {
             let mut inv = LISTED.prepare_invoke();
-            inv.key(self.meta(g)).key(&members).arg(g).arg(ver(version));
+            inv.key(self.meta(g))
+                .key(&members)
+                .key(&ready)
+                .key(&previous)
+                .arg(g)
+                .arg(ver(version));
             self.invoke(&mut inv).await?;
         }
         // Guilds admitted after the READY script see its record themselves.
-        let mut con = self.con.clone();
         let known: Vec<u64> = redis::cmd("SMEMBERS")
             .arg(&members)
             .query_async(&mut con)
@@ -239,7 +253,7 @@ impl RedisStore {
             inv.arg(ver(version)).arg(at_ms);
             self.invoke(&mut inv).await?;
         }
-        Ok(true)
+        Ok(applied == 1)
     }
 
     fn meta(&self, g: u64) -> String {
@@ -464,6 +478,11 @@ impl RedisStore {
                 inv.key(self.meta(*guild_id)).arg(ver(*version));
                 Ok(Some(inv))
             }
+            Step::GapJoin { guild_id, version } => {
+                let mut inv = GAP_JOIN.prepare_invoke();
+                inv.key(self.meta(*guild_id)).arg(ver(*version));
+                Ok(Some(inv))
+            }
         }
     }
 
@@ -484,7 +503,7 @@ impl RedisStore {
     }
 
     fn admit_invocation(&self, shard_id: u32, guild_id: u64) -> Invocation {
-        let [ready, listed, members] = self.shard_keys(shard_id);
+        let [ready, listed, members, _] = self.shard_keys(shard_id);
         let mut inv = ADMIT.prepare_invoke();
         self.guild_script_keys(guild_id, &mut inv);
         inv.key(ready).key(listed).key(members).arg(guild_id);
@@ -653,6 +672,14 @@ impl Store for RedisStore {
 
     async fn announced(&self, guild_id: u64, version: Version) -> Result<bool, StoreError> {
         let step = Step::Announced { guild_id, version };
+        match self.step_invocation(&step)? {
+            Some(mut inv) => self.invoke(&mut inv).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn gap_join(&self, guild_id: u64, version: Version) -> Result<bool, StoreError> {
+        let step = Step::GapJoin { guild_id, version };
         match self.step_invocation(&step)? {
             Some(mut inv) => self.invoke(&mut inv).await,
             None => Ok(false),

@@ -45,6 +45,9 @@ pub enum Step {
     /// newest, i.e. announced. Asked for redelivered messages only, to
     /// re-derive an announcement whose output a crash may have lost.
     Announced { guild_id: u64, version: Version },
+    /// [`Store::gap_join`]: whether the snapshot at `version` (applied just
+    /// before in the same batch) was a join the gateway never marked.
+    GapJoin { guild_id: u64, version: Version },
 }
 
 /// A versioned cache of guilds, their channels, roles, members and emojis,
@@ -94,6 +97,7 @@ pub trait Store: Send + Sync + 'static {
                     Step::Announced { guild_id, version } => {
                         self.announced(guild_id, version).await?
                     }
+                    Step::GapJoin { guild_id, version } => self.gap_join(guild_id, version).await?,
                 });
             }
             Ok(out)
@@ -122,6 +126,24 @@ pub trait Store: Send + Sync + 'static {
     /// [`Step::Announced`]. The default remembers nothing (`false`): a
     /// crash can then lose an announcement's output.
     fn announced(
+        &self,
+        guild_id: u64,
+        version: Version,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = (guild_id, version);
+        async { Ok(false) }
+    }
+
+    /// Whether the GUILD_CREATE snapshot at `version` is a join made while
+    /// the shard had no session (a session gap): its shard's previous
+    /// READY did not list the guild (or the cache saw it removed), the
+    /// next READY did, and this is the guild's first snapshot since. The
+    /// sharder marks such a GUILD_CREATE `initial` (it is listed in the new
+    /// READY), so without this the join is never announced. The answer is
+    /// stable (a redelivery gets the same one). A store without a previous
+    /// READY of the shard (a cold start, a purged cache) infers nothing.
+    /// The default infers nothing.
+    fn gap_join(
         &self,
         guild_id: u64,
         version: Version,

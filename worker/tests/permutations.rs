@@ -55,11 +55,13 @@ fn runtime() -> tokio::runtime::Runtime {
 fn in_order_log_equals_ground_truth_and_joins_exactly_once() {
     let rt = runtime();
     let mut lost_removals = 0;
+    let mut gap_joins = 0;
     let mut presences = 0;
     for seed in 0..6 {
         // Odd seeds lose events in a session gap and recover by snapshots.
         let log = sim_log_with(seed, 2, 4, 400, seed % 2 == 1);
         lost_removals += log.lost_removals;
+        gap_joins += log.gap_joins;
         let (w, joins) = joins_counter(MemoryStore::new());
         // Every event delivered twice in a row: a redelivery each time.
         let doubled: Vec<Logged> = log
@@ -83,8 +85,10 @@ fn in_order_log_equals_ground_truth_and_joins_exactly_once() {
         assert_eq!(joins.values().sum::<usize>(), log.joins, "seed {seed}");
         assert!(joins.values().all(|&n| n == 1));
     }
-    // The gaps did lose removals, which READY reconciliation repaired.
+    // The gaps did lose removals, which READY reconciliation repaired, and
+    // joins, which the next READY revealed.
     assert!(lost_removals > 0);
+    assert!(gap_joins > 0);
     assert!(presences > 0, "the logs exercise the presence cache");
 }
 

@@ -88,6 +88,11 @@ pub(super) struct GuildSlot {
     /// The last guild-level lifecycle writes applied as the newest (see
     /// [`GuildSlot::announced`]), most recent first.
     pub(super) lifecycle: [Version; LIFECYCLE_KEPT],
+    /// A READY that listed the guild while the cache held it as not the
+    /// bot's (see [`crate::Store::gap_join`]); the next snapshot is a join.
+    pub(super) gap_mark: Version,
+    /// The snapshot that consumed `gap_mark`: the gap join's version.
+    pub(super) gap_join: Version,
     pub(super) count_base: i64,
     pub(super) count_mark: Version,
     pub(super) deltas: BTreeMap<Version, i8>,
@@ -194,6 +199,18 @@ impl GuildSlot {
         let v = s.version;
         let applied = v > self.floor;
         if applied {
+            // Not after a snapshot that showed the guild live: under
+            // reordering that one may already have announced the join.
+            let live = matches!(
+                self.core,
+                Some(Slot {
+                    entry: Entry::Live(_),
+                    ..
+                })
+            );
+            if !live && self.gap_mark > self.floor && v > self.gap_mark {
+                self.gap_join = v;
+            }
             self.floor = v;
             self.remember(v);
         }
@@ -227,6 +244,36 @@ impl GuildSlot {
     /// its announcement from this.
     pub(super) fn announced(&self, v: Version) -> bool {
         v != Version::ZERO && self.lifecycle.contains(&v)
+    }
+
+    /// READY at `version` lists the guild. If the cache holds it as not
+    /// the bot's (removed before `version`, or never seen and not listed by
+    /// the shard's previous READY, when there was one), the bot joined it
+    /// during a session gap: marked for [`GuildSlot::snapshot`].
+    pub(super) fn listed(&mut self, version: Version, unlisted_before: bool) {
+        let gone = match &self.core {
+            Some(Slot {
+                version: at,
+                entry: Entry::Dead(_),
+            }) => *at < version,
+            Some(Slot {
+                entry: Entry::Live(_),
+                ..
+            }) => false,
+            None => unlisted_before,
+        };
+        if gone && version > self.gap_mark {
+            self.gap_mark = version;
+        }
+        if version > self.available.0 {
+            self.available = (version, false);
+        }
+    }
+
+    /// Whether the snapshot at `v` was a session-gap join
+    /// ([`crate::Store::gap_join`]).
+    pub(super) fn is_gap_join(&self, v: Version) -> bool {
+        v != Version::ZERO && self.gap_join == v
     }
 
     /// Ids of the members with a live entry.

@@ -40,8 +40,11 @@ impl Logged {
 pub struct SimLog {
     pub events: Vec<Logged>,
     pub world: World,
-    /// Number of real joins in the log.
+    /// Number of real joins the log shows: marked `joined`, or lost in the
+    /// session gap and listed by the new READY.
     pub joins: usize,
+    /// Of those, joins lost in the gap.
+    pub gap_joins: usize,
     /// Removals (GUILD_DELETE) lost in the session gap.
     pub lost_removals: usize,
 }
@@ -109,6 +112,8 @@ pub fn sim_log_with(seed: u64, shards: u32, guilds: u32, n: usize, gap: bool) ->
     let mut out: BTreeSet<u64> = BTreeSet::new();
     let mut joins_seen = 0;
     let mut lost_removals = 0;
+    // Guilds whose join was lost in the gap (announced from the new READY).
+    let mut lost_joins: BTreeSet<u64> = BTreeSet::new();
     let rounds: &[(bool, usize)] = if gap {
         &[(false, n), (true, n / 4)]
     } else {
@@ -123,6 +128,11 @@ pub fn sim_log_with(seed: u64, shards: u32, guilds: u32, n: usize, gap: bool) ->
                 .iter()
                 .filter(|e| e.t == "GUILD_DELETE" && !e.d.contains("\"unavailable\":true"))
                 .count();
+            lost_joins.extend(
+                lost.iter()
+                    .filter(|e| e.marker == Some(GuildCreateKind::Joined))
+                    .filter_map(|e| e.guild_id),
+            );
             for s in 0..shards as usize {
                 epochs[s] += 1;
                 seqs[s] = 0;
@@ -180,16 +190,29 @@ pub fn sim_log_with(seed: u64, shards: u32, guilds: u32, n: usize, gap: bool) ->
             );
         }
     }
-    // Joins whose GUILD_CREATE was lost are not announced (nobody saw them).
+    // A join whose GUILD_CREATE was lost in the gap is still a join: the
+    // new READY lists the guild, and its first GUILD_CREATE after the gap
+    // (the only ones left: the lost one was its first) announces it. A
+    // guild joined and removed within the gap is seen by nobody.
+    let gap_joins = lost_joins
+        .iter()
+        .filter(|g| {
+            events
+                .iter()
+                .any(|e| e.t == "GUILD_CREATE" && e.guild_id == Some(**g))
+        })
+        .count();
     let joins = events
         .iter()
         .filter(|e| e.marker == Some(GuildCreateKind::Joined))
-        .count();
+        .count()
+        + gap_joins;
     let _ = joins_seen;
     SimLog {
         events,
         world,
         joins,
+        gap_joins,
         lost_removals,
     }
 }
