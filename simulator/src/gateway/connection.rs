@@ -19,7 +19,8 @@ use super::Shared;
 use super::handshake::Refusal;
 use super::limits::SendLimiter;
 use super::protocol::{self, CloseReason, Command, close};
-use super::sessions::{Control, Frame, Link, Malformed, Pull};
+use super::replay::Pulled;
+use super::sessions::{Control, Link, Malformed, Pull};
 use super::transport::Transport;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -56,7 +57,7 @@ struct Conn<S> {
     zombie: bool,
     limiter: SendLimiter,
     text: String,
-    batch: Vec<Frame>,
+    batch: Pulled,
     /// Compression output of one payload, reused.
     scratch: Vec<u8>,
     /// Framed dispatches of one batch, written at once, reused.
@@ -83,7 +84,7 @@ where
         zombie: false,
         limiter: SendLimiter::new(cfg.send_limit, cfg.send_window),
         text: String::new(),
-        batch: Vec::with_capacity(PULL_BATCH),
+        batch: Pulled::default(),
         scratch: Vec::new(),
         out: Vec::new(),
         payload_zlib: None,
@@ -344,12 +345,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let n = self.batch.len();
             self.ws.flush().await.map_err(|_| End::Resumable)?;
             self.out.clear();
-            for f in &self.batch {
+            for (seq, event, d) in self.batch.iter() {
                 self.transport
                     .frame_dispatch_into(
-                        f.seq,
-                        f.event,
-                        &f.d,
+                        seq,
+                        event,
+                        d,
                         self.payload_zlib.as_deref_mut(),
                         &mut self.text,
                         &mut self.scratch,
@@ -363,8 +364,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let io = self.ws.get_mut();
             io.write_all(&self.out).await.map_err(|_| End::Resumable)?;
             io.flush().await.map_err(|_| End::Resumable)?;
-            if let Some(last) = self.batch.last() {
-                self.sent = last.seq;
+            if let Some(last) = self.batch.last_seq() {
+                self.sent = last;
             }
             if n < PULL_BATCH {
                 return Ok(());

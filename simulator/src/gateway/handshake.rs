@@ -11,7 +11,7 @@ use super::sessions::{Control, Core, INTENT_GUILD_MEMBERS, Link, Session};
 use crate::config::{PRIVILEGED_INTENTS, SimConfig, VALID_INTENTS};
 use crate::world::{BOT_USER_ID, BOT_USERNAME, MemberList};
 use serde_json::json;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -138,7 +138,7 @@ impl Core {
             intents: id.intents,
             seq: 0,
             pulled: 0,
-            frames: VecDeque::new(),
+            frames: Default::default(),
             link: Some(link),
             detached_at: None,
             ledger_idx,
@@ -188,7 +188,7 @@ impl Core {
                 format!("seq {} is ahead of the session's {}", r.seq, s.seq),
             )));
         }
-        let oldest = s.frames.front().map_or(s.seq + 1, |f| f.seq);
+        let oldest = s.frames.front_seq().unwrap_or(s.seq + 1);
         if r.seq + 1 < oldest {
             self.counters.failed_resumes += 1;
             tracing::info!(session = %r.session_id, seq = r.seq, oldest, "resume too far back: op 9");

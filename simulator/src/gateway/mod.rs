@@ -10,6 +10,7 @@ pub(crate) mod limits;
 pub(crate) mod member_requests;
 pub(crate) mod protocol;
 pub(crate) mod records;
+pub(crate) mod replay;
 pub(crate) mod sessions;
 pub(crate) mod transport;
 

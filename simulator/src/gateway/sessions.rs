@@ -18,14 +18,16 @@
 //! `session_expiry` after its connection dropped.
 //!
 //! Sessions live in a slab indexed by slot, with a per-shard list of slots,
-//! so buffering a dispatch costs no hashing and no allocation besides the
-//! frame; the session id maps to its slot only for RESUME and pulls.
+//! so buffering a dispatch costs no hashing and, amortised, no allocation:
+//! `d` is copied into the session's byte ring ([`super::replay`]). The
+//! session id maps to its slot only for RESUME and pulls.
 
 use super::limits::{IdentifyLimiter, SessionBudget};
 use super::records::{Counters, LedgerRecord, LedgerStore};
+use super::replay::{Pulled, Replay};
 use crate::config::SimConfig;
 use crate::world::{Dispatch, World};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
@@ -36,14 +38,6 @@ pub(crate) const INTENT_GUILD_MEMBERS: u64 = 1 << 1;
 pub(crate) const INTENT_GUILD_PRESENCES: u64 = 1 << 8;
 /// MESSAGE_CONTENT.
 pub(crate) const INTENT_MESSAGE_CONTENT: u64 = 1 << 15;
-
-/// One dispatch in a session's buffer.
-#[derive(Debug, Clone)]
-pub(crate) struct Frame {
-    pub seq: u64,
-    pub event: &'static str,
-    pub d: Arc<str>,
-}
 
 /// Orders the core sends to a live connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +79,7 @@ pub(crate) struct Session {
     pub seq: u64,
     /// Last seq the attached connection pulled.
     pub pulled: u64,
-    pub frames: VecDeque<Frame>,
+    pub frames: Replay,
     pub link: Option<Link>,
     pub detached_at: Option<Instant>,
     pub ledger_idx: u32,
@@ -101,7 +95,7 @@ impl Session {
         let hard_cap = keep.saturating_mul(4).max(20_000);
         while self.frames.len() > keep {
             let unpulled =
-                self.link.is_some() && self.frames.front().is_some_and(|f| f.seq > self.pulled);
+                self.link.is_some() && self.frames.front_seq().is_some_and(|seq| seq > self.pulled);
             if unpulled && self.frames.len() <= hard_cap {
                 break;
             }
@@ -171,8 +165,8 @@ impl Core {
                 continue;
             }
             let payload = match &d.restricted {
-                Some(r) if s.intents & guard == 0 => r.clone(),
-                _ => d.payload.clone(),
+                Some(r) if s.intents & guard == 0 => r,
+                _ => &d.payload,
             };
             push_frame(
                 s,
@@ -202,7 +196,7 @@ impl Core {
                 &mut self.counters,
                 event,
                 guild_id,
-                d,
+                &d,
                 cfg,
             );
         }
@@ -245,7 +239,7 @@ impl Core {
         after: u64,
         max: usize,
         keep: usize,
-        out: &mut Vec<Frame>,
+        out: &mut Pulled,
     ) -> Pull {
         let Some((_, s)) = self.session_mut(sid) else {
             return Pull::Detached;
@@ -254,21 +248,16 @@ impl Core {
             return Pull::Detached;
         }
         s.pulled = after;
-        let Some(first) = s.frames.front().map(|f| f.seq) else {
+        let Some(first) = s.frames.front_seq() else {
             return Pull::Ok;
         };
         if after + 1 < first {
             return Pull::Behind;
         }
         let start = (after + 1 - first) as usize;
-        out.extend(
-            s.frames
-                .range(start.min(s.frames.len())..)
-                .take(max)
-                .cloned(),
-        );
-        if let Some(last) = out.last() {
-            s.pulled = last.seq;
+        s.frames.copy_to(start, max, out);
+        if let Some(last) = out.last_seq() {
+            s.pulled = last;
         }
         s.trim(keep);
         Pull::Ok
@@ -353,15 +342,11 @@ fn push_frame(
     counters: &mut Counters,
     event: &'static str,
     guild_id: Option<u64>,
-    d: Arc<str>,
+    d: &str,
     cfg: &SimConfig,
 ) {
     s.seq += 1;
-    s.frames.push_back(Frame {
-        seq: s.seq,
-        event,
-        d,
-    });
+    s.frames.push(s.seq, event, d);
     s.trim(cfg.replay_buffer);
     ledger.record(
         s.shard,

@@ -102,14 +102,14 @@ impl Transport {
         &mut self,
         seq: u64,
         event: &str,
-        d: &str,
+        d: &[u8],
         payload_zlib: Option<&mut Compress>,
         text: &mut String,
         scratch: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> Result<(), CompressError> {
         protocol::dispatch_head(text, seq, event);
-        let parts = [text.as_bytes(), d.as_bytes(), b"}"];
+        let parts = [text.as_bytes(), d, b"}"];
         match self {
             Transport::Zlib(z) => {
                 scratch.clear();
@@ -126,6 +126,8 @@ impl Transport {
                 Ok(())
             }
             _ => {
+                // `d` is a whole frame's text, so valid UTF-8.
+                let d = std::str::from_utf8(d).map_err(|e| CompressError(e.to_string()))?;
                 text.push_str(d);
                 text.push('}');
                 self.frame_into(text, payload_zlib, scratch, out)
@@ -340,7 +342,7 @@ mod tests {
                     a.frame_dispatch_into(
                         seq,
                         "MESSAGE_CREATE",
-                        d,
+                        d.as_bytes(),
                         payload.then_some(&mut ca),
                         &mut text,
                         &mut scratch,
