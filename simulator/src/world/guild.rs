@@ -131,20 +131,25 @@ impl GuildState {
     /// GUILD_CREATE's payload: the full snapshot, with `members` as
     /// `list` says.
     pub(crate) fn create_payload(&self, list: MemberList) -> String {
-        let mut s = String::with_capacity(
-            4096 + 300 * (self.channels.len() + self.roles.len()) + 400 * self.members.len(),
-        );
-        self.fields.write_open(&mut s);
-        self.write_roles_and_emojis(&mut s);
+        let mut s = String::new();
+        self.write_create_payload(&mut s, list);
+        s
+    }
+
+    /// Appends [`Self::create_payload`] to `s`.
+    pub(crate) fn write_create_payload(&self, s: &mut String, list: MemberList) {
+        s.reserve(4096 + 300 * (self.channels.len() + self.roles.len()) + 400 * self.members.len());
+        self.fields.write_open(s);
+        self.write_roles_and_emojis(s);
         s.push_str(",\"joined_at\":");
-        super::json_text::push_str(&mut s, &self.joined_at);
+        super::json_text::push_str(s, &self.joined_at);
         let _ = write!(
             s,
             ",\"large\":{},\"unavailable\":false,\"member_count\":{},\"channels\":",
             self.member_count > 50,
             self.member_count
         );
-        push_array(&mut s, self.channels.values().map(|c| c.json.as_str()));
+        push_array(s, self.channels.values().map(|c| c.json.as_str()));
         s.push_str(",\"members\":[");
         let mut first = true;
         for (id, m) in self.members_by_id() {
@@ -157,13 +162,12 @@ impl GuildState {
                 s.push(',');
             }
             first = false;
-            m.write_json(&mut s);
+            m.write_json(s);
         }
         s.push_str(
             "],\"threads\":[],\"presences\":[],\"voice_states\":[],\"stage_instances\":[],\
              \"guild_scheduled_events\":[],\"soundboard_sounds\":[]}",
         );
-        s
     }
 
     /// Ids of roles no member holds (and so can be deleted without making

@@ -42,7 +42,8 @@ impl World {
         }
         g.unavailable = false;
         self.guilds.set_available(slot, true);
-        self.guilds.at(slot).map(create_dispatch)
+        let World { guilds, buf, .. } = self;
+        guilds.at(slot).map(|g| create_dispatch(g, buf))
     }
 
     /// Creates a guild on `shard` (see [`World::new_guild`]); returns its
@@ -156,7 +157,7 @@ impl World {
     pub(super) fn join(&mut self) -> Dispatch {
         let shard = self.rng.random_range(0..self.cfg.shards);
         let g = self.new_guild(shard);
-        let d = create_dispatch(&g);
+        let d = create_dispatch(&g, &mut self.buf);
         self.guilds.insert(g);
         d
     }
@@ -176,13 +177,13 @@ impl World {
 }
 
 /// GUILD_CREATE of an available guild, with its restricted variant.
-fn create_dispatch(g: &GuildState) -> Dispatch {
-    let mut d = Dispatch::new(
-        g.shard,
-        "GUILD_CREATE",
-        g.fields.id,
-        g.create_payload(MemberList::All),
-    );
-    d.restricted = Some(g.create_payload(MemberList::BotOnly(BOT_USER_ID)).into());
+/// (Written through `buf`: no large intermediate string per payload.)
+fn create_dispatch(g: &GuildState, buf: &mut String) -> Dispatch {
+    buf.clear();
+    g.write_create_payload(buf, MemberList::All);
+    let mut d = Dispatch::from_text(g.shard, "GUILD_CREATE", g.fields.id, buf);
+    buf.clear();
+    g.write_create_payload(buf, MemberList::BotOnly(BOT_USER_ID));
+    d.restricted = Some(buf.as_str().into());
     d
 }
