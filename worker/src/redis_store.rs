@@ -34,15 +34,14 @@ use crate::model::{
     Channel, Emoji, Entity, GuildCore, GuildView, Kind, Member, Presence, Role, User, UserVersion,
     Versioned, VoiceState,
 };
-use crate::mutation::{Mutation, Snapshot};
-use crate::redis_scripts::{
-    ADMIT, ANNOUNCED, AVAIL, DELTA, GAP_JOIN, LIST, LISTED, PUT, READY, REG, REMOVE, SEEN,
-    SNAPSHOT, SWEEP_USERS,
-};
-use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};
+use crate::mutation::Mutation;
+use crate::redis_scripts::SWEEP_USERS;
+use crate::store::{Step, Store, StoreError};
 use envelope::Version;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+mod writes;
 
 /// Largest seq the delivery window can hold exactly (a Redis score is a
 /// double).
@@ -208,54 +207,6 @@ impl RedisStore {
         ]
     }
 
-    async fn ready(
-        &self,
-        shard: u32,
-        version: Version,
-        at_ms: u64,
-        guilds: &[u64],
-    ) -> Result<bool, StoreError> {
-        let [ready, listed, members, previous] = self.shard_keys(shard);
-        let mut inv = READY.prepare_invoke();
-        inv.key(&ready)
-            .key(&listed)
-            .key(&previous)
-            .arg(ver(version))
-            .arg(at_ms);
-        for g in guilds {
-            inv.arg(g);
-        }
-        let mut con = self.con.clone();
-        let applied: i64 = inv.invoke_async(&mut con).await?;
-        if applied == 0 {
-            return Ok(false);
-        }
-        // 2: a retry of a READY whose per-guild steps may not all have run.
-        for &g in guilds {
-            let mut inv = LISTED.prepare_invoke();
-            inv.key(self.meta(g))
-                .key(&members)
-                .key(&ready)
-                .key(&previous)
-                .arg(g)
-                .arg(ver(version));
-            self.invoke(&mut inv).await?;
-        }
-        // Guilds admitted after the READY script see its record themselves.
-        let known: Vec<u64> = redis::cmd("SMEMBERS")
-            .arg(&members)
-            .query_async(&mut con)
-            .await?;
-        let listed: std::collections::HashSet<u64> = guilds.iter().copied().collect();
-        for g in known.into_iter().filter(|g| !listed.contains(g)) {
-            let mut inv = REMOVE.prepare_invoke();
-            self.guild_script_keys(g, &mut inv);
-            inv.arg(ver(version)).arg(at_ms);
-            self.invoke(&mut inv).await?;
-        }
-        Ok(applied == 1)
-    }
-
     fn meta(&self, g: u64) -> String {
         format!("{}:g:{g}", self.prefix)
     }
@@ -268,32 +219,6 @@ impl RedisStore {
         let mut con = self.con.clone();
         let n: i64 = inv.invoke_async(&mut con).await?;
         Ok(n != 0)
-    }
-
-    fn snapshot(&self, s: &Snapshot) -> Result<Invocation, StoreError> {
-        let mut inv = SNAPSHOT.prepare_invoke();
-        self.guild_script_keys(s.guild_id, &mut inv);
-        let complete: String = Kind::ALL
-            .iter()
-            .filter(|k| s.complete[k.index()])
-            .map(|k| letter(*k))
-            .collect();
-        inv.arg(ver(s.version))
-            .arg(live(&s.core)?)
-            .arg(s.member_count.map(|n| n.to_string()).unwrap_or_default())
-            .arg(complete);
-        for kind in Kind::ALL {
-            let items: Vec<_> = s
-                .entities
-                .iter()
-                .filter(|(_, e)| e.kind() == kind)
-                .collect();
-            inv.arg(items.len());
-            for (id, entity) in items {
-                inv.arg(id).arg(entity_payload(entity)?);
-            }
-        }
-        Ok(inv)
     }
 
     /// Every key matching `pattern` (SCAN, never KEYS).
@@ -343,202 +268,6 @@ impl RedisStore {
             }
             cursor = next;
         }
-    }
-}
-
-impl RedisStore {
-    /// The script call of a mutation; `None` for READY, which takes
-    /// several round trips ([`RedisStore::ready`]).
-    fn invocation(&self, mutation: &Mutation) -> Result<Option<Invocation>, StoreError> {
-        match *mutation {
-            Mutation::Snapshot(ref s) => self.snapshot(s).map(Some),
-            Mutation::List {
-                guild_id,
-                version,
-                kind,
-                ref items,
-            } => {
-                let mut inv = LIST.prepare_invoke();
-                inv.key(self.meta(guild_id))
-                    .key(self.kind_key(guild_id, kind))
-                    .arg(ver(version))
-                    .arg(letter(kind));
-                for (id, entity) in items.iter().filter(|(_, e)| e.kind() == kind) {
-                    inv.arg(id).arg(entity_payload(entity)?);
-                }
-                Ok(Some(inv))
-            }
-            Mutation::Remove {
-                guild_id,
-                version,
-                at_ms,
-            } => {
-                let mut inv = REMOVE.prepare_invoke();
-                self.guild_script_keys(guild_id, &mut inv);
-                inv.arg(ver(version)).arg(at_ms);
-                Ok(Some(inv))
-            }
-            Mutation::Ready { .. } => Ok(None),
-            Mutation::Availability {
-                guild_id,
-                version,
-                available,
-            } => {
-                let mut inv = AVAIL.prepare_invoke();
-                inv.key(self.meta(guild_id))
-                    .arg(ver(version))
-                    .arg(if available { "1" } else { "0" });
-                Ok(Some(inv))
-            }
-            Mutation::Core {
-                guild_id,
-                version,
-                ref core,
-            } => {
-                let mut inv = REG.prepare_invoke();
-                inv.key(self.meta(guild_id))
-                    .arg("core")
-                    .arg(ver(version))
-                    .arg(live(core)?);
-                Ok(Some(inv))
-            }
-            Mutation::Put {
-                guild_id,
-                version,
-                id,
-                ref entity,
-            } => {
-                let kind = entity.kind();
-                let mut inv = PUT.prepare_invoke();
-                inv.key(self.meta(guild_id))
-                    .key(self.kind_key(guild_id, kind))
-                    .arg(format!("f{}", letter(kind)))
-                    .arg(id)
-                    .arg(ver(version))
-                    .arg(entity_payload(entity)?);
-                Ok(Some(inv))
-            }
-            Mutation::Delete {
-                guild_id,
-                version,
-                kind,
-                id,
-                at_ms,
-            } => {
-                let mut inv = PUT.prepare_invoke();
-                inv.key(self.meta(guild_id))
-                    .key(self.kind_key(guild_id, kind))
-                    .arg(format!("f{}", letter(kind)))
-                    .arg(id)
-                    .arg(ver(version))
-                    .arg(format!("D{at_ms}"));
-                Ok(Some(inv))
-            }
-            Mutation::MemberDelta {
-                guild_id,
-                version,
-                delta,
-            } => {
-                let [_, _, _, _, _, _, d, meta] = self.guild_keys(guild_id);
-                let mut inv = DELTA.prepare_invoke();
-                inv.key(meta)
-                    .key(d)
-                    .arg(ver(version))
-                    .arg(delta)
-                    .arg(MAX_COUNT_DELTAS);
-                Ok(Some(inv))
-            }
-            Mutation::User {
-                id,
-                version,
-                ref user,
-            } => {
-                let mut inv = REG.prepare_invoke();
-                inv.key(format!("{}:u", self.prefix))
-                    .arg(id)
-                    .arg(user_ver(version))
-                    .arg(live(user)?);
-                Ok(Some(inv))
-            }
-        }
-    }
-
-    /// The script call of any step but a READY.
-    fn step_invocation(&self, step: &Step) -> Result<Option<Invocation>, StoreError> {
-        match step {
-            Step::Apply(m) => self.invocation(m),
-            Step::Admit { shard_id, guild_id } => {
-                Ok(Some(self.admit_invocation(*shard_id, *guild_id)))
-            }
-            Step::FirstDelivery { shard_id, version } => {
-                self.seen_invocation(*shard_id, *version).map(Some)
-            }
-            Step::Announced { guild_id, version } => {
-                let mut inv = ANNOUNCED.prepare_invoke();
-                inv.key(self.meta(*guild_id)).arg(ver(*version));
-                Ok(Some(inv))
-            }
-            Step::GapJoin { guild_id, version } => {
-                let mut inv = GAP_JOIN.prepare_invoke();
-                inv.key(self.meta(*guild_id)).arg(ver(*version));
-                Ok(Some(inv))
-            }
-        }
-    }
-
-    fn seen_invocation(&self, shard_id: u32, version: Version) -> Result<Invocation, StoreError> {
-        if version.seq >= MAX_EXACT_SEQ {
-            return Err(StoreError::Unsupported(
-                "seq above 2^53 cannot be tracked in a Redis delivery window",
-            ));
-        }
-        let window = format!("{}:s:{shard_id}:{:016x}", self.prefix, version.epoch);
-        let mut inv = SEEN.prepare_invoke();
-        inv.key(&window)
-            .key(format!("{window}:low"))
-            .arg(version.seq)
-            .arg(DELIVERY_WINDOW)
-            .arg(self.window_ttl_ms);
-        Ok(inv)
-    }
-
-    fn admit_invocation(&self, shard_id: u32, guild_id: u64) -> Invocation {
-        let [ready, listed, members, _] = self.shard_keys(shard_id);
-        let mut inv = ADMIT.prepare_invoke();
-        self.guild_script_keys(guild_id, &mut inv);
-        inv.key(ready).key(listed).key(members).arg(guild_id);
-        inv
-    }
-
-    /// Runs `invs` in one pipelined round trip, each script atomic on the
-    /// server. A script missing from the server's cache (restarted, or
-    /// `SCRIPT FLUSH`) is loaded and its calls retried; the calls are
-    /// independent, idempotent register writes, so the retry is safe.
-    async fn pipeline(&self, invs: &[Invocation]) -> Result<Vec<bool>, StoreError> {
-        if invs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut con = self.con.clone();
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for inv in invs {
-            pipe.invoke_script(inv);
-        }
-        let answers: Vec<redis::RedisResult<i64>> = pipe.query_async(&mut con).await?;
-        let mut out = Vec::with_capacity(invs.len());
-        for (inv, answer) in invs.iter().zip(answers) {
-            let n = match answer {
-                Ok(n) => n,
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    inv.invoke_async(&mut con).await?
-                }
-                Err(e) => return Err(e.into()),
-            };
-            out.push(n != 0);
-        }
-        Ok(out)
     }
 }
 
