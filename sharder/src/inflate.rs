@@ -7,11 +7,12 @@
 //! or the first message fails to inflate.
 //!
 //! # Algorithm
-//! - `zlib-stream`: websocket binary messages are appended to a buffer until
-//!   the buffer ends with the `Z_SYNC_FLUSH` marker `00 00 FF FF`; the
-//!   buffered bytes are then inflated (sync flush) in fixed-size chunks by
-//!   the connection's [`flate2::Decompress`], which keeps its window across
-//!   messages. The result is one gateway payload.
+//! - `zlib-stream`: a websocket binary message that ends with the
+//!   `Z_SYNC_FLUSH` marker `00 00 FF FF` (nearly all of them) is inflated
+//!   straight from the message; a message without it is appended to a
+//!   buffer until the buffer ends with the marker. Inflating (sync flush)
+//!   runs in chunks through the connection's [`flate2::Decompress`], which
+//!   keeps its window across messages. The result is one gateway payload.
 //! - `zstd-stream`: every websocket binary message is fed to the
 //!   connection's `zstd` streaming decoder until all input is consumed and
 //!   the decoder stops filling the output chunk; the output is exactly one
@@ -19,18 +20,40 @@
 //! - Both bound the decompressed size (and zlib bounds the buffered
 //!   compressed bytes), so a hostile or broken stream is an error
 //!   ([`InflateError::TooLarge`]) long before it is an out-of-memory kill.
+//! - The chunk both decoders write into is one scratch buffer per thread,
+//!   not per message or per connection: zeroing a fresh 32 KiB chunk per
+//!   message was 7 % of the sharder's CPU, and one per connection would be
+//!   half of an idle shard's memory. A payload that fits one chunk (nearly
+//!   all) is copied out into an allocation of exactly its size.
 //!
 //! Every error leaves the context unusable: the caller drops the connection
 //! and resumes on a new one, which gets a new context.
 
 use flate2::{Decompress, FlushDecompress, Status};
+use std::cell::RefCell;
 use zstd::stream::raw::{Decoder as ZstdDecoder, Operation};
 
 /// Suffix of a complete zlib-stream message.
 const ZLIB_SUFFIX: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
 
 /// Size of one decompression step's output chunk.
-const CHUNK: usize = 32 * 1024;
+const CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// The output chunk of every decoder on this thread (see the module
+    /// docs). Decoding never awaits, so one borrow never spans two messages.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch chunk, `CHUNK` bytes long.
+fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    SCRATCH.with_borrow_mut(|chunk| {
+        if chunk.len() < CHUNK {
+            chunk.resize(CHUNK, 0);
+        }
+        f(chunk)
+    })
+}
 
 /// Default bound on one decompressed payload: the largest GUILD_CREATE of a
 /// huge guild is a few MiB; 64 MiB is far above it and far below a crash.
@@ -92,7 +115,12 @@ pub enum InflateError {
 enum Context {
     None,
     Zlib {
+        /// Raw deflate: the 2-byte zlib header is checked and stripped by
+        /// hand ([`strip_zlib_header`]), because a zlib-mode context
+        /// computes an Adler-32 of every output byte (3.5 % of the
+        /// sharder's CPU) for a trailer that zlib-stream never sends.
         inflate: Box<Decompress>,
+        header_seen: bool,
         pending: Vec<u8>,
     },
     Zstd(Box<ZstdDecoder<'static>>),
@@ -124,7 +152,8 @@ impl Decompressor {
         let context = match compression {
             Compression::None => Context::None,
             Compression::ZlibStream => Context::Zlib {
-                inflate: Box::new(Decompress::new(true)),
+                inflate: Box::new(Decompress::new(false)),
+                header_seen: false,
                 pending: Vec::new(),
             },
             Compression::ZstdStream => {
@@ -157,24 +186,63 @@ impl Decompressor {
                 }
                 Ok(Some(message.to_vec()))
             }
-            Context::Zlib { inflate, pending } => {
+            Context::Zlib {
+                inflate,
+                header_seen,
+                pending,
+            } => {
                 if pending.len() + message.len() > limit {
-                    pending.clear();
+                    *pending = Vec::new();
                     return Err(InflateError::TooLarge {
                         codec: "zlib",
                         limit,
                     });
                 }
+                if pending.is_empty() && message.ends_with(&ZLIB_SUFFIX) {
+                    let body = strip_zlib_header(header_seen, message)?;
+                    return inflate_zlib(inflate, body, limit).map(Some);
+                }
                 pending.extend_from_slice(message);
                 if !pending.ends_with(&ZLIB_SUFFIX) {
                     return Ok(None);
                 }
+                // Freed, not kept: an idle shard should not hold its largest
+                // split message's capacity.
                 let input = std::mem::take(pending);
-                inflate_zlib(inflate, &input, limit).map(Some)
+                let body = strip_zlib_header(header_seen, &input)?;
+                inflate_zlib(inflate, body, limit).map(Some)
             }
             Context::Zstd(decoder) => decode_zstd(decoder, message, limit).map(Some),
         }
     }
+}
+
+/// The first complete message of a connection starts with the zlib header
+/// (RFC 1950): deflate (`CM` 8), a window of at most 32 KiB, no preset
+/// dictionary, and a check value that makes it a multiple of 31. Returns
+/// the deflate data after it.
+fn strip_zlib_header<'a>(
+    header_seen: &mut bool,
+    input: &'a [u8],
+) -> Result<&'a [u8], InflateError> {
+    if *header_seen {
+        return Ok(input);
+    }
+    let corrupt = |message: &str| InflateError::Corrupt {
+        codec: "zlib",
+        message: message.to_owned(),
+    };
+    let (&[cmf, flg], body) = input
+        .split_first_chunk::<2>()
+        .ok_or_else(|| corrupt("message shorter than the zlib header"))?;
+    if cmf & 0x0F != 8 || cmf >> 4 > 7 || (u16::from(cmf) << 8 | u16::from(flg)) % 31 != 0 {
+        return Err(corrupt("invalid zlib header"));
+    }
+    if flg & 0x20 != 0 {
+        return Err(corrupt("zlib header asks for a preset dictionary"));
+    }
+    *header_seen = true;
+    Ok(body)
 }
 
 fn inflate_zlib(
@@ -182,13 +250,21 @@ fn inflate_zlib(
     input: &[u8],
     limit: usize,
 ) -> Result<Vec<u8>, InflateError> {
-    let mut out = Vec::with_capacity(input.len().saturating_mul(4).min(limit));
-    let mut chunk = vec![0u8; CHUNK];
+    with_scratch(|chunk| inflate_zlib_into(inflate, input, limit, chunk))
+}
+
+fn inflate_zlib_into(
+    inflate: &mut Decompress,
+    input: &[u8],
+    limit: usize,
+    chunk: &mut [u8],
+) -> Result<Vec<u8>, InflateError> {
+    let mut out = Vec::new();
     let mut offset = 0;
     loop {
         let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
         let status = inflate
-            .decompress(&input[offset..], &mut chunk, FlushDecompress::Sync)
+            .decompress(&input[offset..], chunk, FlushDecompress::Sync)
             .map_err(|e| InflateError::Corrupt {
                 codec: "zlib",
                 message: e.to_string(),
@@ -221,12 +297,20 @@ fn decode_zstd(
     input: &[u8],
     limit: usize,
 ) -> Result<Vec<u8>, InflateError> {
-    let mut out = Vec::with_capacity(input.len().saturating_mul(4).min(limit));
-    let mut chunk = vec![0u8; CHUNK];
+    with_scratch(|chunk| decode_zstd_into(decoder, input, limit, chunk))
+}
+
+fn decode_zstd_into(
+    decoder: &mut ZstdDecoder<'static>,
+    input: &[u8],
+    limit: usize,
+    chunk: &mut [u8],
+) -> Result<Vec<u8>, InflateError> {
+    let mut out = Vec::new();
     let mut offset = 0;
     loop {
         let status = decoder
-            .run_on_buffers(&input[offset..], &mut chunk)
+            .run_on_buffers(&input[offset..], chunk)
             .map_err(|e| InflateError::Corrupt {
                 codec: "zstd",
                 message: e.to_string(),
