@@ -10,8 +10,10 @@
 //!    permit is taken after HELLO, not before connecting, so a slow
 //!    connection cannot squeeze two identifies of one key into one window.
 //! 3. Then one `select!` loop, each arm a single reason to wake up: shutdown,
-//!    a sink confirmation, the heartbeat timer, the identify permit, the
-//!    persist timer, and the next websocket message.
+//!    the heartbeat timer, the identify permit, the persist timer, and the
+//!    next websocket message. Sink confirmations are drained after every
+//!    message and before every save, never waited on (see
+//!    `Shard::drain_confirms`).
 //! 4. Heartbeat timer: if no ACK arrived since the previous heartbeat the
 //!    connection is a zombie: close with 4000 (keeps the session) and resume.
 //!    A heartbeat request (op 1) from the server is answered at once.
@@ -139,20 +141,25 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             self.config.persist_interval,
         );
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the connection, moved when `hb.next` moves: a new
+        // `sleep_until` per loop turn would register and cancel a timer
+        // entry for every message.
+        let beat = tokio::time::sleep_until(hb.next);
+        tokio::pin!(beat);
         loop {
+            if beat.deadline() != hb.next {
+                beat.as_mut().reset(hb.next);
+            }
             tokio::select! {
                 _ = self.shutdown.changed() => {
                     close::<C>(&mut ws, RESUMABLE_CLOSE, "shutting down").await;
                     return Outcome::Shutdown;
                 }
-                Some(c) = self.confirm_rx.recv() => self.on_confirm(c),
-                () = tokio::time::sleep_until(hb.next) => {
-                    // After a stall (a starved core, a slow sink) the timer
-                    // and an ACK already in the socket are ready together,
-                    // and `select!` may pick the timer: read what has arrived
-                    // before calling the connection a zombie. The yield
-                    // first lets tasks that were starved with us run (and
-                    // their bytes arrive) on a busy runtime.
+                () = &mut beat => {
+                    // Known gap: after a stall (a starved core) the timer
+                    // and an ACK already in the socket can be ready together
+                    // and `select!` may pick the timer, so a starved shard
+                    // can take itself for a zombie and resume (no loss).
                     if let Err(o) = self.heartbeat(&mut ws, &mut hb, &limiter).await {
                         return o;
                     }
@@ -168,11 +175,15 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                         return o;
                     }
                 }
-                _ = persist.tick() => self.persist(false).await,
+                _ = persist.tick() => {
+                    self.drain_confirms();
+                    self.persist(false).await;
+                }
                 msg = ws.next() => {
                     if let Err(o) = self.on_message(&mut ws, &mut hb, &limiter, &mut inflater, msg).await {
                         return o;
                     }
+                    self.drain_confirms();
                 }
             }
         }
