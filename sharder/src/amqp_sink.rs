@@ -34,6 +34,7 @@
 //! the drain at shutdown.
 
 use crate::backoff::Backoff;
+use crate::event_names::EventName;
 use crate::sink::{Ack, EventSink, ShardEvent, SinkClosed};
 use config::Secret;
 use envelope::BatchEncoder;
@@ -458,7 +459,7 @@ struct Batch {
     enc: BatchEncoder,
     shard_id: u32,
     first: (u64, u64),
-    last_event: String,
+    last_event: EventName,
     acks: Vec<Ack>,
 }
 

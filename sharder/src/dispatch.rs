@@ -18,6 +18,7 @@
 use crate::close_code::RESUMABLE_CLOSE;
 use crate::connect::Connector;
 use crate::connection::{Heartbeat, Ws, close};
+use crate::event_names::EventName;
 use crate::frame::{Frame, parse_snowflake};
 use crate::send_limiter::SendLimiter;
 use crate::session::{Session, next_epoch};
@@ -106,10 +107,8 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             guild_create,
         };
         self.seqs.forwarded(seq);
-        let ev = ShardEvent::new(header, event.to_owned(), data, self.confirm_tx.clone());
-        metrics::counter!("sharder_events_total").increment(1);
-        metrics::counter!("sharder_events_by_type_total", "event" => crate::event_names::metric_label(event))
-            .increment(1);
+        let ev = ShardEvent::new(header, EventName::new(event), data, self.confirm_tx.clone());
+        self.counters.count(event);
         self.deliver(ws, hb, limiter, ev).await
     }
 

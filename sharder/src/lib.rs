@@ -63,6 +63,7 @@ pub use close_code::{CloseAction, RESUMABLE_CLOSE, close_action, is_authenticati
 pub use connect::{ConnectError, Connector, PlainConnector, ResolverConnector, gateway_url};
 pub use connect_gate::ConnectSlot;
 pub use envelope::topology::AmqpTopology;
+pub use event_names::EventName;
 pub use frame::{DispatchKeys, Frame, FrameError, op, parse_snowflake};
 pub use gateway_bot::{GatewayBot, GatewayBotError, fetch_gateway_bot, parse_gateway_bot};
 pub use guilds::{GuildCreateKind, GuildSnapshot, GuildTracker};

@@ -12,6 +12,7 @@
 
 use crate::sink::{EventSink, ShardEvent, SinkClosed};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// Events that can never be shed.
@@ -28,7 +29,17 @@ pub enum ShedError {
 
 /// The set of event names dropped, shared by every shard and the admin API.
 #[derive(Debug, Clone, Default)]
-pub struct ShedList(Arc<RwLock<BTreeSet<String>>>);
+pub struct ShedList(Arc<Names>);
+
+/// The set, and whether it has anything in it: every event of every shard
+/// asks, and the list is almost always empty, so that answer is one relaxed
+/// load instead of a read lock whose counter the shards' threads would
+/// bounce between their caches.
+#[derive(Debug, Default)]
+struct Names {
+    any: AtomicBool,
+    set: RwLock<BTreeSet<String>>,
+}
 
 impl ShedList {
     /// A list holding `names` (checked like [`ShedList::set`]).
@@ -55,20 +66,25 @@ impl ShedList {
             }
             next.insert(n.to_owned());
         }
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = next;
+        let mut set = self.0.set.write().unwrap_or_else(|e| e.into_inner());
+        self.0.any.store(!next.is_empty(), Ordering::Relaxed);
+        *set = next;
         Ok(())
     }
 
     /// The names shed now.
     pub fn get(&self) -> Vec<String> {
-        let set = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let set = self.0.set.read().unwrap_or_else(|e| e.into_inner());
         set.iter().cloned().collect()
     }
 
     /// True when `event` is dropped.
     pub fn contains(&self, event: &str) -> bool {
-        let set = self.0.read().unwrap_or_else(|e| e.into_inner());
-        !set.is_empty() && set.contains(event)
+        if !self.0.any.load(Ordering::Relaxed) {
+            return false;
+        }
+        let set = self.0.set.read().unwrap_or_else(|e| e.into_inner());
+        set.contains(event)
     }
 }
 

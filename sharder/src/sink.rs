@@ -16,6 +16,7 @@
 //! when none is), so confirmations may arrive in any order. Confirmations
 //! of an older epoch (a previous session) are ignored.
 
+use crate::event_names::EventName;
 use crate::guilds::GuildCreateKind;
 use bytes::Bytes;
 use std::collections::BTreeSet;
@@ -33,7 +34,7 @@ pub struct ShardEvent {
     /// The gateway's `s`.
     pub seq: u64,
     /// The gateway's `t`.
-    pub event: String,
+    pub event: EventName,
     /// `d.guild_id`, or `d.id` for guild events.
     pub guild_id: Option<u64>,
     /// The classification of a GUILD_CREATE.
@@ -47,7 +48,7 @@ pub struct ShardEvent {
 impl ShardEvent {
     pub(crate) fn new(
         header: EventHeader,
-        event: String,
+        event: EventName,
         data: Bytes,
         ack: mpsc::UnboundedSender<Confirmation>,
     ) -> Self {
