@@ -233,17 +233,20 @@ fn twilight(f: &Flags) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut ready = vec![false; shards as usize];
             let mut n = 0;
-            while let Some(ev) = rx.recv().await {
-                c.fetch_add(1, Ordering::Relaxed);
-                if ev.event == "READY"
-                    && let Some(flag) = ready.get_mut(ev.shard_id as usize)
-                    && !*flag
-                {
-                    *flag = true;
-                    n += 1;
-                    let _ = ready_tx.send(n);
+            let mut batch = Vec::with_capacity(sharder_run::DRAIN_BATCH);
+            while rx.recv_many(&mut batch, sharder_run::DRAIN_BATCH).await > 0 {
+                for ev in batch.drain(..) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    if ev.event == "READY"
+                        && let Some(flag) = ready.get_mut(ev.shard_id as usize)
+                        && !*flag
+                    {
+                        *flag = true;
+                        n += 1;
+                        let _ = ready_tx.send(n);
+                    }
+                    drop((ev.seq, ev.data));
                 }
-                drop((ev.seq, ev.data));
             }
         });
         for id in 0..shards {
