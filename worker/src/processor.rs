@@ -275,7 +275,8 @@ impl<S: Store> Worker<S> {
         report: &mut Report,
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) -> Result<(), StoreError> {
-        let mut steps = Vec::with_capacity(events.len() * 2);
+        // Admit, up to three writes and a delivery check: one allocation.
+        let mut steps = Vec::with_capacity(events.len() * 5);
         let mut plans = Vec::with_capacity(events.len());
         for event in events {
             plans.push(self.plan(shard_id, event, replay, report, &mut steps));
