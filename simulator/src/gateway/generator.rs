@@ -59,7 +59,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             tokens -= n as f64;
             while n > 0 {
                 let chunk = n.min(CHUNK);
-                emit(&shared, chunk);
+                if !emit_at(&shared, chunk, rate) {
+                    // The rate changed after these tokens were counted at
+                    // the old one: they are void.
+                    tokens = 0.0;
+                    break;
+                }
                 n -= chunk;
                 if n > 0 {
                     tokio::task::yield_now().await;
@@ -71,6 +76,24 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             shared.core().expire(&shared.cfg, std::time::Instant::now());
         }
     }
+}
+
+/// Produces `n` dispatches if the rate is still `rate` (checked under the
+/// core lock, where [`Shared::set_event_rate`] stores it); false, producing
+/// nothing, when it changed. Without this check a generator that had read
+/// the rate before a change to 0 went on to produce its tick's events after
+/// the change, so `/sim/truth` read right after stopping missed them (the
+/// cold-boot scenario's "truth differs from what was sent").
+fn emit_at(shared: &Shared, n: u64, rate: f64) -> bool {
+    let mut core = shared.core();
+    if shared.event_rate().to_bits() != rate.to_bits() {
+        return false;
+    }
+    for _ in 0..n {
+        let d = core.world.next_dispatch();
+        core.deliver(&d, &shared.cfg);
+    }
+    true
 }
 
 /// Produces `n` dispatches now and buffers them into their sessions.

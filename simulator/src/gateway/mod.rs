@@ -57,8 +57,15 @@ impl Shared {
         f64::from_bits(self.rate_bits.load(Ordering::Relaxed))
     }
 
+    /// Changes the dispatch rate. The rate is stored under the core lock,
+    /// and the generator checks it under that lock before producing, so
+    /// once this returns nothing is produced at the old rate: a client that
+    /// sets 0 and then reads the truth reads a final state.
     pub(crate) fn set_event_rate(&self, rate: f64) {
-        self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+        {
+            let _core = self.core();
+            self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+        }
         self.rate_changed.notify_one();
     }
 
