@@ -8,12 +8,12 @@ mod common;
 use common::*;
 use serde_json::json;
 
-/// Identifies shard 0 of 1 with `token` on a zlib-stream connection and
-/// returns READY, or panics with what came instead.
-async fn ready_with(base: &str, token: &str) -> (Client, serde_json::Value) {
+/// Identifies shard `shard` of 2 with `token` on a zlib-stream connection
+/// and returns READY, or panics with what came instead.
+async fn ready_with(base: &str, token: &str, shard: u32) -> (Client, serde_json::Value) {
     let mut c = Client::connect(base, Some("zlib-stream")).await;
     c.hello().await;
-    c.send(identify_payload(token, Some([0, 1]), ALL_USED_INTENTS))
+    c.send(identify_payload(token, Some([shard, 2]), ALL_USED_INTENTS))
         .await;
     let ready = c.ready().await;
     (c, ready)
@@ -26,12 +26,22 @@ fn one_shard() -> SimConfig {
     }
 }
 
+/// Two shards in two identify buckets, so the two identifies never share a
+/// rate-limit window (one shard identifying twice within 5 ms drew op 9).
+fn two_buckets() -> SimConfig {
+    SimConfig {
+        shards: 2,
+        max_concurrency: 2,
+        ..test_config()
+    }
+}
+
 #[tokio::test]
 async fn identify_accepts_the_token_with_or_without_the_bot_prefix() {
-    let sim = start(one_shard()).await;
-    for token in [TOKEN.to_owned(), format!("Bot {TOKEN}")] {
-        let (mut c, ready) = ready_with(&sim.gateway_url(), &token).await;
-        assert_eq!(ready["d"]["shard"], json!([0, 1]), "{token}: {ready}");
+    let sim = start(two_buckets()).await;
+    for (shard, token) in [(0, TOKEN.to_owned()), (1, format!("Bot {TOKEN}"))] {
+        let (mut c, ready) = ready_with(&sim.gateway_url(), &token, shard).await;
+        assert_eq!(ready["d"]["shard"], json!([shard, 2]), "{token}: {ready}");
         c.ws.close(None).await.unwrap();
     }
     assert_eq!(sim.counters().identifies, 2);
@@ -62,8 +72,8 @@ async fn identify_with_a_wrong_token_is_closed_4004_prefixed_or_not() {
 
 #[tokio::test]
 async fn resume_accepts_the_prefixed_token_and_refuses_a_wrong_one() {
-    let sim = start(one_shard()).await;
-    let (mut c, ready) = ready_with(&sim.gateway_url(), TOKEN).await;
+    let sim = start(two_buckets()).await;
+    let (mut c, ready) = ready_with(&sim.gateway_url(), TOKEN, 0).await;
     let sid = ready["d"]["session_id"].as_str().unwrap().to_owned();
     // The connection drops without a close frame: the session stays
     // resumable.
