@@ -153,10 +153,11 @@ impl Process {
             .env_remove("BULWARK_CONFIG")
             .env("BULWARK_DISCORD__TOKEN", TOKEN)
             .env("RUST_LOG", crate::child_log_filter());
-        // Overrides from the caller's environment would change the run.
+        // Overrides from the caller's environment would change the run, and
+        // the runner's own `BULWARK_BIN_DIR` is not a config key: the
+        // binaries refuse it (exit 78), as they refuse any unknown one.
         for (k, _) in std::env::vars() {
-            if k.starts_with("BULWARK_") && k != "BULWARK_DISCORD__TOKEN" && k != "BULWARK_BIN_DIR"
-            {
+            if k.starts_with("BULWARK_") && k != "BULWARK_DISCORD__TOKEN" {
                 cmd.env_remove(k);
             }
         }
