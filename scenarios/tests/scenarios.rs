@@ -42,9 +42,6 @@ fn rolling_restart() {
 }
 
 #[test]
-#[ignore = "bug: with events flowing during the boot, discord-sim's /sim/truth disagrees with \
-            the dispatches it sent for 0-9 of the guilds (e.g. a channel name no dispatch \
-            carried); the worker cache matches the dispatches; see scenarios/README.md"]
 fn cold_boot() {
     scenario("cold-boot");
 }
