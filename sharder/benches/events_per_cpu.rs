@@ -83,30 +83,21 @@ fn parent(f: &Flags) -> anyhow::Result<()> {
         sim_args.guilds,
         fmt_num(sim_args.event_rate)
     );
+    let curve: Vec<f64> = f.list("curve", &[])?;
+    if !curve.is_empty() {
+        return rate_curve(&sim_args, &curve, warmup, seconds);
+    }
     let mut table = Table::default();
     for run in 1..=runs {
         let mut per_cpu = std::collections::HashMap::new();
         for v in &variants {
-            let (role, compression) = v.split_once('-').context("variant is role-compression")?;
-            let sim = SimProcess::start(&sim_args)?;
-            let sim_cpu0 = support::measure::cpu_seconds(Some(sim.pid()))?;
-            let mut flags = sim.child_flags();
-            flags.extend([
-                ("shards", shards.to_string()),
-                ("compression", format!("{compression}-stream")),
-                ("warmup", warmup.to_string()),
-                ("seconds", seconds.to_string()),
-                ("max-concurrency", sim_args.max_concurrency.to_string()),
-            ]);
-            let r = ChildRun::spawn(role, &flags)?
-                .result(Duration::from_secs_f64(120.0 + warmup + seconds))?;
-            let sim_cpu = support::measure::cpu_seconds(Some(sim.pid()))? - sim_cpu0;
-            let c = sim.counters()?;
-            let reconnects = c["identifies"].as_u64().unwrap_or(0)
-                + c["resumes"].as_u64().unwrap_or(0)
-                - u64::from(shards);
-            drop(sim);
-            let (events, cpu, wall) = (num(&r, "events")?, num(&r, "cpu_s")?, num(&r, "wall_s")?);
+            let Measured {
+                events,
+                cpu,
+                wall,
+                sim_cpu,
+                reconnects,
+            } = measure(v, &sim_args, warmup, seconds)?;
             let epc = events / cpu;
             println!(
                 "run {run} {v}: {} events in {wall:.2} s ({}/s), client CPU {cpu:.2} s \
@@ -149,6 +140,110 @@ fn parent(f: &Flags) -> anyhow::Result<()> {
             s.median
         );
     }
+    Ok(())
+}
+
+/// One variant's window against a fresh simulator.
+struct Measured {
+    events: f64,
+    cpu: f64,
+    wall: f64,
+    sim_cpu: f64,
+    reconnects: u64,
+}
+
+fn measure(v: &str, sim_args: &SimArgs, warmup: f64, seconds: f64) -> anyhow::Result<Measured> {
+    let (role, compression) = v.split_once('-').context("variant is role-compression")?;
+    let sim = SimProcess::start(sim_args)?;
+    let sim_cpu0 = support::measure::cpu_seconds(Some(sim.pid()))?;
+    let mut flags = sim.child_flags();
+    flags.extend([
+        ("shards", sim_args.shards.to_string()),
+        ("compression", format!("{compression}-stream")),
+        ("warmup", warmup.to_string()),
+        ("seconds", seconds.to_string()),
+        ("max-concurrency", sim_args.max_concurrency.to_string()),
+    ]);
+    let r =
+        ChildRun::spawn(role, &flags)?.result(Duration::from_secs_f64(120.0 + warmup + seconds))?;
+    let sim_cpu = support::measure::cpu_seconds(Some(sim.pid()))? - sim_cpu0;
+    let c = sim.counters()?;
+    let reconnects = (c["identifies"].as_u64().unwrap_or(0) + c["resumes"].as_u64().unwrap_or(0))
+        .saturating_sub(u64::from(sim_args.shards));
+    drop(sim);
+    Ok(Measured {
+        events: num(&r, "events")?,
+        cpu: num(&r, "cpu_s")?,
+        wall: num(&r, "wall_s")?,
+        sim_cpu,
+        reconnects,
+    })
+}
+
+/// `--curve 5000,10000,...`: CPU against the offered event rate, ours
+/// (zlib-stream) beside the twilight forwarder, one run per point, written
+/// to `bench/data/sharder_event_rate_cpu.csv` for `bench/plot.py`.
+fn rate_curve(base: &SimArgs, rates: &[f64], warmup: f64, seconds: f64) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    println!(
+        "| offered events/s | ours events/s | ours cores | twilight events/s | twilight cores |"
+    );
+    println!("|---|---|---|---|---|");
+    for &rate in rates {
+        let args = SimArgs {
+            event_rate: rate,
+            ..base.clone()
+        };
+        let ours = measure("ours-zlib", &args, warmup, seconds)?;
+        let twilight = measure("twilight-zlib", &args, warmup, seconds)?;
+        for (name, m) in [("ours", &ours), ("twilight", &twilight)] {
+            if m.reconnects > 0 {
+                println!(
+                    "  WARNING: {} reconnects at {rate} events/s ({name})",
+                    m.reconnects
+                );
+            }
+        }
+        let row = vec![
+            rate,
+            ours.events / ours.wall,
+            ours.cpu / ours.wall,
+            twilight.events / twilight.wall,
+            twilight.cpu / twilight.wall,
+        ];
+        println!(
+            "| {} | {} | {:.3} | {} | {:.3} |",
+            fmt_num(row[0]),
+            fmt_num(row[1]),
+            row[2],
+            fmt_num(row[3]),
+            row[4]
+        );
+        rows.push(row);
+    }
+    let list = rates
+        .iter()
+        .map(|r| format!("{r}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Long format with a `peer` series, so both lines share one panel.
+    let mut csv = format!(
+        "# title: sharder: CPU against event rate, zlib-stream, 16 shards (ours vs twilight-gateway 0.18)\n\
+         # x: offered_events_per_s\n# y: cores,cpu_us_per_event\n# series: peer\n\
+         # machine: {}\n# date: 2026-11-23\n\
+         # command: cargo bench -p sharder --bench events_per_cpu -- --curve {list} --seconds {seconds}\n\
+         offered_events_per_s,peer,events_per_s,cores,cpu_us_per_event\n",
+        machine()
+    );
+    for r in &rows {
+        for (peer, rate, cores) in [("ours", r[1], r[2]), ("twilight", r[3], r[4])] {
+            let us = if rate > 0.0 { cores / rate * 1e6 } else { 0.0 };
+            csv.push_str(&format!("{},{peer},{rate:.0},{cores:.4},{us:.2}\n", r[0]));
+        }
+    }
+    let path = support::report::data_dir().join("sharder_event_rate_cpu.csv");
+    std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
     Ok(())
 }
 
