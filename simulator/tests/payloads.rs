@@ -22,35 +22,6 @@ fn decode(v: &Value) -> GatewayEvent {
         .unwrap_or_else(|e| panic!("twilight rejects {}: {e}", &text[..text.len().min(600)]))
 }
 
-/// Keys of a GUILD_CREATE payload that are not guild fields in the truth.
-const SNAPSHOT_ONLY: &[&str] = &[
-    "roles",
-    "emojis",
-    "joined_at",
-    "large",
-    "unavailable",
-    "member_count",
-    "channels",
-    "members",
-    "threads",
-    "presences",
-    "voice_states",
-    "stage_instances",
-    "guild_scheduled_events",
-    "soundboard_sounds",
-];
-
-fn id(v: &Value) -> u64 {
-    v.as_str().unwrap().parse().unwrap()
-}
-
-fn without(mut v: Value, keys: &[&str]) -> Value {
-    for k in keys {
-        v.as_object_mut().unwrap().remove(*k);
-    }
-    v
-}
-
 /// A naive cache, as a worker would build it from one shard's stream.
 fn apply(cache: &mut BTreeMap<u64, GuildTruth>, shard: u32, v: &Value) {
     let p = &v["d"];

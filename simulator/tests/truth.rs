@@ -26,35 +26,6 @@ const MIX: &str = "MESSAGE_CREATE=2,GUILD_MEMBER_ADD=3,GUILD_MEMBER_UPDATE=3,\
                    GUILD_MEMBER_REMOVE=2,CHANNEL_CREATE=1,CHANNEL_UPDATE=2,CHANNEL_DELETE=1,\
                    GUILD_ROLE_CREATE=1,GUILD_ROLE_UPDATE=2,GUILD_ROLE_DELETE=1,GUILD_UPDATE=1";
 
-/// Keys of a GUILD_CREATE payload that are not guild fields in the truth.
-const SNAPSHOT_ONLY: &[&str] = &[
-    "roles",
-    "emojis",
-    "joined_at",
-    "large",
-    "unavailable",
-    "member_count",
-    "channels",
-    "members",
-    "threads",
-    "presences",
-    "voice_states",
-    "stage_instances",
-    "guild_scheduled_events",
-    "soundboard_sounds",
-];
-
-fn id(v: &Value) -> u64 {
-    v.as_str().unwrap().parse().unwrap()
-}
-
-fn without(mut v: Value, keys: &[&str]) -> Value {
-    for k in keys {
-        v.as_object_mut().unwrap().remove(*k);
-    }
-    v
-}
-
 fn by_id(list: &Value, key: impl Fn(&Value) -> &Value) -> BTreeMap<u64, Value> {
     list.as_array()
         .unwrap()

@@ -334,3 +334,34 @@ pub async fn http(
         .unwrap_or_default();
     (status, body)
 }
+
+/// Keys of a GUILD_CREATE payload that are not guild fields in the truth.
+pub const SNAPSHOT_ONLY: &[&str] = &[
+    "roles",
+    "emojis",
+    "joined_at",
+    "large",
+    "unavailable",
+    "member_count",
+    "channels",
+    "members",
+    "threads",
+    "presences",
+    "voice_states",
+    "stage_instances",
+    "guild_scheduled_events",
+    "soundboard_sounds",
+];
+
+/// A snowflake string as a number.
+pub fn id(v: &Value) -> u64 {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+/// `v` without the top-level `keys`.
+pub fn without(mut v: Value, keys: &[&str]) -> Value {
+    for k in keys {
+        v.as_object_mut().unwrap().remove(*k);
+    }
+    v
+}
