@@ -385,6 +385,11 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                     if resuming && via_resume_url && !self.reached_active {
                         self.resume_via_gateway = true;
                     }
+                    // What the sink confirmed since the last message counts:
+                    // the resume then replays only what is really missing.
+                    // Draining before the rollback keeps the guild states
+                    // and the resume seq at the same point.
+                    self.drain_confirms();
                     self.guilds.rollback();
                     if self.session.is_some() {
                         self.last_seq = Some(self.seqs.confirmed());
