@@ -13,12 +13,20 @@
 //! members, users, emojis (no presences, voice states or messages).
 //!
 //! Run: `cargo bench -p worker --bench compare`.
+//!
+//! Curve: `cargo bench -p worker --bench compare -- --curve` loads 250 to
+//! 4,000 guilds (100 members, 20 channels, 10 roles each) into both caches
+//! and writes `bench/data/worker_cache_bytes.csv` (one row per guild count
+//! and cache, in the `bench/plot.py` convention of bench/README.md);
+//! `--points 250,500` picks other guild counts.
 #![allow(clippy::unwrap_used)]
 
 use discord_sim::{EventMix, World, WorldConfig};
 use envelope::{Event, GuildCreateKind};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use std::alloc::System;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use twilight_cache_inmemory::{DefaultInMemoryCache, ResourceType};
 use twilight_model::gateway::payload::incoming::GuildCreate;
 use twilight_model::guild::Guild;
@@ -124,7 +132,128 @@ fn row(label: &str, units: usize, ours: i64, theirs: i64) {
     );
 }
 
+/// Members per guild in the curve (the throughput bench's world shape).
+const CURVE_MEMBERS: u32 = 100;
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Guild counts after `--points a,b,c`, else the default curve.
+fn points(args: &[String]) -> Vec<u32> {
+    args.iter()
+        .position(|a| a == "--points")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+        .filter(|v: &Vec<u32>| !v.is_empty())
+        .unwrap_or_else(|| vec![250, 500, 1_000, 2_000, 4_000])
+}
+
+/// Guilds against live cache bytes, ours beside twilight's, as a CSV.
+fn curve(points: &[u32]) -> std::io::Result<PathBuf> {
+    let mut rows = String::new();
+    println!("| guilds | members | ours MiB | twilight MiB | ratio |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for &guilds in points {
+        let w = world(guilds, CURVE_MEMBERS);
+        let (o, n) = ours(&w);
+        let (t, tn) = twilight(&w);
+        assert_eq!(n, tn, "both caches must hold the same members");
+        let (om, tm) = (o as f64 / MIB, t as f64 / MIB);
+        println!(
+            "| {guilds} | {n} | {om:.1} | {tm:.1} | {:.2} |",
+            o as f64 / t as f64
+        );
+        for (peer, bytes) in [("ours", o), ("twilight", t)] {
+            let _ = writeln!(
+                rows,
+                "{guilds},{peer},{:.3},{:.3}",
+                bytes as f64 / MIB,
+                bytes as f64 / 1024.0 / f64::from(guilds)
+            );
+        }
+    }
+    let meta = [
+        (
+            "title",
+            format!(
+                "worker: live heap bytes after GUILD_CREATE ({CURVE_MEMBERS} members, \
+                 20 channels, 10 roles per guild)"
+            ),
+        ),
+        ("x", "guilds".into()),
+        ("y", "cache_mib,per_guild_kib".into()),
+        ("series", "peer".into()),
+        ("machine", machine()),
+        ("date", today()),
+        (
+            "command",
+            format!(
+                "cargo bench -p worker --bench compare -- --curve --points {}",
+                points
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
+        (
+            "peer",
+            "ours = worker::MemoryStore; twilight = twilight-cache-inmemory 0.18".into(),
+        ),
+    ];
+    let mut out = String::new();
+    for (k, v) in meta {
+        let _ = writeln!(out, "# {k}: {v}");
+    }
+    out.push_str("guilds,peer,cache_mib,per_guild_kib\n");
+    out.push_str(&rows);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/data");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("worker_cache_bytes.csv");
+    std::fs::write(&path, out)?;
+    Ok(path)
+}
+
+/// CPU count, model and load average, for the CSV header.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    format!("{cpus} CPUs, {model}, load average {load}")
+}
+
+/// Today's UTC date, `YYYY-MM-DD` (civil-from-days, H. Hinnant).
+fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--curve") {
+        let path = curve(&points(&args)).unwrap();
+        println!("wrote {}", path.display());
+        return;
+    }
     // Per member: few large guilds (the guild part is under 1 % of it).
     let w = world(50, 4_000);
     let base = baseline(&w);
