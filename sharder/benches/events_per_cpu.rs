@@ -230,10 +230,11 @@ fn rate_curve(base: &SimArgs, rates: &[f64], warmup: f64, seconds: f64) -> anyho
     let mut csv = format!(
         "# title: sharder: CPU against event rate, zlib-stream, 16 shards (ours vs twilight-gateway 0.18)\n\
          # x: offered_events_per_s\n# y: cores,cpu_us_per_event\n# series: peer\n\
-         # machine: {}\n# date: 2026-11-23\n\
+         # machine: {}\n# date: {}\n\
          # command: cargo bench -p sharder --bench events_per_cpu -- --curve {list} --seconds {seconds}\n\
          offered_events_per_s,peer,events_per_s,cores,cpu_us_per_event\n",
-        machine()
+        machine(),
+        support::report::today()
     );
     for r in &rows {
         for (peer, rate, cores) in [("ours", r[1], r[2]), ("twilight", r[3], r[4])] {

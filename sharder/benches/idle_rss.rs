@@ -145,7 +145,7 @@ fn parent(f: &Flags) -> anyhow::Result<()> {
                 "rss_mib,rss_per_shard_kib,boot_cpu_s,idle_cpu_cores,ready_s".into(),
             ),
             ("machine", machine()),
-            ("date", "2026-11-23".into()),
+            ("date", support::report::today()),
             (
                 "command",
                 format!(

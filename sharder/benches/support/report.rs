@@ -134,6 +134,18 @@ pub fn write_csv(
     Ok(path)
 }
 
+/// Today's UTC date (`date -u +%F`), for CSV headers.
+pub fn today() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%F"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// `nproc`, the CPU model and the date, for the report header.
 pub fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
