@@ -107,8 +107,9 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             guild_create,
         };
         self.seqs.forwarded(seq);
-        let ev = ShardEvent::new(header, EventName::new(event), data, self.confirm_tx.clone());
-        self.counters.count(event);
+        let name = EventName::new(event);
+        self.counters.count(&name);
+        let ev = ShardEvent::new(header, name, data, self.confirm_tx.clone());
         self.deliver(ws, hb, limiter, ev).await
     }
 

@@ -120,7 +120,8 @@ pub struct EventName(Repr);
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Repr {
-    Known(&'static str),
+    /// Position in [`KNOWN_EVENTS`].
+    Known(usize),
     Other(Arc<str>),
 }
 
@@ -128,7 +129,7 @@ impl EventName {
     /// The name `t`.
     pub fn new(t: &str) -> Self {
         match known_index(t) {
-            Some(i) => Self(Repr::Known(KNOWN_EVENTS[i])),
+            Some(i) => Self(Repr::Known(i)),
             None => Self(Repr::Other(Arc::from(t))),
         }
     }
@@ -136,8 +137,16 @@ impl EventName {
     /// The name as text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            Repr::Known(s) => s,
+            Repr::Known(i) => KNOWN_EVENTS.get(*i).copied().unwrap_or(OTHER_EVENT),
             Repr::Other(s) => s,
+        }
+    }
+
+    /// Its position in [`KNOWN_EVENTS`], or `None` for any other name.
+    fn known(&self) -> Option<usize> {
+        match self.0 {
+            Repr::Known(i) => Some(i),
+            Repr::Other(_) => None,
         }
     }
 }
@@ -201,9 +210,9 @@ impl EventCounters {
     }
 
     /// Counts one forwarded event.
-    pub(crate) fn count(&mut self, event: &str) {
+    pub(crate) fn count(&mut self, event: &EventName) {
         self.total.increment(1);
-        let at = known_index(event).unwrap_or(KNOWN_EVENTS.len());
+        let at = event.known().unwrap_or(KNOWN_EVENTS.len());
         let label = KNOWN_EVENTS.get(at).copied().unwrap_or(OTHER_EVENT);
         if let Some(slot) = self.by_type.get_mut(at) {
             slot.get_or_insert_with(
