@@ -39,7 +39,7 @@ use std::time::Duration;
 use support::args::Flags;
 use support::child::{self, ChildRun, num};
 use support::measure::{Sample, rss_bytes};
-use support::report::{Table, fmt_num, machine};
+use support::report::{Table, fmt_num, machine, write_csv_cells};
 use support::sharder_run::{self, INTENTS, Spec};
 use support::sim::{SimArgs, SimProcess};
 use tokio::sync::watch;
@@ -227,23 +227,48 @@ fn rate_curve(base: &SimArgs, rates: &[f64], warmup: f64, seconds: f64) -> anyho
         .collect::<Vec<_>>()
         .join(",");
     // Long format with a `peer` series, so both lines share one panel.
-    let mut csv = format!(
-        "# title: sharder: CPU against event rate, zlib-stream, 16 shards (ours vs twilight-gateway 0.18)\n\
-         # x: offered_events_per_s\n# y: cores,cpu_us_per_event\n# series: peer\n\
-         # machine: {}\n# date: {}\n\
-         # command: cargo bench -p sharder --bench events_per_cpu -- --curve {list} --seconds {seconds}\n\
-         offered_events_per_s,peer,events_per_s,cores,cpu_us_per_event\n",
-        machine(),
-        support::report::today()
-    );
+    let mut cells = Vec::new();
     for r in &rows {
         for (peer, rate, cores) in [("ours", r[1], r[2]), ("twilight", r[3], r[4])] {
             let us = if rate > 0.0 { cores / rate * 1e6 } else { 0.0 };
-            csv.push_str(&format!("{},{peer},{rate:.0},{cores:.4},{us:.2}\n", r[0]));
+            cells.push(vec![
+                format!("{}", r[0]),
+                peer.to_owned(),
+                format!("{rate:.0}"),
+                format!("{cores:.4}"),
+                format!("{us:.2}"),
+            ]);
         }
     }
-    let path = support::report::data_dir().join("sharder_event_rate_cpu.csv");
-    std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
+    let path = write_csv_cells(
+        "sharder_event_rate_cpu.csv",
+        &[
+            (
+                "title",
+                "sharder: CPU against event rate, zlib-stream, 16 shards (ours vs twilight-gateway 0.18)"
+                    .into(),
+            ),
+            ("x", "offered_events_per_s".into()),
+            ("y", "cores,cpu_us_per_event".into()),
+            ("series", "peer".into()),
+            ("machine", machine()),
+            ("date", support::report::today()),
+            (
+                "command",
+                format!(
+                    "cargo bench -p sharder --bench events_per_cpu -- --curve {list} --seconds {seconds}"
+                ),
+            ),
+        ],
+        &[
+            "offered_events_per_s",
+            "peer",
+            "events_per_s",
+            "cores",
+            "cpu_us_per_event",
+        ],
+        &cells,
+    )?;
     println!("wrote {}", path.display());
     Ok(())
 }

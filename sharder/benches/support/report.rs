@@ -109,12 +109,27 @@ pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/data")
 }
 
-/// Writes a CSV with the plot header convention.
+/// Writes a CSV of numbers with the plot header convention.
 pub fn write_csv(
     file: &str,
     meta: &[(&str, String)],
     header: &[&str],
     rows: &[Vec<f64>],
+) -> anyhow::Result<PathBuf> {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|x| format!("{x}")).collect())
+        .collect();
+    write_csv_cells(file, meta, header, &cells)
+}
+
+/// Writes a CSV with the plot header convention, cells already formatted
+/// (for a text column such as a `series`).
+pub fn write_csv_cells(
+    file: &str,
+    meta: &[(&str, String)],
+    header: &[&str],
+    rows: &[Vec<String>],
 ) -> anyhow::Result<PathBuf> {
     let dir = data_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -126,8 +141,7 @@ pub fn write_csv(
     out.push_str(&header.join(","));
     out.push('\n');
     for r in rows {
-        let cells: Vec<String> = r.iter().map(|x| format!("{x}")).collect();
-        out.push_str(&cells.join(","));
+        out.push_str(&r.join(","));
         out.push('\n');
     }
     std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
