@@ -159,7 +159,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Handles one client payload; `Ok(true)` when it was a heartbeat.
     async fn on_payload(&mut self, bytes: &[u8]) -> Result<bool, End> {
-        if !self.limiter.admit(std::time::Instant::now()) {
+        // Discord times a command when it arrives, not when it is handled:
+        // an IDENTIFY that waited here for the core lock (a generator
+        // chunk, a busy neighbour connection) must not look closer to the
+        // next one than the client sent them.
+        let received = std::time::Instant::now();
+        if !self.limiter.admit(received) {
             tracing::warn!(conn = self.id, "send limit exceeded: closing 4008");
             self.shared.core().counters.rate_limit_closes += 1;
             return Err(self.close(close::RATE_LIMITED, "rate limited").await);
@@ -183,13 +188,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 let link = self.link();
                 let resume_url = self.shared.resume_url();
-                let res = self.shared.core().identify(
-                    &id,
-                    link,
-                    &resume_url,
-                    &self.shared.cfg,
-                    std::time::Instant::now(),
-                );
+                let res =
+                    self.shared
+                        .core()
+                        .identify(&id, link, &resume_url, &self.shared.cfg, received);
                 match res {
                     Ok(sid) => {
                         tracing::debug!(conn = self.id, session = %sid, "identified");

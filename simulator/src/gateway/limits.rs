@@ -33,10 +33,14 @@ impl IdentifyLimiter {
     /// still cooling down.
     pub(crate) fn admit(&mut self, shard: u32, now: Instant) -> Result<(), u32> {
         let key = shard % self.max_concurrency;
+        // `now` is when the IDENTIFY arrived; connections take turns at the
+        // core, so one that arrived earlier can be handled later: the gap
+        // counts in either direction, and the newest arrival stays.
         match self.last.get(&key) {
-            Some(&t) if now.saturating_duration_since(t) < self.window => Err(key),
-            _ => {
-                self.last.insert(key, now);
+            Some(&t) if now.max(t) - now.min(t) < self.window => Err(key),
+            last => {
+                let newest = last.map_or(now, |&t| t.max(now));
+                self.last.insert(key, newest);
                 Ok(())
             }
         }
@@ -134,6 +138,22 @@ mod tests {
         assert_eq!(l.admit(4, t0 + Duration::from_secs(4)), Err(0));
         assert!(l.admit(5, t0).is_err());
         assert!(l.admit(4, t0 + w).is_ok());
+    }
+
+    #[test]
+    fn identifies_handled_out_of_arrival_order_are_judged_by_arrival() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(5);
+        let mut l = IdentifyLimiter::new(2, w);
+        // Shard 2 arrived at t0 + 6 s but was handled first.
+        assert!(l.admit(2, t0 + Duration::from_secs(6)).is_ok());
+        // Shard 0 arrived at t0 + 2 s, handled after: 4 s apart.
+        assert_eq!(l.admit(0, t0 + Duration::from_secs(2)), Err(0));
+        // One that arrived a whole window earlier is fine, and does not
+        // move the bucket's window back.
+        assert!(l.admit(4, t0).is_ok());
+        assert_eq!(l.admit(6, t0 + Duration::from_secs(10)), Err(0));
+        assert!(l.admit(6, t0 + Duration::from_secs(11)).is_ok());
     }
 
     #[test]
