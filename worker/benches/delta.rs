@@ -23,7 +23,9 @@
 //! `/proc/thread-self/schedstat`, in ns, so neighbours' load on a shared
 //! machine does not count), and the ratios of the medians.
 //!
-//! Run: `cargo bench -p worker --bench delta`.
+//! Run: `cargo bench -p worker --bench delta`. Arguments that are not
+//! flags filter the rows by substring (`-- envelope` runs the envelope rows
+//! only, e.g. under `perf record`).
 #![allow(clippy::unwrap_used)]
 
 use discord_sim::{World, WorldConfig};
@@ -200,9 +202,22 @@ impl Elapsed {
     }
 }
 
+/// Whether the row `label` was asked for: every row when no filter was
+/// given, else those containing one of the non-flag arguments.
+fn wanted(label: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| label.contains(f.as_str()))
+}
+
 /// Runs `f` (which returns its timed CPU seconds) `RUNS` times; events/s
-/// (min, median, max).
+/// (min, median, max). A row not [`wanted`] is skipped (`NaN`).
 fn measure(label: &str, mut f: impl FnMut() -> f64) -> f64 {
+    if !wanted(label) {
+        return f64::NAN;
+    }
     let mut rates: Vec<f64> = (0..RUNS).map(|_| EVENTS as f64 / f()).collect();
     rates.sort_by(f64::total_cmp);
     let med = rates[RUNS / 2];

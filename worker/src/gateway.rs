@@ -2,7 +2,10 @@
 //!
 //! Only the fields the cache keeps are read; unknown fields are skipped by
 //! serde without being built. Strings borrow from the message when they have
-//! no escapes. An event the cache does not track is not parsed at all.
+//! no escapes. An event the cache does not track is not parsed at all. The
+//! simple deltas (channel, role and member updates) go through a scanner
+//! first (`gateway/scan.rs`), with serde as the fallback for anything it
+//! does not fully understand.
 //!
 //! This module holds the payload shapes and what they convert to;
 //! [`parse`] (in `gateway/parse.rs`) picks the shape by event name.
@@ -17,6 +20,7 @@ use serde::Deserialize;
 use std::borrow::Cow;
 
 mod parse;
+mod scan;
 pub use parse::parse;
 
 /// A payload the worker cannot use: invalid JSON or missing/mistyped fields.
@@ -61,6 +65,7 @@ pub struct Parsed {
 type Str<'a> = Cow<'a, str>;
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct UserP<'a> {
     #[serde(deserialize_with = "id")]
     id: u64,
@@ -85,6 +90,7 @@ struct MemberP<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct ChannelP<'a> {
     #[serde(deserialize_with = "id")]
     id: u64,
@@ -101,6 +107,7 @@ struct ChannelP<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RoleP<'a> {
     #[serde(deserialize_with = "id")]
     id: u64,
@@ -230,6 +237,7 @@ struct GuildIdP {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RoleEventP<'a> {
     #[serde(deserialize_with = "id")]
     guild_id: u64,
@@ -251,6 +259,7 @@ struct RoleDeleteP {
 /// list) before deserialising it again, which cost more than the rest of
 /// the event's processing.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct MemberEventP<'a> {
     #[serde(deserialize_with = "id")]
     guild_id: u64,

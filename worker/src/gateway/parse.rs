@@ -5,6 +5,7 @@
 use super::{
     CacheOptions, ChannelP, ChunkP, Class, EmojiP, EmojisP, GuildIdP, GuildP, MemberEventP,
     MemberRemoveP, Parsed, PayloadError, PresenceP, ReadyP, RoleDeleteP, RoleEventP, RoleP, VoiceP,
+    scan,
 };
 use crate::model::{Entity, Kind, UserVersion};
 use crate::mutation::{Mutation, Snapshot};
@@ -21,6 +22,21 @@ fn json<'a, T: Deserialize<'a>>(d: &'a [u8]) -> Result<T, serde_json::Error> {
         serde_json::Error::custom(format!("payload is not UTF-8: {e}"))
     })?;
     serde_json::from_str(text)
+}
+
+/// Deserialises a simple-delta payload through its `scan` fast path, or
+/// with serde ([`json`]) when the scanner does not answer (which includes
+/// every invalid payload, so errors are serde's).
+fn scanned<'a, T: Deserialize<'a>>(
+    d: &'a [u8],
+    scan: fn(&'a str) -> Option<T>,
+) -> Result<T, serde_json::Error> {
+    if let Ok(text) = std::str::from_utf8(d)
+        && let Some(v) = scan(text)
+    {
+        return Ok(v);
+    }
+    json(d)
 }
 
 /// A put, or a delete when the entity is gone (offline, disconnected).
@@ -186,7 +202,7 @@ pub fn parse(
             }
         }
         "CHANNEL_CREATE" | "CHANNEL_UPDATE" | "THREAD_CREATE" | "THREAD_UPDATE" => {
-            let c: ChannelP<'_> = json(d).map_err(err)?;
+            let c: ChannelP<'_> = scanned(d, scan::channel).map_err(err)?;
             if let Some(guild_id) = c.guild_id {
                 out.guild_id = Some(guild_id);
                 let (id, entity) = c.entity();
@@ -199,7 +215,7 @@ pub fn parse(
             }
         }
         "CHANNEL_DELETE" | "THREAD_DELETE" => {
-            let c: ChannelP<'_> = json(d).map_err(err)?;
+            let c: ChannelP<'_> = scanned(d, scan::channel).map_err(err)?;
             if let Some(guild_id) = c.guild_id {
                 out.guild_id = Some(guild_id);
                 m.push(Mutation::Delete {
@@ -212,7 +228,7 @@ pub fn parse(
             }
         }
         "GUILD_ROLE_CREATE" | "GUILD_ROLE_UPDATE" => {
-            let r: RoleEventP<'_> = json(d).map_err(err)?;
+            let r: RoleEventP<'_> = scanned(d, scan::role_event).map_err(err)?;
             out.guild_id = Some(r.guild_id);
             let (id, entity) = r.role.entity();
             m.push(Mutation::Put {
@@ -234,7 +250,7 @@ pub fn parse(
             });
         }
         "GUILD_MEMBER_ADD" | "GUILD_MEMBER_UPDATE" => {
-            let p: MemberEventP<'_> = json(d).map_err(err)?;
+            let p: MemberEventP<'_> = scanned(d, scan::member_event).map_err(err)?;
             let guild_id = p.guild_id;
             out.guild_id = Some(guild_id);
             let (id, entity, user) = p.member().split(uv);
