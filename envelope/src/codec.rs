@@ -154,6 +154,7 @@ impl BatchEncoder {
     }
 }
 
+#[derive(Debug, Clone)]
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -208,45 +209,108 @@ impl<'a> Cursor<'a> {
 /// Checks and decodes a whole message. The returned events borrow `t` and
 /// `d` from `bytes`.
 pub fn decode(bytes: &[u8]) -> Result<Batch<'_>, DecodeError> {
-    if bytes.is_empty() {
-        return Err(DecodeError::Empty);
-    }
-    if bytes.len() > MAX_MESSAGE_LEN {
-        return Err(DecodeError::Oversized {
-            len: bytes.len(),
-            max: MAX_MESSAGE_LEN,
-        });
-    }
-    let mut cur = Cursor { bytes, pos: 0 };
-    if cur.array::<2>("magic").map_err(|_| DecodeError::BadMagic)? != MAGIC {
-        return Err(DecodeError::BadMagic);
-    }
-    let version = cur.u8("format version")?;
-    if version != FORMAT_VERSION {
-        return Err(DecodeError::UnsupportedVersion(version));
-    }
-    let shard_id = cur.u32("shard_id")?;
-    let num_shards = cur.u32("num_shards")?;
-    if num_shards == 0 || shard_id >= num_shards {
-        return Err(cur.invalid("num_shards", "must be at least 1 and above shard_id"));
-    }
-    let count = usize::from(cur.u16("event count")?);
-    if count == 0 || count > MAX_BATCH_EVENTS {
-        return Err(cur.invalid("event count", "must be 1..=4096"));
-    }
-    let mut events = Vec::new();
-    for _ in 0..count {
-        events.push(decode_event(&mut cur)?);
-    }
-    let rest = bytes.len() - cur.pos;
-    if rest != 0 {
-        return Err(DecodeError::TrailingBytes(rest));
-    }
+    let mut decoder = Decoder::new(bytes)?;
+    let events = decoder.by_ref().collect::<Result<Vec<_>, _>>()?;
     Ok(Batch {
-        shard_id,
-        num_shards,
+        shard_id: decoder.shard_id,
+        num_shards: decoder.num_shards,
         events,
     })
+}
+
+/// Decodes a message one event at a time, checking exactly what [`decode`]
+/// checks and in the same order: the header in [`Decoder::new`], each
+/// event as it is reached, then that no byte follows the last one. The
+/// first error ends the iteration.
+///
+/// A consumer that works on each event as it is decoded reads the message
+/// from memory once, while its bytes are in cache; decoding all of a large
+/// message first and then reading the payloads reads it twice. A consumer
+/// that must not act on part of an invalid message keeps its side effects
+/// until the iteration has ended without an error.
+#[derive(Debug, Clone)]
+pub struct Decoder<'a> {
+    cur: Cursor<'a>,
+    shard_id: u32,
+    num_shards: u32,
+    count: usize,
+    left: usize,
+    done: bool,
+}
+
+impl<'a> Decoder<'a> {
+    /// Checks the message's size and header.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        if bytes.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        if bytes.len() > MAX_MESSAGE_LEN {
+            return Err(DecodeError::Oversized {
+                len: bytes.len(),
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        let mut cur = Cursor { bytes, pos: 0 };
+        if cur.array::<2>("magic").map_err(|_| DecodeError::BadMagic)? != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = cur.u8("format version")?;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let shard_id = cur.u32("shard_id")?;
+        let num_shards = cur.u32("num_shards")?;
+        if num_shards == 0 || shard_id >= num_shards {
+            return Err(cur.invalid("num_shards", "must be at least 1 and above shard_id"));
+        }
+        let count = usize::from(cur.u16("event count")?);
+        if count == 0 || count > MAX_BATCH_EVENTS {
+            return Err(cur.invalid("event count", "must be 1..=4096"));
+        }
+        Ok(Self {
+            cur,
+            shard_id,
+            num_shards,
+            count,
+            left: count,
+            done: false,
+        })
+    }
+
+    /// The header's `shard_id`.
+    pub fn shard_id(&self) -> u32 {
+        self.shard_id
+    }
+
+    /// The header's `num_shards`.
+    pub fn num_shards(&self) -> u32 {
+        self.num_shards
+    }
+
+    /// The header's event count (1..=[`MAX_BATCH_EVENTS`]); the message may
+    /// still turn out to hold fewer.
+    pub fn event_count(&self) -> usize {
+        self.count
+    }
+}
+
+impl<'a> Iterator for Decoder<'a> {
+    type Item = Result<Event<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.left == 0 {
+            self.done = true;
+            let rest = self.cur.bytes.len() - self.cur.pos;
+            return (rest != 0).then_some(Err(DecodeError::TrailingBytes(rest)));
+        }
+        self.left -= 1;
+        let event = decode_event(&mut self.cur);
+        self.done = event.is_err();
+        Some(event)
+    }
 }
 
 fn decode_event<'a>(cur: &mut Cursor<'a>) -> Result<Event<'a>, DecodeError> {
@@ -363,6 +427,34 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert_eq!(decode(&longer), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn decoder_checks_what_decode_checks() {
+        let mut g = ev("GUILD_CREATE", br#"{"id":"1"}"#);
+        g.guild_create = Some(GuildCreateKind::Joined);
+        let mut e = BatchEncoder::new(2, 4).unwrap();
+        for x in [&ev("READY", b"{}"), &g, &ev("MESSAGE_CREATE", b"[]")] {
+            e.push(x).unwrap();
+        }
+        let mut bytes = e.finish();
+        bytes.push(7);
+        for cut in 0..=bytes.len() {
+            let whole = decode(&bytes[..cut]);
+            let stepped = Decoder::new(&bytes[..cut]).and_then(|mut d| {
+                assert_eq!((d.shard_id(), d.num_shards(), d.event_count()), (2, 4, 3));
+                let events = d.by_ref().collect::<Result<Vec<_>, _>>()?;
+                assert!(d.next().is_none(), "fused after the end");
+                Ok(events)
+            });
+            assert_eq!(whole.map(|b| b.events), stepped, "prefix of {cut} bytes");
+        }
+        // After an error, nothing more.
+        let mut d = Decoder::new(&bytes[..bytes.len() - 3]).unwrap();
+        assert!(d.next().unwrap().is_ok());
+        assert!(d.next().unwrap().is_ok());
+        assert!(d.next().unwrap().is_err());
+        assert!(d.next().is_none());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! * [`Event`] is one dispatch; [`BatchEncoder`] frames one or more
 //!   consecutive events of one shard into a message; [`decode`] checks a
-//!   message completely and returns a [`Batch`] that borrows from it.
+//!   message completely and returns a [`Batch`] that borrows from it;
+//!   [`Decoder`] does the same one event at a time.
 //! * [`topology`] holds the RabbitMQ names and rules (exchange, routing key,
 //!   partition queues, dead-lettering) that the sharder and worker share.
 //!
@@ -58,7 +59,7 @@ pub mod topology;
 mod version;
 
 pub use codec::{
-    Batch, BatchEncoder, FORMAT_VERSION, MAGIC, MAX_BATCH_EVENTS, MAX_EVENT_NAME_LEN,
+    Batch, BatchEncoder, Decoder, FORMAT_VERSION, MAGIC, MAX_BATCH_EVENTS, MAX_EVENT_NAME_LEN,
     MAX_MESSAGE_LEN, decode,
 };
 pub use error::{DecodeError, EncodeError};

@@ -4,8 +4,10 @@
 //! # Algorithm
 //!
 //! For each message:
-//! 1. parse every event's `d` into mutations (an invalid payload is
-//!    reported, the other events of the message still apply), and lay out
+//! 1. decode the events one at a time and parse each one's `d` into
+//!    mutations right after decoding it, while its bytes are in cache (an
+//!    invalid payload is reported, the other events of the message still
+//!    apply; an undecodable message has no effect at all), and lay out
 //!    the store steps of all events in gateway order: per event, `admit`,
 //!    its writes, then (for non-lifecycle events) `first_delivery`;
 //! 2. run the steps as one batch (one Redis round trip): every write is
@@ -43,6 +45,7 @@ use crate::gateway::{self, CacheOptions, Class, PayloadError};
 use crate::store::{Step, Store, StoreError};
 use envelope::{DecodeError, Event, Version};
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 
 /// What a clean event tells the bot.
@@ -125,6 +128,12 @@ struct Plan {
     announced: Option<usize>,
     /// Index of its [`Step::GapJoin`] check (GUILD_CREATE not marked joined).
     gap_join: Option<usize>,
+}
+
+/// A message's events with their plans, and the store steps of all.
+struct Planned<'a> {
+    steps: Vec<Step>,
+    plans: Vec<(Event<'a>, Option<Plan>)>,
 }
 
 type Handler = Arc<dyn Fn(&CleanEvent<'_>) + Send + Sync>;
@@ -228,16 +237,15 @@ impl<S: Store> Worker<S> {
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) -> Result<Report, ProcessError> {
         let started = std::time::Instant::now();
-        let batch = envelope::decode(bytes)?;
+        let decoder = envelope::Decoder::new(bytes)?;
+        let shard_id = decoder.shard_id();
         let mut report = Report::default();
-        self.process_events(
-            batch.shard_id,
-            &batch.events,
-            redelivered,
-            &mut report,
-            sink,
-        )
-        .await?;
+        // The header's count, bounded by what the bytes can hold (an event
+        // takes at least 31 bytes), so a lying header cannot size it.
+        let expected = decoder.event_count().min(bytes.len() / 31);
+        let planned = self.plan_all(shard_id, decoder, expected, redelivered, &mut report)?;
+        self.run_and_emit(shard_id, planned, &mut report, sink)
+            .await?;
         metrics::histogram!("worker_apply_seconds").record(started.elapsed().as_secs_f64());
         Ok(report)
     }
@@ -261,34 +269,58 @@ impl<S: Store> Worker<S> {
         report: &mut Report,
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) -> Result<(), StoreError> {
-        self.process_events(shard_id, std::slice::from_ref(event), false, report, sink)
-            .await
+        let one = std::iter::once(Ok::<_, Infallible>(*event));
+        let Ok(planned) = self.plan_all(shard_id, one, 1, false, report);
+        self.run_and_emit(shard_id, planned, report, sink).await
     }
 
-    /// Events of one shard, in order: parse all, run their store steps as
-    /// one batch, then classify and emit each.
-    async fn process_events(
+    /// Events of one shard (about `expected` of them), in order, as they
+    /// are decoded: parses each while its bytes are fresh in cache, and
+    /// lays out the store steps of all. Nothing is written before the last
+    /// event is decoded: a message that fails to decode (`E`) has no
+    /// effect, not even on the metrics.
+    fn plan_all<'a, E>(
         &self,
         shard_id: u32,
-        events: &[Event<'_>],
+        events: impl Iterator<Item = Result<Event<'a>, E>>,
+        expected: usize,
         replay: bool,
+        report: &mut Report,
+    ) -> Result<Planned<'a>, E> {
+        // Admit, up to three writes and a delivery check: one allocation.
+        let mut steps = Vec::with_capacity(expected * 5);
+        let mut plans = Vec::with_capacity(expected);
+        let invalid_before = report.invalid.len();
+        for event in events {
+            let event = event?;
+            let plan = self.plan(shard_id, &event, replay, report, &mut steps);
+            plans.push((event, plan));
+        }
+        let invalid = report.invalid.len() - invalid_before;
+        if invalid > 0 {
+            metrics::counter!("worker_events_invalid_total").increment(invalid as u64);
+        }
+        Ok(Planned { steps, plans })
+    }
+
+    /// Runs the planned steps as one batch, then classifies and emits each
+    /// event.
+    async fn run_and_emit(
+        &self,
+        shard_id: u32,
+        planned: Planned<'_>,
         report: &mut Report,
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) -> Result<(), StoreError> {
-        // Admit, up to three writes and a delivery check: one allocation.
-        let mut steps = Vec::with_capacity(events.len() * 5);
-        let mut plans = Vec::with_capacity(events.len());
-        for event in events {
-            plans.push(self.plan(shard_id, event, replay, report, &mut steps));
-        }
+        let Planned { steps, plans } = planned;
         let results = if steps.is_empty() {
             Vec::new()
         } else {
             self.store.run(steps).await?
         };
-        for (event, plan) in events.iter().zip(plans) {
+        for (event, plan) in &plans {
             if let Some(plan) = plan {
-                self.emit(shard_id, event, &plan, &results, report, sink);
+                self.emit(shard_id, event, plan, &results, report, sink);
             }
         }
         Ok(())
@@ -307,7 +339,6 @@ impl<S: Store> Worker<S> {
         let parsed = match gateway::parse(shard_id, event, &self.options) {
             Ok(p) => p,
             Err(PayloadError { event: t, source }) => {
-                metrics::counter!("worker_events_invalid_total").increment(1);
                 report
                     .invalid
                     .push((event.version(), format!("invalid {t} payload: {source}")));

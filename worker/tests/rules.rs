@@ -424,7 +424,21 @@ async fn undecodable_messages_are_decode_errors() {
         })
         .unwrap();
     }
-    let report = w.process_message(&enc.finish()).await.unwrap();
+    let bytes = enc.finish();
+    // Events are parsed as they are decoded, but a message that turns out
+    // undecodable after valid events (truncated, or with trailing bytes)
+    // writes and emits nothing.
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    for bad in [&bytes[..bytes.len() - 1], &trailing[..]] {
+        assert!(matches!(
+            w.process_message(bad).await,
+            Err(ProcessError::Decode(_))
+        ));
+        assert!(take(&seen).is_empty());
+        assert_eq!(w.store().guild(G).await.unwrap(), None);
+    }
+    let report = w.process_message(&bytes).await.unwrap();
     assert_eq!((report.emitted, report.dropped), (2, 1));
     assert_eq!(take(&seen).len(), 2);
     let v = w.store().guild(G).await.unwrap().unwrap();
