@@ -7,13 +7,14 @@
 //! a big guild, and would silently drop fields the model does not know.
 //!
 //! # Algorithm
-//! 1. [`Frame::parse`] reads the envelope `{op, d, s, t}` with serde_json,
-//!    borrowing: `t` borrows the input unless it contains escapes, and `d` is
-//!    a `&RawValue`, i.e. only validated and delimited, never built.
-//! 2. [`Frame::dispatch_keys`] reads only the top-level keys `guild_id`, `id`
-//!    and `unavailable` of `d` (every other value is skipped with
-//!    `IgnoredAny`). The guild of GUILD_CREATE / GUILD_UPDATE / GUILD_DELETE is
-//!    `d.id`; every other event's is `d.guild_id`.
+//! 1. [`Frame::parse`] reads the whole payload in one validating pass (see
+//!    `frame_scan.rs`): `op`, `s` and `t` as values (`t` borrows the input
+//!    unless it contains escapes), `d` only validated and delimited, and the
+//!    value ranges of `d`'s top-level keys `guild_id`, `id` and
+//!    `unavailable` noted on the way.
+//! 2. [`Frame::dispatch_keys`] reads those three small values. The guild of
+//!    GUILD_CREATE / GUILD_UPDATE / GUILD_DELETE is `d.id`; every other
+//!    event's is `d.guild_id`.
 //! 3. [`Frame::d_range`] gives the byte range of `d` in the payload, so the
 //!    event can be handed on as the original bytes.
 //!
@@ -21,10 +22,9 @@
 //! connection can no longer be trusted to be in step: the shard closes it and
 //! resumes, and Discord replays from the last good sequence number.
 
+use crate::frame_scan::{DataKeys, ScanError, scan};
 use crate::inflate::InflateError;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
-use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -61,35 +61,20 @@ pub enum FrameError {
     InvalidData { event: String, message: String },
 }
 
-impl From<serde_json::Error> for FrameError {
-    fn from(e: serde_json::Error) -> Self {
+impl FrameError {
+    fn scan(payload: &[u8], e: &ScanError) -> Self {
+        let before = payload.get(..e.offset).unwrap_or(payload);
+        let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
         Self::Json {
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string(),
+            line,
+            column: e.offset - line_start + 1,
+            message: e.message.to_owned(),
         }
     }
-}
-
-#[derive(Deserialize)]
-struct RawFrame<'a> {
-    op: u8,
-    #[serde(borrow, default)]
-    d: Option<&'a RawValue>,
-    #[serde(default)]
-    s: Option<u64>,
-    #[serde(borrow, default, deserialize_with = "borrowed_text")]
-    t: Option<Cow<'a, str>>,
-}
-
-/// `Option<Cow<str>>` that borrows from the input when it can (serde only
-/// borrows a `Cow` field that is not wrapped in an `Option`).
-fn borrowed_text<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Cow<'de, str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-    Ok(Option::<Text<'de>>::deserialize(deserializer)?.map(|t| t.0))
 }
 
 /// One gateway payload, borrowed from its bytes.
@@ -101,8 +86,11 @@ pub struct Frame<'a> {
     pub s: Option<u64>,
     /// Event name; always set for dispatches.
     pub t: Option<Cow<'a, str>>,
-    /// The data, unparsed.
-    pub d: Option<&'a RawValue>,
+    /// The data, unparsed and valid JSON (`None` when absent or `null`).
+    pub d: Option<&'a str>,
+    d_range: Option<Range<usize>>,
+    keys: DataKeys,
+    payload: &'a str,
 }
 
 /// The routing facts of a dispatch's `d`.
@@ -113,26 +101,6 @@ pub struct DispatchKeys {
     /// `d.unavailable`, which tells an outage (GUILD_DELETE) or a guild still
     /// unavailable (GUILD_CREATE) from the real thing.
     pub unavailable: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct RawKeys<'a> {
-    #[serde(borrow, default, deserialize_with = "borrowed_text")]
-    guild_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    id: Option<Snowflakeish<'a>>,
-    #[serde(default)]
-    unavailable: Option<bool>,
-}
-
-/// `d.id` is a snowflake string for guild events but may be anything in
-/// other events (e.g. a number); only guild events look at it.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Snowflakeish<'a> {
-    Text(#[serde(borrow)] Cow<'a, str>),
-    #[allow(dead_code)]
-    Other(IgnoredAny),
 }
 
 /// Parses a snowflake string.
@@ -146,29 +114,29 @@ pub fn parse_snowflake(text: &str) -> Option<u64> {
 impl<'a> Frame<'a> {
     /// Reads the envelope of `payload`.
     pub fn parse(payload: &'a [u8]) -> Result<Self, FrameError> {
-        // serde reads a struct from a JSON array too (`[0,{},1,"X"]` would
-        // pass as a dispatch); a gateway frame is always an object.
-        if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(FrameError::Json {
-                line: 1,
-                column: 1,
-                message: "a gateway frame must be a JSON object".into(),
-            });
-        }
-        let raw: RawFrame<'a> = serde_json::from_slice(payload)?;
-        if raw.op == op::DISPATCH {
-            if raw.s.is_none() {
+        let scanned = scan(payload).map_err(|e| FrameError::scan(payload, &e))?;
+        // `scan` checked the whole payload as UTF-8.
+        let text = std::str::from_utf8(payload).unwrap_or_default();
+        let op = scanned
+            .op
+            .and_then(|op| u8::try_from(op).ok())
+            .unwrap_or(u8::MAX);
+        if op == op::DISPATCH {
+            if scanned.s.is_none() {
                 return Err(FrameError::MissingField("s"));
             }
-            if raw.t.as_deref().is_none_or(str::is_empty) {
+            if scanned.t.as_deref().is_none_or(str::is_empty) {
                 return Err(FrameError::MissingField("t"));
             }
         }
         Ok(Self {
-            op: raw.op,
-            s: raw.s,
-            t: raw.t,
-            d: raw.d,
+            op,
+            s: scanned.s,
+            t: scanned.t,
+            d: scanned.d.clone().and_then(|r| text.get(r)),
+            d_range: scanned.d,
+            keys: scanned.keys,
+            payload: text,
         })
     }
 
@@ -177,35 +145,37 @@ impl<'a> Frame<'a> {
         self.t.as_deref().unwrap_or("")
     }
 
-    /// The guild id and `unavailable` flag of a dispatch, reading only those
+    /// The guild id and `unavailable` flag of a dispatch, from `d`'s own
     /// keys. `d` that is not an object has neither.
     pub fn dispatch_keys(&self) -> Result<DispatchKeys, FrameError> {
-        let Some(d) = self.d else {
-            return Ok(DispatchKeys::default());
-        };
-        if !d.get().starts_with('{') {
-            return Ok(DispatchKeys::default());
-        }
         let invalid = |message: String| FrameError::InvalidData {
             event: self.event().to_owned(),
             message,
         };
-        let keys: RawKeys<'_> =
-            serde_json::from_str(d.get()).map_err(|e| invalid(e.to_string()))?;
+        if let Some(key) = self.keys.duplicate {
+            return Err(invalid(format!("duplicate field `{key}`")));
+        }
+        let raw = |r: &Option<Range<usize>>| r.clone().and_then(|r| self.payload.get(r));
         let is_guild_event = matches!(
             self.event(),
             "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE"
         );
         let text = if is_guild_event {
-            match keys.id {
-                Some(Snowflakeish::Text(t)) => Some(t),
-                Some(Snowflakeish::Other(_)) => {
-                    return Err(invalid("`id` is not a snowflake string".into()));
-                }
-                None => return Err(invalid("guild event without `id`".into())),
+            match raw(&self.keys.id) {
+                None | Some("null") => return Err(invalid("guild event without `id`".into())),
+                Some(v) => Some(
+                    json_text(v).ok_or_else(|| invalid("`id` is not a snowflake string".into()))?,
+                ),
             }
         } else {
-            keys.guild_id
+            match raw(&self.keys.guild_id) {
+                None | Some("null") => None,
+                Some(v) => Some(json_text(v).ok_or_else(|| {
+                    invalid(format!(
+                        "invalid type for `guild_id`: {v}, expected a string"
+                    ))
+                })?),
+            }
         };
         let guild_id = match text {
             None => None,
@@ -213,25 +183,33 @@ impl<'a> Frame<'a> {
                 parse_snowflake(&t).ok_or_else(|| invalid(format!("`{t}` is not a snowflake")))?,
             ),
         };
+        let unavailable = match raw(&self.keys.unavailable) {
+            None | Some("null") => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(v) => {
+                return Err(invalid(format!(
+                    "invalid type for `unavailable`: {v}, expected a boolean"
+                )));
+            }
+        };
         Ok(DispatchKeys {
             guild_id,
-            unavailable: keys.unavailable,
+            unavailable,
         })
     }
 
     /// The byte range of `d` inside `payload` (the slice this frame was
     /// parsed from), so `d` can travel on as its original bytes.
     pub fn d_range(&self, payload: &[u8]) -> Option<Range<usize>> {
-        let d = self.d?.get().as_bytes();
-        let start = (d.as_ptr() as usize).checked_sub(payload.as_ptr() as usize)?;
-        let end = start.checked_add(d.len())?;
-        (end <= payload.len()).then_some(start..end)
+        let r = self.d_range.clone()?;
+        (payload.len() == self.payload.len() && r.end <= payload.len()).then_some(r)
     }
 
     /// Parses `d` as `T` (for the few payloads the shard itself reads:
     /// HELLO, READY, op 9).
     pub fn data<T: Deserialize<'a>>(&self) -> Result<T, FrameError> {
-        let d = self.d.map_or("null", RawValue::get);
+        let d = self.d.unwrap_or("null");
         serde_json::from_str(d).map_err(|e| FrameError::InvalidData {
             event: match &self.t {
                 Some(t) => t.to_string(),
@@ -240,6 +218,16 @@ impl<'a> Frame<'a> {
             message: e.to_string(),
         })
     }
+}
+
+/// The text of a JSON string value (validated by the scan), or `None` when
+/// the value is not a string.
+fn json_text(value: &str) -> Option<Cow<'_, str>> {
+    let inner = value.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(value).ok().map(Cow::Owned)
 }
 
 #[cfg(test)]

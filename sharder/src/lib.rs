@@ -35,6 +35,7 @@ mod connection;
 mod dispatch;
 mod event_names;
 mod frame;
+mod frame_scan;
 mod gateway_bot;
 mod guilds;
 mod http;
