@@ -22,6 +22,7 @@ use std::borrow::Cow;
 mod parse;
 mod scan;
 pub use parse::parse;
+pub(crate) use parse::parse_into;
 
 /// A payload the worker cannot use: invalid JSON or missing/mistyped fields.
 #[derive(Debug, thiserror::Error)]

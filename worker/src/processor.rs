@@ -41,7 +41,7 @@
 //! ([`Store::gap_join`](crate::Store::gap_join)), and it is announced like
 //! a marked one.
 
-use crate::gateway::{self, CacheOptions, Class, PayloadError};
+use crate::gateway::{self, CacheOptions, Class, Parsed, PayloadError};
 use crate::store::{Step, Store, StoreError};
 use envelope::{DecodeError, Event, Version};
 use std::collections::HashMap;
@@ -291,9 +291,11 @@ impl<S: Store> Worker<S> {
         let mut steps = Vec::with_capacity(expected * 5);
         let mut plans = Vec::with_capacity(expected);
         let invalid_before = report.invalid.len();
+        // One mutation vector for the message's events.
+        let mut parsed = Parsed::default();
         for event in events {
             let event = event?;
-            let plan = self.plan(shard_id, &event, replay, report, &mut steps);
+            let plan = self.plan(shard_id, &event, replay, report, &mut steps, &mut parsed);
             plans.push((event, plan));
         }
         let invalid = report.invalid.len() - invalid_before;
@@ -326,8 +328,9 @@ impl<S: Store> Worker<S> {
         Ok(())
     }
 
-    /// Parses `event` and appends its store steps; `None` when its payload
-    /// is invalid (reported, skipped).
+    /// Parses `event` (into `parsed`, whose vector is reused) and appends
+    /// its store steps; `None` when its payload is invalid (reported,
+    /// skipped).
     fn plan(
         &self,
         shard_id: u32,
@@ -335,22 +338,22 @@ impl<S: Store> Worker<S> {
         replay: bool,
         report: &mut Report,
         steps: &mut Vec<Step>,
+        parsed: &mut Parsed,
     ) -> Option<Plan> {
-        let parsed = match gateway::parse(shard_id, event, &self.options) {
-            Ok(p) => p,
-            Err(PayloadError { event: t, source }) => {
-                report
-                    .invalid
-                    .push((event.version(), format!("invalid {t} payload: {source}")));
-                return None;
-            }
-        };
+        if let Err(PayloadError { event: t, source }) =
+            gateway::parse_into(shard_id, event, &self.options, parsed)
+        {
+            report
+                .invalid
+                .push((event.version(), format!("invalid {t} payload: {source}")));
+            return None;
+        }
         let tracked = !parsed.mutations.is_empty();
         if let Some(guild_id) = parsed.guild_id.filter(|_| tracked) {
             steps.push(Step::Admit { shard_id, guild_id });
         }
         let first = steps.len();
-        steps.extend(parsed.mutations.into_iter().map(Step::Apply));
+        steps.extend(parsed.mutations.drain(..).map(Step::Apply));
         let writes = first..steps.len();
         // Recorded even when the event turns out stale: a stale event stays
         // stale (versions only grow), so its redelivery is dropped either way.

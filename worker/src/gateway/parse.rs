@@ -70,6 +70,19 @@ pub fn parse(
     event: &Event<'_>,
     options: &CacheOptions,
 ) -> Result<Parsed, PayloadError> {
+    let mut out = Parsed::default();
+    parse_into(shard_id, event, options, &mut out)?;
+    Ok(out)
+}
+
+/// [`parse`] into `out`, overwriting it but reusing its mutation vector's
+/// allocation (the processor parses a message's events through one).
+pub(crate) fn parse_into(
+    shard_id: u32,
+    event: &Event<'_>,
+    options: &CacheOptions,
+    out: &mut Parsed,
+) -> Result<(), PayloadError> {
     let version = event.version();
     let uv = UserVersion {
         received_at: event.received_at,
@@ -82,11 +95,9 @@ pub fn parse(
         source,
     };
     let d = event.d;
-    let mut out = Parsed {
-        guild_id: event.guild_id,
-        class: Some(Class::Other),
-        ..Parsed::default()
-    };
+    out.mutations.clear();
+    out.guild_id = event.guild_id;
+    out.class = Some(Class::Other);
     let m = &mut out.mutations;
     match event.t {
         "GUILD_CREATE" => {
@@ -99,7 +110,7 @@ pub fn parse(
                     available: false,
                 });
                 out.class = None;
-                return Ok(out);
+                return Ok(());
             }
             out.class = Some(match event.guild_create {
                 Some(GuildCreateKind::Joined) => Class::Joined,
@@ -342,5 +353,5 @@ pub fn parse(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
