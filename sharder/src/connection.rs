@@ -11,9 +11,10 @@
 //!    connection cannot squeeze two identifies of one key into one window.
 //! 3. Then one `select!` loop, each arm a single reason to wake up: shutdown,
 //!    the heartbeat timer, the identify permit, the persist timer, and the
-//!    next websocket message. Sink confirmations are drained after every
-//!    message and before every save, never waited on (see
-//!    `Shard::drain_confirms`).
+//!    next websocket message. A message wake-up also handles the messages
+//!    already buffered behind it, up to a burst of 64. Sink confirmations
+//!    are drained after every burst and before every save, never waited on
+//!    (see `Shard::drain_confirms`).
 //! 4. Heartbeat timer: if no ACK arrived since the previous heartbeat the
 //!    connection is a zombie: close with 4000 (keeps the session) and resume.
 //!    A heartbeat request (op 1) from the server is answered at once.
@@ -39,6 +40,7 @@ use rand::Rng;
 use serde::Deserialize;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -60,6 +62,11 @@ pub(crate) struct Heartbeat {
 struct Hello {
     heartbeat_interval: u64,
 }
+
+/// Messages handled per wake-up of the connection loop, at most, before
+/// the heartbeat timer, the persist timer and shutdown are looked at again.
+/// At 300k events per CPU-second a burst is about 0.2 ms.
+const BURST: usize = 64;
 
 /// Longest heartbeat interval accepted from HELLO.
 const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(600);
@@ -182,6 +189,17 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 msg = ws.next() => {
                     if let Err(o) = self.on_message(&mut ws, &mut hb, &limiter, &mut inflater, msg).await {
                         return o;
+                    }
+                    // Messages already read from the socket are handled
+                    // without a `select!` turn each (which re-arms every
+                    // other arm), up to a burst; then the timers and
+                    // shutdown get their look.
+                    for _ in 1..BURST {
+                        let next = std::future::poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await;
+                        let Poll::Ready(msg) = next else { break };
+                        if let Err(o) = self.on_message(&mut ws, &mut hb, &limiter, &mut inflater, msg).await {
+                            return o;
+                        }
                     }
                     self.drain_confirms();
                 }

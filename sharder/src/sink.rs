@@ -14,12 +14,16 @@
 //! as outstanding until confirmed; the confirmed sequence number is
 //! everything below the smallest outstanding one (or the highest forwarded
 //! when none is), so confirmations may arrive in any order. Confirmations
-//! of an older epoch (a previous session) are ignored.
+//! of an older epoch (a previous session) are ignored. Outstanding seqs are
+//! kept in a ring in forwarding order (which is ascending: the gateway's
+//! order), each with a confirmed mark; confirming the oldest pops every
+//! marked one behind it, so the usual in-order case is O(1) per event with
+//! no allocation per event.
 
 use crate::event_names::EventName;
 use crate::guilds::GuildCreateKind;
 use bytes::Bytes;
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::SystemTime;
 use tokio::sync::mpsc;
@@ -186,8 +190,16 @@ pub struct ConfirmedSeq {
     epoch: u64,
     base: u64,
     highest: u64,
-    outstanding: BTreeSet<u64>,
+    /// Forwarded seqs, ascending, with "confirmed" marks; the front is
+    /// never marked.
+    ring: VecDeque<(u64, bool)>,
+    /// Unmarked entries of `ring`.
+    unconfirmed: usize,
 }
+
+/// A ring that emptied keeps at most this many slots (an idle shard should
+/// not hold its busiest moment's capacity).
+const KEPT_SLOTS: usize = 16;
 
 impl ConfirmedSeq {
     /// Starts tracking `epoch`, everything up to `base` already confirmed.
@@ -196,15 +208,40 @@ impl ConfirmedSeq {
             epoch,
             base,
             highest: base,
-            outstanding: BTreeSet::new(),
+            ring: VecDeque::new(),
+            unconfirmed: 0,
         }
     }
 
     /// `seq` was handed to the sink.
     pub fn forwarded(&mut self, seq: u64) {
-        if seq > self.base {
-            self.outstanding.insert(seq);
-            self.highest = self.highest.max(seq);
+        if seq <= self.base {
+            return;
+        }
+        self.highest = self.highest.max(seq);
+        match self.ring.back() {
+            Some(&(last, _)) if last >= seq => {
+                // A replay after a resume: the seq may still be in flight
+                // from before, and is outstanding again either way.
+                match self.ring.binary_search_by_key(&seq, |&(s, _)| s) {
+                    Ok(i) => {
+                        if let Some(slot) = self.ring.get_mut(i)
+                            && slot.1
+                        {
+                            slot.1 = false;
+                            self.unconfirmed += 1;
+                        }
+                    }
+                    Err(i) => {
+                        self.ring.insert(i, (seq, false));
+                        self.unconfirmed += 1;
+                    }
+                }
+            }
+            _ => {
+                self.ring.push_back((seq, false));
+                self.unconfirmed += 1;
+            }
         }
     }
 
@@ -219,21 +256,37 @@ impl ConfirmedSeq {
         if c.epoch != self.epoch {
             return false;
         }
-        self.outstanding.remove(&c.seq);
+        let at = match self.ring.front() {
+            Some(&(first, _)) if first == c.seq => Some(0),
+            Some(_) => self.ring.binary_search_by_key(&c.seq, |&(s, _)| s).ok(),
+            None => None,
+        };
+        if let Some(slot) = at.and_then(|i| self.ring.get_mut(i))
+            && !slot.1
+        {
+            slot.1 = true;
+            self.unconfirmed -= 1;
+        }
+        while self.ring.front().is_some_and(|&(_, done)| done) {
+            self.ring.pop_front();
+        }
+        if self.ring.is_empty() && self.ring.capacity() > KEPT_SLOTS {
+            self.ring = VecDeque::new();
+        }
         true
     }
 
     /// Everything up to this seq is confirmed.
     pub fn confirmed(&self) -> u64 {
-        match self.outstanding.first() {
-            Some(&first) => first.saturating_sub(1).max(self.base),
+        match self.ring.front() {
+            Some(&(first, _)) => first.saturating_sub(1).max(self.base),
             None => self.highest,
         }
     }
 
     /// Events forwarded and not confirmed yet.
     pub fn outstanding(&self) -> usize {
-        self.outstanding.len()
+        self.unconfirmed
     }
 
     /// The epoch tracked.
@@ -248,6 +301,57 @@ mod tests {
 
     fn c(epoch: u64, seq: u64) -> Confirmation {
         Confirmation { epoch, seq }
+    }
+
+    /// The set-based definition the ring implements.
+    #[derive(Default)]
+    struct Model {
+        base: u64,
+        highest: u64,
+        outstanding: std::collections::BTreeSet<u64>,
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_ring_agrees_with_the_set_definition(
+            base in 0u64..5,
+            steps in proptest::collection::vec((0u8..4, 0u64..40), 0..200),
+        ) {
+            let mut ring = ConfirmedSeq::new(1, base);
+            let mut model = Model { base, highest: base, ..Model::default() };
+            let mut next = base + 1;
+            for (kind, n) in steps {
+                match kind {
+                    // Forward the next seq, in gateway order.
+                    0 | 1 => {
+                        ring.forwarded(next);
+                        model.outstanding.insert(next);
+                        model.highest = model.highest.max(next);
+                        next += 1;
+                    }
+                    // A replay of an earlier seq (after a resume).
+                    2 => {
+                        let seq = n.min(next);
+                        ring.forwarded(seq);
+                        if seq > model.base {
+                            model.outstanding.insert(seq);
+                            model.highest = model.highest.max(seq);
+                        }
+                    }
+                    // A confirmation, of any seq, in any order.
+                    _ => {
+                        ring.confirm(c(1, n));
+                        model.outstanding.remove(&n);
+                    }
+                }
+                let expected = match model.outstanding.first() {
+                    Some(&f) => f.saturating_sub(1).max(model.base),
+                    None => model.highest,
+                };
+                proptest::prop_assert_eq!(ring.confirmed(), expected);
+                proptest::prop_assert_eq!(ring.outstanding(), model.outstanding.len());
+            }
+        }
     }
 
     #[test]
