@@ -230,10 +230,10 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(self.corrupt(ws, e.to_string()).await),
             },
-            Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+            Some(Ok(Message::Text(t))) => Bytes::from(t),
             Some(Ok(_)) => return Ok(()),
         };
-        self.on_payload(ws, hb, limiter, Bytes::from(payload)).await
+        self.on_payload(ws, hb, limiter, payload).await
     }
 
     async fn corrupt(&mut self, ws: &mut Ws<C>, reason: String) -> Outcome {
@@ -413,7 +413,7 @@ async fn read_hello<C: Connector>(
                 Ok(None) => continue,
                 Err(e) => return Err(e.to_string()),
             },
-            Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+            Some(Ok(Message::Text(t))) => Bytes::from(t),
             Some(Ok(_)) => continue,
         };
         let frame = Frame::parse(&payload).map_err(|e| e.to_string())?;
