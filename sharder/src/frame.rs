@@ -115,8 +115,7 @@ impl<'a> Frame<'a> {
     /// Reads the envelope of `payload`.
     pub fn parse(payload: &'a [u8]) -> Result<Self, FrameError> {
         let scanned = scan(payload).map_err(|e| FrameError::scan(payload, &e))?;
-        // `scan` checked the whole payload as UTF-8.
-        let text = std::str::from_utf8(payload).unwrap_or_default();
+        let text = scanned.text;
         let op = scanned
             .op
             .and_then(|op| u8::try_from(op).ok())

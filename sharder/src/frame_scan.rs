@@ -41,6 +41,8 @@ type Scan<T> = Result<T, ScanError>;
 /// The envelope and `d`'s routing keys, as ranges and borrowed text.
 #[derive(Debug, Default)]
 pub(crate) struct Scanned<'a> {
+    /// The payload as text (checked once, here).
+    pub(crate) text: &'a str,
     pub(crate) op: Option<u64>,
     pub(crate) s: Option<u64>,
     pub(crate) t: Option<Cow<'a, str>>,
@@ -70,7 +72,10 @@ pub(crate) fn scan(payload: &[u8]) -> Scan<Scanned<'_>> {
         b: text.as_bytes(),
         i: 0,
     };
-    let mut out = Scanned::default();
+    let mut out = Scanned {
+        text,
+        ..Scanned::default()
+    };
     r.ws();
     if r.peek() != Some(b'{') {
         return Err(r.error("a gateway frame must be a JSON object"));
@@ -186,18 +191,31 @@ impl<'a> Reader<'a> {
 
     /// A key and its colon; the key's raw bytes (unescaped only if needed).
     fn key(&mut self) -> Scan<Cow<'a, [u8]>> {
-        self.ws();
-        if self.peek() != Some(b'"') {
-            return Err(self.error("expected a key"));
-        }
-        let (range, escaped) = self.string()?;
+        let (range, escaped) = self.key_range()?;
         let raw = &self.b[range];
-        let key = if escaped {
+        Ok(if escaped {
             Cow::Owned(unescape(raw).into_bytes())
         } else {
             Cow::Borrowed(raw)
-        };
-        self.expect(b':', "expected `:` after a key")?;
+        })
+    }
+
+    /// A key and its colon: the key's raw range and whether it holds
+    /// escapes. Compact JSON (no whitespace) takes no detours.
+    #[inline]
+    fn key_range(&mut self) -> Scan<(Range<usize>, bool)> {
+        if self.peek() != Some(b'"') {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(self.error("expected a key"));
+            }
+        }
+        let key = self.string()?;
+        if self.peek() == Some(b':') {
+            self.i += 1;
+        } else {
+            self.expect(b':', "expected `:` after a key")?;
+        }
         Ok(key)
     }
 
@@ -417,7 +435,7 @@ impl<'a> Reader<'a> {
                         // fall through to "after a value"
                     } else {
                         open.push(true);
-                        self.key()?;
+                        self.key_range()?;
                         continue;
                     }
                 }
@@ -448,7 +466,7 @@ impl<'a> Reader<'a> {
                 let close = if in_object { b'}' } else { b']' };
                 if self.next_member(close)? {
                     if in_object {
-                        self.key()?;
+                        self.key_range()?;
                     }
                     break;
                 }
