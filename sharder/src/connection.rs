@@ -201,6 +201,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                             return o;
                         }
                     }
+                    self.counters.flush();
                     self.drain_confirms();
                 }
             }

@@ -27,6 +27,8 @@ use crate::shard::{Outcome, Shard, ShardState};
 use crate::sink::{ConfirmedSeq, EventHeader, EventSink, ShardEvent};
 use bytes::Bytes;
 use serde::Deserialize;
+use std::future::Future;
+use std::task::Poll;
 
 #[derive(Deserialize)]
 struct Ready {
@@ -167,6 +169,13 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         let sink = self.sink.clone();
         let send = sink.send(ev);
         tokio::pin!(send);
+        // A sink with room takes the event at once: no heartbeat timer and
+        // no shutdown watch need arming for that (arming them per event was
+        // a timer-wheel registration and a waiter-list insert each).
+        if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await
+        {
+            return r.map_err(|e| Outcome::SinkClosed(e.to_string()));
+        }
         loop {
             tokio::select! {
                 r = &mut send => {

@@ -199,26 +199,60 @@ impl From<&str> for EventName {
 pub(crate) struct EventCounters {
     total: metrics::Counter,
     by_type: Vec<Option<metrics::Counter>>,
+    /// Counts not yet added to the shared counters: (name index, count).
+    /// The shared counters are atomics that every shard's thread writes, so
+    /// a burst of events adds to them once per name, not once per event.
+    pending: [(u16, u32); PENDING_NAMES],
+    pending_len: usize,
 }
+
+/// Distinct names a burst collects before it adds them up.
+const PENDING_NAMES: usize = 8;
 
 impl EventCounters {
     pub(crate) fn new() -> Self {
         Self {
             total: metrics::counter!("sharder_events_total"),
             by_type: vec![None; KNOWN_EVENTS.len() + 1],
+            pending: [(0, 0); PENDING_NAMES],
+            pending_len: 0,
         }
     }
 
-    /// Counts one forwarded event.
+    /// Counts one forwarded event (visible after the next [`Self::flush`]).
     pub(crate) fn count(&mut self, event: &EventName) {
-        self.total.increment(1);
-        let at = event.known().unwrap_or(KNOWN_EVENTS.len());
-        let label = KNOWN_EVENTS.get(at).copied().unwrap_or(OTHER_EVENT);
-        if let Some(slot) = self.by_type.get_mut(at) {
-            slot.get_or_insert_with(
-                || metrics::counter!("sharder_events_by_type_total", "event" => label),
-            )
-            .increment(1);
+        let at = u16::try_from(event.known().unwrap_or(KNOWN_EVENTS.len())).unwrap_or(u16::MAX);
+        if let Some(slot) = self.pending[..self.pending_len]
+            .iter_mut()
+            .find(|(i, _)| *i == at)
+        {
+            slot.1 += 1;
+            return;
+        }
+        if self.pending_len == PENDING_NAMES {
+            self.flush();
+        }
+        self.pending[self.pending_len] = (at, 1);
+        self.pending_len += 1;
+    }
+
+    /// Adds the pending counts to the shared counters.
+    pub(crate) fn flush(&mut self) {
+        let mut total = 0;
+        for &(at, n) in &self.pending[..self.pending_len] {
+            total += u64::from(n);
+            let at = usize::from(at);
+            let label = KNOWN_EVENTS.get(at).copied().unwrap_or(OTHER_EVENT);
+            if let Some(slot) = self.by_type.get_mut(at) {
+                slot.get_or_insert_with(
+                    || metrics::counter!("sharder_events_by_type_total", "event" => label),
+                )
+                .increment(u64::from(n));
+            }
+        }
+        self.pending_len = 0;
+        if total > 0 {
+            self.total.increment(total);
         }
     }
 }

@@ -372,6 +372,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 }
                 Err(e) => Outcome::Resume(e.to_string()),
             };
+            self.counters.flush();
             self.connect_slot = None;
             if resuming
                 && !self.reached_active
