@@ -45,10 +45,10 @@ const ZLIB_SUFFIX: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
 
 /// Size of a fresh arena: below glibc's mmap threshold (128 KiB), so arenas
 /// come from and return to the heap without a syscall or page faults each.
-const ARENA: usize = 96 * 1024;
+const ARENA: usize = 32 * 1024;
 
 /// A new arena starts when the current one has less than this left.
-const ARENA_MIN_FREE: usize = 16 * 1024;
+const ARENA_MIN_FREE: usize = 4 * 1024;
 
 thread_local! {
     /// The decode arena of this thread (see the module docs); its length is
