@@ -187,6 +187,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                     self.persist(false).await;
                 }
                 msg = ws.next() => {
+                    self.burst_read_at = std::time::SystemTime::now();
                     if let Err(o) = self.on_message(&mut ws, &mut hb, &limiter, &mut inflater, msg).await {
                         return o;
                     }

@@ -111,7 +111,13 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         self.seqs.forwarded(seq);
         let name = EventName::new(event);
         self.counters.count(&name);
-        let ev = ShardEvent::new(header, name, data, self.confirm_tx.clone());
+        let ev = ShardEvent::received(
+            header,
+            name,
+            data,
+            self.confirm_tx.clone(),
+            self.burst_read_at,
+        );
         self.deliver(ws, hb, limiter, ev).await
     }
 

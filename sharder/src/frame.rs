@@ -86,11 +86,12 @@ pub struct Frame<'a> {
     pub s: Option<u64>,
     /// Event name; always set for dispatches.
     pub t: Option<Cow<'a, str>>,
-    /// The data, unparsed and valid JSON (`None` when absent or `null`).
-    pub d: Option<&'a str>,
+    /// The data, unparsed; valid JSON and UTF-8 (`None` when absent or
+    /// `null`).
+    pub d: Option<&'a [u8]>,
     d_range: Option<Range<usize>>,
     keys: DataKeys,
-    payload: &'a str,
+    payload: &'a [u8],
 }
 
 /// The routing facts of a dispatch's `d`.
@@ -115,7 +116,6 @@ impl<'a> Frame<'a> {
     /// Reads the envelope of `payload`.
     pub fn parse(payload: &'a [u8]) -> Result<Self, FrameError> {
         let scanned = scan(payload).map_err(|e| FrameError::scan(payload, &e))?;
-        let text = scanned.text;
         let op = scanned
             .op
             .and_then(|op| u8::try_from(op).ok())
@@ -132,10 +132,10 @@ impl<'a> Frame<'a> {
             op,
             s: scanned.s,
             t: scanned.t,
-            d: scanned.d.clone().and_then(|r| text.get(r)),
+            d: scanned.d.clone().and_then(|r| payload.get(r)),
             d_range: scanned.d,
             keys: scanned.keys,
-            payload: text,
+            payload,
         })
     }
 
@@ -154,7 +154,12 @@ impl<'a> Frame<'a> {
         if let Some(key) = self.keys.duplicate {
             return Err(invalid(format!("duplicate field `{key}`")));
         }
-        let raw = |r: &Option<Range<usize>>| r.clone().and_then(|r| self.payload.get(r));
+        // The scan checked these small values as JSON and UTF-8.
+        let raw = |r: &Option<Range<usize>>| {
+            r.clone()
+                .and_then(|r| self.payload.get(r))
+                .and_then(|v| std::str::from_utf8(v).ok())
+        };
         let is_guild_event = matches!(
             self.event(),
             "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE"
@@ -208,8 +213,8 @@ impl<'a> Frame<'a> {
     /// Parses `d` as `T` (for the few payloads the shard itself reads:
     /// HELLO, READY, op 9).
     pub fn data<T: Deserialize<'a>>(&self) -> Result<T, FrameError> {
-        let d = self.d.unwrap_or("null");
-        serde_json::from_str(d).map_err(|e| FrameError::InvalidData {
+        let d = self.d.unwrap_or(b"null");
+        serde_json::from_slice(d).map_err(|e| FrameError::InvalidData {
             event: match &self.t {
                 Some(t) => t.to_string(),
                 None => format!("op {}", self.op),

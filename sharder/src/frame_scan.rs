@@ -8,8 +8,10 @@
 //! scanner does both in one pass and builds nothing.
 //!
 //! # Algorithm
-//! 1. The whole payload is checked as UTF-8 once (`str::from_utf8`, which
-//!    runs word-at-a-time over ASCII).
+//! 1. UTF-8 is checked where it can occur: outside strings the grammar
+//!    accepts only ASCII, and a string holding a byte above 0x7F has its
+//!    contents checked with `str::from_utf8` when it ends. An accepted
+//!    payload is therefore valid UTF-8 as a whole, without a separate pass.
 //! 2. The top-level object is read key by key. `op`, `s` and `t` are read as
 //!    values; any other key's value is validated and skipped.
 //! 3. `d`, when it is an object, is read key by key as well: the value
@@ -41,8 +43,6 @@ type Scan<T> = Result<T, ScanError>;
 /// The envelope and `d`'s routing keys, as ranges and borrowed text.
 #[derive(Debug, Default)]
 pub(crate) struct Scanned<'a> {
-    /// The payload as text (checked once, here).
-    pub(crate) text: &'a str,
     pub(crate) op: Option<u64>,
     pub(crate) s: Option<u64>,
     pub(crate) t: Option<Cow<'a, str>>,
@@ -64,18 +64,8 @@ pub(crate) struct DataKeys {
 
 /// Scans `payload` as a gateway frame.
 pub(crate) fn scan(payload: &[u8]) -> Scan<Scanned<'_>> {
-    let text = std::str::from_utf8(payload).map_err(|e| ScanError {
-        offset: e.valid_up_to(),
-        message: "invalid UTF-8",
-    })?;
-    let mut r = Reader {
-        b: text.as_bytes(),
-        i: 0,
-    };
-    let mut out = Scanned {
-        text,
-        ..Scanned::default()
-    };
+    let mut r = Reader { b: payload, i: 0 };
+    let mut out = Scanned::default();
     r.ws();
     if r.peek() != Some(b'{') {
         return Err(r.error("a gateway frame must be a JSON object"));
@@ -102,7 +92,7 @@ pub(crate) fn scan(payload: &[u8]) -> Scan<Scanned<'_>> {
             match slot {
                 Some(0) => out.op = Some(r.unsigned("`op` must be an integer 0-255")?),
                 Some(1) => out.s = r.nullable_unsigned("`s` must be null or an integer")?,
-                Some(2) => out.t = r.nullable_string(text)?,
+                Some(2) => out.t = r.nullable_string()?,
                 Some(3) => {
                     let start = r.i;
                     if r.peek() == Some(b'{') {
@@ -242,6 +232,9 @@ impl<'a> Reader<'a> {
         self.i += 1;
         let start = self.i;
         let mut escaped = false;
+        // Bytes above 0x7F stop the word loop until the first is seen; the
+        // contents are then checked as UTF-8 once, at the end.
+        let mut high = HIGHS;
         loop {
             // Eight bytes at a time to the next byte that needs a look.
             while let Some(chunk) = self.b.get(self.i..self.i + 8) {
@@ -250,7 +243,8 @@ impl<'a> Reader<'a> {
                 let w = u64::from_le_bytes(word);
                 let hits = zero_bytes(w ^ (ONES * u64::from(b'"')))
                     | zero_bytes(w ^ (ONES * u64::from(b'\\')))
-                    | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
+                    | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
+                    | (w & high);
                 if hits != 0 {
                     self.i += (hits.trailing_zeros() / 8) as usize;
                     break;
@@ -260,7 +254,16 @@ impl<'a> Reader<'a> {
             match self.peek() {
                 Some(b'"') => {
                     self.i += 1;
-                    return Ok((start..self.i - 1, escaped));
+                    let range = start..self.i - 1;
+                    if high == 0 && std::str::from_utf8(&self.b[range.clone()]).is_err() {
+                        self.i = start;
+                        return Err(self.error("invalid UTF-8 in a string"));
+                    }
+                    return Ok((range, escaped));
+                }
+                Some(0x80..) => {
+                    high = 0;
+                    self.i += 1;
                 }
                 Some(b'\\') => {
                     escaped = true;
@@ -373,7 +376,7 @@ impl<'a> Reader<'a> {
         self.unsigned(message).map(Some)
     }
 
-    fn nullable_string(&mut self, text: &'a str) -> Scan<Option<Cow<'a, str>>> {
+    fn nullable_string(&mut self) -> Scan<Option<Cow<'a, str>>> {
         if self.literal_null()? {
             return Ok(None);
         }
@@ -381,11 +384,12 @@ impl<'a> Reader<'a> {
             return Err(self.error("`t` must be null or a string"));
         }
         let (range, escaped) = self.string()?;
-        let raw = &text[range];
+        let raw = &self.b[range];
         Ok(Some(if escaped {
-            Cow::Owned(unescape(raw.as_bytes()))
+            Cow::Owned(unescape(raw))
         } else {
-            Cow::Borrowed(raw)
+            // `string` checked it.
+            Cow::Borrowed(std::str::from_utf8(raw).unwrap_or_default())
         }))
     }
 

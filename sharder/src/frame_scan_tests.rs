@@ -62,6 +62,9 @@ fn null_and_missing_d_and_escaped_names() {
     assert!(s.d.is_none());
     let s = scan(br#"{"op":0,"s":1,"t":"A\u0042","d":[1,{"a":[]},"x"]}"#).unwrap();
     assert_eq!(s.t.as_deref(), Some("AB"));
+    let p = "{\"op\":0,\"s\":1,\"t\":\"Ünïcödé\",\"d\":{\"naïve\":\"日本語 🎉\"}}";
+    let s = scan(p.as_bytes()).unwrap();
+    assert_eq!(s.t.as_deref(), Some("Ünïcödé"));
     let s = scan(br#"{"\u006fp":9,"d":false}"#).unwrap();
     assert_eq!(s.op, Some(9), "an escaped key is still the key");
     let s = scan(br#"{"op":0,"s":1,"t":"X","d":{"id":"1","id":"2"}}"#).unwrap();
@@ -99,6 +102,10 @@ fn refuses_what_serde_json_refuses() {
         b"{\"op\":0,\"d\":\"a\tb\"}",
         b"{\"op\":0,\"d\":\"\xff\"}",
         b"{\"op\":0,\"d\":\"abc",
+        b"{\"op\":0,\"d\":{\"k\xc3\":1}}",
+        b"{\"op\":0,\"s\":1,\"t\":\"X\xe2\x82\"}",
+        b"{\"op\":0,\"d\":[\"\xc3\xa9\", \"\xed\xa0\x80\"]}",
+        b"{\"op\":0,\"d\":\xc3\xa9}",
     ];
     for c in cases {
         assert!(scan(c).is_err(), "{:?}", String::from_utf8_lossy(c));

@@ -259,6 +259,8 @@ pub struct Shard<K: EventSink, S: SessionStore, C: Connector> {
     /// Held from before connecting until the IDENTIFY has left.
     pub(crate) connect_slot: Option<ConnectSlot>,
     pub(crate) counters: EventCounters,
+    /// When the current burst of messages was read (events' `received_at`).
+    pub(crate) burst_read_at: std::time::SystemTime,
 }
 
 impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
@@ -298,6 +300,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             extra_delay: None,
             connect_slot: None,
             counters: EventCounters::new(),
+            burst_read_at: std::time::SystemTime::UNIX_EPOCH,
         };
         let handle = ShardHandle {
             state: state_rx,

@@ -50,11 +50,25 @@ pub struct ShardEvent {
 }
 
 impl ShardEvent {
+    /// An event read now.
+    #[cfg(test)]
     pub(crate) fn new(
         header: EventHeader,
         event: EventName,
         data: Bytes,
         ack: mpsc::UnboundedSender<Confirmation>,
+    ) -> Self {
+        Self::received(header, event, data, ack, SystemTime::now())
+    }
+
+    /// An event read at `received_at` (a shard reads the clock once per
+    /// burst of messages, not once per event).
+    pub(crate) fn received(
+        header: EventHeader,
+        event: EventName,
+        data: Bytes,
+        ack: mpsc::UnboundedSender<Confirmation>,
+        received_at: SystemTime,
     ) -> Self {
         Self {
             shard_id: header.shard_id,
@@ -64,7 +78,7 @@ impl ShardEvent {
             event,
             guild_id: header.guild_id,
             guild_create: header.guild_create,
-            received_at: SystemTime::now(),
+            received_at,
             data,
             ack: Ack {
                 tx: ack,

@@ -38,7 +38,7 @@ fn read_frame(payload: &[u8]) -> Result<(), TestCaseError> {
         prop_assert_eq!(parse_snowflake(&g.to_string()), Some(g));
     }
     match (frame.d, frame.d_range(payload)) {
-        (Some(d), Some(r)) => prop_assert_eq!(&payload[r], d.as_bytes()),
+        (Some(d), Some(r)) => prop_assert_eq!(&payload[r], d),
         (None, None) => {}
         (d, r) => prop_assert!(false, "d {:?} but range {:?}", d, r),
     }
