@@ -1,7 +1,7 @@
 //! The closed set of gateway dispatch names used as a metric label, so a
 //! new or garbled `t` cannot grow the label set: anything else is `OTHER`.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 /// Label for a dispatch name outside [`KNOWN_EVENTS`].
 pub const OTHER_EVENT: &str = "OTHER";
@@ -198,7 +198,6 @@ impl From<&str> for EventName {
 /// registry lookup (hash, lock, label set) for every event.
 pub(crate) struct EventCounters {
     total: metrics::Counter,
-    by_type: Vec<Option<metrics::Counter>>,
     /// Counts not yet added to the shared counters: (name index, count).
     /// The shared counters are atomics that every shard's thread writes, so
     /// a burst of events adds to them once per name, not once per event.
@@ -209,11 +208,27 @@ pub(crate) struct EventCounters {
 /// Distinct names a burst collects before it adds them up.
 const PENDING_NAMES: usize = 8;
 
+/// Slots of the by-type counters: every known name, then "OTHER".
+const COUNTER_SLOTS: usize = KNOWN_EVENTS.len() + 1;
+
+/// The `sharder_events_by_type_total` handle of name index `at`, shared by
+/// every shard (the series has no shard label, so a table per shard would
+/// be 1.2 KiB of identical handles per idle shard). A series appears on
+/// its name's first event, as with `metrics::counter!`.
+fn by_type(at: usize) -> Option<&'static metrics::Counter> {
+    static SLOTS: [OnceLock<metrics::Counter>; COUNTER_SLOTS] =
+        [const { OnceLock::new() }; COUNTER_SLOTS];
+    let label = KNOWN_EVENTS.get(at).copied().unwrap_or(OTHER_EVENT);
+    Some(SLOTS.get(at)?.get_or_init(|| {
+        crate::http::prometheus();
+        metrics::counter!("sharder_events_by_type_total", "event" => label)
+    }))
+}
+
 impl EventCounters {
     pub(crate) fn new() -> Self {
         Self {
             total: metrics::counter!("sharder_events_total"),
-            by_type: vec![None; KNOWN_EVENTS.len() + 1],
             pending: [(0, 0); PENDING_NAMES],
             pending_len: 0,
         }
@@ -241,13 +256,8 @@ impl EventCounters {
         let mut total = 0;
         for &(at, n) in &self.pending[..self.pending_len] {
             total += u64::from(n);
-            let at = usize::from(at);
-            let label = KNOWN_EVENTS.get(at).copied().unwrap_or(OTHER_EVENT);
-            if let Some(slot) = self.by_type.get_mut(at) {
-                slot.get_or_insert_with(
-                    || metrics::counter!("sharder_events_by_type_total", "event" => label),
-                )
-                .increment(u64::from(n));
+            if let Some(counter) = by_type(usize::from(at)) {
+                counter.increment(u64::from(n));
             }
         }
         self.pending_len = 0;
