@@ -188,10 +188,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 let link = self.link();
                 let resume_url = self.shared.resume_url();
-                let res =
-                    self.shared
-                        .core()
-                        .identify(&id, link, &resume_url, &self.shared.cfg, received);
+                let res = self.shared.core_urgent().identify(
+                    &id,
+                    link,
+                    &resume_url,
+                    &self.shared.cfg,
+                    received,
+                );
                 match res {
                     Ok(sid) => {
                         tracing::debug!(conn = self.id, session = %sid, "identified");
@@ -212,7 +215,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return Err(self.protocol_error(r).await);
                 }
                 let link = self.link();
-                let res = self.shared.core().resume(
+                let res = self.shared.core_urgent().resume(
                     &r,
                     link,
                     &self.shared.cfg,

@@ -59,15 +59,15 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             tokens -= n as f64;
             while n > 0 {
                 let chunk = n.min(CHUNK);
-                if !emit_at(&shared, chunk, rate) {
+                let Some(done) = emit_at(&shared, chunk, rate) else {
                     // The rate changed after these tokens were counted at
                     // the old one: they are void.
                     tokens = 0.0;
                     break;
-                }
-                n -= chunk;
+                };
+                n -= done;
                 if n > 0 {
-                    tokio::task::yield_now().await;
+                    step_aside(&shared).await;
                 }
             }
         }
@@ -84,16 +84,40 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 /// the rate before a change to 0 went on to produce its tick's events after
 /// the change, so `/sim/truth` read right after stopping missed them (the
 /// cold-boot scenario's "truth differs from what was sent").
-fn emit_at(shared: &Shared, n: u64, rate: f64) -> bool {
+///
+/// Returns how many it produced: fewer than `n` when an urgent caller (see
+/// [`Shared::core_urgent`]) started waiting for the core meanwhile.
+fn emit_at(shared: &Shared, n: u64, rate: f64) -> Option<u64> {
     let mut core = shared.core();
     if shared.event_rate().to_bits() != rate.to_bits() {
-        return false;
+        return None;
     }
-    for _ in 0..n {
-        let d = core.world.next_dispatch();
-        core.deliver(&d, &shared.cfg);
+    let mut done = 0;
+    while done < n {
+        for _ in 0..(n - done).min(URGENT_CHECK) {
+            let d = core.world.next_dispatch();
+            core.deliver(&d, &shared.cfg);
+        }
+        done += (n - done).min(URGENT_CHECK);
+        if shared.urgent_waiting() {
+            break;
+        }
     }
-    true
+    Some(done)
+}
+
+/// Dispatches produced between two looks for an urgent waiter (about 1 ms).
+const URGENT_CHECK: u64 = 1024;
+
+/// Between two chunks: lets the other tasks run and, if an urgent caller
+/// waits for the core, lets it take the core before the next chunk (for at
+/// most a few ms, in case it never comes).
+async fn step_aside(shared: &Shared) {
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    while shared.urgent_waiting() && start.elapsed() < Duration::from_millis(5) {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Produces `n` dispatches now and buffers them into their sessions.
@@ -102,5 +126,44 @@ pub(crate) fn emit(shared: &Shared, n: u64) {
     for _ in 0..n {
         let d = core.world.next_dispatch();
         core.deliver(&d, &shared.cfg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::SimConfig;
+    use crate::gateway::sessions::Core;
+    use crate::world::World;
+
+    fn shared() -> Shared {
+        let cfg = SimConfig::default();
+        let world = World::new(cfg.seed, cfg.world_config()).unwrap();
+        let core = Core::new(&cfg, world, std::time::Instant::now());
+        let rate = cfg.event_rate;
+        let shared = Shared::new(cfg, "127.0.0.1:1".parse().unwrap(), core);
+        shared.set_event_rate(rate);
+        shared
+    }
+
+    #[test]
+    fn a_chunk_stops_early_for_an_urgent_waiter_and_only_then() {
+        let shared = shared();
+        let rate = shared.event_rate();
+        assert_eq!(
+            emit_at(&shared, 3 * URGENT_CHECK, rate),
+            Some(3 * URGENT_CHECK)
+        );
+        shared
+            .urgent
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        assert!(shared.urgent_waiting());
+        assert_eq!(emit_at(&shared, 3 * URGENT_CHECK, rate), Some(URGENT_CHECK));
+        shared
+            .urgent
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        assert_eq!(emit_at(&shared, 5, rate), Some(5));
+        assert_eq!(emit_at(&shared, 5, rate + 1.0), None, "rate changed");
     }
 }

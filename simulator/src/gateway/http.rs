@@ -60,9 +60,13 @@ pub(crate) async fn handle(
         (Method::GET, "/api/v10/gateway") => {
             json_resp(StatusCode::OK, &json!({"url": shared.gateway_url()}))
         }
-        (Method::GET, "/sim/truth") => json_resp(StatusCode::OK, &shared.core().world.truth()),
-        (Method::GET, "/sim/ledger") => json_resp(StatusCode::OK, &shared.core().ledger.snapshot()),
-        (Method::GET, "/sim/counters") => json_resp(StatusCode::OK, &shared.core().counters),
+        (Method::GET, "/sim/truth") => {
+            json_resp(StatusCode::OK, &shared.core_urgent().world.truth())
+        }
+        (Method::GET, "/sim/ledger") => {
+            json_resp(StatusCode::OK, &shared.core_urgent().ledger.snapshot())
+        }
+        (Method::GET, "/sim/counters") => json_resp(StatusCode::OK, &shared.core_urgent().counters),
         (Method::POST, p) if p.starts_with("/sim/") => control(req, &shared, p).await,
         (_, "/" | "/resume") => error(StatusCode::BAD_REQUEST, "expected a websocket upgrade"),
         _ => error(StatusCode::NOT_FOUND, &format!("no route for {path}")),
@@ -94,7 +98,10 @@ fn gateway_bot(req: &Request<Incoming>, shared: &Shared) -> Resp {
         tracing::info!("GET /gateway/bot without a valid Authorization: 401");
         return error(StatusCode::UNAUTHORIZED, "401: Unauthorized");
     }
-    let (remaining, reset_after) = shared.core().budget.status(std::time::Instant::now());
+    let (remaining, reset_after) = shared
+        .core_urgent()
+        .budget
+        .status(std::time::Instant::now());
     json_resp(
         StatusCode::OK,
         &json!({
@@ -146,7 +153,7 @@ fn upgrade(req: Request<Incoming>, shared: Arc<Shared>, path: String) -> Resp {
     };
     let version_ok = query_param(&query, "v") == Some("10");
     *shared
-        .core()
+        .core_urgent()
         .counters
         .connections
         .entry(path.clone())
@@ -234,7 +241,7 @@ async fn control(req: Request<Incoming>, shared: &Shared, path: &str) -> Resp {
             .map_err(|_| format!("guild_id {s:?} is not a snowflake")),
         None => Err("guild_id is required".to_owned()),
     };
-    let core_ctl = |ctl| affected(shared.core().control(shards, ctl));
+    let core_ctl = |ctl| affected(shared.core_urgent().control(shards, ctl));
     match path.trim_start_matches("/sim/") {
         "faults/reconnect" => core_ctl(Control::Reconnect),
         "faults/drop" => core_ctl(Control::Drop),

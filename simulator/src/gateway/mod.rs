@@ -17,7 +17,7 @@ pub(crate) mod transport;
 use crate::config::SimConfig;
 use sessions::Core;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 
@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub rate_changed: Notify,
     pub shutdown: watch::Sender<bool>,
     next_conn: AtomicU64,
+    /// Callers in [`Shared::core_urgent`] waiting for the core.
+    pub(crate) urgent: AtomicUsize,
 }
 
 impl Shared {
@@ -44,6 +46,7 @@ impl Shared {
             rate_changed: Notify::new(),
             shutdown,
             next_conn: AtomicU64::new(1),
+            urgent: AtomicUsize::new(0),
         }
     }
 
@@ -51,6 +54,24 @@ impl Shared {
     /// still usable, so a poisoned lock is recovered rather than spread.
     pub(crate) fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the core for a rare caller that must not wait long: the HTTP
+    /// endpoints, IDENTIFY and RESUME. A saturated generator holds the core
+    /// for a whole chunk (tens of ms) and takes it again at once; a plain
+    /// waiter on another thread could lose that race for seconds (a bench's
+    /// `/sim/counters` timed out after 10 s). The generator checks for
+    /// urgent waiters between small batches and steps aside.
+    pub(crate) fn core_urgent(&self) -> MutexGuard<'_, Core> {
+        self.urgent.fetch_add(1, Ordering::AcqRel);
+        let core = self.core();
+        self.urgent.fetch_sub(1, Ordering::AcqRel);
+        core
+    }
+
+    /// Whether a [`Shared::core_urgent`] caller is waiting.
+    pub(crate) fn urgent_waiting(&self) -> bool {
+        self.urgent.load(Ordering::Acquire) > 0
     }
 
     pub(crate) fn event_rate(&self) -> f64 {
