@@ -30,7 +30,7 @@ fn read_frame(payload: &[u8]) {
     }
     let _ = frame.dispatch_keys();
     match (frame.d, frame.d_range(payload)) {
-        (Some(d), Some(r)) => assert_eq!(&payload[r], d.get().as_bytes()),
+        (Some(d), Some(r)) => assert_eq!(&payload[r], d),
         (None, None) => {}
         (d, r) => panic!("d {d:?} but range {r:?}"),
     }
