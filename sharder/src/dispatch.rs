@@ -185,6 +185,9 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         loop {
             tokio::select! {
                 r = &mut send => {
+                    // The burst goes on after the wait: its next events are
+                    // read now, not when the burst began.
+                    self.burst_read_at = std::time::SystemTime::now();
                     return r.map_err(|e| Outcome::SinkClosed(e.to_string()));
                 }
                 () = tokio::time::sleep_until(hb.next) => {
