@@ -63,6 +63,10 @@ type Step<'a> = dyn FnMut(&[u8], &mut [u8]) -> Result<(usize, usize, bool), Infl
 
 /// Runs `step` over `input` until it is consumed and the decoder has
 /// flushed everything, into this thread's arena. `codec` names errors.
+///
+/// The payload is decoded into the arena's free part and split off it. One
+/// that outgrows the free part is gathered in a `Vec` of its own, the free
+/// part then serving as the step's output chunk.
 fn decode(
     codec: &'static str,
     input: &[u8],
@@ -74,17 +78,31 @@ fn decode(
             *arena = BytesMut::zeroed(ARENA);
         }
         let mut offset = 0;
-        let mut written = 0;
+        // Decoded so far: in the arena's front, or gathered in `large`.
+        let mut in_arena = 0;
+        let mut large: Option<Vec<u8>> = None;
         loop {
-            let room = arena.len() - written;
-            let (read, wrote, end) = step(&input[offset..], &mut arena[written..])?;
+            let out = match large {
+                Some(_) => &mut arena[..],
+                None => &mut arena[in_arena..],
+            };
+            let room = out.len();
+            let (read, wrote, end) = step(&input[offset..], out)?;
+            let wrote = wrote.min(room);
             offset = offset.saturating_add(read).min(input.len());
-            written = (written + wrote).min(arena.len());
-            if written > limit {
+            let decoded = large.as_ref().map_or(in_arena, Vec::len);
+            if decoded + wrote > limit {
                 return Err(InflateError::TooLarge { codec, limit });
             }
+            match &mut large {
+                Some(v) => v.extend_from_slice(&arena[..wrote]),
+                None => in_arena += wrote,
+            }
             if end || (offset == input.len() && wrote < room) {
-                return Ok(arena.split_to(written).freeze());
+                return Ok(match large {
+                    Some(v) => Bytes::from(v),
+                    None => arena.split_to(in_arena).freeze(),
+                });
             }
             if read == 0 && wrote == 0 {
                 return Err(InflateError::Stalled {
@@ -92,43 +110,11 @@ fn decode(
                     pending: input.len() - offset,
                 });
             }
-            if written == arena.len() {
-                // Larger than the free part: gather it on its own, using
-                // the free part as the step's output chunk.
-                let mut out = arena[..written].to_vec();
-                return decode_large(codec, &input[offset..], limit, step, arena, &mut out)
-                    .map(|()| Bytes::from(out));
+            if large.is_none() && in_arena == arena.len() {
+                large = Some(arena.to_vec());
             }
         }
     })
-}
-
-fn decode_large(
-    codec: &'static str,
-    input: &[u8],
-    limit: usize,
-    step: &mut Step<'_>,
-    chunk: &mut [u8],
-    out: &mut Vec<u8>,
-) -> Result<(), InflateError> {
-    let mut offset = 0;
-    loop {
-        let (read, wrote, end) = step(&input[offset..], chunk)?;
-        offset = offset.saturating_add(read).min(input.len());
-        if out.len() + wrote > limit {
-            return Err(InflateError::TooLarge { codec, limit });
-        }
-        out.extend_from_slice(&chunk[..wrote.min(chunk.len())]);
-        if end || (offset == input.len() && wrote < chunk.len()) {
-            return Ok(());
-        }
-        if read == 0 && wrote == 0 {
-            return Err(InflateError::Stalled {
-                codec,
-                pending: input.len() - offset,
-            });
-        }
-    }
 }
 
 /// Default bound on one decompressed payload: the largest GUILD_CREATE of a
@@ -336,7 +322,7 @@ fn inflate_zlib(
             })?;
         let read = usize::try_from(inflate.total_in() - in_before).unwrap_or(usize::MAX);
         let wrote = usize::try_from(inflate.total_out() - out_before).unwrap_or(usize::MAX);
-        Ok((read, wrote.min(out.len()), status == Status::StreamEnd))
+        Ok((read, wrote, status == Status::StreamEnd))
     })
 }
 
