@@ -214,15 +214,17 @@ const COUNTER_SLOTS: usize = KNOWN_EVENTS.len() + 1;
 /// The `sharder_events_by_type_total` handle of name index `at`, shared by
 /// every shard (the series has no shard label, so a table per shard would
 /// be 1.2 KiB of identical handles per idle shard). A series appears on
-/// its name's first event, as with `metrics::counter!`.
+/// its name's first event, as with `metrics::counter!`; `run_with`
+/// installs the recorder before any shard starts.
 fn by_type(at: usize) -> Option<&'static metrics::Counter> {
     static SLOTS: [OnceLock<metrics::Counter>; COUNTER_SLOTS] =
         [const { OnceLock::new() }; COUNTER_SLOTS];
     let label = KNOWN_EVENTS.get(at).copied().unwrap_or(OTHER_EVENT);
-    Some(SLOTS.get(at)?.get_or_init(|| {
-        crate::http::prometheus();
-        metrics::counter!("sharder_events_by_type_total", "event" => label)
-    }))
+    Some(
+        SLOTS
+            .get(at)?
+            .get_or_init(|| metrics::counter!("sharder_events_by_type_total", "event" => label)),
+    )
 }
 
 impl EventCounters {
