@@ -94,11 +94,12 @@ fn emit_at(shared: &Shared, n: u64, rate: f64) -> Option<u64> {
     }
     let mut done = 0;
     while done < n {
-        for _ in 0..(n - done).min(URGENT_CHECK) {
+        let batch = (n - done).min(URGENT_CHECK);
+        for _ in 0..batch {
             let d = core.world.next_dispatch();
             core.deliver(&d, &shared.cfg);
         }
-        done += (n - done).min(URGENT_CHECK);
+        done += batch;
         if shared.urgent_waiting() {
             break;
         }
