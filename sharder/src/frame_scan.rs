@@ -95,15 +95,16 @@ pub(crate) fn scan(payload: &[u8]) -> Scan<Scanned<'_>> {
                 Some(2) => out.t = r.nullable_string()?,
                 Some(3) => {
                     let start = r.i;
-                    if r.peek() == Some(b'{') {
+                    let null = if r.peek() == Some(b'{') {
                         out.keys = r.data_object()?;
+                        false
                     } else if r.literal_null()? {
-                        out.keys = DataKeys::default();
+                        true
                     } else {
                         r.value()?;
-                    }
-                    let range = start..r.i;
-                    out.d = (&r.b[range.clone()] != b"null").then_some(range);
+                        false
+                    };
+                    out.d = (!null).then_some(start..r.i);
                 }
                 _ => r.value()?,
             }
