@@ -64,188 +64,171 @@ pub(crate) struct DataKeys {
 
 /// Scans `payload` as a gateway frame.
 pub(crate) fn scan(payload: &[u8]) -> Scan<Scanned<'_>> {
-    let mut r = Reader { b: payload, i: 0 };
-    let mut out = Scanned::default();
-    r.ws();
-    if r.peek() != Some(b'{') {
-        return Err(r.error("a gateway frame must be a JSON object"));
+    let mut r = Reader {
+        b: payload,
+        i: 0,
+        error: ScanError {
+            offset: 0,
+            message: "",
+        },
+    };
+    match r.frame() {
+        Ok(out) => Ok(out),
+        Err(Failed) => Err(r.error),
     }
-    r.i += 1;
-    let mut seen = [false; 4];
-    if !r.object_empty()? {
-        loop {
-            let key = r.key()?;
-            let slot = match key.as_ref() {
-                b"op" => Some(0),
-                b"s" => Some(1),
-                b"t" => Some(2),
-                b"d" => Some(3),
-                _ => None,
-            };
-            if let Some(n) = slot {
-                if seen[n] {
-                    return Err(r.error("duplicate envelope field"));
-                }
-                seen[n] = true;
-            }
-            r.ws();
-            match slot {
-                Some(0) => out.op = Some(r.unsigned("`op` must be an integer 0-255")?),
-                Some(1) => out.s = r.nullable_unsigned("`s` must be null or an integer")?,
-                Some(2) => out.t = r.nullable_string()?,
-                Some(3) => {
-                    let start = r.i;
-                    let null = if r.peek() == Some(b'{') {
-                        out.keys = r.data_object()?;
-                        false
-                    } else if r.literal_null()? {
-                        true
-                    } else {
-                        r.value()?;
-                        false
-                    };
-                    out.d = (!null).then_some(start..r.i);
-                }
-                _ => r.value()?,
-            }
-            if !r.next_member(b'}')? {
-                break;
-            }
-        }
-    }
-    r.ws();
-    if r.i != r.b.len() {
-        return Err(r.error("trailing characters after the frame"));
-    }
-    if out.op.is_some_and(|op| op > 255) {
-        return Err(r.error("`op` must be an integer 0-255"));
-    }
-    if out.op.is_none() {
-        return Err(r.error("missing field `op`"));
-    }
-    Ok(out)
 }
+
+/// A failed step; what failed and where is in `Reader::error`. Keeping the
+/// error out of the return value keeps every step's result in registers.
+struct Failed;
+
+type Step<T> = Result<T, Failed>;
 
 struct Reader<'a> {
     b: &'a [u8],
     i: usize,
+    error: ScanError,
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// Bytes of `word` that are zero (exact for the lowest one).
+#[inline(always)]
 fn zero_bytes(word: u64) -> u64 {
     word.wrapping_sub(ONES) & !word & HIGHS
 }
 
+/// Bytes of `word` that end a string's plain run: `"`, `\`, a control
+/// character, or (when `high` is `HIGHS`) a byte above 0x7F. Exact for the
+/// lowest one.
+#[inline(always)]
+fn special_bytes(word: u64, high: u64) -> u64 {
+    zero_bytes(word ^ (ONES * u64::from(b'"')))
+        | zero_bytes(word ^ (ONES * u64::from(b'\\')))
+        | (word.wrapping_sub(ONES * 0x20) & !word & HIGHS)
+        | (word & high)
+}
+
+/// The eight bytes at `i`, if there are eight.
+#[inline(always)]
+fn word_at(b: &[u8], i: usize) -> Option<u64> {
+    let chunk: &[u8; 8] = b.get(i..i + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(*chunk))
+}
+
 impl<'a> Reader<'a> {
-    fn error(&self, message: &'static str) -> ScanError {
-        ScanError {
+    #[cold]
+    #[inline(never)]
+    fn fail(&mut self, message: &'static str) -> Failed {
+        self.error = ScanError {
             offset: self.i,
             message,
-        }
+        };
+        Failed
     }
 
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
-    fn ws(&mut self) {
+    /// The next byte that is not whitespace (0 at the end, which no rule
+    /// accepts), without consuming it. Compact JSON takes the first branch.
+    #[inline(always)]
+    fn peek_token(&mut self) -> u8 {
+        match self.b.get(self.i) {
+            Some(&c) if c > b' ' => c,
+            _ => self.peek_token_after_ws(),
+        }
+    }
+
+    #[inline(never)]
+    fn peek_token_after_ws(&mut self) -> u8 {
         while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
             self.i += 1;
         }
-    }
-
-    fn expect(&mut self, byte: u8, message: &'static str) -> Scan<()> {
-        self.ws();
-        if self.peek() == Some(byte) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(self.error(message))
-        }
-    }
-
-    /// After `{`: true (and consumed) when the object is empty.
-    fn object_empty(&mut self) -> Scan<bool> {
-        self.ws();
-        match self.peek() {
-            Some(b'}') => {
-                self.i += 1;
-                Ok(true)
-            }
-            Some(b'"') => Ok(false),
-            _ => Err(self.error("expected a key or `}`")),
-        }
-    }
-
-    /// A key and its colon; the key's raw bytes (unescaped only if needed).
-    fn key(&mut self) -> Scan<Cow<'a, [u8]>> {
-        let (range, escaped) = self.key_range()?;
-        let raw = &self.b[range];
-        Ok(if escaped {
-            Cow::Owned(unescape(raw).into_bytes())
-        } else {
-            Cow::Borrowed(raw)
-        })
-    }
-
-    /// A key and its colon: the key's raw range and whether it holds
-    /// escapes. Compact JSON (no whitespace) takes no detours.
-    #[inline]
-    fn key_range(&mut self) -> Scan<(Range<usize>, bool)> {
-        if self.peek() != Some(b'"') {
-            self.ws();
-            if self.peek() != Some(b'"') {
-                return Err(self.error("expected a key"));
-            }
-        }
-        let key = self.string()?;
-        if self.peek() == Some(b':') {
-            self.i += 1;
-        } else {
-            self.expect(b':', "expected `:` after a key")?;
-        }
-        Ok(key)
+        self.peek().unwrap_or(0)
     }
 
     /// After a member: true after `,` (another follows), false after
     /// `close`.
-    fn next_member(&mut self, close: u8) -> Scan<bool> {
-        self.ws();
-        match self.peek() {
-            Some(b',') => {
-                self.i += 1;
-                Ok(true)
-            }
-            Some(c) if c == close => {
-                self.i += 1;
-                Ok(false)
-            }
-            _ => Err(self.error("expected `,` or the end of the container")),
+    #[inline(always)]
+    fn next_member(&mut self, close: u8) -> Step<bool> {
+        let c = self.peek_token();
+        self.i += 1;
+        if c == b',' {
+            Ok(true)
+        } else if c == close {
+            Ok(false)
+        } else {
+            self.i -= 1;
+            Err(self.fail("expected `,` or the end of the container"))
         }
     }
 
-    /// At a `"`: moves past the closing quote; the contents' range and
-    /// whether it holds escapes.
-    fn string(&mut self) -> Scan<(Range<usize>, bool)> {
+    /// A key and its colon: the key's raw range and whether it holds
+    /// escapes.
+    #[inline(always)]
+    fn key(&mut self) -> Step<(Range<usize>, bool)> {
+        if self.peek_token() != b'"' {
+            return Err(self.fail("expected a key"));
+        }
+        let start = self.i + 1;
+        let escaped = self.string()?;
+        let range = start..self.i - 1;
+        if self.peek_token() != b':' {
+            return Err(self.fail("expected `:` after a key"));
+        }
         self.i += 1;
-        let start = self.i;
+        Ok((range, escaped))
+    }
+
+    /// A key's bytes, unescaped only if needed.
+    fn key_bytes(&self, (range, escaped): (Range<usize>, bool)) -> Cow<'a, [u8]> {
+        let b: &'a [u8] = self.b;
+        let raw = &b[range];
+        if escaped {
+            Cow::Owned(unescape(raw).into_bytes())
+        } else {
+            Cow::Borrowed(raw)
+        }
+    }
+
+    /// At a `"`: moves past the closing quote; whether the contents hold
+    /// escapes. The common string (plain ASCII, its quote within the
+    /// payload's last eight bytes) never leaves this loop.
+    #[inline(always)]
+    fn string(&mut self) -> Step<bool> {
+        let start = self.i + 1;
+        let mut i = start;
+        while let Some(w) = word_at(self.b, i) {
+            let hits = special_bytes(w, HIGHS);
+            if hits != 0 {
+                i += (hits.trailing_zeros() / 8) as usize;
+                if self.b.get(i) == Some(&b'"') {
+                    self.i = i + 1;
+                    return Ok(false);
+                }
+                break;
+            }
+            i += 8;
+        }
+        self.string_rest(start, i)
+    }
+
+    /// The rest of a string from `i` (everything from `start` to `i` is
+    /// plain ASCII): escapes, bytes above 0x7F (checked as UTF-8 once, at
+    /// the end) and the payload's last bytes.
+    #[inline(never)]
+    fn string_rest(&mut self, start: usize, i: usize) -> Step<bool> {
+        self.i = i;
         let mut escaped = false;
-        // Bytes above 0x7F stop the word loop until the first is seen; the
-        // contents are then checked as UTF-8 once, at the end.
+        // Bytes above 0x7F stop the word loop until the first is seen.
         let mut high = HIGHS;
         loop {
-            // Eight bytes at a time to the next byte that needs a look.
-            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-                let mut word = [0u8; 8];
-                word.copy_from_slice(chunk);
-                let w = u64::from_le_bytes(word);
-                let hits = zero_bytes(w ^ (ONES * u64::from(b'"')))
-                    | zero_bytes(w ^ (ONES * u64::from(b'\\')))
-                    | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
-                    | (w & high);
+            while let Some(w) = word_at(self.b, self.i) {
+                let hits = special_bytes(w, high);
                 if hits != 0 {
                     self.i += (hits.trailing_zeros() / 8) as usize;
                     break;
@@ -255,12 +238,11 @@ impl<'a> Reader<'a> {
             match self.peek() {
                 Some(b'"') => {
                     self.i += 1;
-                    let range = start..self.i - 1;
-                    if high == 0 && std::str::from_utf8(&self.b[range.clone()]).is_err() {
+                    if high == 0 && std::str::from_utf8(&self.b[start..self.i - 1]).is_err() {
                         self.i = start;
-                        return Err(self.error("invalid UTF-8 in a string"));
+                        return Err(self.fail("invalid UTF-8 in a string"));
                     }
-                    return Ok((range, escaped));
+                    return Ok(escaped);
                 }
                 Some(0x80..) => {
                     high = 0;
@@ -274,22 +256,23 @@ impl<'a> Reader<'a> {
                         Some(b'u') => {
                             let hex = self.b.get(self.i + 1..self.i + 5);
                             if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                                return Err(self.error("invalid \\u escape"));
+                                return Err(self.fail("invalid \\u escape"));
                             }
                             self.i += 5;
                         }
-                        _ => return Err(self.error("invalid escape")),
+                        _ => return Err(self.fail("invalid escape")),
                     }
                 }
                 Some(c) if c < 0x20 => {
-                    return Err(self.error("control character in a string"));
+                    return Err(self.fail("control character in a string"));
                 }
                 Some(_) => self.i += 1,
-                None => return Err(self.error("unterminated string")),
+                None => return Err(self.fail("unterminated string")),
             }
         }
     }
 
+    #[inline(always)]
     fn digits(&mut self) -> usize {
         let start = self.i;
         while self.peek().is_some_and(|c| c.is_ascii_digit()) {
@@ -299,7 +282,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A JSON number (grammar only).
-    fn number(&mut self) -> Scan<()> {
+    fn number(&mut self) -> Step<()> {
         if self.peek() == Some(b'-') {
             self.i += 1;
         }
@@ -308,12 +291,12 @@ impl<'a> Reader<'a> {
             Some(b'1'..=b'9') => {
                 self.digits();
             }
-            _ => return Err(self.error("invalid number")),
+            _ => return Err(self.fail("invalid number")),
         }
         if self.peek() == Some(b'.') {
             self.i += 1;
             if self.digits() == 0 {
-                return Err(self.error("invalid number"));
+                return Err(self.fail("invalid number"));
             }
         }
         if let Some(b'e' | b'E') = self.peek() {
@@ -322,70 +305,84 @@ impl<'a> Reader<'a> {
                 self.i += 1;
             }
             if self.digits() == 0 {
-                return Err(self.error("invalid number"));
+                return Err(self.fail("invalid number"));
             }
         }
         Ok(())
     }
 
-    fn literal(&mut self, word: &'static [u8]) -> Scan<()> {
-        if self.b.get(self.i..self.i + word.len()) == Some(word) {
-            self.i += word.len();
+    /// `true`, `false` or `null` (`len` bytes) at the cursor, as one
+    /// four-byte compare of its last four bytes (`word`); the caller
+    /// matched the first byte.
+    #[inline(always)]
+    fn literal(&mut self, word: &'static [u8; 4], len: usize) -> Step<()> {
+        let at = self.i + len - 4;
+        let four = self
+            .b
+            .get(at..at + 4)
+            .and_then(|s| <&[u8; 4]>::try_from(s).ok());
+        if four == Some(word) {
+            self.i += len;
             Ok(())
         } else {
-            Err(self.error("invalid literal"))
+            Err(self.fail("invalid literal"))
         }
     }
 
     /// `null` at the cursor: consumed, true.
-    fn literal_null(&mut self) -> Scan<bool> {
+    fn literal_null(&mut self) -> Step<bool> {
         if self.peek() == Some(b'n') {
-            self.literal(b"null")?;
+            self.literal(b"null", 4)?;
             return Ok(true);
         }
         Ok(false)
     }
 
     /// An integer that fits u64, as serde_json reads one for `u64`.
-    fn unsigned(&mut self, message: &'static str) -> Scan<u64> {
+    fn unsigned(&mut self, message: &'static str) -> Step<u64> {
         let start = self.i;
         let mut v: u64 = 0;
         match self.peek() {
             Some(b'0') => self.i += 1,
             Some(b'1'..=b'9') => {
                 while let Some(c @ b'0'..=b'9') = self.peek() {
-                    v = v
+                    let Some(next) = v
                         .checked_mul(10)
                         .and_then(|v| v.checked_add(u64::from(c - b'0')))
-                        .ok_or_else(|| self.error(message))?;
+                    else {
+                        return Err(self.fail(message));
+                    };
+                    v = next;
                     self.i += 1;
                 }
             }
-            _ => return Err(self.error(message)),
+            _ => return Err(self.fail(message)),
         }
         if let Some(b'.' | b'e' | b'E' | b'0'..=b'9') = self.peek() {
             self.i = start;
-            return Err(self.error(message));
+            return Err(self.fail(message));
         }
         Ok(v)
     }
 
-    fn nullable_unsigned(&mut self, message: &'static str) -> Scan<Option<u64>> {
+    fn nullable_unsigned(&mut self, message: &'static str) -> Step<Option<u64>> {
         if self.literal_null()? {
             return Ok(None);
         }
         self.unsigned(message).map(Some)
     }
 
-    fn nullable_string(&mut self) -> Scan<Option<Cow<'a, str>>> {
+    fn nullable_string(&mut self) -> Step<Option<Cow<'a, str>>> {
         if self.literal_null()? {
             return Ok(None);
         }
         if self.peek() != Some(b'"') {
-            return Err(self.error("`t` must be null or a string"));
+            return Err(self.fail("`t` must be null or a string"));
         }
-        let (range, escaped) = self.string()?;
-        let raw = &self.b[range];
+        let start = self.i + 1;
+        let escaped = self.string()?;
+        let b: &'a [u8] = self.b;
+        let raw = &b[start..self.i - 1];
         Ok(Some(if escaped {
             Cow::Owned(unescape(raw))
         } else {
@@ -394,19 +391,83 @@ impl<'a> Reader<'a> {
         }))
     }
 
+    /// The whole payload as a gateway frame.
+    fn frame(&mut self) -> Step<Scanned<'a>> {
+        let mut out = Scanned::default();
+        if self.peek_token() != b'{' {
+            return Err(self.fail("a gateway frame must be a JSON object"));
+        }
+        self.i += 1;
+        let mut seen = [false; 4];
+        if self.peek_token() == b'}' {
+            self.i += 1;
+        } else {
+            loop {
+                let key = self.key()?;
+                let slot = match self.key_bytes(key).as_ref() {
+                    b"op" => Some(0),
+                    b"s" => Some(1),
+                    b"t" => Some(2),
+                    b"d" => Some(3),
+                    _ => None,
+                };
+                if let Some(n) = slot {
+                    if seen[n] {
+                        return Err(self.fail("duplicate envelope field"));
+                    }
+                    seen[n] = true;
+                }
+                self.peek_token();
+                match slot {
+                    Some(0) => out.op = Some(self.unsigned("`op` must be an integer 0-255")?),
+                    Some(1) => out.s = self.nullable_unsigned("`s` must be null or an integer")?,
+                    Some(2) => out.t = self.nullable_string()?,
+                    Some(3) => {
+                        let start = self.i;
+                        let null = if self.peek() == Some(b'{') {
+                            out.keys = self.data_object()?;
+                            false
+                        } else if self.literal_null()? {
+                            true
+                        } else {
+                            self.value()?;
+                            false
+                        };
+                        out.d = (!null).then_some(start..self.i);
+                    }
+                    _ => self.value()?,
+                }
+                if !self.next_member(b'}')? {
+                    break;
+                }
+            }
+        }
+        if self.peek_token() != 0 || self.i != self.b.len() {
+            return Err(self.fail("trailing characters after the frame"));
+        }
+        if out.op.is_some_and(|op| op > 255) {
+            return Err(self.fail("`op` must be an integer 0-255"));
+        }
+        if out.op.is_none() {
+            return Err(self.fail("missing field `op`"));
+        }
+        Ok(out)
+    }
+
     /// `d` as an object: validates it, keeping the routing keys' ranges.
-    fn data_object(&mut self) -> Scan<DataKeys> {
+    fn data_object(&mut self) -> Step<DataKeys> {
         self.i += 1;
         let mut keys = DataKeys::default();
-        if self.object_empty()? {
+        if self.peek_token() == b'}' {
+            self.i += 1;
             return Ok(keys);
         }
         loop {
             let key = self.key()?;
-            self.ws();
+            self.peek_token();
             let start = self.i;
             self.value()?;
-            let (slot, name) = match key.as_ref() {
+            let (slot, name) = match self.key_bytes(key).as_ref() {
                 b"guild_id" => (&mut keys.guild_id, "guild_id"),
                 b"id" => (&mut keys.id, "id"),
                 b"unavailable" => (&mut keys.unavailable, "unavailable"),
@@ -428,40 +489,38 @@ impl<'a> Reader<'a> {
     }
 
     /// Validates and skips one value, iteratively.
-    fn value(&mut self) -> Scan<()> {
+    fn value(&mut self) -> Step<()> {
         let mut open = BitStack::default();
         loop {
             // A value starts here.
-            self.ws();
-            match self.peek() {
-                Some(b'{') => {
+            match self.peek_token() {
+                b'"' => {
+                    self.string()?;
+                }
+                b'{' => {
                     self.i += 1;
-                    if self.object_empty()? {
-                        // fall through to "after a value"
+                    if self.peek_token() == b'}' {
+                        self.i += 1;
                     } else {
                         open.push(true);
-                        self.key_range()?;
+                        self.key()?;
                         continue;
                     }
                 }
-                Some(b'[') => {
+                b'[' => {
                     self.i += 1;
-                    self.ws();
-                    if self.peek() == Some(b']') {
+                    if self.peek_token() == b']' {
                         self.i += 1;
                     } else {
                         open.push(false);
                         continue;
                     }
                 }
-                Some(b'"') => {
-                    self.string()?;
-                }
-                Some(b'-' | b'0'..=b'9') => self.number()?,
-                Some(b't') => self.literal(b"true")?,
-                Some(b'f') => self.literal(b"false")?,
-                Some(b'n') => self.literal(b"null")?,
-                _ => return Err(self.error("expected a value")),
+                b'-' | b'0'..=b'9' => self.number()?,
+                b't' => self.literal(b"true", 4)?,
+                b'f' => self.literal(b"alse", 5)?,
+                b'n' => self.literal(b"null", 4)?,
+                _ => return Err(self.fail("expected a value")),
             }
             // After a value: close what ends here, or go on to the next one.
             loop {
@@ -471,7 +530,7 @@ impl<'a> Reader<'a> {
                 let close = if in_object { b'}' } else { b']' };
                 if self.next_member(close)? {
                     if in_object {
-                        self.key_range()?;
+                        self.key()?;
                     }
                     break;
                 }
