@@ -35,7 +35,7 @@
 
 use crate::backoff::Backoff;
 use crate::event_names::EventName;
-use crate::sink::{Ack, EventSink, ShardEvent, SinkClosed};
+use crate::sink::{Ack, EventSink, ShardEvent, SinkClosed, TrySend};
 use config::Secret;
 use envelope::BatchEncoder;
 use envelope::topology::AmqpTopology;
@@ -147,6 +147,16 @@ impl EventSink for AmqpSink {
             .send(event)
             .await
             .map_err(|_| SinkClosed("the AMQP publisher task ended".into()))
+    }
+
+    fn try_send(&self, event: ShardEvent) -> TrySend {
+        match self.tx.try_send(event) {
+            Ok(()) => TrySend::Taken,
+            Err(mpsc::error::TrySendError::Full(event)) => TrySend::Wait(event),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                TrySend::Closed(SinkClosed("the AMQP publisher task ended".into()))
+            }
+        }
     }
 }
 
@@ -384,12 +394,12 @@ impl Publisher {
         }
         for events in by_shard.into_values() {
             let mut batch: Option<Batch> = None;
-            for ev in events {
+            for mut ev in events {
                 let env = ev.envelope();
                 if let Some(b) = batch.as_mut() {
                     if b.acks.len() < self.cfg.batch_max_events && b.enc.push(&env).is_ok() {
-                        b.acks.push(ev.ack());
                         b.last_event = ev.event.clone();
+                        b.acks.push(ev.take_ack());
                         continue;
                     }
                     if let Some(done) = batch.take() {
@@ -407,7 +417,7 @@ impl Publisher {
                             shard_id: ev.shard_id,
                             first: (ev.epoch, ev.seq),
                             last_event: ev.event.clone(),
-                            acks: vec![ev.ack()],
+                            acks: vec![ev.take_ack()],
                         });
                     }
                     Err(e) => {
@@ -420,7 +430,7 @@ impl Publisher {
                         );
                         metrics::counter!("sharder_events_invalid_total").increment(1);
                         self.stats.invalid_events.fetch_add(1, Ordering::Relaxed);
-                        ev.ack().confirm();
+                        ev.take_ack().confirm();
                     }
                 }
             }

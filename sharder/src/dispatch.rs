@@ -24,11 +24,9 @@ use crate::send_limiter::SendLimiter;
 use crate::session::{Session, next_epoch};
 use crate::session_store::SessionStore;
 use crate::shard::{Outcome, Shard, ShardState};
-use crate::sink::{ConfirmedSeq, EventHeader, EventSink, ShardEvent};
+use crate::sink::{ConfirmedSeq, EventHeader, EventSink, ShardEvent, TrySend};
 use bytes::Bytes;
 use serde::Deserialize;
-use std::future::Future;
-use std::task::Poll;
 
 #[derive(Deserialize)]
 struct Ready {
@@ -172,16 +170,18 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         limiter: &SendLimiter,
         ev: ShardEvent,
     ) -> Result<(), Outcome> {
+        // A sink with room takes the event at once: no future, no clone of
+        // the shared sink handle, and no heartbeat timer or shutdown watch
+        // to arm (arming them per event was a timer-wheel registration and
+        // a waiter-list insert each).
+        let ev = match self.sink.try_send(ev) {
+            TrySend::Taken => return Ok(()),
+            TrySend::Closed(e) => return Err(Outcome::SinkClosed(e.to_string())),
+            TrySend::Wait(ev) => ev,
+        };
         let sink = self.sink.clone();
         let send = sink.send(ev);
         tokio::pin!(send);
-        // A sink with room takes the event at once: no heartbeat timer and
-        // no shutdown watch need arming for that (arming them per event was
-        // a timer-wheel registration and a waiter-list insert each).
-        if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await
-        {
-            return r.map_err(|e| Outcome::SinkClosed(e.to_string()));
-        }
         loop {
             tokio::select! {
                 r = &mut send => {

@@ -81,4 +81,6 @@ pub use session_redis::RedisSessionStore;
 pub use session_store::{FileSessionStore, SessionStore, StoreError, load_session, save_session};
 pub use shard::{Shard, ShardConfig, ShardExit, ShardHandle, ShardState};
 pub use shed::{NEVER_SHED, ShedError, ShedList, ShedSink};
-pub use sink::{Ack, ChannelSink, Confirmation, ConfirmedSeq, EventSink, ShardEvent, SinkClosed};
+pub use sink::{
+    Ack, ChannelSink, Confirmation, ConfirmedSeq, EventSink, ShardEvent, SinkClosed, TrySend,
+};

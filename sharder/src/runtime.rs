@@ -36,7 +36,7 @@ use crate::session_redis::RedisSessionStore;
 use crate::session_store::{FileSessionStore, SessionStore, StoreError};
 use crate::shard::{Shard, ShardConfig, ShardExit, ShardHandle};
 use crate::shed::ShedList;
-use crate::sink::{ChannelSink, EventSink, ShardEvent, SinkClosed};
+use crate::sink::{ChannelSink, EventSink, ShardEvent, SinkClosed, TrySend};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,6 +116,13 @@ impl EventSink for AnySink {
         match self {
             Self::Amqp(s) => s.send(event).await,
             Self::Channel(s) => s.send(event).await,
+        }
+    }
+
+    fn try_send(&self, event: ShardEvent) -> TrySend {
+        match self {
+            Self::Amqp(s) => s.try_send(event),
+            Self::Channel(s) => s.try_send(event),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! GUILD_CREATE, GUILD_DELETE) are refused: dropping them would corrupt the
 //! cache, not relieve it.
 
-use crate::sink::{EventSink, ShardEvent, SinkClosed};
+use crate::sink::{EventSink, ShardEvent, SinkClosed, TrySend};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -102,13 +102,22 @@ impl<K: EventSink> ShedSink<K> {
 }
 
 impl<K: EventSink> EventSink for ShedSink<K> {
-    async fn send(&self, event: ShardEvent) -> Result<(), SinkClosed> {
+    async fn send(&self, mut event: ShardEvent) -> Result<(), SinkClosed> {
         if self.list.contains(&event.event) {
             metrics::counter!("sharder_events_shed_total").increment(1);
-            event.ack().confirm();
+            event.take_ack().confirm();
             return Ok(());
         }
         self.inner.send(event).await
+    }
+
+    fn try_send(&self, mut event: ShardEvent) -> TrySend {
+        if self.list.contains(&event.event) {
+            metrics::counter!("sharder_events_shed_total").increment(1);
+            event.take_ack().confirm();
+            return TrySend::Taken;
+        }
+        self.inner.try_send(event)
     }
 }
 

@@ -81,7 +81,7 @@ impl ShardEvent {
             received_at,
             data,
             ack: Ack {
-                tx: ack,
+                tx: Some(ack),
                 epoch: header.epoch,
                 seq: header.seq,
             },
@@ -91,6 +91,20 @@ impl ShardEvent {
     /// The handle that confirms this event to its shard.
     pub fn ack(&self) -> Ack {
         self.ack.clone()
+    }
+
+    /// Moves the confirming handle out; the event's own [`ack`](Self::ack)
+    /// then confirms nothing. For a sink that is done with the event's
+    /// confirmation: it saves cloning the handle (two atomic increments on
+    /// the shard's thread, and two decrements wherever the clone is
+    /// dropped) on every event.
+    pub fn take_ack(&mut self) -> Ack {
+        let spent = Ack {
+            tx: None,
+            epoch: self.ack.epoch,
+            seq: self.ack.seq,
+        };
+        std::mem::replace(&mut self.ack, spent)
     }
 
     /// The event in the queue's envelope format (borrowing `t` and `d`).
@@ -137,10 +151,11 @@ pub struct Confirmation {
     pub seq: u64,
 }
 
-/// Confirms one event to its shard.
+/// Confirms one event to its shard (or nothing, once taken from its
+/// event by [`ShardEvent::take_ack`]).
 #[derive(Debug, Clone)]
 pub struct Ack {
-    tx: mpsc::UnboundedSender<Confirmation>,
+    tx: Option<mpsc::UnboundedSender<Confirmation>>,
     epoch: u64,
     seq: u64,
 }
@@ -149,10 +164,12 @@ impl Ack {
     /// The event is durable downstream. A shard that has gone away simply
     /// ignores it.
     pub fn confirm(self) {
-        let _ = self.tx.send(Confirmation {
-            epoch: self.epoch,
-            seq: self.seq,
-        });
+        if let Some(tx) = self.tx {
+            let _ = tx.send(Confirmation {
+                epoch: self.epoch,
+                seq: self.seq,
+            });
+        }
     }
 }
 
@@ -161,10 +178,29 @@ impl Ack {
 #[error("event sink closed: {0}")]
 pub struct SinkClosed(pub String);
 
+/// What [`EventSink::try_send`] did with an event.
+#[derive(Debug)]
+pub enum TrySend {
+    /// The sink took it (not necessarily durably).
+    Taken,
+    /// The sink cannot take it without waiting: here it is back, for
+    /// [`EventSink::send`].
+    Wait(ShardEvent),
+    /// The sink has shut down.
+    Closed(SinkClosed),
+}
+
 /// The next hop of events.
 pub trait EventSink: Send + Sync + 'static {
     /// Returns once the sink has taken `event` (not necessarily durably).
     fn send(&self, event: ShardEvent) -> impl Future<Output = Result<(), SinkClosed>> + Send;
+
+    /// Takes `event` now if that needs no wait. A shard offers every event
+    /// here first: a sink with room then costs no future, no clone of the
+    /// sink's handle and no timer. The default always defers to `send`.
+    fn try_send(&self, event: ShardEvent) -> TrySend {
+        TrySend::Wait(event)
+    }
 }
 
 /// An in-process sink over a bounded channel, for tests and demos. The
@@ -185,14 +221,37 @@ impl ChannelSink {
 }
 
 impl EventSink for ChannelSink {
-    async fn send(&self, event: ShardEvent) -> Result<(), SinkClosed> {
-        let ack = self.auto_confirm.then(|| event.ack());
-        self.tx
-            .send(event)
+    fn try_send(&self, mut event: ShardEvent) -> TrySend {
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                if self.auto_confirm {
+                    let ack = event.take_ack();
+                    permit.send(event);
+                    ack.confirm();
+                } else {
+                    permit.send(event);
+                }
+                TrySend::Taken
+            }
+            Err(mpsc::error::TrySendError::Full(())) => TrySend::Wait(event),
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                TrySend::Closed(SinkClosed("channel receiver dropped".into()))
+            }
+        }
+    }
+
+    async fn send(&self, mut event: ShardEvent) -> Result<(), SinkClosed> {
+        let permit = self
+            .tx
+            .reserve()
             .await
             .map_err(|_| SinkClosed("channel receiver dropped".into()))?;
-        if let Some(ack) = ack {
+        if self.auto_confirm {
+            let ack = event.take_ack();
+            permit.send(event);
             ack.confirm();
+        } else {
+            permit.send(event);
         }
         Ok(())
     }
