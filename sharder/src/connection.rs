@@ -15,8 +15,11 @@
 //!    already buffered behind it, up to a burst of 64. Sink confirmations
 //!    are drained after every burst and before every save, never waited on
 //!    (see `Shard::drain_confirms`).
-//! 4. Heartbeat timer: if no ACK arrived since the previous heartbeat the
-//!    connection is a zombie: close with 4000 (keeps the session) and resume.
+//! 4. Heartbeat timer: if no ACK arrived since the previous heartbeat, the
+//!    messages already readable are handled first (after a stall the ACK
+//!    can be among them, ready together with the timer); if still no ACK,
+//!    the connection is a zombie: close with 4000 (keeps the session) and
+//!    resume.
 //!    A heartbeat request (op 1) from the server is answered at once.
 //! 5. Every send goes through the connection's [`SendLimiter`], built from
 //!    HELLO's interval, which keeps a heartbeat share the commands cannot
@@ -67,6 +70,12 @@ struct Hello {
 /// the heartbeat timer, the persist timer and shutdown are looked at again.
 /// At 300k events per CPU-second a burst is about 0.2 ms.
 const BURST: usize = 64;
+
+/// Messages already readable that a heartbeat without its ACK reads before
+/// calling the connection a zombie: after a stall the ACK waits behind
+/// whatever arrived with it. Bounded, so a flood cannot hold the judgement
+/// off for ever.
+const ZOMBIE_LOOKAHEAD: usize = 16 * BURST;
 
 /// Longest heartbeat interval accepted from HELLO.
 const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(600);
@@ -163,10 +172,16 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                     return Outcome::Shutdown;
                 }
                 () = &mut beat => {
-                    // Known gap: after a stall (a starved core) the timer
-                    // and an ACK already in the socket can be ready together
-                    // and `select!` may pick the timer, so a starved shard
-                    // can take itself for a zombie and resume (no loss).
+                    // After a stall (a starved core, a paused process) the
+                    // timer and an ACK already in the socket are ready
+                    // together, and `select!` picks either: what is already
+                    // read is handled before the connection is judged.
+                    if !hb.acked {
+                        self.burst_read_at = std::time::SystemTime::now();
+                        if let Err(o) = self.read_ready(&mut ws, &mut hb, &limiter, &mut inflater, ZOMBIE_LOOKAHEAD).await {
+                            return o;
+                        }
+                    }
                     if let Err(o) = self.heartbeat(&mut ws, &mut hb, &limiter).await {
                         return o;
                     }
@@ -195,18 +210,37 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                     // without a `select!` turn each (which re-arms every
                     // other arm), up to a burst; then the timers and
                     // shutdown get their look.
-                    for _ in 1..BURST {
-                        let next = std::future::poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await;
-                        let Poll::Ready(msg) = next else { break };
-                        if let Err(o) = self.on_message(&mut ws, &mut hb, &limiter, &mut inflater, msg).await {
-                            return o;
-                        }
+                    if let Err(o) = self.read_ready(&mut ws, &mut hb, &limiter, &mut inflater, BURST - 1).await {
+                        return o;
                     }
-                    self.counters.flush();
-                    self.drain_confirms();
                 }
             }
         }
+    }
+
+    /// Handles up to `max` messages that are ready without waiting (a
+    /// heartbeat ACK among them ends the look-ahead before a judgement),
+    /// then flushes the burst's counters and drains confirmations.
+    async fn read_ready(
+        &mut self,
+        ws: &mut Ws<C>,
+        hb: &mut Heartbeat,
+        limiter: &SendLimiter,
+        inflater: &mut Decompressor,
+        max: usize,
+    ) -> Result<(), Outcome> {
+        let judging = !hb.acked;
+        for _ in 0..max {
+            let next = std::future::poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await;
+            let Poll::Ready(msg) = next else { break };
+            self.on_message(ws, hb, limiter, inflater, msg).await?;
+            if judging && hb.acked {
+                break;
+            }
+        }
+        self.counters.flush();
+        self.drain_confirms();
+        Ok(())
     }
 
     /// One websocket message: a close ends the connection, a (complete,
