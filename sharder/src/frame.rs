@@ -144,9 +144,62 @@ impl<'a> Frame<'a> {
         self.t.as_deref().unwrap_or("")
     }
 
+    /// [`dispatch_keys`](Self::dispatch_keys) for the shapes nearly every
+    /// event has (a snowflake string or nothing, a boolean or nothing),
+    /// read from the bytes; `None` sends anything else, errors included,
+    /// the long way.
+    fn plain_dispatch_keys(&self) -> Option<DispatchKeys> {
+        if self.keys.duplicate.is_some() {
+            return None;
+        }
+        let raw = |r: &Option<Range<usize>>| r.clone().and_then(|r| self.payload.get(r));
+        let is_guild_event = matches!(
+            self.event(),
+            "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE"
+        );
+        let id = raw(if is_guild_event {
+            &self.keys.id
+        } else {
+            &self.keys.guild_id
+        });
+        let guild_id = match id {
+            None | Some(b"null") if !is_guild_event => None,
+            Some([b'"', digits @ .., b'"']) if (1..=20).contains(&digits.len()) => {
+                let mut v: u64 = 0;
+                for &c in digits {
+                    if !c.is_ascii_digit() {
+                        return None;
+                    }
+                    v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+                }
+                Some(v)
+            }
+            _ => return None,
+        };
+        let unavailable = match raw(&self.keys.unavailable) {
+            None | Some(b"null") => None,
+            Some(b"true") => Some(true),
+            Some(b"false") => Some(false),
+            Some(_) => return None,
+        };
+        Some(DispatchKeys {
+            guild_id,
+            unavailable,
+        })
+    }
+
     /// The guild id and `unavailable` flag of a dispatch, from `d`'s own
     /// keys. `d` that is not an object has neither.
     pub fn dispatch_keys(&self) -> Result<DispatchKeys, FrameError> {
+        match self.plain_dispatch_keys() {
+            Some(keys) => Ok(keys),
+            None => self.checked_dispatch_keys(),
+        }
+    }
+
+    /// [`dispatch_keys`](Self::dispatch_keys) for any shape, with the
+    /// error that says what is wrong.
+    fn checked_dispatch_keys(&self) -> Result<DispatchKeys, FrameError> {
         let invalid = |message: String| FrameError::InvalidData {
             event: self.event().to_owned(),
             message,
@@ -251,6 +304,61 @@ mod tests {
         let r = f.d_range(p).unwrap();
         assert!(p[r.clone()].starts_with(br#"{"id":"9""#));
         assert!(p[r].ends_with(br#""1"}}"#));
+    }
+
+    #[test]
+    fn the_plain_keys_agree_with_the_checked_ones() {
+        let values = [
+            "",
+            r#""7""#,
+            r#""0""#,
+            r#""007""#,
+            r#""18446744073709551615""#,
+            r#""18446744073709551616""#,
+            r#""123456789012345678901""#,
+            r#""""#,
+            r#""\u0037""#,
+            r#""7a""#,
+            r#""-7""#,
+            "7",
+            "null",
+            "true",
+            r#"["7"]"#,
+        ];
+        let flags = ["", "true", "false", "null", r#""true""#, "1"];
+        let mut plain = 0;
+        for t in ["MESSAGE_CREATE", "GUILD_CREATE", "GUILD_DELETE"] {
+            for key in ["guild_id", "id"] {
+                for v in values {
+                    for u in flags {
+                        let mut members = Vec::new();
+                        if !v.is_empty() {
+                            members.push(format!(r#""{key}":{v}"#));
+                        }
+                        if !u.is_empty() {
+                            members.push(format!(r#""unavailable":{u}"#));
+                        }
+                        let p = format!(
+                            r#"{{"op":0,"s":1,"t":"{t}","d":{{{}}}}}"#,
+                            members.join(",")
+                        );
+                        let f = Frame::parse(p.as_bytes()).unwrap();
+                        let checked = f.checked_dispatch_keys();
+                        match f.plain_dispatch_keys() {
+                            Some(k) => {
+                                plain += 1;
+                                assert_eq!(Some(k), checked.ok(), "{p}");
+                            }
+                            None => assert_eq!(f.dispatch_keys().ok(), checked.ok(), "{p}"),
+                        }
+                    }
+                }
+            }
+        }
+        assert!(plain > 50, "the plain path took {plain}");
+        let dup =
+            Frame::parse(br#"{"op":0,"s":1,"t":"X","d":{"guild_id":"1","guild_id":"2"}}"#).unwrap();
+        assert!(dup.plain_dispatch_keys().is_none() && dup.dispatch_keys().is_err());
     }
 
     #[test]
