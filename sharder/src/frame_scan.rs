@@ -19,8 +19,15 @@
 //!    `d` itself, never of nested objects); every value is validated.
 //! 4. Skipping a value is iterative, with a bit stack of open containers, so
 //!    nesting depth costs memory (one bit per level), never stack. Strings
-//!    are skipped eight bytes at a time to the next quote, backslash or
-//!    control character.
+//!    are skipped eight bytes at a time to the next quote, backslash,
+//!    control character or non-ASCII byte; a string that meets none of them
+//!    before its quote (nearly all of them) never leaves that inlined loop.
+//! 5. The cost is per token more than per byte (the simulator's frames
+//!    average 645 bytes, about 40 strings and 16 numbers or literals, most
+//!    strings under 20 bytes), so each step is kept small: a failure is recorded in the
+//!    reader and steps return a zero-sized error (results stay in
+//!    registers), literals are one four-byte compare, and whitespace, which
+//!    compact gateway JSON never has, is skipped out of line.
 //!
 //! It accepts exactly the JSON that serde_json accepts for an ignored value
 //! (escapes are checked for form, not for surrogate pairing; integers may
