@@ -220,17 +220,24 @@ impl ChannelSink {
     }
 }
 
+impl ChannelSink {
+    /// Hands `event` to the receiver, confirming it when auto-confirming.
+    fn accept(&self, permit: mpsc::Permit<'_, ShardEvent>, mut event: ShardEvent) {
+        if self.auto_confirm {
+            let ack = event.take_ack();
+            permit.send(event);
+            ack.confirm();
+        } else {
+            permit.send(event);
+        }
+    }
+}
+
 impl EventSink for ChannelSink {
-    fn try_send(&self, mut event: ShardEvent) -> TrySend {
+    fn try_send(&self, event: ShardEvent) -> TrySend {
         match self.tx.try_reserve() {
             Ok(permit) => {
-                if self.auto_confirm {
-                    let ack = event.take_ack();
-                    permit.send(event);
-                    ack.confirm();
-                } else {
-                    permit.send(event);
-                }
+                self.accept(permit, event);
                 TrySend::Taken
             }
             Err(mpsc::error::TrySendError::Full(())) => TrySend::Wait(event),
@@ -240,19 +247,13 @@ impl EventSink for ChannelSink {
         }
     }
 
-    async fn send(&self, mut event: ShardEvent) -> Result<(), SinkClosed> {
+    async fn send(&self, event: ShardEvent) -> Result<(), SinkClosed> {
         let permit = self
             .tx
             .reserve()
             .await
             .map_err(|_| SinkClosed("channel receiver dropped".into()))?;
-        if self.auto_confirm {
-            let ack = event.take_ack();
-            permit.send(event);
-            ack.confirm();
-        } else {
-            permit.send(event);
-        }
+        self.accept(permit, event);
         Ok(())
     }
 }

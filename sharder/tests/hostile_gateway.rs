@@ -24,9 +24,8 @@ use futures_util::{SinkExt, StreamExt};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use sharder::{
-    ChannelSink, Compression, FileSessionStore, IdentifyScheduler, IdentifySettings,
-    PlainConnector, SessionOwner, SessionStartLimit, Shard, ShardConfig, ShardEvent, ShardExit,
-    load_session,
+    ChannelSink, Compression, FileSessionStore, PlainConnector, SessionOwner, Shard, ShardConfig,
+    ShardEvent, ShardExit, load_session,
 };
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -254,20 +253,7 @@ async fn a_hostile_gateway_never_makes_the_shard_panic() {
     let store = Arc::new(FileSessionStore::new(&dir.0));
     // A stored session cut in half: ignored, so the shard identifies.
     std::fs::write(store.path(0), br#"{"format":1,"token_fingerprint":"#).unwrap();
-    let scheduler = IdentifyScheduler::new(
-        SessionStartLimit {
-            total: 1000,
-            remaining: 1000,
-            reset_after: Duration::from_secs(3600),
-            max_concurrency: 1,
-        },
-        IdentifySettings {
-            window: Duration::from_millis(1),
-            reserve: 0,
-            min_interval: Duration::ZERO,
-        },
-        None,
-    );
+    let scheduler = common::scheduler(Duration::from_millis(1));
     let token = Secret::new("hostile-token");
     let mut c = ShardConfig::new(0, 1, token.clone(), url);
     c.compression = Compression::ZlibStream;

@@ -22,8 +22,8 @@
 use config::Secret;
 use discord_sim::{SimConfig, Simulator};
 use sharder::{
-    ChannelSink, Compression, ConnectError, Connector, FileSessionStore, IdentifyScheduler,
-    IdentifySettings, SessionStartLimit, Shard, ShardConfig, ShardEvent, ShardState,
+    ChannelSink, Compression, ConnectError, Connector, FileSessionStore, Shard, ShardConfig,
+    ShardEvent, ShardState,
 };
 use std::io;
 use std::pin::Pin;
@@ -186,20 +186,7 @@ fn a_stalled_shard_reads_its_ack_before_calling_itself_a_zombie() {
             armed: armed.clone(),
             stalls,
         };
-        let scheduler = IdentifyScheduler::new(
-            SessionStartLimit {
-                total: 1000,
-                remaining: 1000,
-                reset_after: Duration::from_secs(3600),
-                max_concurrency: 1,
-            },
-            IdentifySettings {
-                window: IDENTIFY_WINDOW + Duration::from_millis(20),
-                reserve: 0,
-                min_interval: Duration::ZERO,
-            },
-            None,
-        );
+        let scheduler = common::scheduler(IDENTIFY_WINDOW + Duration::from_millis(20));
         let mut config = ShardConfig::new(0, 1, Secret::new("sim-token"), sim.gateway_url());
         config.compression = Compression::ZlibStream;
         config.intents = discord_sim::VALID_INTENTS;

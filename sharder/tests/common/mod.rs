@@ -169,3 +169,22 @@ pub fn run_config(sim: &discord_sim::SimHandle, dir: &TempDir, extra: &str) -> c
     )
     .unwrap()
 }
+
+/// An identify scheduler with a plentiful budget at `max_concurrency` 1,
+/// one identify per `window`, no Redis lock.
+pub fn scheduler(window: Duration) -> sharder::IdentifyScheduler {
+    sharder::IdentifyScheduler::new(
+        sharder::SessionStartLimit {
+            total: 1000,
+            remaining: 1000,
+            reset_after: Duration::from_secs(3600),
+            max_concurrency: 1,
+        },
+        sharder::IdentifySettings {
+            window,
+            reserve: 0,
+            min_interval: Duration::ZERO,
+        },
+        None,
+    )
+}
