@@ -144,6 +144,19 @@ impl<'a> Frame<'a> {
         self.t.as_deref().unwrap_or("")
     }
 
+    /// Guild events route by `d.id`; every other dispatch by `d.guild_id`.
+    fn is_guild_event(&self) -> bool {
+        matches!(
+            self.event(),
+            "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE"
+        )
+    }
+
+    /// The raw bytes of one of `d`'s routing values.
+    fn value_bytes(&self, range: &Option<Range<usize>>) -> Option<&[u8]> {
+        range.clone().and_then(|r| self.payload.get(r))
+    }
+
     /// [`dispatch_keys`](Self::dispatch_keys) for the shapes nearly every
     /// event has (a snowflake string or nothing, a boolean or nothing),
     /// read from the bytes; `None` sends anything else, errors included,
@@ -152,12 +165,8 @@ impl<'a> Frame<'a> {
         if self.keys.duplicate.is_some() {
             return None;
         }
-        let raw = |r: &Option<Range<usize>>| r.clone().and_then(|r| self.payload.get(r));
-        let is_guild_event = matches!(
-            self.event(),
-            "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE"
-        );
-        let id = raw(if is_guild_event {
+        let is_guild_event = self.is_guild_event();
+        let id = self.value_bytes(if is_guild_event {
             &self.keys.id
         } else {
             &self.keys.guild_id
@@ -176,7 +185,7 @@ impl<'a> Frame<'a> {
             }
             _ => return None,
         };
-        let unavailable = match raw(&self.keys.unavailable) {
+        let unavailable = match self.value_bytes(&self.keys.unavailable) {
             None | Some(b"null") => None,
             Some(b"true") => Some(true),
             Some(b"false") => Some(false),
@@ -209,15 +218,10 @@ impl<'a> Frame<'a> {
         }
         // The scan checked these small values as JSON and UTF-8.
         let raw = |r: &Option<Range<usize>>| {
-            r.clone()
-                .and_then(|r| self.payload.get(r))
+            self.value_bytes(r)
                 .and_then(|v| std::str::from_utf8(v).ok())
         };
-        let is_guild_event = matches!(
-            self.event(),
-            "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE"
-        );
-        let text = if is_guild_event {
+        let text = if self.is_guild_event() {
             match raw(&self.keys.id) {
                 None | Some("null") => return Err(invalid("guild event without `id`".into())),
                 Some(v) => Some(

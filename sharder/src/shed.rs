@@ -101,20 +101,29 @@ impl<K: EventSink> ShedSink<K> {
     }
 }
 
+impl<K: EventSink> ShedSink<K> {
+    /// Drops `event` (confirmed, so its shard moves on) when its name is
+    /// shed; true if it was.
+    fn shed(&self, event: &mut ShardEvent) -> bool {
+        if !self.list.contains(&event.event) {
+            return false;
+        }
+        metrics::counter!("sharder_events_shed_total").increment(1);
+        event.take_ack().confirm();
+        true
+    }
+}
+
 impl<K: EventSink> EventSink for ShedSink<K> {
     async fn send(&self, mut event: ShardEvent) -> Result<(), SinkClosed> {
-        if self.list.contains(&event.event) {
-            metrics::counter!("sharder_events_shed_total").increment(1);
-            event.take_ack().confirm();
+        if self.shed(&mut event) {
             return Ok(());
         }
         self.inner.send(event).await
     }
 
     fn try_send(&self, mut event: ShardEvent) -> TrySend {
-        if self.list.contains(&event.event) {
-            metrics::counter!("sharder_events_shed_total").increment(1);
-            event.take_ack().confirm();
+        if self.shed(&mut event) {
             return TrySend::Taken;
         }
         self.inner.try_send(event)

@@ -218,9 +218,7 @@ impl ChannelSink {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (Self { tx, auto_confirm }, rx)
     }
-}
 
-impl ChannelSink {
     /// Hands `event` to the receiver, confirming it when auto-confirming.
     fn accept(&self, permit: mpsc::Permit<'_, ShardEvent>, mut event: ShardEvent) {
         if self.auto_confirm {
