@@ -162,12 +162,15 @@ fn parent(f: &Flags) -> anyhow::Result<()> {
         println!(
             "run {run}: {} events confirmed in {wall:.2} s = {}/s; sharder CPU {cpu:.2} s → \
              {} confirmed events per CPU-second; received {}/s; whole run: {confirmed_total} \
-             confirmed, {consumed} distinct events consumed; drained {}",
+             confirmed, {consumed} distinct events consumed; drained {}; {}/s messages, {:.1} \
+             events per message",
             fmt_num(confirmed),
             fmt_num(confirmed / wall),
             fmt_num(confirmed / cpu),
             fmt_num(num(&r, "received")? / wall),
             r["drained"],
+            fmt_num(num(&r, "messages")? / wall),
+            confirmed / num(&r, "messages")?.max(1.0),
         );
         if consumed < confirmed_total {
             println!(
@@ -187,6 +190,11 @@ fn parent(f: &Flags) -> anyhow::Result<()> {
             confirmed / cpu,
         );
         table.add("sharder CPU", "cores", cpu / wall);
+        table.add(
+            "events per message",
+            "events",
+            confirmed / num(&r, "messages")?.max(1.0),
+        );
     }
     println!("\n{}", table.render());
     if let Some(s) = table.stats("confirmed events/s (wall)") {
@@ -226,12 +234,14 @@ fn sharder_child(f: &Flags) -> anyhow::Result<()> {
             metric("sharder_events_confirmed_total"),
             metric("sharder_events_total"),
         );
+        let m0 = metric("sharder_amqp_messages_published_total");
         tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
         let (s1, c1, r1) = (
             Sample::now()?,
             metric("sharder_events_confirmed_total"),
             metric("sharder_events_total"),
         );
+        let messages = metric("sharder_amqp_messages_published_total") - m0;
         let (wall, cpu) = s1.since(&s0);
         let drained = tokio::time::timeout(Duration::from_secs(60), run.shutdown())
             .await
@@ -239,6 +249,7 @@ fn sharder_child(f: &Flags) -> anyhow::Result<()> {
         child::emit(&json!({
             "confirmed": c1 - c0,
             "received": r1 - r0,
+            "messages": messages,
             "wall_s": wall,
             "cpu_s": cpu,
             "drained": drained,

@@ -11,6 +11,7 @@ use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
@@ -188,10 +189,12 @@ async fn every_event_arrives_with_its_envelope_and_is_confirmed() {
 }
 
 /// Forwards 127.0.0.1:port to the broker while up; cutting drops every
-/// connection and refuses new ones.
+/// connection and refuses new ones. Holding stops the broker's side
+/// (confirms included) from reaching the client until released.
 struct Proxy {
     addr: SocketAddr,
     up: watch::Sender<bool>,
+    hold: watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -199,24 +202,40 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (up, up_rx) = watch::channel(true);
+        let (hold, hold_rx) = watch::channel(false);
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 if !*up_rx.borrow() {
                     continue;
                 }
                 let mut down = up_rx.clone();
+                let mut hold = hold_rx.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(BROKER).await else {
+                    let Ok(server) = TcpStream::connect(BROKER).await else {
                         return;
                     };
+                    let (mut client_rd, mut client_wr) = client.into_split();
+                    let (mut server_rd, mut server_wr) = server.into_split();
+                    let to_broker = tokio::io::copy(&mut client_rd, &mut server_wr);
+                    let to_client = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = server_rd.read(&mut buf).await?;
+                            if n == 0 || hold.wait_for(|held| !held).await.is_err() {
+                                return std::io::Result::Ok(());
+                            }
+                            client_wr.write_all(&buf[..n]).await?;
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = to_broker => {}
+                        _ = to_client => {}
                         _ = down.wait_for(|up| !up) => {}
                     }
                 });
             }
         });
-        Self { addr, up }
+        Self { addr, up, hold }
     }
 }
 
@@ -273,6 +292,80 @@ async fn a_broker_outage_loses_nothing_and_the_buffer_stays_bounded() {
     timeout(WAIT, task).await.unwrap().unwrap();
     let got: BTreeSet<u64> = drain(&topo).await.into_iter().map(|(_, s, _)| s).collect();
     assert_eq!(got, (1..=600).collect::<BTreeSet<_>>(), "nothing lost");
+}
+
+/// While [`ROUNDS_IN_FLIGHT`] rounds await their confirms, events that
+/// arrive one at a time wait and go out together, a message per shard,
+/// instead of a message each. The broker's confirms are held back at a
+/// proxy so that the pipe stays busy for exactly as long as the test needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pipe_gathers_events_into_one_message_per_shard() {
+    const TRICKLED: u64 = 300;
+    let proxy = Proxy::start().await;
+    let base = unique("gather");
+    let mut cfg = config(&format!("amqp://guest:guest@{}/%2f", proxy.addr), &base);
+    cfg.buffer = 1024;
+    cfg.confirm_window = 256;
+    cfg.batch_max_events = 256;
+    let topo = cfg.topology.clone();
+    let (sink, task) = AmqpSink::start(resolver(), cfg);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Connected, with an idle pipe: a lone event goes out at once.
+    sink.send(event(1, 1, "MESSAGE_CREATE", None, &tx))
+        .await
+        .unwrap();
+    confirmations(&mut rx, 1).await;
+    assert_eq!(sink.stats().published.load(Ordering::Relaxed), 1);
+
+    proxy.hold.send_replace(true);
+    for seq in 2..2 + TRICKLED {
+        sink.send(event(
+            1 + 4 * (seq as u32 % 2),
+            seq,
+            "MESSAGE_CREATE",
+            None,
+            &tx,
+        ))
+        .await
+        .unwrap();
+        // One at a time: the next event only once the publisher took this one.
+        let deadline = Instant::now() + WAIT;
+        while sink.buffered() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the publisher stopped taking events"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+    // The first two trickled events each opened a round; the rest wait.
+    let deadline = Instant::now() + WAIT;
+    while sink.stats().published.load(Ordering::Relaxed) < 1 + ROUNDS_IN_FLIGHT {
+        assert!(Instant::now() < deadline, "the first rounds never went out");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        sink.stats().published.load(Ordering::Relaxed),
+        1 + ROUNDS_IN_FLIGHT,
+        "events published one by one while the pipe was busy"
+    );
+
+    proxy.hold.send_replace(false);
+    let seen = confirmations(&mut rx, TRICKLED as usize).await;
+    assert_eq!(seen, (2..2 + TRICKLED).map(|s| (3, s)).collect());
+    // The rest: one message per shard (two shards, 149 events each).
+    assert_eq!(
+        sink.stats().published.load(Ordering::Relaxed),
+        1 + ROUNDS_IN_FLIGHT + 2
+    );
+    drop(sink);
+    timeout(WAIT, task).await.unwrap().unwrap();
+    let got: BTreeSet<u64> = drain(&topo).await.into_iter().map(|(_, s, _)| s).collect();
+    assert_eq!(
+        got,
+        (1..2 + TRICKLED).collect::<BTreeSet<_>>(),
+        "nothing lost"
+    );
 }
 
 /// Throughput into RabbitMQ with confirms (run by hand:
