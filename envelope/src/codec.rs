@@ -76,6 +76,16 @@ impl BatchEncoder {
         Ok(Self { buf, count: 0 })
     }
 
+    /// Makes room for `additional` more bytes (at most up to
+    /// [`MAX_MESSAGE_LEN`]) at once. A caller that knows what it will push
+    /// saves the buffer's doubling, which copies everything framed so far
+    /// each time (a few percent of the sharder's CPU at ~200 events per
+    /// message).
+    pub fn reserve(&mut self, additional: usize) {
+        let room = MAX_MESSAGE_LEN.saturating_sub(self.buf.len());
+        self.buf.reserve(additional.min(room));
+    }
+
     /// Encoded size of `event` alone, to decide when to flush a batch.
     pub fn event_len(event: &Event<'_>) -> usize {
         1 + 8
@@ -397,6 +407,25 @@ mod tests {
         let range = bytes.as_ptr_range();
         assert!(range.contains(&batch.events[0].d.as_ptr()));
         assert_eq!(batch.events[0].d, d1);
+    }
+
+    #[test]
+    fn reserved_room_is_used_without_growing_and_capped_at_a_message() {
+        let d = [b'x'; 1000];
+        let events: Vec<Event<'_>> = (0..50).map(|_| ev("MESSAGE_CREATE", &d)).collect();
+        let total: usize = events.iter().map(BatchEncoder::event_len).sum();
+        let mut e = BatchEncoder::new(0, 1).unwrap();
+        e.reserve(total);
+        let start = e.buf.as_ptr();
+        for x in &events {
+            e.push(x).unwrap();
+        }
+        assert_eq!(e.buf.as_ptr(), start, "the buffer moved: it grew");
+        assert_eq!(e.len(), HEADER_LEN + total);
+        // More than one message can hold is capped, not a capacity overflow.
+        let mut huge = BatchEncoder::new(0, 1).unwrap();
+        huge.reserve(usize::MAX);
+        assert!(huge.buf.capacity() <= MAX_MESSAGE_LEN);
     }
 
     #[test]

@@ -439,8 +439,18 @@ impl Publisher {
             by_shard.entry(ev.shard_id).or_default().push(ev);
         }
         for events in by_shard.into_values() {
+            // Encoded sizes, summed from the front: a new message's buffer
+            // is sized once for the events it can take, not grown by
+            // doubling (which copies everything framed so far each time).
+            let ends: Vec<usize> = std::iter::once(0)
+                .chain(events.iter().scan(0, |sum, ev| {
+                    *sum += BatchEncoder::event_len(&ev.envelope());
+                    Some(*sum)
+                }))
+                .collect();
+            let per_message = self.cfg.batch_max_events;
             let mut batch: Option<Batch> = None;
-            for mut ev in events {
+            for (i, mut ev) in events.into_iter().enumerate() {
                 let env = ev.envelope();
                 if let Some(b) = batch.as_mut() {
                     if b.acks.len() < self.cfg.batch_max_events && b.enc.push(&env).is_ok() {
@@ -454,6 +464,12 @@ impl Publisher {
                     }
                 }
                 let pushed = BatchEncoder::new(ev.shard_id, ev.num_shards).and_then(|mut enc| {
+                    let end = ends
+                        .get(i + per_message)
+                        .or(ends.last())
+                        .copied()
+                        .unwrap_or(0);
+                    enc.reserve(end.saturating_sub(ends.get(i).copied().unwrap_or(0)));
                     enc.push(&env)?;
                     Ok(enc)
                 });
