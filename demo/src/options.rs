@@ -43,7 +43,7 @@ pub struct DemoOptions {
     /// How much longer than `window` the sharder waits between batches, as
     /// one keeps a margin over Discord's window (the simulator stamps an
     /// IDENTIFY when it reads it, late on a busy machine, as Discord's network
-    /// delays vary). `None`: 10 % (at least 100 ms).
+    /// delays vary). `None`: 2 % (at least 20 ms).
     pub identify_margin: Option<Duration>,
     /// Dispatches per second across all shards.
     pub event_rate: f64,
@@ -86,7 +86,7 @@ impl DemoOptions {
     pub fn sharder_window(&self) -> Duration {
         let margin = self
             .identify_margin
-            .unwrap_or_else(|| (self.window / 10).max(Duration::from_millis(100)));
+            .unwrap_or_else(|| (self.window / 50).max(Duration::from_millis(20)));
         self.window + margin
     }
 
