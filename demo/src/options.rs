@@ -209,7 +209,8 @@ mod tests {
         let o = parse(&[]).unwrap();
         assert_eq!((o.shards, o.batches()), (128, 8));
         assert_eq!(o.floor(), Duration::from_secs(14));
-        assert_eq!(o.sharder_window(), Duration::from_millis(2200));
+        // A 2 % margin over the simulator's window.
+        assert_eq!(o.sharder_window(), Duration::from_millis(2040));
         assert!(o.floor() + o.traffic < Duration::from_secs(30));
     }
 
@@ -245,5 +246,7 @@ mod tests {
         assert_eq!((o.queue, o.cache), (QueueKind::Rabbitmq, CacheKind::Redis));
         assert_eq!(o.amqp_url, "amqp://u:p@h/%2f");
         assert_eq!(o.window, Duration::from_millis(500));
+        // 2 % of 500 ms is under the 20 ms the margin keeps at least.
+        assert_eq!(o.sharder_window(), Duration::from_millis(520));
     }
 }
