@@ -453,7 +453,7 @@ impl Publisher {
             for (i, mut ev) in events.into_iter().enumerate() {
                 let env = ev.envelope();
                 if let Some(b) = batch.as_mut() {
-                    if b.acks.len() < self.cfg.batch_max_events && b.enc.push(&env).is_ok() {
+                    if b.acks.len() < per_message && b.enc.push(&env).is_ok() {
                         b.last_event = ev.event.clone();
                         b.acks.push(ev.take_ack());
                         continue;

@@ -99,9 +99,7 @@ impl<K: EventSink> ShedSink<K> {
     pub fn new(inner: K, list: ShedList) -> Self {
         Self { inner, list }
     }
-}
 
-impl<K: EventSink> ShedSink<K> {
     /// Drops `event` (confirmed, so its shard moves on) when its name is
     /// shed; true if it was.
     fn shed(&self, event: &mut ShardEvent) -> bool {
