@@ -43,7 +43,7 @@ pub struct DemoOptions {
     /// How much longer than `window` the sharder waits between batches, as
     /// one keeps a margin over Discord's window (the simulator stamps an
     /// IDENTIFY when it reads it, late on a busy machine, as Discord's network
-    /// delays vary). `None`: 2 % (at least 20 ms).
+    /// delays vary). `None`: 5 % (at least 50 ms).
     pub identify_margin: Option<Duration>,
     /// Dispatches per second across all shards.
     pub event_rate: f64,
@@ -86,7 +86,7 @@ impl DemoOptions {
     pub fn sharder_window(&self) -> Duration {
         let margin = self
             .identify_margin
-            .unwrap_or_else(|| (self.window / 50).max(Duration::from_millis(20)));
+            .unwrap_or_else(|| (self.window / 20).max(Duration::from_millis(50)));
         self.window + margin
     }
 
@@ -209,8 +209,8 @@ mod tests {
         let o = parse(&[]).unwrap();
         assert_eq!((o.shards, o.batches()), (128, 8));
         assert_eq!(o.floor(), Duration::from_secs(14));
-        // A 2 % margin over the simulator's window.
-        assert_eq!(o.sharder_window(), Duration::from_millis(2040));
+        // A 5 % margin over the simulator's window.
+        assert_eq!(o.sharder_window(), Duration::from_millis(2100));
         assert!(o.floor() + o.traffic < Duration::from_secs(30));
     }
 
@@ -246,7 +246,7 @@ mod tests {
         assert_eq!((o.queue, o.cache), (QueueKind::Rabbitmq, CacheKind::Redis));
         assert_eq!(o.amqp_url, "amqp://u:p@h/%2f");
         assert_eq!(o.window, Duration::from_millis(500));
-        // 2 % of 500 ms is under the 20 ms the margin keeps at least.
-        assert_eq!(o.sharder_window(), Duration::from_millis(520));
+        // 5 % of 500 ms is under the 50 ms the margin keeps at least.
+        assert_eq!(o.sharder_window(), Duration::from_millis(550));
     }
 }
