@@ -81,11 +81,7 @@ pub(crate) struct DataKeys {
 
 /// Scans `payload` as a gateway frame.
 pub(crate) fn scan(payload: &[u8]) -> Scan<Scanned<'_>> {
-    let mut r = Reader::new(payload, 0);
-    match r.frame() {
-        Ok(out) => Ok(out),
-        Err(Failed) => Err(r.error),
-    }
+    apart(payload, 0, Reader::frame).map(|(_, out)| out)
 }
 
 /// A failed step; what failed and where is in `Reader::error`. Keeping the
@@ -596,8 +592,8 @@ fn skip_whitespace(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Runs `step` from `i` in a reader of its own (see [`skip_whitespace`]):
-/// the cursor where it stopped and its answer, or the error.
+/// Runs `step` from `i` in a reader of its own (module docs, point 6): the
+/// cursor where it stopped and its answer, or the error.
 #[inline(always)]
 fn apart<'a, T>(
     b: &'a [u8],
