@@ -276,6 +276,24 @@ impl IdentifyScheduler {
         }
     }
 
+    /// When the last identify window this process opened closes, if one
+    /// is still open: the latest [`identify_sent`](Self::identify_sent)
+    /// plus the window. `None` when keys are shared through Redis, whose
+    /// lock keys outlive this process anyway.
+    pub fn open_windows_close_at(&self) -> Option<Instant> {
+        if self.inner.lock.is_some() {
+            return None;
+        }
+        let window = self.inner.settings.window;
+        self.inner
+            .sent
+            .iter()
+            .filter_map(|m| *m.lock().unwrap_or_else(PoisonError::into_inner))
+            .map(|at| at + window)
+            .max()
+            .filter(|&at| at > Instant::now())
+    }
+
     async fn pace(&self, last: Option<Instant>) {
         let Some(last) = last else { return };
         let mut rx = self.inner.min_interval.subscribe();
@@ -396,6 +414,25 @@ mod tests {
             assert_eq!(at.subsec_nanos(), 0, "exactly one window apart");
         }
         assert_eq!(s.remaining(), 1000 - 64);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_open_window_is_known_until_it_closes() {
+        let s = IdentifyScheduler::new(limit(1000, 16), settings(), None);
+        assert_eq!(s.open_windows_close_at(), None, "nothing sent yet");
+        let start = Instant::now();
+        let first = s.acquire(3).await;
+        s.identify_sent(first);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let second = s.acquire(4).await;
+        s.identify_sent(second);
+        assert_eq!(
+            s.open_windows_close_at(),
+            Some(start + Duration::from_secs(7)),
+            "the later of the two keys' windows"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(s.open_windows_close_at(), None, "every window closed");
     }
 
     #[tokio::test(start_paused = true)]

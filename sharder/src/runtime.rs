@@ -21,7 +21,10 @@
 //!    is the confirmed one, so nothing unconfirmed is skipped on resume);
 //!    then the sink drains (publishes what it holds and waits for the
 //!    confirms); all within `sharder.shutdown_grace`, after which what is
-//!    left is abandoned (it is replayed on resume, never lost).
+//!    left is abandoned (it is replayed on resume, never lost). Without
+//!    Redis, the process then waits out the identify windows it opened
+//!    (at most one window, within the grace): its replacement cannot know
+//!    them, and an IDENTIFY inside one draws op 9.
 
 use crate::ShedSink;
 use crate::amqp_sink::{AmqpSink, AmqpSinkConfig};
@@ -381,6 +384,17 @@ pub async fn run_with(
                 );
             }
         }
+    }
+    // A replacement process cannot know the windows this one opened (no
+    // Redis), and one that identified a key inside its window would draw
+    // op 9: wait them out, within the grace.
+    if let Some(at) = scheduler.open_windows_close_at() {
+        let at = at.min(deadline);
+        tracing::info!(
+            wait_ms = at.saturating_duration_since(Instant::now()).as_millis(),
+            "waiting out this process's open identify windows before exiting"
+        );
+        tokio::time::sleep_until(at).await;
     }
     http_stop.cancel();
     let _ = http.await;
