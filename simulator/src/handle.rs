@@ -153,9 +153,9 @@ impl SimHandle {
         self.shared.core().control(shards, Control::Zombie)
     }
 
-    /// Sends one malformed message to `shards`.
+    /// Sends one malformed message to `shards` (see [`Malformed`]).
     pub fn malformed(&self, shards: &[u32], kind: Malformed) -> usize {
-        self.shared.core().control(shards, Control::Malformed(kind))
+        self.shared.core().malformed(shards, kind, &self.shared.cfg)
     }
 
     /// Sends a server heartbeat request (op 1) to `shards`; the client must

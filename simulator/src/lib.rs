@@ -48,7 +48,9 @@
 //! - `POST /sim/faults/<name>` with a JSON body `{"shards": [..]}` (empty or
 //!   absent = all shards): `reconnect`, `drop`, `zombie`, `heartbeat-request`,
 //!   `invalid-session` (`"resumable": bool`), `malformed` (`"kind":
-//!   "invalid_json" | "truncated" | "unknown_op"`); `outage` and `restore`
+//!   "invalid_json" | "truncated" | "unknown_op" | "invalid_data"`; the last
+//!   is a dispatch with a seq whose `d` is not JSON, replayed on every
+//!   resume); `outage` and `restore`
 //!   take `{"guild_id": "<id>"}`. `POST /sim/event-rate {"events_per_sec": f}`,
 //!   `POST /sim/emit {"count": n}`. Each answers `{"affected": n}`.
 //!

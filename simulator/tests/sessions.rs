@@ -338,6 +338,37 @@ async fn fault_injection_reconnect_zombie_invalid_session_and_malformed() {
 }
 
 #[tokio::test]
+async fn invalid_data_is_a_dispatch_that_every_resume_replays() {
+    let sim = start(one_shard()).await;
+    let (mut c, ready) = Client::session(&sim.gateway_url(), 0, 1, 3).await;
+    let sid = session_id(&ready);
+    // READY and three GUILD_CREATE took seqs 1-4: the bad one is 5.
+    assert_eq!(sim.malformed(&[0], discord_sim::Malformed::InvalidData), 1);
+    sim.emit(1);
+    let Recv::Garbage(text) = c.recv().await else {
+        panic!("expected an unreadable frame");
+    };
+    assert!(text.contains(r#""s":5"#), "{text}");
+    assert_eq!(c.dispatches(1).await[0]["s"], 6);
+    let ledger = sim.ledger();
+    let bad: Vec<_> = ledger.shards[&0].iter().filter(|r| r.seq == 5).collect();
+    assert_eq!(bad[0].event, "MESSAGE_CREATE");
+    // A resume from seq 4 gets the same bytes again, then seq 6.
+    assert_eq!(sim.drop_connections(&[0]), 1);
+    eventually(
+        || sim.connected_sessions(&[0]) == 0,
+        "the session to detach",
+    )
+    .await;
+    let mut r = Client::connect(&sim.resume_url(), None).await;
+    r.hello().await;
+    r.resume(&sid, 4).await;
+    assert!(matches!(r.recv().await, Recv::Garbage(again) if again == text));
+    assert_eq!(r.dispatches(1).await[0]["s"], 6);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn truncated_compressed_frames_break_the_stream() {
     let sim = start(one_shard()).await;
     let mut c = Client::connect(&sim.gateway_url(), Some("zlib-stream")).await;

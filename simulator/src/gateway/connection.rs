@@ -311,6 +311,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Malformed::UnknownOp => self
                         .transport
                         .encode(r#"{"op":42,"d":null,"s":null,"t":null}"#),
+                    // Buffered as a dispatch by the core, never sent here.
+                    Malformed::InvalidData => return None,
                 };
                 match msg {
                     Ok(m) => self.ws.send(m).await.map_err(|_| End::Resumable),

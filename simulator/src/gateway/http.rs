@@ -255,14 +255,17 @@ async fn control(req: Request<Incoming>, shared: &Shared, path: &str) -> Resp {
                 Some("invalid_json") => Malformed::InvalidJson,
                 Some("truncated") => Malformed::Truncated,
                 Some("unknown_op") => Malformed::UnknownOp,
+                Some("invalid_data") => Malformed::InvalidData,
                 other => {
                     return error(
                         StatusCode::BAD_REQUEST,
-                        &format!("kind {other:?}: use invalid_json, truncated or unknown_op"),
+                        &format!(
+                            "kind {other:?}: use invalid_json, truncated, unknown_op or invalid_data"
+                        ),
                     );
                 }
             };
-            core_ctl(Control::Malformed(kind))
+            affected(shared.core_urgent().malformed(shards, kind, &shared.cfg))
         }
         "faults/outage" | "faults/restore" => match guild() {
             Ok(g) => {

@@ -61,7 +61,15 @@ pub enum Malformed {
     Truncated,
     /// A valid payload with an opcode Discord does not define.
     UnknownOp,
+    /// A `MESSAGE_CREATE` whose `d` is not valid JSON, buffered with a seq
+    /// like any dispatch: every resume replays the same bytes, as Discord
+    /// would replay a bad event of its own.
+    InvalidData,
 }
+
+/// The `d` of [`Malformed::InvalidData`]: a string that never ends, so the
+/// frame around it is unreadable as a whole.
+pub(crate) const INVALID_DATA: &str = r#"{"id":"1","content":"never closed}"#;
 
 /// How the core reaches the connection a session is attached to.
 #[derive(Debug, Clone)]
@@ -323,6 +331,31 @@ impl Core {
             .filter(|(_, s)| shards.is_empty() || shards.contains(&s.shard))
             .filter(|(_, s)| s.link.is_some())
             .count()
+    }
+
+    /// Injects a malformed frame of `kind` into every attached session on
+    /// `shards` (all when empty): [`Malformed::InvalidData`] is buffered as
+    /// the session's next dispatch, the others go to its connection once.
+    pub(crate) fn malformed(&mut self, shards: &[u32], kind: Malformed, cfg: &SimConfig) -> usize {
+        if kind != Malformed::InvalidData {
+            return self.control(shards, Control::Malformed(kind));
+        }
+        let mut n = 0;
+        for s in self.slots.iter_mut().flatten() {
+            if (shards.is_empty() || shards.contains(&s.shard)) && s.link.is_some() {
+                push_frame(
+                    s,
+                    &mut self.ledger,
+                    &mut self.counters,
+                    "MESSAGE_CREATE",
+                    None,
+                    INVALID_DATA,
+                    cfg,
+                );
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Sends `ctl` to the connections of every attached session on `shards`
