@@ -26,7 +26,10 @@
 //!    spend.
 //! 6. Dispatches are handled on this task (see `dispatch.rs`).
 //! 7. Any frame error (corrupt compression, invalid JSON) closes with 4000
-//!    and resumes: Discord replays from the confirmed seq.
+//!    and resumes: Discord replays from the confirmed seq. A payload that
+//!    is unreadable again at the same point after that resume is Discord's
+//!    own bytes, which would come back on every resume: it is skipped and
+//!    counted instead (`Shard::unreadable`), never a reconnect loop.
 
 use crate::close_code::{CloseAction, RESUMABLE_CLOSE, close_action};
 use crate::connect::Connector;
@@ -279,6 +282,37 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         Outcome::Resume(reason)
     }
 
+    /// A payload that inflated but cannot be read as a gateway frame. The
+    /// first one at a point closes with 4000 and resumes, in case it was
+    /// damaged on the way: Discord replays from the confirmed seq. One at
+    /// the same point again (same session, same highest `s` before it) is
+    /// the gateway's own bytes, which every resume would replay: it is
+    /// skipped, logged and counted, and the connection goes on, so the
+    /// events behind it still flow.
+    async fn unreadable(
+        &mut self,
+        ws: &mut Ws<C>,
+        bytes: usize,
+        reason: String,
+    ) -> Result<(), Outcome> {
+        let at = (self.session.as_ref().map(|s| s.epoch), self.last_seq);
+        if self.unreadable_at == Some(at) {
+            tracing::error!(
+                shard_id = self.config.shard_id,
+                after_seq = ?self.last_seq,
+                bytes,
+                %reason,
+                "the same gateway frame is unreadable again after a resume; skipped it, \
+                 since resuming would replay it again (the event is lost; \
+                 sharder_frames_skipped_total counts these)"
+            );
+            metrics::counter!("sharder_frames_skipped_total").increment(1);
+            return Ok(());
+        }
+        self.unreadable_at = Some(at);
+        Err(self.corrupt(ws, reason).await)
+    }
+
     fn on_close(&self, frame: Option<CloseFrame>) -> Outcome {
         let Some(frame) = frame else {
             return Outcome::Resume("closed without a code".into());
@@ -371,7 +405,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
     ) -> Result<(), Outcome> {
         let frame = match Frame::parse(&payload) {
             Ok(f) => f,
-            Err(e) => return Err(self.corrupt(ws, e.to_string()).await),
+            Err(e) => return self.unreadable(ws, payload.len(), e.to_string()).await,
         };
         match frame.op {
             op::DISPATCH => self.on_dispatch(ws, hb, limiter, &frame, &payload).await,

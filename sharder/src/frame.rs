@@ -40,7 +40,9 @@ pub mod op {
     pub const HEARTBEAT_ACK: u8 = 11;
 }
 
-/// Why a payload could not be read. Each means "close and resume".
+/// Why a payload could not be read. Each means "close and resume" (a
+/// payload unreadable again at the same point after that is skipped:
+/// `Shard::unreadable`).
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// Transport decompression failed.

@@ -261,6 +261,9 @@ pub struct Shard<K: EventSink, S: SessionStore, C: Connector> {
     pub(crate) counters: EventCounters,
     /// When the current burst of messages was read (events' `received_at`).
     pub(crate) burst_read_at: std::time::SystemTime,
+    /// Where the last unreadable payload came: the session's epoch and the
+    /// highest `s` received before it (see `Shard::unreadable`).
+    pub(crate) unreadable_at: Option<(Option<u64>, Option<u64>)>,
 }
 
 impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
@@ -301,6 +304,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             connect_slot: None,
             counters: EventCounters::new(),
             burst_read_at: std::time::SystemTime::UNIX_EPOCH,
+            unreadable_at: None,
         };
         let handle = ShardHandle {
             state: state_rx,

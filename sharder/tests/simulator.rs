@@ -328,6 +328,44 @@ async fn resumable_invalid_session_and_corrupt_frames_resume() {
     );
 }
 
+/// Discord replays a dispatch on resume with the same bytes: one it sent
+/// unreadable comes back on every resume. The shard resumes once (it could
+/// have been damaged on the way), then skips it and goes on, instead of
+/// resuming forever with every event behind it stuck.
+#[tokio::test]
+async fn an_unreadable_dispatch_replayed_on_resume_is_skipped_not_looped() {
+    let rig = Rig::new("unreadable", 1).await;
+    let (_h, _t, mut rx) = rig.spawn(rig.config(0, "sim-token"));
+    let ready = ready_and_initial_load(&mut rx, &rig.guilds_of(0)).await;
+    rig.sim.emit(2);
+    let last_good = next(&mut rx).await.seq.max(next(&mut rx).await.seq);
+    assert_eq!(rig.sim.malformed(&[0], Malformed::InvalidData), 1);
+    let bad = last_good + 1;
+    rig.sim.emit(3);
+    // The replay brings it back before the three behind it, then RESUMED.
+    let (mut behind, mut resumed) = (BTreeSet::new(), Vec::new());
+    while behind.len() < 3 || resumed.is_empty() {
+        let ev = next(&mut rx).await;
+        assert_ne!(ev.seq, bad, "the unreadable dispatch was forwarded");
+        if ev.event == "RESUMED" {
+            resumed.push(ev.epoch);
+        } else if ev.seq > bad {
+            behind.insert(ev.seq);
+        }
+    }
+    assert_eq!(resumed, [ready.epoch], "one resume, of the same session");
+    assert_eq!(behind, (bad + 1..=bad + 3).collect::<BTreeSet<_>>());
+    // Nothing is replayed again: the next event is a new one.
+    rig.sim.emit(1);
+    let ev = next(&mut rx).await;
+    assert!(ev.event != "RESUMED" && ev.seq > bad + 4, "{ev:?}");
+    let c = rig.sim.counters();
+    assert_eq!((c.identifies, c.resumes), (1, 1), "{c:?}");
+    let ledger = rig.sim.ledger();
+    let sent: Vec<_> = ledger.shards[&0].iter().filter(|r| r.seq == bad).collect();
+    assert_eq!(sent.len(), 1, "the simulator buffered it as seq {bad}");
+}
+
 #[tokio::test]
 async fn authentication_failure_is_fatal() {
     let rig = Rig::new("4004", 1).await;

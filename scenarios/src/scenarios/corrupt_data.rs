@@ -15,14 +15,17 @@
 //!    bytes, JSON of another format, another shard's session) and the
 //!    sharder starts again.
 //! 4. **Gateway frames.** The simulator sends every shard invalid JSON, a
-//!    truncated frame and an unknown opcode.
+//!    truncated frame and an unknown opcode, then buffers in every session
+//!    a dispatch whose `d` is not JSON (a bad event of Discord's own, which
+//!    every resume replays).
 //!
 //! Asserts: exit 78 naming the key for every bad config; exactly the four
 //! bad messages dead-lettered (worker counter and the dead-letter queue's
 //! depth), the good message after them cached;
 //! exactly `k` sessions rejected, `k` identifies and `shards - k` resumes;
 //! every bad frame counted, zero identifies for them, every shard active
-//! again; zero exits of the long-running processes (no crash loop).
+//! again; the replayed bad dispatch skipped once per shard after one resume
+//! (not a reconnect loop); zero exits of the long-running processes (no crash loop).
 
 use super::{Env, ScenarioInfo};
 use crate::bulwark::TomlConfig;
@@ -285,8 +288,9 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
 
     // Gateway frames, one kind at a time: a bad frame may end its
     // connection (a resume), never its session.
-    for kind in ["invalid_json", "truncated", "unknown_op"] {
+    for kind in ["invalid_json", "truncated", "unknown_op", "invalid_data"] {
         let before = second.counter("sharder_bad_frames_total", &[]).await;
+        let skipped_before = second.counter("sharder_frames_skipped_total", &[]).await;
         let sent = sim
             .control("faults/malformed", &format!("{{\"kind\": \"{kind}\"}}"))
             .await?;
@@ -300,6 +304,21 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
             env.checks.expect_eq(
                 &format!("{kind} frames counted"),
                 counted,
+                u64::from(shards),
+            );
+        }
+        if kind == "invalid_data" {
+            // Unreadable once (a resume), then again from the replay: skipped.
+            let mut skipped = 0;
+            let _ = wait_until("replayed bad dispatches skipped", WAIT, async || {
+                skipped =
+                    second.counter("sharder_frames_skipped_total", &[]).await - skipped_before;
+                skipped >= sent
+            })
+            .await;
+            env.checks.expect_eq(
+                "replayed bad dispatches skipped after one resume",
+                skipped,
                 u64::from(shards),
             );
         }
