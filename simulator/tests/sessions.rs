@@ -20,6 +20,20 @@ fn session_id(ready: &Value) -> String {
     ready["d"]["session_id"].as_str().unwrap().to_owned()
 }
 
+/// Waits until shard 0's session has lost its connection, then resumes it
+/// from `seq` on a new connection to the resume URL.
+async fn resume_detached(sim: &SimHandle, sid: &str, seq: u64) -> Client {
+    eventually(
+        || sim.connected_sessions(&[0]) == 0,
+        "the session to detach",
+    )
+    .await;
+    let mut r = Client::connect(&sim.resume_url(), None).await;
+    r.hello().await;
+    r.resume(sid, seq).await;
+    r
+}
+
 #[tokio::test]
 async fn resume_replays_missed_and_buffered_dispatches_then_resumed() {
     let sim = start(one_shard()).await;
@@ -139,14 +153,7 @@ async fn close_1000_ends_the_session_but_other_codes_keep_it() {
         };
         c.ws.close(Some(frame)).await.unwrap();
         c.closed().await;
-        eventually(
-            || sim.connected_sessions(&[0]) == 0,
-            "the session to detach",
-        )
-        .await;
-        let mut r = Client::connect(&sim.resume_url(), None).await;
-        r.hello().await;
-        r.resume(&session_id(&ready), 4).await;
+        let mut r = resume_detached(&sim, &session_id(&ready), 4).await;
         let v = r.until_op(if resumable { 0 } else { 9 }).await;
         if resumable {
             assert_eq!(v["t"], "RESUMED");
@@ -216,15 +223,8 @@ async fn the_session_start_budget_is_spent_by_identify_only() {
     .await;
     let (mut a, ready) = Client::session(&sim.gateway_url(), 0, 1, 3).await;
     a.ws.close(None).await.unwrap();
-    eventually(
-        || sim.connected_sessions(&[0]) == 0,
-        "the session to detach",
-    )
-    .await;
     // RESUME spends nothing.
-    let mut r = Client::connect(&sim.resume_url(), None).await;
-    r.hello().await;
-    r.resume(&session_id(&ready), 4).await;
+    let mut r = resume_detached(&sim, &session_id(&ready), 4).await;
     r.dispatches_until("RESUMED").await;
     tokio::time::sleep(Duration::from_millis(6)).await;
     let (_b, _) = Client::session(&sim.gateway_url(), 0, 1, 3).await;
@@ -355,14 +355,7 @@ async fn invalid_data_is_a_dispatch_that_every_resume_replays() {
     assert_eq!(bad[0].event, "MESSAGE_CREATE");
     // A resume from seq 4 gets the same bytes again, then seq 6.
     assert_eq!(sim.drop_connections(&[0]), 1);
-    eventually(
-        || sim.connected_sessions(&[0]) == 0,
-        "the session to detach",
-    )
-    .await;
-    let mut r = Client::connect(&sim.resume_url(), None).await;
-    r.hello().await;
-    r.resume(&sid, 4).await;
+    let mut r = resume_detached(&sim, &sid, 4).await;
     assert!(matches!(r.recv().await, Recv::Garbage(again) if again == text));
     assert_eq!(r.dispatches(1).await[0]["s"], 6);
     sim.shutdown().await;
