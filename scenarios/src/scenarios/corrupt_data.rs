@@ -25,7 +25,8 @@
 //! exactly `k` sessions rejected, `k` identifies and `shards - k` resumes;
 //! every bad frame counted, zero identifies for them, every shard active
 //! again; the replayed bad dispatch skipped once per shard after one resume
-//! (not a reconnect loop); zero exits of the long-running processes (no crash loop).
+//! (not a reconnect loop); zero exits of the long-running processes (no
+//! crash loop).
 
 use super::{Env, ScenarioInfo};
 use crate::bulwark::TomlConfig;
