@@ -328,8 +328,7 @@ impl Core {
     /// How many sessions on `shards` (all when empty) have a connection.
     pub(crate) fn attached(&self, shards: &[u32]) -> usize {
         self.sessions()
-            .filter(|(_, s)| shards.is_empty() || shards.contains(&s.shard))
-            .filter(|(_, s)| s.link.is_some())
+            .filter(|(_, s)| attached_on(s, shards))
             .count()
     }
 
@@ -342,7 +341,7 @@ impl Core {
         }
         let mut n = 0;
         for s in self.slots.iter_mut().flatten() {
-            if (shards.is_empty() || shards.contains(&s.shard)) && s.link.is_some() {
+            if attached_on(s, shards) {
                 push_frame(
                     s,
                     &mut self.ledger,
@@ -362,11 +361,17 @@ impl Core {
     /// (all shards when empty). Returns how many connections it reached.
     pub(crate) fn control(&self, shards: &[u32], ctl: Control) -> usize {
         self.sessions()
-            .filter(|(_, s)| shards.is_empty() || shards.contains(&s.shard))
+            .filter(|(_, s)| attached_on(s, shards))
             .filter_map(|(_, s)| s.link.as_ref())
             .filter(|l| l.ctl.send(ctl).is_ok())
             .count()
     }
+}
+
+/// Whether `s` is on one of `shards` (any shard when empty) and has a
+/// connection: the sessions a fault reaches.
+fn attached_on(s: &Session, shards: &[u32]) -> bool {
+    (shards.is_empty() || shards.contains(&s.shard)) && s.link.is_some()
 }
 
 fn push_frame(
