@@ -12,8 +12,10 @@
 //! yet), `Available`, or `Unavailable` (GUILD_DELETE with `unavailable:true`).
 //! GUILD_CREATE of a `Pending` guild is [`GuildCreateKind::Initial`], of an
 //! `Unavailable` one [`GuildCreateKind::Available`], of an unknown one
-//! [`GuildCreateKind::Joined`]; a GUILD_CREATE still marked unavailable only
-//! records the outage. GUILD_DELETE without `unavailable` forgets the guild,
+//! [`GuildCreateKind::Joined`]; a GUILD_CREATE still marked unavailable
+//! carries no data and is never a join: it records the outage and is
+//! [`GuildCreateKind::Available`]. The kind is the envelope's own type, so
+//! what the tracker decides is what travels to the worker. GUILD_DELETE without `unavailable` forgets the guild,
 //! so a later re-add is a join again.
 //!
 //! The persisted session must match the persisted `seq`: after a restart,
@@ -23,22 +25,9 @@
 //! confirmed), plus the journal of changes between them, applied to
 //! `confirmed` as confirmations arrive. Only `confirmed` is saved.
 
+pub use envelope::GuildCreateKind;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
-
-/// What a GUILD_CREATE means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GuildCreateKind {
-    /// Lazy loading after READY.
-    Initial,
-    /// Back from an outage.
-    Available,
-    /// The bot was added to the guild.
-    Joined,
-    /// A guild still unavailable (no data yet).
-    Unavailable,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GuildState {
@@ -131,14 +120,15 @@ impl GuildTracker {
         self.journal.clear();
     }
 
-    /// Classifies a GUILD_CREATE at `seq` and records its effect.
+    /// Classifies a GUILD_CREATE at `seq` and records its effect (one still
+    /// marked unavailable is `Available`: not a join, no data yet).
     pub fn guild_create(&mut self, seq: u64, guild: u64, unavailable: bool) -> GuildCreateKind {
         let before = self.live.get(&guild).copied();
         if unavailable {
             if before != Some(GuildState::Pending) {
                 self.change(seq, guild, Some(GuildState::Unavailable));
             }
-            return GuildCreateKind::Unavailable;
+            return GuildCreateKind::Available;
         }
         self.change(seq, guild, Some(GuildState::Available));
         match before {
@@ -252,7 +242,11 @@ mod tests {
         let mut t = GuildTracker::default();
         t.ready([1, 2, 3]);
         assert_eq!(t.guild_create(2, 1, false), Initial);
-        assert_eq!(t.guild_create(3, 2, true), Unavailable);
+        assert_eq!(
+            t.guild_create(3, 2, true),
+            Available,
+            "unavailable: no data, not a join"
+        );
         assert_eq!(t.guild_create(4, 2, false), Initial, "still READY's");
         assert_eq!(t.guild_create(5, 9, false), Joined);
         t.guild_delete(6, 1, true);
@@ -264,7 +258,17 @@ mod tests {
             "re-added after removal"
         );
         assert_eq!(t.guild_create(10, 3, false), Initial);
-        assert_eq!(t.len(), 4);
+        assert_eq!(
+            t.guild_create(11, 42, true),
+            Available,
+            "an unknown guild still unavailable is not a join"
+        );
+        assert_eq!(
+            t.guild_create(12, 42, false),
+            Available,
+            "its outage was recorded"
+        );
+        assert_eq!(t.len(), 5);
     }
 
     #[test]

@@ -21,8 +21,8 @@
 //! no allocation per event.
 
 use crate::event_names::EventName;
-use crate::guilds::GuildCreateKind;
 use bytes::Bytes;
+use envelope::GuildCreateKind;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::time::SystemTime;
@@ -108,8 +108,6 @@ impl ShardEvent {
     }
 
     /// The event in the queue's envelope format (borrowing `t` and `d`).
-    /// A GUILD_CREATE still marked unavailable has no data and is not a
-    /// join, so it travels as `available`.
     pub fn envelope(&self) -> envelope::Event<'_> {
         let received_at = self
             .received_at
@@ -121,13 +119,7 @@ impl ShardEvent {
             received_at,
             t: &self.event,
             guild_id: self.guild_id,
-            guild_create: self.guild_create.map(|k| match k {
-                GuildCreateKind::Initial => envelope::GuildCreateKind::Initial,
-                GuildCreateKind::Available | GuildCreateKind::Unavailable => {
-                    envelope::GuildCreateKind::Available
-                }
-                GuildCreateKind::Joined => envelope::GuildCreateKind::Joined,
-            }),
+            guild_create: self.guild_create,
             d: &self.data,
         }
     }
