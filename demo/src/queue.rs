@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use worker::{ProcessError, Store, Topology, Worker, consume_partition};
+use worker::{AmqpTopology, ProcessError, Store, Worker, consume_partition};
 
 /// Unread events the in-process channel holds before the shards wait.
 const CHANNEL_CAPACITY: usize = 8192;
@@ -32,7 +32,7 @@ const PREFETCH: u16 = 256;
 pub struct Queue {
     stop: CancellationToken,
     consumers: Vec<JoinHandle<()>>,
-    rabbit: Option<(Connection, Topology)>,
+    rabbit: Option<(Connection, AmqpTopology)>,
 }
 
 impl Queue {
@@ -56,7 +56,7 @@ impl Queue {
                 Ok((queue, SinkChoice::Channel(sink)))
             }
             QueueKind::Rabbitmq => {
-                let topo = Topology::named(topology_base, opts.partitions);
+                let topo = AmqpTopology::named(topology_base, opts.partitions);
                 let conn = Connection::connect(&opts.amqp_url, ConnectionProperties::default())
                     .await
                     .map_err(DemoError::amqp("connecting"))?;

@@ -11,7 +11,7 @@ use bulwark_demo::{CacheKind, DemoOptions, Progress, QueueKind, run, unique_name
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
-use worker::{RedisStore, Topology};
+use worker::{AmqpTopology, RedisStore};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const REDIS: &str = "redis://127.0.0.1:6379";
@@ -45,7 +45,7 @@ async fn rabbitmq_and_redis_demo_ends_with_the_truth_and_cleans_up() {
     assert_eq!(summary.cache, "Redis");
 
     // Nothing left: every partition queue is gone, and no key remains.
-    let topo = Topology::named(&base, opts.partitions);
+    let topo = AmqpTopology::named(&base, opts.partitions);
     let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
         .await
         .unwrap();

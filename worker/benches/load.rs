@@ -246,7 +246,8 @@ async fn consume_once(n: u64, publish: bool, run: usize) -> f64 {
     .await
     .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let topo = worker::Topology::named(&format!("bulwark-bench-{}-{run}", std::process::id()), 1);
+    let topo =
+        worker::AmqpTopology::named(&format!("bulwark-bench-{}-{run}", std::process::id()), 1);
     topo.declare(&ch).await.unwrap();
     let d = r#"{"id":"1","channel_id":"2","guild_id":"3","content":"hello","author":{"id":"4","username":"u"}}"#;
     let mut confirms = Vec::new();

@@ -47,10 +47,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The shared topology (`envelope::topology::AmqpTopology`), under the name
-/// this crate has always exported: [`Topology::default`] is production,
-/// [`Topology::named`] isolates tests. Its one `declare` is the sharder's too.
-pub use envelope::topology::AmqpTopology as Topology;
+/// The shared topology, the sharder's too (one type, one name):
+/// [`AmqpTopology::default`] is production, [`AmqpTopology::named`] isolates
+/// tests.
+pub use envelope::topology::AmqpTopology;
 
 /// Why a consumer stopped.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +114,7 @@ fn backoff(attempt: u32) -> Duration {
 pub async fn consume_partition<S: Store>(
     worker: Arc<Worker<S>>,
     ch: Channel,
-    topo: Topology,
+    topo: AmqpTopology,
     partition: u32,
     prefetch: u16,
     shutdown: impl Future<Output = ()>,
@@ -128,7 +128,7 @@ pub async fn consume_partition<S: Store>(
 pub async fn consume_partition_with<S: Store>(
     worker: Arc<Worker<S>>,
     ch: Channel,
-    topo: Topology,
+    topo: AmqpTopology,
     partition: u32,
     prefetch: u16,
     output: Option<Arc<Unconfirmed>>,
@@ -304,7 +304,7 @@ async fn finish(
 
 async fn dead_letter(
     ch: &Channel,
-    topo: &Topology,
+    topo: &AmqpTopology,
     delivery: &lapin::message::Delivery,
     reason: &str,
 ) -> Result<(), lapin::Error> {

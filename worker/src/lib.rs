@@ -29,7 +29,7 @@ mod store;
 mod users;
 
 pub use consumer::{
-    ConsumeError, ConsumeStats, Topology, consume_partition, consume_partition_with,
+    AmqpTopology, ConsumeError, ConsumeStats, consume_partition, consume_partition_with,
 };
 pub use gateway::{CacheOptions, Class, Parsed, PayloadError, parse};
 pub use memory::{CacheStats, MemoryStore};

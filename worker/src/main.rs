@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use worker::http::{ApiState, Health, router};
 use worker::output::Unconfirmed;
 use worker::{
-    CacheOptions, MemoryStore, RedisStore, Store, Topology, Worker, consume_partition_with,
+    AmqpTopology, CacheOptions, MemoryStore, RedisStore, Store, Worker, consume_partition_with,
 };
 
 /// How often the partition backlogs are checked for `/readyz`.
@@ -243,7 +243,7 @@ async fn supervise<S: Store>(
     shared: &Shared,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let topo = Topology::named(&cfg.worker.amqp_topology_base, cfg.amqp.partitions);
+    let topo = AmqpTopology::named(&cfg.worker.amqp_topology_base, cfg.amqp.partitions);
     let partitions: Vec<u32> = if cfg.worker.consume.is_empty() {
         (0..cfg.amqp.partitions).collect()
     } else {
@@ -274,7 +274,7 @@ async fn session<S: Store>(
     worker: &Arc<Worker<S>>,
     cfg: &Config,
     shared: &Shared,
-    topo: &Topology,
+    topo: &AmqpTopology,
     partitions: &[u32],
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@
 //! A passive declare of a missing queue closes the channel, so the watcher
 //! uses its own channel and reports the error (the session reconnects).
 
-use crate::consumer::Topology;
+use crate::consumer::AmqpTopology;
 use crate::http::Health;
 use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
@@ -21,7 +21,7 @@ use std::time::Duration;
 /// Backlog of each partition in `partitions`, in that order.
 pub async fn backlog(
     ch: &Channel,
-    topo: &Topology,
+    topo: &AmqpTopology,
     partitions: &[u32],
 ) -> Result<Vec<u32>, lapin::Error> {
     let mut out = Vec::with_capacity(partitions.len());
@@ -47,7 +47,7 @@ pub async fn backlog(
 /// until the channel fails (returns that error; not ready from then on).
 pub async fn watch_backlog(
     ch: Channel,
-    topo: Topology,
+    topo: AmqpTopology,
     partitions: Vec<u32>,
     threshold: u32,
     health: Arc<Health>,

@@ -12,7 +12,7 @@ use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use worker::{MemoryStore, Store, StoreError, Topology, Worker, consume_partition};
+use worker::{AmqpTopology, MemoryStore, Store, StoreError, Worker, consume_partition};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const G: u64 = 81384788765712384;
@@ -48,7 +48,7 @@ async fn poison_is_dead_lettered_and_the_queue_keeps_flowing() {
             .unwrap()
             .as_nanos()
     );
-    let topo = Topology::named(&base, 2);
+    let topo = AmqpTopology::named(&base, 2);
     topo.declare(&ch).await.unwrap();
 
     let create = json!({"id": G.to_string(), "name": "g", "owner_id": "1", "member_count": 1,
@@ -211,7 +211,7 @@ async fn store_outage_is_retried_in_place_not_dead_lettered() {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let base = format!("bulwark-test-retry-{}", std::process::id());
-    let topo = Topology::named(&base, 1);
+    let topo = AmqpTopology::named(&base, 1);
     topo.declare(&ch).await.unwrap();
     let d = json!({"id": "5", "type": 0, "name": "x", "guild_id": G.to_string()}).to_string();
     let msg = batch(&[(1, "CHANNEL_UPDATE", None, d)]);

@@ -52,7 +52,7 @@ async fn binary_consumes_publishes_serves_and_stops_on_sigterm() {
 
     const G: u64 = 81384788765712384;
     let base = format!("bulwark-test-bin-{}", std::process::id());
-    let topo = worker::Topology::named(&base, 1);
+    let topo = worker::AmqpTopology::named(&base, 1);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use worker::http::{ApiState, Health, router};
-use worker::{MemoryStore, Topology, Worker, consume_partition_with};
+use worker::{AmqpTopology, MemoryStore, Worker, consume_partition_with};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const G: u64 = 81384788765712384;
@@ -75,7 +75,7 @@ async fn read_api_probes_and_metrics_over_http() {
             .unwrap()
             .as_nanos()
     );
-    let topo = Topology::named(&base, 1);
+    let topo = AmqpTopology::named(&base, 1);
     topo.declare(&ch).await.unwrap();
     let create = json!({"id": G.to_string(), "name": "Guild", "owner_id": U.to_string(),
         "member_count": 2,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use worker::output::{GUILD_HEADER, INITIAL_HEADER, SHARD_HEADER, Unconfirmed};
-use worker::{ConsumeError, MemoryStore, Store, Topology, Worker, consume_partition_with};
+use worker::{AmqpTopology, ConsumeError, MemoryStore, Store, Worker, consume_partition_with};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const G1: u64 = 81384788765712384;
@@ -56,7 +56,7 @@ fn unique(tag: &str) -> String {
 }
 
 /// Declares the topology and a queue bound to every output event.
-async fn setup(ch: &Channel, topo: &Topology) -> String {
+async fn setup(ch: &Channel, topo: &AmqpTopology) -> String {
     topo.declare(ch).await.unwrap();
     let out = format!("{}.bot", topo.queue_base);
     ch.queue_declare(
@@ -78,14 +78,14 @@ async fn setup(ch: &Channel, topo: &Topology) -> String {
     out
 }
 
-async fn cleanup(ch: &Channel, topo: &Topology, out: &str) {
+async fn cleanup(ch: &Channel, topo: &AmqpTopology, out: &str) {
     ch.queue_delete(out.into(), QueueDeleteOptions::default())
         .await
         .unwrap();
     topo.delete(ch).await.unwrap();
 }
 
-async fn publish(ch: &Channel, topo: &Topology, msg: &[u8]) {
+async fn publish(ch: &Channel, topo: &AmqpTopology, msg: &[u8]) {
     ch.basic_publish(
         topo.exchange.as_str().into(),
         routing_key(0, "BATCH").as_str().into(),
@@ -141,7 +141,7 @@ async fn clean_events_are_published_once_with_a_dedup_id() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let topo = Topology::named(&unique("out"), 1);
+    let topo = AmqpTopology::named(&unique("out"), 1);
     let out = setup(&ch, &topo).await;
 
     let join = one(
@@ -234,7 +234,7 @@ async fn a_failed_publish_is_not_acked_and_the_redelivery_publishes_it() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let topo = Topology::named(&unique("out-retry"), 1);
+    let topo = AmqpTopology::named(&unique("out-retry"), 1);
     let out = setup(&ch, &topo).await;
     publish(
         &ch,
@@ -326,7 +326,7 @@ async fn a_crash_before_the_output_confirm_does_not_lose_the_join() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let topo = Topology::named(&unique("out-crash"), 1);
+    let topo = AmqpTopology::named(&unique("out-crash"), 1);
     let out = setup(&ch, &topo).await;
     let join = one(
         1,
