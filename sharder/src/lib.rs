@@ -32,7 +32,7 @@ mod close_code;
 mod connect;
 mod connect_gate;
 mod connection;
-mod dispatch;
+mod connection_loop;
 mod event_names;
 mod frame;
 mod frame_scan;
@@ -42,12 +42,15 @@ mod http;
 mod identify;
 mod identify_lock;
 mod inflate;
+mod live_session;
+mod outcome;
 mod runtime;
 mod send_limiter;
 mod session;
 mod session_redis;
 mod session_store;
 mod shard;
+mod shard_config;
 mod shed;
 mod sink;
 
@@ -79,7 +82,8 @@ pub use session::{
 };
 pub use session_redis::RedisSessionStore;
 pub use session_store::{FileSessionStore, SessionStore, StoreError, load_session, save_session};
-pub use shard::{Shard, ShardConfig, ShardExit, ShardHandle, ShardState};
+pub use shard::{Shard, ShardExit, ShardHandle, ShardState};
+pub use shard_config::ShardConfig;
 pub use shed::{NEVER_SHED, ShedError, ShedList, ShedSink};
 pub use sink::{
     Ack, ChannelSink, Confirmation, ConfirmedSeq, EventSink, ShardEvent, SinkClosed, TrySend,
