@@ -31,7 +31,7 @@
 //! 5. The bucket's window is set to `now + window` and the mutex released.
 //!
 //! Without Redis, processes must not share keys at all: see
-//! [`crate::plan_shards`].
+//! [`crate::assignment::plan_shards`].
 
 use crate::connect_gate::{ConnectGate, ConnectSlot};
 use crate::identify_lock::RedisIdentifyLock;
@@ -183,7 +183,7 @@ impl IdentifyScheduler {
 
     /// Waits until `shard_id` may open the connection it will identify on:
     /// a slot of its key, held until the IDENTIFY has left (drop it then).
-    pub async fn connect_slot(&self, shard_id: u32) -> ConnectSlot {
+    pub(crate) async fn connect_slot(&self, shard_id: u32) -> ConnectSlot {
         self.inner.connect.slot(self.bucket_of(shard_id)).await
     }
 
@@ -227,7 +227,7 @@ impl IdentifyScheduler {
     /// Waits until `shard_id` may identify. Cancel-safe: dropping the future
     /// gives up the place in the queue without spending anything, unless the
     /// budget was already taken.
-    pub async fn acquire(&self, shard_id: u32) -> IdentifyPermit {
+    pub(crate) async fn acquire(&self, shard_id: u32) -> IdentifyPermit {
         let asked = Instant::now();
         let bucket = self.bucket_of(shard_id);
         let Some(slot) = self.inner.buckets.get(usize::from(bucket)) else {
@@ -270,15 +270,14 @@ impl IdentifyScheduler {
     }
 
     /// The IDENTIFY of `permit` was just sent: the key's window starts now.
-    pub fn identify_sent(&self, permit: IdentifyPermit) {
+    pub(crate) fn identify_sent(&self, permit: IdentifyPermit) {
         if let Some(m) = self.inner.sent.get(usize::from(permit.bucket)) {
             *m.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         }
     }
 
     /// When the last identify window this process opened closes, if one
-    /// is still open: the latest [`identify_sent`](Self::identify_sent)
-    /// plus the window. `None` when keys are shared through Redis, whose
+    /// is still open: the latest `identify_sent` plus the window. `None` when keys are shared through Redis, whose
     /// lock keys outlive this process anyway.
     pub fn open_windows_close_at(&self) -> Option<Instant> {
         if self.inner.lock.is_some() {

@@ -1,27 +1,52 @@
 //! Discord gateway sharder: identify batches, parallel resumes, events to RabbitMQ.
 //!
-//! Building blocks, each in its own module:
-//! - transport decompression ([`Decompressor`]) and in-place frame reading
-//!   ([`Frame`]: `op`, `s`, `t`, guild id, `d` never re-encoded);
-//! - identify scheduling ([`IdentifyScheduler`]: per-key windows, runtime
-//!   throttle, session-start reserve; shared across pods with
-//!   [`RedisIdentifyLock`]) and the start-up layout check ([`plan_shards`]);
-//! - persisted sessions ([`Session`] in a [`FileSessionStore`] or
-//!   [`RedisSessionStore`], checked by [`load_session`]) and GUILD_CREATE
-//!   classification ([`GuildTracker`]);
-//! - the shard itself ([`Shard`], one task per shard, [`ShardState`]),
-//!   dialling through a [`Connector`] ([`ResolverConnector`] uses
-//!   `dnscache`), with its send budget ([`SendLimiter`]), close-code table
-//!   ([`close_action`]) and reconnect [`Backoff`], handing events to an
-//!   [`EventSink`] that confirms them back ([`Ack`]).
+//! # Public surface, by concept
+//! What an embedder needs; everything else (the shard layout planner,
+//! backoff, the connect gate, the HTTP router, the confirmed-seq tracker,
+//! the load-shedding sink) is private to the crate.
+//! - **The process**: [`run`] (configuration in, every shard of this
+//!   process, drain on shutdown) and [`run_with`] ([`RunOptions`]: an
+//!   in-process [`SinkChoice::Channel`] instead of RabbitMQ), ending in a
+//!   [`RunReport`] or a [`RunError`] (a layout [`PlanError`], a
+//!   [`GatewayBotError`], ...). Its command-line helpers for `main`:
+//!   [`apply_shard_args`], [`ordinal_process_index`], [`PROCESS_INDEX_ENV`].
+//!   HTTP endpoints: [`serve`] with an [`AdminState`], metrics through
+//!   [`prometheus`]; runtime load shedding by event name: [`ShedList`]
+//!   ([`ShedError`]).
+//! - **One shard**: [`Shard`] (one task per shard) with its
+//!   [`ShardConfig`], controlled through a [`ShardHandle`] that publishes
+//!   its [`ShardState`] and ends with a [`ShardExit`]. It dials through a
+//!   [`Connector`] ([`ResolverConnector`] resolves through `dnscache`,
+//!   [`PlainConnector`] through the system; [`ConnectError`]).
+//! - **Identifying**: [`IdentifyScheduler`] (per-key windows, runtime
+//!   throttle, session-start reserve; [`IdentifySettings`],
+//!   [`SessionStartLimit`]), shared across pods with [`RedisIdentifyLock`];
+//!   gateway discovery and the identify budget: [`fetch_gateway_bot`]
+//!   ([`GatewayBot`]).
+//! - **Events out**: an [`EventSink`] ([`TrySend`], [`SinkClosed`]) takes
+//!   each [`ShardEvent`] and confirms it back through its [`Ack`];
+//!   [`ChannelSink`] is the in-process one, [`AmqpSink`] the production
+//!   one ([`AmqpSinkConfig`], [`AmqpSinkStats`]; what [`SinkChoice::Amqp`]
+//!   runs), on the shared topology ([`AmqpTopology`]).
+//!   GUILD_CREATE is classified ([`GuildCreateKind`]) by a
+//!   [`GuildTracker`] ([`GuildSnapshot`]).
+//! - **Persisted sessions**: [`Session`] (owned by a [`SessionOwner`],
+//!   ordered by [`next_epoch`], at most [`MAX_SESSION_BYTES`], refused with
+//!   a [`SessionRejected`]) in a [`SessionStore`] ([`FileSessionStore`],
+//!   [`RedisSessionStore`]; [`StoreError`]), read and written through
+//!   [`load_session`] and [`save_session`].
+//! - **The gateway protocol** (moving to its own crate): transport
+//!   decompression ([`Decompressor`], [`Compression`]), in-place frame
+//!   reading ([`Frame`]: `op`, `s`, `t`, guild id, `d` never re-encoded;
+//!   [`op`] codes), the close-code table ([`close_action`]), event names
+//!   ([`EventName`]) and the send budget ([`SendLimiter`]).
 //!
-//! - gateway discovery and the identify budget ([`fetch_gateway_bot`]).
-//!
-//! - the AMQP sink ([`AmqpSink`]: bounded buffer, batches, publisher
-//!   confirms, reconnect and republish) on the shared topology
-//!   ([`AmqpTopology`]), runtime load shedding ([`ShedSink`]);
-//! - the process ([`run`]: discovery, layout, scheduler, store, sink, one
-//!   task per shard, drain on shutdown) and its HTTP endpoints ([`router`]).
+//! # Inside a shard
+//! `shard.rs` (the loop over connections, state, persistence) drives
+//! `connection_loop.rs` (one connection's `select!`), which joins
+//! `connection.rs` (socket, inflate, heartbeats, send limiter) and
+//! `live_session.rs` (what each frame means, down to `deliver` to the
+//! sink); `outcome.rs` lists every way a connection ends.
 #![forbid(unsafe_code)]
 
 mod amqp_sink;
@@ -32,7 +57,7 @@ mod close_code;
 mod connect;
 mod connect_gate;
 mod connection;
-mod dispatch;
+mod connection_loop;
 mod event_names;
 mod frame;
 mod frame_scan;
@@ -42,45 +67,38 @@ mod http;
 mod identify;
 mod identify_lock;
 mod inflate;
+mod live_session;
+mod outcome;
 mod runtime;
 mod send_limiter;
 mod session;
 mod session_redis;
 mod session_store;
 mod shard;
+mod shard_config;
 mod shed;
 mod sink;
 
 pub use amqp_sink::{AmqpSink, AmqpSinkConfig, AmqpSinkStats};
-pub use assignment::{
-    ClusterLayout, PlanError, ShardAssignment, check_assignment, plan_cluster, plan_shards,
-};
-pub use backoff::Backoff;
-pub use cli::{
-    PROCESS_INDEX_ENV, apply_shard_args, check_shard_range, ordinal_process_index,
-    parse_shard_range, pod_ordinal,
-};
+pub use assignment::PlanError;
+pub use cli::{PROCESS_INDEX_ENV, apply_shard_args, ordinal_process_index};
 pub use close_code::{CloseAction, RESUMABLE_CLOSE, close_action, is_authentication_failure};
-pub use connect::{ConnectError, Connector, PlainConnector, ResolverConnector, gateway_url};
-pub use connect_gate::ConnectSlot;
+pub use connect::{ConnectError, Connector, PlainConnector, ResolverConnector};
 pub use envelope::topology::AmqpTopology;
 pub use event_names::EventName;
 pub use frame::{DispatchKeys, Frame, FrameError, op, parse_snowflake};
-pub use gateway_bot::{GatewayBot, GatewayBotError, fetch_gateway_bot, parse_gateway_bot};
+pub use gateway_bot::{GatewayBot, GatewayBotError, fetch_gateway_bot};
 pub use guilds::{GuildCreateKind, GuildSnapshot, GuildTracker};
-pub use http::{AdminState, MAX_IDENTIFY_THROTTLE, prometheus, router, serve};
-pub use identify::{IdentifyPermit, IdentifyScheduler, IdentifySettings, SessionStartLimit};
+pub use http::{AdminState, prometheus, serve};
+pub use identify::{IdentifyScheduler, IdentifySettings, SessionStartLimit};
 pub use identify_lock::RedisIdentifyLock;
 pub use inflate::{Compression, DEFAULT_MAX_PAYLOAD, Decompressor, InflateError};
 pub use runtime::{RunError, RunOptions, RunReport, SinkChoice, run, run_with};
 pub use send_limiter::{GATEWAY_SEND_LIMIT, GATEWAY_SEND_WINDOW, SendKind, SendLimiter};
-pub use session::{
-    MAX_SESSION_BYTES, Session, SessionOwner, SessionRejected, next_epoch, token_fingerprint,
-};
+pub use session::{MAX_SESSION_BYTES, Session, SessionOwner, SessionRejected, next_epoch};
 pub use session_redis::RedisSessionStore;
 pub use session_store::{FileSessionStore, SessionStore, StoreError, load_session, save_session};
-pub use shard::{Shard, ShardConfig, ShardExit, ShardHandle, ShardState};
-pub use shed::{NEVER_SHED, ShedError, ShedList, ShedSink};
-pub use sink::{
-    Ack, ChannelSink, Confirmation, ConfirmedSeq, EventSink, ShardEvent, SinkClosed, TrySend,
-};
+pub use shard::{Shard, ShardExit, ShardHandle, ShardState};
+pub use shard_config::ShardConfig;
+pub use shed::{ShedError, ShedList};
+pub use sink::{Ack, ChannelSink, EventSink, ShardEvent, SinkClosed, TrySend};

@@ -8,7 +8,7 @@
 //!    errors; a 401 is fatal) for the gateway URL, the session start budget
 //!    and `max_concurrency` (`sharder.max_concurrency` overrides it).
 //! 3. Check the whole cluster's layout and take this process's shards
-//!    ([`crate::plan_shards`]); one [`IdentifyScheduler`] per process, with
+//!    ([`crate::assignment::plan_shards`]); one [`IdentifyScheduler`] per process, with
 //!    the Redis key lock when several processes share keys.
 //! 4. Session store (file or Redis), sink (AMQP or an in-process channel)
 //!    wrapped in the runtime shed list, the HTTP server, then every shard on
@@ -26,7 +26,6 @@
 //!    (at most one window, within the grace): its replacement cannot know
 //!    them, and an IDENTIFY inside one draws op 9.
 
-use crate::ShedSink;
 use crate::amqp_sink::{AmqpSink, AmqpSinkConfig};
 use crate::assignment::{ClusterLayout, PlanError, plan_shards};
 use crate::backoff::Backoff;
@@ -37,8 +36,10 @@ use crate::identify::{IdentifyScheduler, IdentifySettings};
 use crate::identify_lock::RedisIdentifyLock;
 use crate::session_redis::RedisSessionStore;
 use crate::session_store::{FileSessionStore, SessionStore, StoreError};
-use crate::shard::{Shard, ShardConfig, ShardExit, ShardHandle};
+use crate::shard::{Shard, ShardExit, ShardHandle};
+use crate::shard_config::ShardConfig;
 use crate::shed::ShedList;
+use crate::shed::ShedSink;
 use crate::sink::{ChannelSink, EventSink, ShardEvent, SinkClosed, TrySend};
 use std::net::SocketAddr;
 use std::sync::Arc;

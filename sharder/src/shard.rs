@@ -1,8 +1,18 @@
 //! One gateway shard: a task that keeps a session alive and forwards events.
 //!
-//! Each shard runs on its own task and owns everything about its session:
-//! READY and GUILD_CREATE are handled on the same task, in gateway order,
-//! so READY can never wipe state a later event created (a peer's bug).
+//! A shard is three layers, each in its own file, calling only downwards:
+//! - [`Shard`] (here): the per-shard task. It loops over connections,
+//!   publishes its [`ShardState`], saves and deletes the session record,
+//!   and waits out the backoff between connections.
+//! - [`LiveSession`] (`live_session.rs`): what each frame means: HELLO's
+//!   follow-up (resume or identify), READY / RESUMED, op 7 / op 9 / close
+//!   codes, guild tracking, the seq and the confirmed seq, and `deliver`
+//!   to the sink. Every way a connection ends becomes an [`Outcome`] there.
+//! - [`crate::connection::Connection`]: the socket, inflate, heartbeats
+//!   (zombie detection, op 1) and the send limiter; it yields payloads and
+//!   how it ended, nothing about the session.
+//!
+//! `connection_loop.rs` is the `select!` of one connection that joins them.
 //!
 //! # Algorithm
 //! [`Shard::run`] loops over connections:
@@ -14,15 +24,16 @@
 //!    identify always goes to the gateway URL, and first waits for a
 //!    connect slot of its identify key (`connect_gate.rs`), so a cold boot
 //!    connects each batch a window ahead instead of every shard at once.
-//! 3. Run the connection (see `connection.rs`) until it ends with an
+//! 3. Run the connection (see `connection_loop.rs`) until it ends with an
 //!    outcome: resume (op 7, op 9 `true`, a resumable close code, a dropped
 //!    or zombied connection, a corrupt frame), identify (op 9 `false`, 4007,
 //!    4009: the stored session is deleted), fatal (4004, 4010-4014: the
 //!    shard stops with the reason; 4004 is flagged so the process stops
 //!    every shard), or shutdown.
 //! 4. Before a resume, the guild tracker is rolled back to the confirmed
-//!    state, because Discord replays from the confirmed `seq`.
-//! 5. Wait a capped exponential backoff with jitter ([`crate::Backoff`]),
+//!    state, because Discord replays from the confirmed `seq`
+//!    ([`LiveSession::rewind`]).
+//! 5. Wait a capped exponential backoff with jitter ([`Backoff`]),
 //!    reset by every READY or RESUMED (after op 9 `d:false`, at least the
 //!    random 1-5 s Discord asks for), then reconnect.
 //!
@@ -33,98 +44,14 @@
 use crate::backoff::Backoff;
 use crate::connect::{Connector, gateway_url};
 use crate::connect_gate::ConnectSlot;
-use crate::event_names::EventCounters;
-use crate::guilds::GuildTracker;
 use crate::identify::IdentifyScheduler;
-use crate::inflate::{Compression, DEFAULT_MAX_PAYLOAD};
-use crate::session::{Session, SessionOwner};
+use crate::live_session::LiveSession;
+use crate::outcome::Outcome;
 use crate::session_store::{SessionStore, load_session, save_session};
-use crate::sink::{Confirmation, ConfirmedSeq, EventSink};
-use config::Secret;
+use crate::shard_config::ShardConfig;
+use crate::sink::EventSink;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-
-/// Everything one shard needs to know.
-#[derive(Debug, Clone)]
-pub struct ShardConfig {
-    pub shard_id: u32,
-    pub total_shards: u32,
-    pub token: Secret,
-    pub intents: u64,
-    pub large_threshold: u8,
-    /// Base gateway URL (`wss://gateway.discord.gg`), without query.
-    pub gateway_url: String,
-    pub compression: Compression,
-    /// Bound on one decompressed payload.
-    pub max_payload: usize,
-    /// First reconnect delay (doubles up to `reconnect_max`).
-    pub reconnect_base: Duration,
-    pub reconnect_max: Duration,
-    /// How long to wait for HELLO after connecting.
-    pub hello_timeout: Duration,
-    /// How often the confirmed `seq` is saved while it moves.
-    pub persist_interval: Duration,
-    /// Gateway commands allowed per `send_window` (Discord: 120 per 60 s;
-    /// scaled down only for simulators).
-    pub send_limit: u32,
-    pub send_window: Duration,
-    /// Random wait before identifying after op 9 `d:false`, as Discord
-    /// asks (1 to 5 s).
-    pub invalid_session_delay: (Duration, Duration),
-    /// At shutdown, how long to wait for the sink to confirm what it holds
-    /// before saving the session (what stays unconfirmed is replayed).
-    pub shutdown_drain: Duration,
-}
-
-impl ShardConfig {
-    /// Defaults for shard `shard_id` of `total_shards`.
-    pub fn new(shard_id: u32, total_shards: u32, token: Secret, gateway_url: String) -> Self {
-        Self {
-            shard_id,
-            total_shards,
-            token,
-            intents: 0b10_0000_1111,
-            large_threshold: 50,
-            gateway_url,
-            compression: Compression::ZstdStream,
-            max_payload: DEFAULT_MAX_PAYLOAD,
-            reconnect_base: Duration::from_millis(500),
-            reconnect_max: Duration::from_secs(60),
-            hello_timeout: Duration::from_secs(20),
-            persist_interval: Duration::from_secs(2),
-            send_limit: crate::send_limiter::GATEWAY_SEND_LIMIT,
-            send_window: crate::send_limiter::GATEWAY_SEND_WINDOW,
-            invalid_session_delay: (Duration::from_secs(1), Duration::from_secs(5)),
-            shutdown_drain: Duration::from_secs(5),
-        }
-    }
-}
-
-impl ShardConfig {
-    /// The settings of shard `shard_id` from the process configuration.
-    /// `gateway_url` is `[sharder].gateway_url` or the URL from
-    /// `GET /gateway/bot`.
-    pub fn from_config(cfg: &config::Config, shard_id: u32, gateway_url: String) -> Self {
-        let s = &cfg.sharder;
-        let mut c = Self::new(
-            shard_id,
-            s.total_shards,
-            cfg.discord.token.clone(),
-            gateway_url,
-        );
-        c.intents = cfg.discord.intents;
-        c.large_threshold = cfg.discord.large_threshold;
-        c.compression = s.compression.into();
-        c.max_payload = usize::try_from(s.max_payload_bytes).unwrap_or(usize::MAX);
-        c.reconnect_base = s.reconnect_base;
-        c.reconnect_max = s.reconnect_max;
-        c.hello_timeout = s.hello_timeout;
-        c.persist_interval = s.persist_interval;
-        c.shutdown_drain = s.shutdown_grace / 2;
-        c
-    }
-}
+use tokio::sync::watch;
 
 /// Where a shard is in its life. Published through [`ShardHandle::state`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,51 +146,25 @@ impl ShardHandle {
     }
 }
 
-/// What ended one connection.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    Resume(String),
-    Identify(String),
-    Fatal { code: u16, reason: &'static str },
-    Shutdown,
-    SinkClosed(String),
-}
-
 /// One shard's task state. Build with [`Shard::new`], then `run`.
 pub struct Shard<K: EventSink, S: SessionStore, C: Connector> {
     pub(crate) config: ShardConfig,
-    pub(crate) owner: SessionOwner,
     pub(crate) scheduler: IdentifyScheduler,
-    pub(crate) store: Arc<S>,
-    pub(crate) sink: Arc<K>,
-    pub(crate) connector: Arc<C>,
-    pub(crate) state: watch::Sender<ShardState>,
+    store: Arc<S>,
+    connector: Arc<C>,
+    state: watch::Sender<ShardState>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    pub(crate) session: Option<Session>,
-    pub(crate) guilds: GuildTracker,
-    pub(crate) seqs: ConfirmedSeq,
-    /// Highest `s` received on the current connection (heartbeat `d`).
-    pub(crate) last_seq: Option<u64>,
-    pub(crate) last_epoch: Option<u64>,
-    pub(crate) confirm_tx: mpsc::UnboundedSender<Confirmation>,
-    pub(crate) confirm_rx: mpsc::UnboundedReceiver<Confirmation>,
-    pub(crate) backoff: Backoff,
+    /// The session as it runs: frames, guilds, seqs, the sink.
+    pub(crate) live: LiveSession<K>,
+    backoff: Backoff,
     /// The last resume through `resume_gateway_url` failed.
-    pub(crate) resume_via_gateway: bool,
+    resume_via_gateway: bool,
     /// The session changed since it was last saved.
-    pub(crate) dirty: bool,
+    dirty: bool,
     /// The current connection reached READY or RESUMED.
-    pub(crate) reached_active: bool,
-    /// A wait the protocol asks for before the next connection (op 9).
-    pub(crate) extra_delay: Option<Duration>,
+    reached_active: bool,
     /// Held from before connecting until the IDENTIFY has left.
     pub(crate) connect_slot: Option<ConnectSlot>,
-    pub(crate) counters: EventCounters,
-    /// When the current burst of messages was read (events' `received_at`).
-    pub(crate) burst_read_at: std::time::SystemTime,
-    /// Where the last unreadable payload came: the session's epoch and the
-    /// highest `s` received before it (see `Shard::unreadable`).
-    pub(crate) unreadable_at: Option<(Option<u64>, Option<u64>)>,
 }
 
 impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
@@ -277,34 +178,21 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
     ) -> (Self, ShardHandle) {
         let (state, state_rx) = watch::channel(ShardState::Disconnected);
         let (shutdown_tx, shutdown) = watch::channel(false);
-        let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
-        let owner = SessionOwner::new(&config.token, config.total_shards);
         let backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
+        let live = LiveSession::new(config.clone(), sink);
         let shard = Self {
             config,
-            owner,
             scheduler,
             store,
-            sink,
             connector,
             state,
             shutdown,
-            session: None,
-            guilds: GuildTracker::default(),
-            seqs: ConfirmedSeq::default(),
-            last_seq: None,
-            last_epoch: None,
-            confirm_tx,
-            confirm_rx,
+            live,
             backoff,
             resume_via_gateway: false,
             dirty: false,
             reached_active: false,
-            extra_delay: None,
             connect_slot: None,
-            counters: EventCounters::new(),
-            burst_read_at: std::time::SystemTime::UNIX_EPOCH,
-            unreadable_at: None,
         };
         let handle = ShardHandle {
             state: state_rx,
@@ -324,6 +212,15 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         self.state.send_replace(state);
     }
 
+    /// READY or RESUMED: events flow, and the next reconnect starts from
+    /// the first backoff step again.
+    pub(crate) fn became_active(&mut self) {
+        self.reached_active = true;
+        self.resume_via_gateway = false;
+        self.backoff.reset();
+        self.set_state(ShardState::Active);
+    }
+
     fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -331,26 +228,22 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
     /// Runs the shard until shutdown, a fatal close or the sink closing.
     pub async fn run(mut self) -> ShardExit {
         let id = self.config.shard_id;
-        if let Some(s) = load_session(self.store.as_ref(), &self.owner, id).await {
+        if let Some(s) = load_session(self.store.as_ref(), self.live.owner(), id).await {
             tracing::info!(
                 shard_id = id,
                 seq = s.seq,
                 epoch = s.epoch,
                 "resuming the stored session"
             );
-            self.last_epoch = Some(s.epoch);
-            self.guilds = GuildTracker::from_snapshot(&s.guilds);
-            self.seqs = ConfirmedSeq::new(s.epoch, s.seq);
-            self.last_seq = Some(s.seq);
-            self.session = Some(s);
+            self.live.restore(s);
         }
         loop {
             if self.shutting_down() {
                 return self.finish(ShardExit::Shutdown).await;
             }
-            let resuming = self.session.is_some();
+            let resuming = self.live.record().is_some();
             let via_resume_url = resuming && !self.resume_via_gateway;
-            let base = match &self.session {
+            let base = match self.live.record() {
                 Some(s) if via_resume_url => s.resume_gateway_url.clone(),
                 _ => self.config.gateway_url.clone(),
             };
@@ -379,33 +272,27 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 }
                 Err(e) => Outcome::Resume(e.to_string()),
             };
-            self.counters.flush();
+            self.live.flush_counters();
             self.connect_slot = None;
             if resuming
                 && !self.reached_active
-                && matches!(outcome, Outcome::Resume(_) | Outcome::Identify(_))
+                && matches!(outcome, Outcome::Resume(_) | Outcome::Identify { .. })
             {
                 metrics::counter!("sharder_resumes_total", "result" => "failed").increment(1);
             }
+            let mut wait = None;
             match outcome {
                 Outcome::Resume(reason) => {
                     tracing::info!(shard_id = id, %reason, "reconnecting to resume");
                     if resuming && via_resume_url && !self.reached_active {
                         self.resume_via_gateway = true;
                     }
-                    // What the sink confirmed since the last message counts:
-                    // the resume then replays only what is really missing.
-                    // Draining before the rollback keeps the guild states
-                    // and the resume seq at the same point.
-                    self.drain_confirms();
-                    self.guilds.rollback();
-                    if self.session.is_some() {
-                        self.last_seq = Some(self.seqs.confirmed());
-                    }
+                    self.live.rewind();
                 }
-                Outcome::Identify(reason) => {
+                Outcome::Identify { reason, wait: w } => {
                     tracing::warn!(shard_id = id, %reason, "session ended; identifying afresh");
                     self.drop_session().await;
+                    wait = w;
                 }
                 Outcome::Fatal { code, reason } => {
                     tracing::error!(
@@ -431,10 +318,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             }
             metrics::counter!("sharder_reconnects_total").increment(1);
             self.set_state(ShardState::Disconnected);
-            let delay = self
-                .backoff
-                .next_delay()
-                .max(self.extra_delay.take().unwrap_or_default());
+            let delay = self.backoff.next_delay().max(wait.unwrap_or_default());
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 _ = self.shutdown.changed() => {}
@@ -444,42 +328,19 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
 
     async fn finish(&mut self, exit: ShardExit) -> ShardExit {
         if exit == ShardExit::Shutdown {
-            self.await_confirms().await;
+            self.live.await_confirms().await;
         }
         self.persist(true).await;
         self.set_state(ShardState::Stopped(exit.clone()));
         exit
     }
 
-    /// The connection is closed (nothing new arrives): waits, up to
-    /// `shutdown_drain`, for the sink to confirm what it holds, so the saved
-    /// seq covers it and a resume does not replay it.
-    async fn await_confirms(&mut self) {
-        let deadline = tokio::time::Instant::now() + self.config.shutdown_drain;
-        while self.seqs.outstanding() > 0 {
-            match tokio::time::timeout_at(deadline, self.confirm_rx.recv()).await {
-                Ok(Some(c)) => self.on_confirm(c),
-                _ => break,
-            }
-        }
-        if self.seqs.outstanding() > 0 {
-            tracing::warn!(
-                shard_id = self.config.shard_id,
-                unconfirmed = self.seqs.outstanding(),
-                "sink did not confirm everything before shutdown; the rest replays on resume"
-            );
-        }
-    }
-
     async fn drop_session(&mut self) {
-        if let Some(s) = self.session.take() {
-            self.last_epoch = Some(s.epoch);
-            if let Err(e) = self.store.remove(s.shard_id).await {
-                tracing::warn!(shard_id = s.shard_id, error = %e, "cannot delete the ended session");
-            }
+        if let Some(s) = self.live.end()
+            && let Err(e) = self.store.remove(s.shard_id).await
+        {
+            tracing::warn!(shard_id = s.shard_id, error = %e, "cannot delete the ended session");
         }
-        self.guilds = GuildTracker::default();
-        self.last_seq = None;
         self.resume_via_gateway = false;
         self.dirty = false;
     }
@@ -487,75 +348,12 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
     /// Saves the session with the confirmed `seq` and guild states, when it
     /// changed (or always, with `force`).
     pub(crate) async fn persist(&mut self, force: bool) {
-        let confirmed = self.seqs.confirmed();
-        let guilds = self.guilds.snapshot();
-        let Some(session) = self.session.as_mut() else {
+        let Some((session, changed)) = self.live.sync_record() else {
             return;
         };
-        if session.epoch == self.seqs.epoch() && session.seq != confirmed {
-            session.seq = confirmed;
-            self.dirty = true;
-        }
-        if session.guilds != guilds {
-            session.guilds = guilds;
-            self.dirty = true;
-        }
+        self.dirty |= changed;
         if (self.dirty || force) && save_session(self.store.as_ref(), session).await {
             self.dirty = false;
         }
-    }
-
-    /// Applies a sink confirmation.
-    pub(crate) fn on_confirm(&mut self, c: Confirmation) {
-        if self.seqs.confirm(c) {
-            self.guilds.confirm(self.seqs.confirmed());
-        }
-    }
-
-    /// Applies every confirmation queued so far, moving the guild tracker
-    /// once.
-    ///
-    /// The connection loop calls this after each message, before each save
-    /// and before a resume, instead of waiting on the channel: a
-    /// confirmation only matters when the seq is saved or a resume starts,
-    /// and a `select!` arm on it made the shard wake itself for every event
-    /// (the in-process sink confirms on the shard's own task) and run one
-    /// loop turn per confirmation.
-    pub(crate) fn drain_confirms(&mut self) {
-        let mut moved = false;
-        while let Ok(c) = self.confirm_rx.try_recv() {
-            moved |= self.seqs.confirm(c);
-        }
-        if moved {
-            self.guilds.confirm(self.seqs.confirmed());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_maps_every_setting_and_keeps_the_token_secret() {
-        let cfg = config::Config::from_toml_str(
-            "[discord]\nintents = 3\nlarge_threshold = 250\n\
-             [sharder]\ntotal_shards = 4\ncompression = \"zlib-stream\"\n\
-             max_payload_bytes = 8192\nreconnect_base = \"1s\"\nreconnect_max = \"9s\"\n",
-            "t",
-            vec![("BULWARK_DISCORD__TOKEN".into(), "tok.en.secret".into())],
-        )
-        .unwrap();
-        let c = ShardConfig::from_config(&cfg, 3, "wss://g".into());
-        assert_eq!((c.shard_id, c.total_shards, c.intents), (3, 4, 3));
-        assert_eq!(c.large_threshold, 250);
-        assert_eq!(c.compression, Compression::ZlibStream);
-        assert_eq!(c.max_payload, 8192);
-        assert_eq!(
-            (c.reconnect_base, c.reconnect_max),
-            (Duration::from_secs(1), Duration::from_secs(9))
-        );
-        assert_eq!(c.token.expose(), "tok.en.secret");
-        assert!(!format!("{c:?}").contains("secret"));
     }
 }

@@ -311,6 +311,7 @@ impl ConfirmedSeq {
 
     /// `seq` was handled without the sink (e.g. dropped by load shedding):
     /// nothing downstream needs it.
+    #[cfg(test)]
     pub fn skipped(&mut self, seq: u64) {
         self.highest = self.highest.max(seq);
     }
