@@ -4,14 +4,23 @@
 #  2. every built-in kind passes `kubernetes-validate --strict` (bundled
 #     OpenAPI schemas, offline) for the oldest and newest Kubernetes we
 #     support;
-#  3. CRD kinds (RabbitmqCluster, ServiceMonitor, PrometheusRule) have no schema in
-#     kubernetes-validate, which only WARNs on a missing schema and passes.
-#     So they are filtered out of step 2 and checked here by hand (apiVersion
-#     and the fields we rely on), and any OTHER kind without a schema fails:
-#     a typo in a kind or apiVersion cannot pass as "unknown";
-#  4. Bulwark's own invariants, read from the rendered ConfigMap's TOML:
-#     sharder replicas == sharder.process_count, PROCESS_INDEX from the
-#     pod-index label, container/Service/scrape ports == http_listen,
+#  3. CRD kinds (RabbitmqCluster, ServiceMonitor, PrometheusRule) have no
+#     schema in kubernetes-validate, which only WARNs on a missing schema
+#     and passes. So they are filtered out of step 2 and validated with
+#     python jsonschema against deploy/schemas/*.json (every object we use
+#     is closed: a misspelled nested field fails), and any OTHER kind
+#     without a schema fails: a typo in a kind or apiVersion cannot pass as
+#     "unknown". Each PrometheusRule's groups are written out as a rule file
+#     and checked by `promtool check rules` (Debian's prometheus package):
+#     a broken PromQL expression fails;
+#  4. Bulwark's own invariants, read from the rendered ConfigMaps' TOML:
+#     one ConfigMap per binary, mounted by its own workload, [amqp] and
+#     [redis] equal in both; sharder replicas == BULWARK_SHARDER__PROCESS_COUNT
+#     (kustomize replacement) and no process_count in the TOML;
+#     PROCESS_INDEX from the pod-index label; Guaranteed QoS, a shipped
+#     PriorityClass and node + zone topology spread for the sharder; DNS
+#     egress to kube-dns pods, NodeLocal DNSCache and a ClusterIP /32;
+#     container/Service/scrape ports == http_listen,
 #     terminationGracePeriodSeconds > preStop + sharder.shutdown_grace,
 #     no Secret rendered, secrets only by secretKeyRef, hardened
 #     securityContext, resources, probes on /readyz and /healthz, ndots 1.
@@ -19,6 +28,7 @@
 #     production alert rules is emitted by the Rust sources (sharder/src,
 #     worker/src, dnscache/src); every alert has a runbook section.
 # Usage: deploy/validate.sh [overlay...]   (default: every overlay)
+#        deploy/validate.sh --self-test    (broken copies must fail, see below)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -43,6 +53,78 @@ fi
 # Its first call on a fresh machine must not be the one that fails.
 kv --version >/dev/null
 
+# promtool: on PATH (Debian's prometheus package), or $PROMTOOL, or the
+# copy .ci/run unpacks from that package without installing the daemon.
+PROMTOOL=${PROMTOOL:-$(command -v promtool || true)}
+if [ -z "$PROMTOOL" ] && [ -x "$HOME/.cache/bulwark-promtool/usr/bin/promtool" ]; then
+  PROMTOOL="$HOME/.cache/bulwark-promtool/usr/bin/promtool"
+fi
+if [ -z "$PROMTOOL" ]; then
+  echo "FATAL: promtool not found; apt-get install prometheus (Debian), or run .ci/run, or set PROMTOOL" >&2
+  exit 1
+fi
+python3 -c 'import jsonschema' 2>/dev/null || {
+  echo "jsonschema missing: installing it with pip"
+  python3 -m pip install --quiet --disable-pip-version-check "jsonschema==4.26.0" \
+    || { echo "FATAL: cannot pip install jsonschema" >&2; exit 1; }
+}
+
+# --self-test: the checks must catch what they exist for. Copies deploy/
+# and docs/ into a temp dir, breaks one thing per copy, and requires
+# validate.sh to fail on each with a message naming the problem; the
+# unbroken copy must pass.
+if [ "${1:-}" = "--self-test" ]; then
+  root=$(cd .. && pwd)
+  st=$(mktemp -d)
+  trap 'rm -rf "$st"' EXIT
+  copy() {
+    mkdir -p "$st/$1"
+    cp -r "$root/deploy" "$root/docs" "$st/$1/"
+    for d in sharder worker dnscache; do ln -s "$root/$d" "$st/$1/$d"; done
+  }
+  expect() { # name, expected exit (0/1), message that must appear
+    local out rc=0
+    out=$(bash "$st/$1/deploy/validate.sh" production 2>&1) || rc=$?
+    if [ "$2" = 0 ] && [ "$rc" = 0 ]; then
+      echo "self-test $1: passes, as it must"
+    elif [ "$2" = 1 ] && [ "$rc" != 0 ] && grep -qF -- "$3" <<<"$out"; then
+      echo "self-test $1: fails, as it must:"
+      grep -F -- "$3" <<<"$out" | head -3 | sed 's/^/    /'
+    else
+      echo "SELF-TEST FAILED: $1: exit $rc, expected $2 with '$3'; output:" >&2
+      echo "$out" >&2
+      exit 1
+    fi
+  }
+  copy unbroken
+  expect unbroken 0 ""
+  # A PromQL expression with an unclosed parenthesis: the YAML is fine and
+  # the metric names are real, only promtool sees it.
+  copy broken-promql
+  python3 - "$st/broken-promql/deploy/overlays/production/prometheusrule.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+old = 'expr: sum by (pod) (sharder_shard_state{state="stopped"}) > 0'
+assert old in s, "self-test: the rule to break is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace(old, 'expr: sum by (pod) (sharder_shard_state{state="stopped"} > 0'))
+PY
+  expect broken-promql 1 "parse error: unclosed left parenthesis"
+  # A misspelled nested field of the RabbitmqCluster: the API server would
+  # prune it silently and the broker would run without its memory alarm.
+  copy misspelled-rabbitmq
+  python3 - "$st/misspelled-rabbitmq/deploy/overlays/production/rabbitmq.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert "    additionalConfig: |" in s, "self-test: the field to misspell is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace("    additionalConfig: |", "    additonalConfig: |"))
+PY
+  expect misspelled-rabbitmq 1 "'additonalConfig' was unexpected"
+  echo "deploy/validate.sh --self-test: ok"
+  exit 0
+fi
+
 overlays=("$@")
 if [ ${#overlays[@]} -eq 0 ]; then
   for d in overlays/*/; do overlays+=("$(basename "$d")"); done
@@ -60,42 +142,45 @@ for o in "${overlays[@]}"; do
     continue
   fi
   # Steps 3 and 4; writes the built-in kinds to $tmp/$o.builtin.yaml.
-  if ! python3 - "$tmp/$o.yaml" "$tmp/$o.builtin.yaml" <<'PY'
+  if ! python3 - "$tmp/$o.yaml" "$tmp/$o.builtin.yaml" "$tmp/$o" <<'PY'
 import re, sys, tomllib, yaml
 
-src, out = sys.argv[1], sys.argv[2]
+src, out, rules_prefix = sys.argv[1], sys.argv[2], sys.argv[3]
 docs = [d for d in yaml.safe_load_all(open(src)) if d]
 errors = []
 def err(msg): errors.append(msg)
 
-# CRDs kubernetes-validate has no schema for: checked here, by hand.
+# CRDs kubernetes-validate has no schema for: each is checked against the
+# JSON Schema in deploy/schemas/ (closed objects: a misspelled field fails,
+# where the API server would silently prune it), then by our own rules.
+import json, jsonschema
 CRDS = {
-    "RabbitmqCluster": "rabbitmq.com/v1beta1",
-    "ServiceMonitor": "monitoring.coreos.com/v1",
-    "PrometheusRule": "monitoring.coreos.com/v1",
+    "RabbitmqCluster": "schemas/rabbitmqcluster.json",
+    "ServiceMonitor": "schemas/servicemonitor.json",
+    "PrometheusRule": "schemas/prometheusrule.json",
 }
 DURATION = re.compile(r"^(\d+(ms|s|m|h))+$")
 builtin = []
+rule_files = 0
 for d in docs:
     kind, api = d.get("kind"), d.get("apiVersion")
     name = (d.get("metadata") or {}).get("name")
     if not name:
         err(f"{kind} without metadata.name")
     if kind in CRDS:
-        if api != CRDS[kind]:
-            err(f"{kind}/{name}: apiVersion {api}, expected {CRDS[kind]}")
+        schema = json.load(open(CRDS[kind]))
+        v = jsonschema.Draft202012Validator(schema)
+        bad = sorted(v.iter_errors(d), key=lambda e: list(e.absolute_path))
+        for e in bad:
+            path = ".".join(str(p) for p in e.absolute_path) or "(top)"
+            err(f"{kind}/{name}: schema {CRDS[kind]}: at {path}: {e.message}")
+        if bad:
+            continue
         spec = d.get("spec") or {}
         if kind == "RabbitmqCluster":
             r = spec.get("replicas")
             if not isinstance(r, int) or r < 1 or r % 2 == 0:
                 err(f"{kind}/{name}: spec.replicas must be an odd integer (quorum), got {r!r}")
-            unknown = set(spec) - {"replicas", "image", "resources", "persistence", "rabbitmq",
-                                   "service", "override", "affinity", "tolerations", "tls",
-                                   "terminationGracePeriodSeconds", "delayStartSeconds",
-                                   "secretBackend", "imagePullSecrets", "skipPostDeploySteps",
-                                   "autoEnableAllFeatureFlags"}
-            if unknown:
-                err(f"{kind}/{name}: unknown spec fields {sorted(unknown)}")
         if kind == "PrometheusRule":
             groups = spec.get("groups") or []
             if not groups:
@@ -124,6 +209,10 @@ for d in docs:
                         err(f"{kind}/{name}: {a}: runbook anchor must be #{a.lower()}")
                     elif f"### {a}\n" not in open("../docs/operations.md").read():
                         err(f"{kind}/{name}: {a}: docs/operations.md has no '### {a}' section")
+            # The rule file Prometheus would load, for `promtool check rules`.
+            rule_files += 1
+            with open(f"{rules_prefix}.{name}.rules.yaml", "w") as f:
+                yaml.safe_dump({"groups": groups}, f, sort_keys=False)
         if kind == "ServiceMonitor":
             if not (spec.get("selector") or {}).get("matchLabels"):
                 err(f"{kind}/{name}: spec.selector.matchLabels missing")
@@ -148,30 +237,75 @@ def duration_s(text):
     return total
 
 def listen_port(section, default):
-    addr = cfg.get(section, {}).get("http_listen", default)
+    addr = (cfg if section == "sharder" else wcfg).get(section, {}).get("http_listen", default)
     return int(addr.rsplit(":", 1)[1])
 
-# The config file both binaries read.
-cms = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("bulwark-config")]
-if len(cms) != 1:
-    err(f"expected one bulwark-config ConfigMap, found {len(cms)}")
-    cfg = {}
-else:
-    cfg = tomllib.loads(cms[0]["data"]["bulwark.toml"])
+# One config file per binary: bulwark-sharder-config for the sharder,
+# bulwark-worker-config for the worker, so a worker-only change does not
+# roll the sharders. Each workload must mount its own.
+def config_map(prefix):
+    found = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(prefix + "-")
+             or d["kind"] == "ConfigMap" and d["metadata"]["name"] == prefix]
+    if len(found) != 1:
+        err(f"expected one {prefix} ConfigMap, found {len(found)}")
+        return None, {}
+    return found[0]["metadata"]["name"], tomllib.loads(found[0]["data"]["bulwark.toml"])
+sharder_cm, cfg = config_map("bulwark-sharder-config")
+worker_cm, wcfg = config_map("bulwark-worker-config")
+if [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("bulwark-config")]:
+    err("a shared bulwark-config ConfigMap is rendered: each binary has its own (bulwark-sharder-config, bulwark-worker-config)")
+for which, c in (("sharder", cfg), ("worker", wcfg)):
     for section, key in [("discord", "token"), ("amqp", "url"), ("redis", "url"), ("sharder", "admin_token")]:
-        if key in cfg.get(section, {}):
-            err(f"bulwark.toml sets {section}.{key}: it is a secret, set it from the Secret")
+        if key in c.get(section, {}):
+            err(f"{which} bulwark.toml sets {section}.{key}: it is a secret, set it from the Secret")
+# What both binaries read must agree: the partition count and queue layout
+# ([amqp]) and the Redis keys ([redis]).
+for section in ("amqp", "redis"):
+    if cfg.get(section, {}) != wcfg.get(section, {}):
+        err(f"[{section}] differs between the sharder's and the worker's bulwark.toml: "
+            f"{cfg.get(section, {})} vs {wcfg.get(section, {})}; keep them equal")
+if "process_count" in cfg.get("sharder", {}):
+    err("the sharder's bulwark.toml sets sharder.process_count: it comes from the StatefulSet's replicas "
+        "(BULWARK_SHARDER__PROCESS_COUNT), the one place to edit")
+for kind, wl_name, cm in (("StatefulSet", "sharder", sharder_cm), ("Deployment", "worker", worker_cm)):
+    wl = next((d for d in docs if d["kind"] == kind and d["metadata"]["name"] == wl_name), None)
+    if wl and cm:
+        mounted = {(v.get("configMap") or {}).get("name") for v in wl["spec"]["template"]["spec"].get("volumes", [])}
+        if cm not in mounted:
+            err(f"{kind}/{wl_name} does not mount its own ConfigMap {cm} (mounts {sorted(x for x in mounted if x)})")
 
 sts = by.get(("StatefulSet", "sharder"))
 if not sts:
     err("no StatefulSet sharder")
 else:
     replicas = sts["spec"].get("replicas", 1)
-    pc = cfg.get("sharder", {}).get("process_count", 1)
-    if replicas != pc:
-        err(f"StatefulSet sharder has {replicas} replicas but sharder.process_count is {pc}: change both together")
     c = sts["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in c.get("env", [])}
+    pc = env.get("BULWARK_SHARDER__PROCESS_COUNT", {}).get("value")
+    if pc != str(replicas):
+        err(f"StatefulSet sharder has {replicas} replicas but BULWARK_SHARDER__PROCESS_COUNT (sharder.process_count) "
+            f"is {pc!r}: the overlay's kustomization needs the replicas -> process_count replacement")
+    # Guaranteed QoS: CPU throttling of a Burstable sharder stalls
+    # heartbeats (false zombies), and it is evicted first under pressure.
+    res = c.get("resources", {})
+    for r in ("cpu", "memory"):
+        rq, lim = res.get("requests", {}).get(r), res.get("limits", {}).get(r)
+        if rq is None or str(rq) != str(lim):
+            err(f"sharder: resources.requests.{r} ({rq}) must equal limits.{r} ({lim}): Guaranteed QoS")
+    pod = sts["spec"]["template"]["spec"]
+    pcname = pod.get("priorityClassName")
+    if not pcname or ("PriorityClass", pcname) not in by:
+        err(f"sharder: priorityClassName {pcname!r} must name a PriorityClass shipped in the manifests")
+    keys = {t.get("topologyKey") for t in pod.get("topologySpreadConstraints", [])
+            if (t.get("labelSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "sharder"}
+    for k in ("kubernetes.io/hostname", "topology.kubernetes.io/zone"):
+        if k not in keys:
+            err(f"sharder: no topologySpreadConstraint on {k} selecting the sharder pods")
+    sp = c.get("startupProbe") or {}
+    budget = sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3)
+    if budget < 300:
+        err(f"sharder: the startup probe allows {budget} s; /healthz waits on GET /gateway/bot, Redis and the "
+            f"sink today, so keep at least 300 s (docs/operations.md, Probes)")
     idx = env.get("BULWARK_SHARDER__PROCESS_INDEX", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
     if idx != "metadata.labels['apps.kubernetes.io/pod-index']":
         err(f"sharder: BULWARK_SHARDER__PROCESS_INDEX must come from the pod-index label, got {idx!r}")
@@ -246,21 +380,52 @@ for n, section, default in (("sharder", "sharder", "0.0.0.0:8080"), ("worker", "
 
 if ("HorizontalPodAutoscaler", "worker") not in by:
     err("no HorizontalPodAutoscaler worker")
+# DNS egress must work whichever path the cluster's DNS takes
+# (docs/operations.md, "DNS"): CoreDNS pods behind kube-dns's ClusterIP,
+# NodeLocal DNSCache on 169.254.20.10, and NodeLocal DNSCache answering on
+# the kube-dns ClusterIP itself (no DNAT: an ipBlock /32).
+def dns_ports(rule):
+    got = {(p.get("port"), p.get("protocol", "TCP")) for p in rule.get("ports", [])}
+    return {(53, "UDP"), (53, "TCP")} <= got
 for n in ("sharder", "worker"):
-    if ("NetworkPolicy", n) not in by:
+    np = by.get(("NetworkPolicy", n))
+    if not np:
         err(f"no NetworkPolicy {n}")
+        continue
+    peers = [(peer, rule) for rule in np["spec"].get("egress", []) for peer in rule.get("to", [])]
+    kube_dns = any(dns_ports(r) and (p.get("podSelector") or {}).get("matchLabels", {}).get("k8s-app") == "kube-dns"
+                   for p, r in peers)
+    nodelocal = any(dns_ports(r) and (p.get("ipBlock") or {}).get("cidr") == "169.254.20.10/32" for p, r in peers)
+    cluster_ip = any(dns_ports(r) and (p.get("ipBlock") or {}).get("cidr", "").endswith("/32")
+                     and p["ipBlock"]["cidr"] != "169.254.20.10/32" for p, r in peers)
+    for ok, what in ((kube_dns, "the kube-dns pods (k8s-app: kube-dns)"),
+                     (nodelocal, "NodeLocal DNSCache (ipBlock 169.254.20.10/32)"),
+                     (cluster_ip, "kube-dns's ClusterIP (an ipBlock /32)")):
+        if not ok:
+            err(f"NetworkPolicy {n}: no egress on port 53 UDP and TCP to {what}")
 
 yaml.safe_dump_all(builtin, open(out, "w"), sort_keys=False)
 for e in errors:
     print(f"FAIL: {e}", file=sys.stderr)
 kinds = sorted({d["kind"] for d in docs})
-print(f"{len(docs)} resources ({', '.join(kinds)}); {len(docs) - len(builtin)} CRD resources checked by hand")
+print(f"{len(docs)} resources ({', '.join(kinds)}); {len(docs) - len(builtin)} CRD resources checked against deploy/schemas")
 sys.exit(1 if errors else 0)
 PY
   then
     echo "FAIL: overlay $o breaks the checks above" >&2
     failed=1
   fi
+  # The alert rules as Prometheus would load them (written by the step above).
+  for rules in "$tmp/$o".*.rules.yaml; do
+    [ -e "$rules" ] || continue
+    if ! "$PROMTOOL" check rules "$rules" >"$tmp/$o.promtool" 2>&1; then
+      echo "FAIL: promtool check rules on overlay $o's PrometheusRule ${rules##*/$o.}:" >&2
+      cat "$tmp/$o.promtool" >&2
+      failed=1
+    else
+      echo "promtool check rules ${rules##*/$o.}: $(grep -o '[0-9]* rules found' "$tmp/$o.promtool")"
+    fi
+  done
   for v in "${K8S_VERSIONS[@]}"; do
     # --quiet prints only WARN/ERROR lines. A WARN is a kind with no schema:
     # after the CRD filter above that is a mistake, so it fails too.

@@ -1,8 +1,9 @@
 //! `[dns]`: the in-process caching resolver (crate `dnscache`).
 //!
-//! Defaults are chosen for a sharder in Kubernetes: names are fully
-//! qualified (no `ndots:5` search-list fan-out), answers are refreshed before
-//! they expire, and a last-good answer is served for hours while the cluster
+//! Defaults are chosen for a sharder in Kubernetes: a name is asked as
+//! given first (no `ndots:5` search-list fan-out) and only a name that does
+//! not exist walks the search list, answers are refreshed before they
+//! expire, and a last-good answer is served for hours while the cluster
 //! DNS is down, in the spirit of RFC 8767.
 
 use crate::ConfigError;
@@ -17,12 +18,12 @@ use std::time::Duration;
 pub struct DnsConfig {
     /// Upstream servers, `ip:port`. Empty: the system's resolv.conf.
     pub upstreams: Vec<SocketAddr>,
-    /// `None` (default): every name is fully qualified, one upstream name per
-    /// lookup. `Some(n)`: walk resolv.conf's search list for names with fewer
-    /// than `n` dots, as libc does.
+    /// `None` (default): a name is asked as given, fully qualified; only if
+    /// it does not exist is the search list walked (once per host: the
+    /// qualified name that answered is remembered). `Some(n)`: walk the
+    /// search list first for names with fewer than `n` dots, as libc does.
     pub ndots: Option<u8>,
-    /// Search domains walked when `ndots` is set. Empty: resolv.conf's.
-    /// Ignored while `ndots` is `None`.
+    /// Search domains, in order. Empty: resolv.conf's `search` line.
     pub search: Vec<String>,
     /// Lower bound on a positive answer's TTL.
     #[serde(with = "humantime_serde")]

@@ -1,8 +1,10 @@
 //! The Kubernetes manifests under `deploy/` and this crate must not drift
 //! apart: every TOML file a ConfigMap is generated from must load and
-//! validate with the environment overrides the manifests set, for every pod
-//! of the sharder StatefulSet; the manifests may set only overrides this
-//! test knows; and no committed TOML may hold a secret.
+//! validate with the environment overrides the manifests set (the sharder's
+//! for every pod of the StatefulSet, its process count from the replica
+//! count); the sharder's and the worker's file must agree on what both
+//! read; the manifests may set only overrides this test knows; and no
+//! committed TOML may hold a secret.
 //!
 //! (Rendering and schema checks of the manifests themselves are in
 //! `deploy/validate.sh`, which CI runs too.)
@@ -39,9 +41,10 @@ fn read(path: &Path) -> String {
 
 /// The `BULWARK_*` variables the manifests set, with values shaped like the
 /// real ones (the secrets are placeholders of the right form).
-fn manifest_env(process_index: u32) -> Vec<(String, String)> {
+fn manifest_env(process_index: u32, process_count: u32) -> Vec<(String, String)> {
     [
         ("BULWARK_SHARDER__PROCESS_INDEX", process_index.to_string()),
+        ("BULWARK_SHARDER__PROCESS_COUNT", process_count.to_string()),
         ("BULWARK_DISCORD__TOKEN", "placeholder.bot.token".to_owned()),
         (
             "BULWARK_AMQP__URL",
@@ -62,7 +65,7 @@ fn manifest_env(process_index: u32) -> Vec<(String, String)> {
 }
 
 fn known_vars() -> BTreeSet<String> {
-    manifest_env(0).into_iter().map(|(k, _)| k).collect()
+    manifest_env(0, 1).into_iter().map(|(k, _)| k).collect()
 }
 
 /// The sharder replica count that goes with the TOML file at `toml`: the
@@ -83,34 +86,47 @@ fn sharder_replicas(toml: &Path) -> Option<u32> {
     })
 }
 
+/// The TOML files of one binary (`sharder.toml` or `worker.toml`), one per
+/// base and overlay.
+fn tomls_of(binary: &str) -> Vec<PathBuf> {
+    let name = format!("{binary}.toml");
+    files(&deploy_dir(), "toml")
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|f| f == name.as_str()))
+        .collect()
+}
+
 #[test]
-fn every_configmap_toml_loads_for_every_sharder_pod() {
-    let tomls = files(&deploy_dir(), "toml");
+fn every_sharder_toml_loads_for_every_sharder_pod() {
+    let tomls = tomls_of("sharder");
     assert!(
         tomls.len() >= 3,
-        "expected base, dev and production TOML files under deploy/, found {tomls:?}"
+        "expected base, dev and production sharder.toml under deploy/, found {tomls:?}"
     );
     for path in &tomls {
         let origin = path.display().to_string();
         let text = read(path);
+        let table: toml::Table = text.parse().unwrap_or_else(|e| panic!("{origin}: {e}"));
+        assert!(
+            table
+                .get("sharder")
+                .and_then(|s| s.as_table())
+                .is_none_or(|s| !s.contains_key("process_count")),
+            "{origin} sets sharder.process_count: it comes from the StatefulSet's replicas \
+             (BULWARK_SHARDER__PROCESS_COUNT), the one place to edit"
+        );
         // The file alone is valid (a pod without the Secret fails on the
         // missing token, not on the file).
-        let alone = Config::from_toml_str(&text, &origin, Vec::new())
+        Config::from_toml_str(&text, &origin, Vec::new())
             .unwrap_or_else(|e| panic!("{origin}: {e}"));
-        let count = alone.sharder.process_count;
-
-        let replicas = sharder_replicas(path)
+        let count = sharder_replicas(path)
             .unwrap_or_else(|| panic!("{origin}: no sharder replica count next to it"));
-        assert_eq!(
-            replicas, count,
-            "{origin}: sharder.process_count {count} but {replicas} sharder replicas; \
-             change both together (docs/operations.md)"
-        );
 
         for index in 0..count {
-            let cfg = Config::from_toml_str(&text, &origin, manifest_env(index))
+            let cfg = Config::from_toml_str(&text, &origin, manifest_env(index, count))
                 .unwrap_or_else(|e| panic!("{origin} as pod {index}: {e}"));
             assert_eq!(cfg.sharder.process_index, index, "{origin}");
+            assert_eq!(cfg.sharder.process_count, count, "{origin}");
             assert!(cfg.discord.require_token().is_ok(), "{origin}");
             assert!(
                 cfg.redis.enabled(),
@@ -124,10 +140,44 @@ fn every_configmap_toml_loads_for_every_sharder_pod() {
             }
         }
         // One pod more than process_count must not start with a wrong range.
-        let e = Config::from_toml_str(&text, &origin, manifest_env(count))
+        let e = Config::from_toml_str(&text, &origin, manifest_env(count, count))
             .expect_err("pod index == process_count accepted")
             .to_string();
         assert!(e.contains("sharder.process_index"), "{origin}: {e}");
+    }
+}
+
+#[test]
+fn every_worker_toml_loads_and_agrees_with_its_sharder_toml() {
+    let tomls = tomls_of("worker");
+    assert!(
+        tomls.len() >= 3,
+        "expected base, dev and production worker.toml under deploy/, found {tomls:?}"
+    );
+    for path in &tomls {
+        let origin = path.display().to_string();
+        let text = read(path);
+        let env: Vec<(String, String)> = manifest_env(0, 1)
+            .into_iter()
+            .filter(|(k, _)| k == "BULWARK_AMQP__URL" || k == "BULWARK_REDIS__URL")
+            .collect();
+        let cfg =
+            Config::from_toml_str(&text, &origin, env).unwrap_or_else(|e| panic!("{origin}: {e}"));
+        assert!(cfg.redis.enabled(), "{origin}");
+
+        let sharder_path = path.with_file_name("sharder.toml");
+        let sharder: toml::Table = read(&sharder_path)
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", sharder_path.display()));
+        let worker: toml::Table = text.parse().unwrap_or_else(|e| panic!("{origin}: {e}"));
+        for section in ["amqp", "redis"] {
+            assert_eq!(
+                worker.get(section),
+                sharder.get(section),
+                "{origin}: [{section}] differs from {}; both binaries read it",
+                sharder_path.display()
+            );
+        }
     }
 }
 

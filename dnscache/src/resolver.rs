@@ -405,7 +405,9 @@ impl Resolver {
             let inner = guard.inner.clone();
             // hickory bounds each query by the query timeout; this is a
             // backstop so a stuck task can never pin the name.
-            let limit = inner.query_timeout * 2 + Duration::from_secs(1);
+            // A search walk asks up to max_names names one after another.
+            let limit =
+                inner.query_timeout * (inner.upstream.max_names() + 1) + Duration::from_secs(1);
             let fetched =
                 match tokio::time::timeout(limit, inner.upstream.fetch(name, &inner.metrics)).await
                 {

@@ -15,9 +15,22 @@
 //! - otherwise (timeout, SERVFAIL, refused, network): a failure, never cached
 //!   as an answer.
 //!
-//! Names are made fully qualified unless `ndots` is configured, so a lookup
-//! of `gateway.discord.gg` is one upstream name, not a walk down the
-//! Kubernetes search list.
+//! # Names and the search list
+//! Without `ndots` (the default) a name is first asked as given, fully
+//! qualified, so a lookup of `gateway.discord.gg` is one upstream name, not
+//! the ndots:5 walk down the Kubernetes search list. Only when that name does
+//! not exist (NXDOMAIN / no-data for both types) are the search domains
+//! appended in order (`dns.search`, or resolv.conf's `search` line) and the
+//! first name that answers wins; this is what makes a partially qualified
+//! in-cluster name such as `bulwark-rabbitmq.bulwark.svc` resolve. The
+//! qualified name that answered is remembered per host, so refreshes ask it
+//! directly: the walk costs its extra queries once per host (and again only
+//! if the remembered name stops existing), never once per TTL. A candidate
+//! that fails (timeout, SERVFAIL) does not end the walk, as in glibc, but a
+//! walk that found no address and had a failure is a failure, never cached
+//! as NXDOMAIN.
+//!
+//! With `ndots` set, hickory walks the search list itself, as libc does.
 
 use crate::metrics::Metrics;
 use config::DnsConfig;
@@ -43,7 +56,13 @@ pub(crate) struct Upstream {
     resolver: TokioResolver,
     /// The configured servers as text, for errors and metric labels.
     pub(crate) label: Arc<str>,
-    fqdn: bool,
+    /// `ndots` unset: names are asked as given first (see the module docs).
+    as_given_first: bool,
+    /// Suffixes tried, in order, for a name that does not exist as given.
+    search: Arc<[Name]>,
+    /// Host as asked -> the qualified name that answered it, so a refresh is
+    /// one query per record type, not a new walk.
+    qualified: moka::sync::Cache<Name, Name>,
     min_ttl: Duration,
     max_ttl: Duration,
     negative_ttl: Duration,
@@ -52,13 +71,17 @@ pub(crate) struct Upstream {
 impl Upstream {
     pub(crate) fn new(cfg: &DnsConfig) -> Result<Self, String> {
         // resolv.conf is read only when it is needed: for the servers when
-        // none are configured, for the search list when ndots asks for one.
-        let needs_system =
-            cfg.upstreams.is_empty() || (cfg.ndots.is_some() && cfg.search.is_empty());
-        let sys_config = if needs_system {
+        // none are configured, for the search list when none is configured.
+        // Only the servers make it mandatory: with `dns.upstreams` set, an
+        // unreadable resolv.conf just means no search list.
+        let sys_config = if cfg.upstreams.is_empty() {
             let (c, _opts) = hickory_resolver::system_conf::read_system_conf()
                 .map_err(|e| format!("reading resolv.conf: {e}"))?;
             Some(c)
+        } else if cfg.search.is_empty() {
+            hickory_resolver::system_conf::read_system_conf()
+                .ok()
+                .map(|(c, _opts)| c)
         } else {
             None
         };
@@ -100,9 +123,7 @@ impl Upstream {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let search: Vec<Name> = if cfg.ndots.is_none() {
-            Vec::new()
-        } else if cfg.search.is_empty() {
+        let mut search: Vec<Name> = if cfg.search.is_empty() {
             sys_config
                 .as_ref()
                 .map(|c| c.search().to_vec())
@@ -113,7 +134,17 @@ impl Upstream {
                 .map(|d| Name::from_ascii(d).map_err(|e| format!("search domain {d:?}: {e}")))
                 .collect::<Result<_, _>>()?
         };
-        let resolver_config = ResolverConfig::from_parts(None, search, servers);
+        for domain in &mut search {
+            domain.set_fqdn(true);
+        }
+        let as_given_first = cfg.ndots.is_none();
+        // Without ndots the walk is ours (fetch), so hickory gets no list.
+        let hickory_search = if as_given_first {
+            Vec::new()
+        } else {
+            search.clone()
+        };
+        let resolver_config = ResolverConfig::from_parts(None, hickory_search, servers);
         let mut builder =
             TokioResolver::builder_with_config(resolver_config, TokioRuntimeProvider::default());
         let opts = builder.options_mut();
@@ -129,7 +160,11 @@ impl Upstream {
         Ok(Self {
             resolver,
             label: label.into(),
-            fqdn: cfg.ndots.is_none(),
+            as_given_first,
+            search: search.into(),
+            qualified: moka::sync::Cache::builder()
+                .max_capacity(cfg.cache_size)
+                .build(),
             min_ttl: cfg.min_ttl,
             max_ttl: cfg.max_ttl,
             negative_ttl: cfg.negative_ttl,
@@ -137,20 +172,84 @@ impl Upstream {
     }
 
     /// Parses `host` into the name sent upstream (fully qualified unless
-    /// ndots is configured).
+    /// ndots is configured; the search walk appends to it).
     pub(crate) fn name(&self, host: &str) -> Result<Name, String> {
         let mut name = Name::from_ascii(host).map_err(|e| e.to_string())?;
         if name.num_labels() == 0 {
             return Err("empty name".into());
         }
-        if self.fqdn {
+        if self.as_given_first {
             name.set_fqdn(true);
         }
         Ok(name)
     }
 
-    /// One A and one AAAA query for `name`, folded into one answer.
+    /// Most names one fetch may ask (as given plus the search list): bounds
+    /// how long a fetch may take.
+    pub(crate) fn max_names(&self) -> u32 {
+        u32::try_from(self.search.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+    }
+
+    /// The answer for `name`: with ndots, one hickory lookup (which walks the
+    /// search list itself); without, the name as given, then the search
+    /// list while nothing exists (see the module docs).
     pub(crate) async fn fetch(&self, name: Name, metrics: &Metrics) -> Fetched {
+        if !self.as_given_first || self.search.is_empty() {
+            return self.fetch_one(name, metrics).await;
+        }
+        if let Some(known) = self.qualified.get(&name) {
+            let fetched = self.fetch_one(known, metrics).await;
+            if !matches!(fetched, Fetched::Negative { .. }) {
+                return fetched;
+            }
+            // The remembered name is gone: walk again from the top.
+            self.qualified.invalidate(&name);
+        }
+        let mut negative: Option<Duration> = None;
+        let mut failure: Option<String> = None;
+        for candidate in self.candidates(&name) {
+            match self.fetch_one(candidate.clone(), metrics).await {
+                positive @ Fetched::Positive { .. } => {
+                    if candidate != name {
+                        self.qualified.insert(name, candidate);
+                    }
+                    return positive;
+                }
+                Fetched::Negative { ttl } => {
+                    negative = Some(negative.map_or(ttl, |n| n.min(ttl)));
+                }
+                Fetched::Failed { cause } => {
+                    failure.get_or_insert(format!("{candidate}: {cause}"));
+                }
+            }
+        }
+        match (failure, negative) {
+            (Some(cause), _) => Fetched::Failed { cause },
+            (None, Some(ttl)) => Fetched::Negative { ttl },
+            (None, None) => Fetched::Failed {
+                cause: "no name to ask".into(),
+            },
+        }
+    }
+
+    /// `name` as given, then with each search domain appended (a name too
+    /// long for a suffix skips it).
+    fn candidates(&self, name: &Name) -> Vec<Name> {
+        let mut bare = name.clone();
+        bare.set_fqdn(false);
+        std::iter::once(name.clone())
+            .chain(
+                self.search
+                    .iter()
+                    .filter_map(|domain| bare.clone().append_domain(domain).ok()),
+            )
+            .collect()
+    }
+
+    /// One A and one AAAA query for `name`, folded into one answer.
+    async fn fetch_one(&self, name: Name, metrics: &Metrics) -> Fetched {
         metrics.upstream_query(2);
         let (v4, v6) = tokio::join!(
             self.resolver.lookup(name.clone(), RecordType::A),

@@ -232,9 +232,10 @@ async fn restarted_upstream_with_new_address_is_picked_up_within_a_ttl() {
     }
 }
 
-/// Bound 5: a two-label name with a search list configured is one upstream
-/// name by default; the same lookup under ndots:5 walks the search list
-/// (the fan-out the default avoids).
+/// Bound 5: a two-label name that exists, with a search list configured, is
+/// one upstream name by default (asked as given; the list is walked only
+/// for a name that does not exist, see tests/search.rs); the same lookup
+/// under ndots:5 walks the search list (the fan-out the default avoids).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_are_fully_qualified_unless_ndots_is_set() {
     let search: Vec<String> = ["a.test", "b.test", "c.test"].map(String::from).to_vec();

@@ -34,6 +34,12 @@ impl Dnsmasq {
     /// seconds, authoritative (NXDOMAIN) for `*.test`. Returns once it
     /// answers a probe query.
     pub fn start(port: u16, records: &[(&str, &str)], ttl: u32) -> Self {
+        Self::start_zones(port, records, ttl, &[])
+    }
+
+    /// As [`Dnsmasq::start`], also authoritative (NXDOMAIN for names it has
+    /// no record of) for each of `zones`, e.g. `cluster.local` as CoreDNS is.
+    pub fn start_zones(port: u16, records: &[(&str, &str)], ttl: u32, zones: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!(
             "dnscache-dnsmasq-{}-{port}-{}.log",
             std::process::id(),
@@ -61,6 +67,9 @@ impl Dnsmasq {
         ]);
         for (name, ip) in records {
             cmd.arg(format!("--host-record={name},{ip}"));
+        }
+        for zone in zones {
+            cmd.arg(format!("--local=/{zone}/"));
         }
         let child = cmd
             .stdin(Stdio::null())
