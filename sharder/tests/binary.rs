@@ -86,7 +86,7 @@ async fn kill_9_then_restart_resumes_every_shard_and_loses_nothing() {
     })
     .await
     .unwrap();
-    let dir = TempDir::new("kill9");
+    let dir = TempDir::new("kill9").unwrap();
     let base = unique("kill9");
     let topo = AmqpTopology::named(&base, 2);
     let (_conn, mut queue) = consume(&topo).await;

@@ -1,5 +1,6 @@
 //! Shared helpers of the end-to-end tests: a raw HTTP/1.1 client, a reader
-//! of the partition queues, temporary directories and unique names.
+//! of the partition queues, and the test kit's temporary directories and
+//! unique names.
 
 #![allow(clippy::unwrap_used, dead_code)]
 
@@ -8,41 +9,22 @@ use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use sharder::AmqpTopology;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-pub fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("bulwark-test.{name}.{}.{nanos}", std::process::id())
-}
+pub use testkit::TempDir;
+pub use testkit::services::AMQP_URL as AMQP;
+// Not every test binary names a resource.
+#[allow(unused_imports)]
+pub use testkit::unique_name as unique;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-pub struct TempDir(pub PathBuf);
-impl TempDir {
-    pub fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(unique(name));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// One HTTP/1.1 request; returns the status and the body.
