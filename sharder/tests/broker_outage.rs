@@ -15,12 +15,11 @@ mod common;
 use common::{TempDir, consume, delete, http, run_config, unique, until};
 use discord_sim::{EventKind, EventMix, SimConfig, Simulator};
 use sharder::{AmqpTopology, RunOptions, SinkChoice};
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
-use testkit::CutProxy;
 use testkit::reconnect_budget::max_attempts;
 use testkit::services::{AMQP_ADDR, amqp_url_via};
+use testkit::{CutProxy, ledger};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -88,7 +87,7 @@ async fn a_30s_broker_outage_under_load_loses_nothing() {
         },
     ));
     let addr: SocketAddr = timeout(WAIT, rx).await.unwrap().unwrap();
-    let ledger_len = || -> usize { sim.ledger().shards.values().map(Vec::len).sum() };
+    let ledger_len = || ledger::len(&sim.ledger());
     until("events flowing", WAIT, async || ledger_len() > 400).await;
 
     // The outage. Sample the sink's held events while it lasts.
@@ -116,26 +115,18 @@ async fn a_30s_broker_outage_under_load_loses_nothing() {
     })
     .await;
     sim.set_event_rate(0.0).unwrap();
-    let expected: BTreeSet<(u32, u64)> = sim
-        .ledger()
-        .shards
-        .iter()
-        .flat_map(|(s, entries)| entries.iter().map(move |e| (*s, e.seq)))
-        .collect();
-    let mut got = BTreeSet::new();
-    let drained = timeout(WAIT, async {
-        while !expected.is_subset(&got) {
-            let g = queue.recv().await.unwrap();
-            got.insert((g.shard_id, g.seq));
-        }
+    let expected = ledger::sent(&sim.ledger());
+    let delivery = ledger::await_delivery(&expected, WAIT, async || {
+        let g = queue.recv().await.unwrap();
+        Some((g.shard_id, g.seq))
     })
     .await;
-    let lost = expected.difference(&got).count();
+    let lost = delivery.lost(&expected).count();
     assert!(
-        drained.is_ok() && lost == 0,
+        !delivery.timed_out && lost == 0,
         "lost {lost} of {} events, e.g. {:?}",
         expected.len(),
-        expected.difference(&got).take(5).collect::<Vec<_>>()
+        delivery.lost(&expected).take(5).collect::<Vec<_>>()
     );
     let bound = SINK_BUFFER + (CONFIRM_WINDOW + 1) * BATCH;
     assert!(peak <= bound, "held {peak} events, bound {bound}");

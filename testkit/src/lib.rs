@@ -8,8 +8,11 @@
 //! drifted (one proxy could hold bytes, another counted attempts per
 //! second). One version with parameters serves every test.
 //!
-//! It depends on no Bulwark crate, so every crate, down to `config` and
-//! `envelope`, can use it without a dependency cycle.
+//! Without features it depends on no Bulwark crate, so `config`,
+//! `envelope` and `dnscache` use it without building the rest; the
+//! `simulator` and `envelope` features add what needs those crates (for
+//! `envelope`'s own tests a dev-dependency cycle, which cargo allows: they
+//! link the one `envelope` library).
 //!
 //! # What is here
 //! - [`cut_proxy`]: [`CutProxy`], a TCP proxy a test cuts, restores and
@@ -27,13 +30,24 @@
 //!   error naming the package to install.
 //! - [`bench_report`]: min/median/max, the Markdown table, machine and
 //!   date, and CSV files for `bench/plot.py`.
+//! - With the `simulator` feature: [`ledger`], the simulator's ledger
+//!   against what reached the queues ("nothing lost"), and
+//!   [`sim_sharder`], a sharder configured against a running simulator.
+//! - With the `envelope` feature: [`owned_event`], an envelope event that
+//!   owns its bytes.
 
 pub mod bench_report;
 pub mod cut_proxy;
 pub mod dnsmasq;
+#[cfg(feature = "simulator")]
+pub mod ledger;
 pub mod mutation;
+#[cfg(feature = "envelope")]
+pub mod owned_event;
 pub mod reconnect_budget;
 pub mod services;
+#[cfg(feature = "simulator")]
+pub mod sim_sharder;
 pub mod temp_dir;
 
 pub use cut_proxy::CutProxy;

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testkit::services::AMQP_URL as AMQP;
+use testkit::sim_sharder::{CACHE_INTENTS, SharderShape};
 use testkit::{TempDir, unique_name};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,24 +43,17 @@ const PARTITIONS: u32 = 4;
 const WAIT: Duration = Duration::from_secs(90);
 
 fn sharder_config(sim: &SimHandle, dir: &TempDir, base: &str) -> config::Config {
-    let toml = format!(
-        "[discord]\napi_base = \"{api}/api/v10\"\nintents = {intents}\n\
-         [sharder]\ntotal_shards = {SHARDS}\ngateway_url = \"{gw}\"\n\
-         http_listen = \"127.0.0.1:0\"\nsession_dir = \"{dir}\"\n\
-         persist_interval = \"100ms\"\nshutdown_grace = \"10s\"\n\
-         identify_window = \"400ms\"\namqp_topology_base = \"{base}\"\n\
-         [amqp]\npartitions = {PARTITIONS}\n",
-        api = sim.http_url(),
-        intents = (1 << 0) | (1 << 1) | (1 << 9),
-        gw = sim.gateway_url(),
-        dir = dir.0.display(),
+    assert_eq!(sim.config().shards, SHARDS);
+    let extra = format!(
+        "identify_window = \"400ms\"\namqp_topology_base = \"{base}\"\n\
+         [amqp]\npartitions = {PARTITIONS}\n"
     );
-    config::Config::from_toml_str(
-        &toml,
-        "test",
-        vec![("BULWARK_DISCORD__TOKEN".into(), sim.config().token.clone())],
-    )
-    .unwrap()
+    let shape = SharderShape {
+        intents: CACHE_INTENTS,
+        shutdown_grace: "10s",
+        extra: &extra,
+    };
+    testkit::sim_sharder::sharder_config(sim, dir.path(), shape).unwrap()
 }
 
 /// A running sharder (`sharder::run_with` in this process).

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 pub use testkit::TempDir;
 pub use testkit::services::AMQP_URL as AMQP;
+use testkit::sim_sharder::{MESSAGE_INTENTS, SharderShape, sharder_config};
 // Not every test binary names a resource.
 #[allow(unused_imports)]
 pub use testkit::unique_name as unique;
@@ -133,23 +134,12 @@ pub async fn until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut f:
 /// A sharder configuration for `sim`: every shard in this process, HTTP on
 /// a free loopback port, sessions in `dir`, plus `extra` `[sharder]` keys.
 pub fn run_config(sim: &discord_sim::SimHandle, dir: &TempDir, extra: &str) -> config::Config {
-    let toml = format!(
-        "[discord]\napi_base = \"{api}/api/v10\"\nintents = {intents}\n\
-         [sharder]\ntotal_shards = {shards}\ngateway_url = \"{gw}\"\n\
-         http_listen = \"127.0.0.1:0\"\nsession_dir = \"{dir}\"\n\
-         persist_interval = \"100ms\"\nshutdown_grace = \"5s\"\n{extra}",
-        api = sim.http_url(),
-        intents = (1 << 0) | (1 << 9) | (1 << 11),
-        shards = sim.config().shards,
-        gw = sim.gateway_url(),
-        dir = dir.0.display(),
-    );
-    config::Config::from_toml_str(
-        &toml,
-        "test",
-        vec![("BULWARK_DISCORD__TOKEN".into(), sim.config().token.clone())],
-    )
-    .unwrap()
+    let shape = SharderShape {
+        intents: MESSAGE_INTENTS,
+        shutdown_grace: "5s",
+        extra,
+    };
+    sharder_config(sim, dir.path(), shape).unwrap()
 }
 
 /// An identify scheduler with a plentiful budget at `max_concurrency` 1,
