@@ -9,6 +9,7 @@
 use config::{Config, ConfigError, SharderConfig, redact_url};
 use proptest::prelude::*;
 use std::time::{Duration, Instant};
+use testkit::{Mutation, Mutations, mutated};
 
 /// A file that sets a key of every section.
 const VALID: &str = r#"[discord]
@@ -146,68 +147,13 @@ fn check(text: &str, env: Vec<(String, String)>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip(usize, u8),
-    Truncate(usize),
-    Splice(usize, Vec<u8>),
-    Cut(usize, usize),
-    /// Replace a run of digits or a quoted value with a hostile value.
-    Value(usize, usize),
-}
-
+/// Damage to TOML (the test kit's mutations): splices favour `[`, `"`,
+/// `=` and newline; a value after `=` becomes one of [`VALUES`], bare or
+/// quoted.
 fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 0u8..8).prop_map(|(p, b)| Mutation::Flip(p, b)),
-        any::<usize>().prop_map(Mutation::Truncate),
-        (
-            any::<usize>(),
-            prop::collection::vec(
-                prop_oneof![Just(b'['), Just(b'"'), Just(b'='), Just(b'\n'), any::<u8>()],
-                1..8
-            )
-        )
-            .prop_map(|(p, b)| Mutation::Splice(p, b)),
-        (any::<usize>(), 1usize..24).prop_map(|(p, n)| Mutation::Cut(p, n)),
-        (any::<usize>(), any::<usize>()).prop_map(|(p, v)| Mutation::Value(p, v)),
-    ]
-}
-
-fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
-    let len = bytes.len();
-    if len == 0 {
-        return;
-    }
-    match m {
-        Mutation::Flip(p, b) => bytes[p % len] ^= 1 << b,
-        Mutation::Truncate(p) => bytes.truncate(p % len),
-        Mutation::Splice(p, b) => {
-            let at = p % (len + 1);
-            bytes.splice(at..at, b.iter().copied());
-        }
-        Mutation::Cut(p, n) => {
-            let at = p % len;
-            bytes.drain(at..(at + n).min(len));
-        }
-        Mutation::Value(p, v) => {
-            // The value after the `=` at or after p.
-            let Some(eq) = bytes[p % len..].iter().position(|&b| b == b'=') else {
-                return;
-            };
-            let start = p % len + eq + 1;
-            let end = bytes[start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(len, |n| start + n);
-            let hostile = VALUES[v % VALUES.len()];
-            let quoted = if v % 2 == 0 {
-                format!(" {hostile}")
-            } else {
-                format!(" {hostile:?}")
-            };
-            bytes.splice(start..end, quoted.into_bytes());
-        }
-    }
+    Mutations::bytes(b"[\"=\n", 1..8, 1..24)
+        .values(VALUES)
+        .strategy()
 }
 
 fn env_pair() -> impl Strategy<Value = (String, String)> {
@@ -241,10 +187,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_file_never_panics(mutations in prop::collection::vec(mutation(), 1..5)) {
-        let mut bytes = VALID.as_bytes().to_vec();
-        for m in &mutations {
-            apply(&mut bytes, m);
-        }
+        let bytes = mutated(VALID.as_bytes().to_vec(), &mutations);
         check(&String::from_utf8_lossy(&bytes), Vec::new())?;
     }
 

@@ -12,6 +12,7 @@
 mod common;
 
 use std::time::{Duration, Instant};
+use testkit::bench_report::Stats;
 
 const RUNS: usize = 5;
 const SAMPLES: usize = 200_000;
@@ -76,16 +77,16 @@ where
 }
 
 fn mmm(runs: &[Run], pick: fn(&Run) -> f64) -> (f64, f64, f64) {
-    let mut v: Vec<f64> = runs.iter().map(pick).collect();
-    v.sort_by(f64::total_cmp);
-    (v[0], v[v.len() / 2], v[v.len() - 1])
+    let v: Vec<f64> = runs.iter().map(pick).collect();
+    let s = Stats::middle_of(&v).expect("at least one finite run");
+    (s.min, s.median, s.max)
 }
 
 /// Upstream queries (A, AAAA) for the bench name so far.
 fn queries(dns: &common::Dnsmasq) -> (usize, usize) {
     (
-        dns.count("A", "bench.test"),
-        dns.count("AAAA", "bench.test"),
+        dns.count("A", "bench.test").unwrap(),
+        dns.count("AAAA", "bench.test").unwrap(),
     )
 }
 
@@ -99,7 +100,12 @@ fn main() {
 }
 
 async fn run() {
-    let dns = common::Dnsmasq::start(common::free_port(), &[("bench.test", "127.0.0.1")], 2);
+    let dns = common::Dnsmasq::start(
+        common::free_port().unwrap(),
+        &[("bench.test", "127.0.0.1")],
+        2,
+    )
+    .unwrap();
     let cfg = common::config(dns.addr());
     let cache = dnscache::Resolver::new(&cfg).unwrap();
     cache.lookup("bench.test", 443).await.unwrap();
@@ -110,7 +116,7 @@ async fn run() {
             vec![],
             vec![{
                 let mut udp = hickory_resolver::config::ConnectionConfig::udp();
-                udp.port = dns.port;
+                udp.port = dns.port();
                 hickory_resolver::config::NameServerConfig::new(dns.addr().ip(), true, vec![udp])
             }],
         ),

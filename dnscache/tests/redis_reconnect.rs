@@ -8,49 +8,10 @@ mod common;
 
 use common::{Dnsmasq, config, free_port};
 use dnscache::{RedisConnection, Resolver};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use testkit::CutProxy;
+use testkit::services::REDIS_ADDR;
 use tokio::time::Instant;
-
-/// Forwards to the local Redis while up; cut, it drops every connection
-/// and counts (then closes) the ones it is asked for.
-struct Proxy {
-    port: u16,
-    up: watch::Sender<bool>,
-    refused: Arc<AtomicU64>,
-}
-
-impl Proxy {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (up, up_rx) = watch::channel(true);
-        let refused = Arc::new(AtomicU64::new(0));
-        let counted = refused.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !*up_rx.borrow() {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let mut down = up_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect("127.0.0.1:6379").await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = down.wait_for(|up| !up) => {}
-                    }
-                });
-            }
-        });
-        Self { port, up, refused }
-    }
-}
 
 async fn ping(conn: &mut RedisConnection) -> redis::RedisResult<String> {
     redis::cmd("PING").query_async(conn).await
@@ -58,21 +19,21 @@ async fn ping(conn: &mut RedisConnection) -> redis::RedisResult<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_an_outage_and_redials_at_a_bounded_rate() {
-    let dns = Dnsmasq::start(free_port(), &[("redis.test", "127.0.0.1")], 2);
+    let dns = Dnsmasq::start(free_port().unwrap(), &[("redis.test", "127.0.0.1")], 2).unwrap();
     let resolver = Resolver::new(&config(dns.addr())).unwrap();
-    let proxy = Proxy::start().await;
-    let url = format!("redis://redis.test:{}/", proxy.port);
+    let proxy = CutProxy::start(REDIS_ADDR).await.unwrap();
+    let url = format!("redis://redis.test:{}/", proxy.port());
     let mut conn = RedisConnection::connect(&resolver, &url).await.unwrap();
     assert_eq!(ping(&mut conn).await.unwrap(), "PONG");
     assert_eq!(conn.dials().await, 1);
     assert!(
-        dns.count("A", "redis.test") >= 1,
+        dns.count("A", "redis.test").unwrap() >= 1,
         "dialled through the cache"
     );
 
     // Redis goes away: commands fail (fast), and for one second of
     // commands every 10 ms the proxy sees only a few dials.
-    proxy.up.send_replace(false);
+    proxy.cut();
     let cut = Instant::now();
     let mut failed = 0;
     while cut.elapsed() < Duration::from_secs(1) {
@@ -82,13 +43,13 @@ async fn survives_an_outage_and_redials_at_a_bounded_rate() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(failed > 10, "commands must fail while Redis is away");
-    let dials = proxy.refused.load(Ordering::Relaxed);
+    let dials = proxy.refused();
     // Shortest redial delays 100, 200, 400 ms: at most 4 dials fit in 1 s
     // (plus the one the first failure makes at once).
     assert!((1..=5).contains(&dials), "{dials} dials in 1 s");
 
     // Back: the same connection value works again, with one new dial.
-    proxy.up.send_replace(true);
+    proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if ping(&mut conn).await.is_ok() {

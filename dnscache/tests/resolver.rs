@@ -19,7 +19,7 @@ fn sa(ip: [u8; 4], port: u16) -> SocketAddr {
 /// once per record type.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_lookups_send_one_query_per_record_type() {
-    let dns = Dnsmasq::start(free_port(), &[("one.test", "127.0.0.11")], 2);
+    let dns = Dnsmasq::start(free_port().unwrap(), &[("one.test", "127.0.0.11")], 2).unwrap();
     let r = Resolver::new(&config(dns.addr())).unwrap();
     let barrier = Arc::new(tokio::sync::Barrier::new(1000));
     let mut tasks = Vec::new();
@@ -34,9 +34,14 @@ async fn concurrent_cold_lookups_send_one_query_per_record_type() {
         let got = t.await.unwrap().unwrap();
         assert_eq!(got.addrs, vec![sa([127, 0, 0, 11], 443)]);
     }
-    let a = dns.count("A", "one.test");
-    assert_eq!(a, 1, "{}", std::fs::read_to_string(&dns.log).unwrap());
-    assert_eq!(dns.count("AAAA", "one.test"), 1);
+    let a = dns.count("A", "one.test").unwrap();
+    assert_eq!(
+        a,
+        1,
+        "{}",
+        std::fs::read_to_string(dns.query_log()).unwrap()
+    );
+    assert_eq!(dns.count("AAAA", "one.test").unwrap(), 1);
     let s = r.stats();
     assert_eq!(s.upstream_queries, 2, "{s:?}");
     assert!(s.coalesced + s.hits >= 999, "{s:?}");
@@ -47,7 +52,7 @@ async fn concurrent_cold_lookups_send_one_query_per_record_type() {
 /// the first lookup (refresh-ahead keeps the entry fresh).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_of_lookups_reaches_upstream_once_per_ttl() {
-    let dns = Dnsmasq::start(free_port(), &[("hot.test", "127.0.0.12")], 2);
+    let dns = Dnsmasq::start(free_port().unwrap(), &[("hot.test", "127.0.0.12")], 2).unwrap();
     let cfg = config::DnsConfig {
         // Refresh at 90% of the 2 s TTL: 0.2 s of head room for the refresh.
         refresh_ahead: 0.9,
@@ -100,7 +105,7 @@ async fn storm_of_lookups_reaches_upstream_once_per_ttl() {
     // Warm-up plus one refresh per ~1.8 s over 10 s: 6 expected, 7 allowed.
     let bound = 10usize.div_ceil(2) + 2;
     for qtype in ["A", "AAAA"] {
-        let n = dns.count(qtype, "hot.test");
+        let n = dns.count(qtype, "hot.test").unwrap();
         assert!(n <= bound, "{n} {qtype} queries for {total} lookups");
         assert!(
             n >= 5,
@@ -116,8 +121,8 @@ async fn storm_of_lookups_reaches_upstream_once_per_ttl() {
 /// and upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_serves_stale_within_retry_budget_then_fails_clearly() {
-    let port = free_port();
-    let mut dns = Dnsmasq::start(port, &[("svc.test", "127.0.0.13")], 1);
+    let port = free_port().unwrap();
+    let mut dns = Dnsmasq::start(port, &[("svc.test", "127.0.0.13")], 1).unwrap();
     let cfg = config::DnsConfig {
         refresh_ahead: 0.5,
         max_stale: Duration::from_secs(2),
@@ -129,7 +134,7 @@ async fn outage_serves_stale_within_retry_budget_then_fails_clearly() {
     let r = Resolver::new(&cfg).unwrap();
     r.resolve("svc.test", 5672).await.unwrap();
     let fetched = Instant::now();
-    dns.kill();
+    dns.stop();
     let hole = BlackHole::bind(port);
     let killed = Instant::now();
 
@@ -200,8 +205,8 @@ async fn outage_serves_stale_within_retry_budget_then_fails_clearly() {
 /// the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_upstream_with_new_address_is_picked_up_within_a_ttl() {
-    let port = free_port();
-    let mut dns = Dnsmasq::start(port, &[("moved.test", "127.0.0.21")], 1);
+    let port = free_port().unwrap();
+    let mut dns = Dnsmasq::start(port, &[("moved.test", "127.0.0.21")], 1).unwrap();
     let cfg = config::DnsConfig {
         refresh_ahead: 0.5,
         retry_interval: Duration::from_millis(100),
@@ -211,8 +216,8 @@ async fn restarted_upstream_with_new_address_is_picked_up_within_a_ttl() {
     let old = vec![sa([127, 0, 0, 21], 80)];
     let new = vec![sa([127, 0, 0, 22], 80)];
     assert_eq!(r.lookup("moved.test", 80).await.unwrap(), old);
-    dns.kill();
-    let _dns = Dnsmasq::start(port, &[("moved.test", "127.0.0.22")], 1);
+    dns.stop();
+    let _dns = Dnsmasq::start(port, &[("moved.test", "127.0.0.22")], 1).unwrap();
     let restarted = Instant::now();
     let limit = Duration::from_secs(1)
         + cfg.retry_interval
@@ -239,7 +244,7 @@ async fn restarted_upstream_with_new_address_is_picked_up_within_a_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_are_fully_qualified_unless_ndots_is_set() {
     let search: Vec<String> = ["a.test", "b.test", "c.test"].map(String::from).to_vec();
-    let dns = Dnsmasq::start(free_port(), &[("two.test", "127.0.0.31")], 2);
+    let dns = Dnsmasq::start(free_port().unwrap(), &[("two.test", "127.0.0.31")], 2).unwrap();
     let r = Resolver::new(&config::DnsConfig {
         search: search.clone(),
         ..config(dns.addr())
@@ -249,9 +254,9 @@ async fn names_are_fully_qualified_unless_ndots_is_set() {
         r.lookup("two.test", 1).await.unwrap(),
         vec![sa([127, 0, 0, 31], 1)]
     );
-    assert_eq!(dns.names(), vec!["two.test".to_owned()]);
+    assert_eq!(dns.names().unwrap(), vec!["two.test".to_owned()]);
 
-    let walked = Dnsmasq::start(free_port(), &[("two.test", "127.0.0.31")], 2);
+    let walked = Dnsmasq::start(free_port().unwrap(), &[("two.test", "127.0.0.31")], 2).unwrap();
     let libc_like = Resolver::new(&config::DnsConfig {
         search,
         ndots: Some(5),
@@ -262,24 +267,28 @@ async fn names_are_fully_qualified_unless_ndots_is_set() {
         libc_like.lookup("two.test", 1).await.unwrap(),
         vec![sa([127, 0, 0, 31], 1)]
     );
-    assert!(walked.names().len() >= 2, "{:?}", walked.names());
+    assert!(
+        walked.names().unwrap().len() >= 2,
+        "{:?}",
+        walked.names().unwrap()
+    );
 }
 
 /// NXDOMAIN is cached for the negative TTL; after it, the name is asked
 /// again. IP literals and localhost never reach the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_answers_are_cached_for_a_bounded_time() {
-    let dns = Dnsmasq::start(free_port(), &[], 2);
+    let dns = Dnsmasq::start(free_port().unwrap(), &[], 2).unwrap();
     let r = Resolver::new(&config(dns.addr())).unwrap();
     for _ in 0..50 {
         let e = r.lookup("missing.test", 1).await.unwrap_err();
         assert!(matches!(e, DnsError::NotFound { .. }), "{e:?}");
         assert!(e.to_string().contains("missing.test"));
     }
-    assert_eq!(dns.count("A", "missing.test"), 1);
+    assert_eq!(dns.count("A", "missing.test").unwrap(), 1);
     // negative_ttl is 1 s in the test config; wait for the entry's expiry.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while dns.count("A", "missing.test") < 2 {
+    while dns.count("A", "missing.test").unwrap() < 2 {
         assert!(
             Instant::now() < deadline,
             "negative answer cached past its TTL"
@@ -297,9 +306,9 @@ async fn negative_answers_are_cached_for_a_bounded_time() {
         assert!(r.lookup(bad, 1).await.is_err(), "{bad:?}");
     }
     assert!(
-        dns.names().iter().all(|n| n == "missing.test"),
+        dns.names().unwrap().iter().all(|n| n == "missing.test"),
         "{:?}",
-        dns.names()
+        dns.names().unwrap()
     );
 }
 
@@ -308,7 +317,7 @@ async fn negative_answers_are_cached_for_a_bounded_time() {
 /// entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_series_count_the_work() {
-    let dns = Dnsmasq::start(free_port(), &[("m.test", "127.0.0.41")], 2);
+    let dns = Dnsmasq::start(free_port().unwrap(), &[("m.test", "127.0.0.41")], 2).unwrap();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let r = metrics::with_local_recorder(&recorder, || Resolver::new(&config(dns.addr()))).unwrap();
@@ -340,7 +349,7 @@ async fn prometheus_series_count_the_work() {
     assert_eq!(s.hits + s.misses, 110, "{s:?}");
     let upstream = format!(
         "dnscache_upstream_queries_total{{upstream=\"127.0.0.1:{}\"}}",
-        dns.port
+        dns.port()
     );
     assert_eq!(value(&upstream), 2);
     assert_eq!(value("dnscache_entries"), 1);

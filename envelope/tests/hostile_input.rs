@@ -10,84 +10,17 @@ use envelope::{
     BatchEncoder, DecodeError, Event, GuildCreateKind, MAX_BATCH_EVENTS, MAX_EVENT_NAME_LEN, decode,
 };
 use proptest::prelude::*;
+use testkit::{Mutation, Mutations, mutated};
 
-/// One way of damaging a message.
-#[derive(Debug, Clone)]
-enum Mutation {
-    /// Flip one bit at a position (taken modulo the length).
-    Flip(usize, u8),
-    /// Keep only a prefix.
-    Truncate(usize),
-    /// Insert bytes at a position.
-    Splice(usize, Vec<u8>),
-    /// Remove a range.
-    Cut(usize, usize),
-    /// Overwrite 4 bytes with a huge little-endian length.
-    HugeLength(usize, u32),
-    /// Overwrite 2 bytes (the event count, a short length) with a value.
-    Short(usize, u16),
-    /// Append a copy of the message to itself.
-    Double,
-}
-
+/// Damage to a binary message (the test kit's mutations): splices of any
+/// bytes, 4-byte huge lengths, 2-byte counts and short lengths, and the
+/// message doubled.
 fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 0u8..8).prop_map(|(p, b)| Mutation::Flip(p, b)),
-        any::<usize>().prop_map(Mutation::Truncate),
-        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16))
-            .prop_map(|(p, b)| Mutation::Splice(p, b)),
-        (any::<usize>(), 1usize..32).prop_map(|(p, n)| Mutation::Cut(p, n)),
-        (
-            any::<usize>(),
-            prop_oneof![
-                Just(u32::MAX),
-                Just(u32::MAX - 1),
-                Just(1 << 24),
-                Just(1 << 31),
-                any::<u32>()
-            ]
-        )
-            .prop_map(|(p, v)| Mutation::HugeLength(p, v)),
-        (
-            any::<usize>(),
-            prop_oneof![Just(0u16), Just(u16::MAX), Just(4097), any::<u16>()]
-        )
-            .prop_map(|(p, v)| Mutation::Short(p, v)),
-        Just(Mutation::Double),
-    ]
-}
-
-fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
-    let len = bytes.len();
-    if len == 0 {
-        return;
-    }
-    match m {
-        Mutation::Flip(p, b) => bytes[p % len] ^= 1 << b,
-        Mutation::Truncate(p) => bytes.truncate(p % len),
-        Mutation::Splice(p, b) => {
-            let at = p % (len + 1);
-            bytes.splice(at..at, b.iter().copied());
-        }
-        Mutation::Cut(p, n) => {
-            let at = p % len;
-            bytes.drain(at..(at + n).min(len));
-        }
-        Mutation::HugeLength(p, v) => {
-            let at = p % len;
-            let end = (at + 4).min(len);
-            bytes[at..end].copy_from_slice(&v.to_le_bytes()[..end - at]);
-        }
-        Mutation::Short(p, v) => {
-            let at = p % len;
-            let end = (at + 2).min(len);
-            bytes[at..end].copy_from_slice(&v.to_le_bytes()[..end - at]);
-        }
-        Mutation::Double => {
-            let copy = bytes.clone();
-            bytes.extend_from_slice(&copy);
-        }
-    }
+    Mutations::bytes(&[], 1..16, 1..32)
+        .overwrite::<u32>(&[u32::MAX, u32::MAX - 1, 1 << 24, 1 << 31])
+        .overwrite::<u16>(&[0, u16::MAX, 4097])
+        .double()
+        .strategy()
 }
 
 #[derive(Debug, Clone)]
@@ -205,13 +138,10 @@ proptest! {
 
     #[test]
     fn mutated_valid_messages_never_panic(
-        mut bytes in valid_message(),
+        bytes in valid_message(),
         mutations in prop::collection::vec(mutation(), 1..5),
     ) {
-        for m in &mutations {
-            apply(&mut bytes, m);
-        }
-        check_accepted(&bytes)?;
+        check_accepted(&mutated(bytes, &mutations))?;
     }
 
     #[test]

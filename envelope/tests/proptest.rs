@@ -4,31 +4,9 @@
 
 use envelope::{BatchEncoder, Event, GuildCreateKind, decode};
 use proptest::prelude::*;
+use testkit::owned_event::OwnedEvent;
 
-#[derive(Debug, Clone)]
-struct Owned {
-    epoch: u64,
-    seq: u64,
-    received_at: u64,
-    t: String,
-    guild_id: Option<u64>,
-    marker: Option<GuildCreateKind>,
-    d: Vec<u8>,
-}
-
-impl Owned {
-    fn event(&self) -> Event<'_> {
-        Event {
-            epoch: self.epoch,
-            seq: self.seq,
-            received_at: self.received_at,
-            t: &self.t,
-            guild_id: self.guild_id,
-            guild_create: self.marker,
-            d: &self.d,
-        }
-    }
-}
+type Owned = OwnedEvent;
 
 fn marker() -> impl Strategy<Value = GuildCreateKind> {
     prop_oneof![

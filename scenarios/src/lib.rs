@@ -18,9 +18,12 @@
 //!   the [`Size`] (fast default or `--full`).
 //! - Harness, one concept per module: [`binaries`] (finding the
 //!   executables), [`child`] (processes killed on drop), [`http`],
-//!   [`prometheus`], [`sim`], [`dnsmasq`], [`proxy`], [`broker`],
+//!   [`prometheus`], [`sim`], [`broker`],
 //!   [`redis_keys`], [`bulwark`] (sharder and worker processes),
-//!   [`cache_check`] (worker cache against the simulator's truth).
+//!   [`cache_check`] (worker cache against the simulator's truth). The
+//!   private dnsmasq, the fault proxy and the backoff budget come from the
+//!   test kit (`testkit::Dnsmasq`, `testkit::CutProxy`,
+//!   `testkit::reconnect_budget`), shared with the crates' own tests.
 //! - [`scenarios`]: one module per incident, each with `run(Size)`.
 //!
 //! Every scenario uses its own exchange, queue and Redis key names (see
@@ -32,10 +35,8 @@ pub mod broker;
 pub mod bulwark;
 pub mod cache_check;
 pub mod child;
-pub mod dnsmasq;
 pub mod http;
 pub mod prometheus;
-pub mod proxy;
 pub mod redis_keys;
 pub mod report;
 pub mod scenarios;
@@ -46,12 +47,8 @@ pub use scenarios::{SCENARIOS, ScenarioInfo, run_blocking, run_scenario};
 
 use std::time::{Duration, Instant};
 
-/// RabbitMQ of the test environment.
-pub const AMQP_ADDR: &str = "127.0.0.1:5672";
-/// RabbitMQ URL with the default credentials of the test broker.
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// Redis of the test environment.
-pub const REDIS_ADDR: &str = "127.0.0.1:6379";
+/// The test environment's RabbitMQ (address, URL) and Redis.
+pub use testkit::services::{AMQP_ADDR, AMQP_URL, REDIS_ADDR};
 
 /// Why a scenario could not run (its environment failed, as opposed to an
 /// assertion, which is a failed [`ScenarioReport`]).
@@ -76,6 +73,8 @@ pub enum ScenarioError {
     Amqp(#[from] lapin::Error),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Dns(#[from] testkit::DnsmasqError),
 }
 
 impl ScenarioError {
@@ -93,11 +92,7 @@ pub type Result<T, E = ScenarioError> = std::result::Result<T, E>;
 
 /// A name no other run uses: `bulwark-scn.<what>.<pid>.<nanos>`.
 pub fn unique_name(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("bulwark-scn.{what}.{}.{nanos}", std::process::id())
+    testkit::services::unique_name_in("bulwark-scn", what)
 }
 
 /// Milliseconds since the Unix epoch (the clock of `received_at`).

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use support::args::Flags;
 use support::child::{self, ChildRun, num};
 use support::measure::{Sample, peak_rss_bytes, rss_bytes};
-use support::report::{Stats, Table, fmt_num, machine, write_csv};
+use support::report::{Stats, Table, fmt_num, machine, points_arg, write_csv};
 use support::sharder_run::{self, Spec};
 use support::sim::{SimArgs, SimProcess};
 
@@ -150,11 +150,7 @@ fn parent(f: &Flags) -> anyhow::Result<()> {
                 "command",
                 format!(
                     "cargo bench -p sharder --bench idle_rss -- --runs {runs} --points {}",
-                    points
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
+                    points_arg(&points)
                 ),
             ),
         ],

@@ -10,22 +10,11 @@ use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use testkit::services::{AMQP_ADDR, AMQP_URL, amqp_url_via};
+use testkit::{CutProxy, unique_name as unique};
 use tokio::time::{Instant, timeout};
 
-const BROKER: &str = "127.0.0.1:5672";
 const WAIT: Duration = Duration::from_secs(20);
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("bulwark-test.{name}.{}.{nanos}", std::process::id())
-}
 
 fn config(url: &str, base: &str) -> AmqpSinkConfig {
     AmqpSinkConfig {
@@ -66,10 +55,7 @@ fn event(
 /// Reads every queue of `topo` empty; returns `(shard, seq, routing key)`.
 async fn drain(topo: &AmqpTopology) -> Vec<(u32, u64, String)> {
     let conn = resolver()
-        .amqp_connect(
-            &format!("amqp://guest:guest@{BROKER}/%2f"),
-            Default::default(),
-        )
+        .amqp_connect(AMQP_URL, Default::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -145,7 +131,7 @@ async fn confirmations(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_arrives_with_its_envelope_and_is_confirmed() {
     let base = unique("sink");
-    let cfg = config(&format!("amqp://guest:guest@{BROKER}/%2f"), &base);
+    let cfg = config(AMQP_URL, &base);
     let topo = cfg.topology.clone();
     let (sink, task) = AmqpSink::start(resolver(), cfg);
     let mut sent = BTreeSet::new();
@@ -188,62 +174,11 @@ async fn every_event_arrives_with_its_envelope_and_is_confirmed() {
     assert_eq!(got, sent, "every valid event once or more, nothing else");
 }
 
-/// Forwards 127.0.0.1:port to the broker while up; cutting drops every
-/// connection and refuses new ones. Holding stops the broker's side
-/// (confirms included) from reaching the client until released.
-struct Proxy {
-    addr: SocketAddr,
-    up: watch::Sender<bool>,
-    hold: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (up, up_rx) = watch::channel(true);
-        let (hold, hold_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if !*up_rx.borrow() {
-                    continue;
-                }
-                let mut down = up_rx.clone();
-                let mut hold = hold_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(BROKER).await else {
-                        return;
-                    };
-                    let (mut client_rd, mut client_wr) = client.into_split();
-                    let (mut server_rd, mut server_wr) = server.into_split();
-                    let to_broker = tokio::io::copy(&mut client_rd, &mut server_wr);
-                    let to_client = async {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = server_rd.read(&mut buf).await?;
-                            if n == 0 || hold.wait_for(|held| !held).await.is_err() {
-                                return std::io::Result::Ok(());
-                            }
-                            client_wr.write_all(&buf[..n]).await?;
-                        }
-                    };
-                    tokio::select! {
-                        _ = to_broker => {}
-                        _ = to_client => {}
-                        _ = down.wait_for(|up| !up) => {}
-                    }
-                });
-            }
-        });
-        Self { addr, up, hold }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_loses_nothing_and_the_buffer_stays_bounded() {
-    let proxy = Proxy::start().await;
+    let proxy = CutProxy::start(AMQP_ADDR).await.unwrap();
     let base = unique("outage");
-    let cfg = config(&format!("amqp://guest:guest@{}/%2f", proxy.addr), &base);
+    let cfg = config(&amqp_url_via(proxy.addr()), &base);
     let topo = cfg.topology.clone();
     let bound = (cfg.buffer + (cfg.confirm_window + 1) * cfg.batch_max_events) as u64;
     let (sink, task) = AmqpSink::start(resolver(), cfg);
@@ -255,7 +190,7 @@ async fn a_broker_outage_loses_nothing_and_the_buffer_stays_bounded() {
     }
     confirmations(&mut rx, 40).await;
 
-    proxy.up.send_replace(false);
+    proxy.cut();
     let producer = {
         let sink = sink.clone();
         let tx = tx.clone();
@@ -282,7 +217,7 @@ async fn a_broker_outage_loses_nothing_and_the_buffer_stays_bounded() {
     let early = timeout(Duration::from_millis(300), rx.recv()).await;
     assert!(early.is_err(), "confirmed without the broker: {early:?}");
 
-    proxy.up.send_replace(true);
+    proxy.restore();
     timeout(WAIT, producer).await.unwrap().unwrap();
     confirmations(&mut rx, 560).await;
     let held = sink.stats().max_held_events.load(Ordering::Relaxed);
@@ -301,9 +236,9 @@ async fn a_broker_outage_loses_nothing_and_the_buffer_stays_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_pipe_gathers_events_into_one_message_per_shard() {
     const TRICKLED: u64 = 300;
-    let proxy = Proxy::start().await;
+    let proxy = CutProxy::start(AMQP_ADDR).await.unwrap();
     let base = unique("gather");
-    let mut cfg = config(&format!("amqp://guest:guest@{}/%2f", proxy.addr), &base);
+    let mut cfg = config(&amqp_url_via(proxy.addr()), &base);
     cfg.buffer = 1024;
     cfg.confirm_window = 256;
     cfg.batch_max_events = 256;
@@ -317,7 +252,7 @@ async fn a_busy_pipe_gathers_events_into_one_message_per_shard() {
     confirmations(&mut rx, 1).await;
     assert_eq!(sink.stats().published.load(Ordering::Relaxed), 1);
 
-    proxy.hold.send_replace(true);
+    proxy.hold();
     for seq in 2..2 + TRICKLED {
         sink.send(event(
             1 + 4 * (seq as u32 % 2),
@@ -354,7 +289,7 @@ async fn a_busy_pipe_gathers_events_into_one_message_per_shard() {
         "events published one by one while the pipe was busy"
     );
 
-    proxy.hold.send_replace(false);
+    proxy.release();
     let seen = confirmations(&mut rx, TRICKLED as usize).await;
     assert_eq!(seen, (2..2 + TRICKLED).map(|s| (3, s)).collect());
     // The rest: one message per shard (two shards, 149 events each).
@@ -379,7 +314,7 @@ async fn a_busy_pipe_gathers_events_into_one_message_per_shard() {
 async fn throughput_with_confirms() {
     const EVENTS: u64 = 100_000;
     let base = unique("throughput");
-    let mut cfg = config(&format!("amqp://guest:guest@{BROKER}/%2f"), &base);
+    let mut cfg = config(AMQP_URL, &base);
     cfg.buffer = 8192;
     cfg.confirm_window = 256;
     cfg.batch_max_events = 256;

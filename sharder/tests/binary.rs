@@ -9,10 +9,10 @@ mod common;
 use common::{TempDir, consume, delete, unique, until};
 use discord_sim::{EventKind, EventMix, SimConfig, Simulator};
 use sharder::AmqpTopology;
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use testkit::ledger;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -86,7 +86,7 @@ async fn kill_9_then_restart_resumes_every_shard_and_loses_nothing() {
     })
     .await
     .unwrap();
-    let dir = TempDir::new("kill9");
+    let dir = TempDir::new("kill9").unwrap();
     let base = unique("kill9");
     let topo = AmqpTopology::named(&base, 2);
     let (_conn, mut queue) = consume(&topo).await;
@@ -125,9 +125,7 @@ async fn kill_9_then_restart_resumes_every_shard_and_loses_nothing() {
         status(http, "/readyz").await == Some(200)
     })
     .await;
-    let ledger_len = |sim: &discord_sim::SimHandle| -> usize {
-        sim.ledger().shards.values().map(Vec::len).sum()
-    };
+    let ledger_len = |sim: &discord_sim::SimHandle| ledger::len(&sim.ledger());
     until("events flowing", WAIT, async || ledger_len(&sim) > 300).await;
     until("sessions saved", WAIT, async || {
         (0..SHARDS).all(|s| {
@@ -180,25 +178,17 @@ async fn kill_9_then_restart_resumes_every_shard_and_loses_nothing() {
     assert_eq!(counters.failed_resumes, 0);
 
     // Everything the simulator sent reaches the queue, at least once.
-    let expected: BTreeSet<(u32, u64)> = sim
-        .ledger()
-        .shards
-        .iter()
-        .flat_map(|(s, entries)| entries.iter().map(move |e| (*s, e.seq)))
-        .collect();
-    let mut got = BTreeSet::new();
-    let drained = tokio::time::timeout(WAIT, async {
-        while !expected.is_subset(&got) {
-            let g = queue.recv().await.unwrap();
-            got.insert((g.shard_id, g.seq));
-        }
+    let expected = ledger::sent(&sim.ledger());
+    let delivery = ledger::await_delivery(&expected, WAIT, async || {
+        let g = queue.recv().await.unwrap();
+        Some((g.shard_id, g.seq))
     })
     .await;
-    let lost: Vec<_> = expected.difference(&got).take(10).collect();
+    let lost: Vec<_> = delivery.lost(&expected).take(10).collect();
     assert!(
-        drained.is_ok() && lost.is_empty(),
+        !delivery.timed_out && lost.is_empty(),
         "lost {} events, e.g. {lost:?}",
-        expected.difference(&got).count()
+        delivery.lost(&expected).count()
     );
     println!(
         "kill -9: {} events in the ledger, all in RabbitMQ; {} replayed on resume",

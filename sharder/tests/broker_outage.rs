@@ -15,13 +15,12 @@ mod common;
 use common::{TempDir, consume, delete, http, run_config, unique, until};
 use discord_sim::{EventKind, EventMix, SimConfig, Simulator};
 use sharder::{AmqpTopology, RunOptions, SinkChoice};
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use testkit::reconnect_budget::max_attempts;
+use testkit::services::{AMQP_ADDR, amqp_url_via};
+use testkit::{CutProxy, ledger};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
@@ -33,58 +32,6 @@ const BATCH: u64 = 64;
 /// The sink's reconnect backoff (`AmqpSinkConfig::from_config`).
 const RECONNECT_BASE: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(15);
-
-/// A cuttable TCP forwarder to the local broker. It counts the connections
-/// it was asked for while cut: those are the sink's reconnect attempts.
-struct Proxy {
-    addr: SocketAddr,
-    up: watch::Sender<bool>,
-    refused: Arc<AtomicU64>,
-}
-
-impl Proxy {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (up, up_rx) = watch::channel(true);
-        let refused = Arc::new(AtomicU64::new(0));
-        let counted = refused.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !*up_rx.borrow() {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                    continue; // dropped: the client sees the connection close
-                }
-                let mut down = up_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect("127.0.0.1:5672").await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = down.wait_for(|up| !up) => {}
-                    }
-                });
-            }
-        });
-        Self { addr, up, refused }
-    }
-}
-
-/// The most connection attempts equal-jitter backoff can make in `outage`:
-/// every delay is at least half its cap, so count the shortest delays that
-/// fit, plus the attempt at the start.
-fn max_attempts(outage: Duration, base: Duration, max: Duration) -> u64 {
-    let (mut spent, mut n, mut cap) = (Duration::ZERO, 1, base);
-    loop {
-        spent += cap / 2;
-        if spent > outage {
-            return n;
-        }
-        n += 1;
-        cap = (cap * 2).min(max);
-    }
-}
 
 /// `sharder_sink_buffered_events + sharder_sink_unconfirmed_events`.
 fn held(metrics: &str) -> u64 {
@@ -114,8 +61,8 @@ async fn a_30s_broker_outage_under_load_loses_nothing() {
     })
     .await
     .unwrap();
-    let proxy = Proxy::start().await;
-    let dir = TempDir::new("outage30");
+    let proxy = CutProxy::start(AMQP_ADDR).await.unwrap();
+    let dir = TempDir::new("outage30").unwrap();
     let base = unique("outage30");
     let topo = AmqpTopology::named(&base, 2);
     let (_conn, mut queue) = consume(&topo).await;
@@ -128,7 +75,7 @@ async fn a_30s_broker_outage_under_load_loses_nothing() {
              batch_max_events = {BATCH}\n[amqp]\npartitions = 2\n"
         ),
     );
-    cfg.amqp.url = config::Secret::new(format!("amqp://guest:guest@{}/%2f", proxy.addr));
+    cfg.amqp.url = config::Secret::new(amqp_url_via(proxy.addr()));
     let stop = CancellationToken::new();
     let (tx, rx) = oneshot::channel();
     let run = tokio::spawn(sharder::run_with(
@@ -140,11 +87,11 @@ async fn a_30s_broker_outage_under_load_loses_nothing() {
         },
     ));
     let addr: SocketAddr = timeout(WAIT, rx).await.unwrap().unwrap();
-    let ledger_len = || -> usize { sim.ledger().shards.values().map(Vec::len).sum() };
+    let ledger_len = || ledger::len(&sim.ledger());
     until("events flowing", WAIT, async || ledger_len() > 400).await;
 
     // The outage. Sample the sink's held events while it lasts.
-    proxy.up.send_replace(false);
+    proxy.cut();
     let cut_at = Instant::now();
     let before = ledger_len();
     let mut peak = 0;
@@ -156,9 +103,9 @@ async fn a_30s_broker_outage_under_load_loses_nothing() {
     }
     let during = ledger_len() - before;
     assert!(!run.is_finished(), "the sharder must ride out the outage");
-    let attempts = proxy.refused.load(Ordering::Relaxed);
-    let budget = max_attempts(OUTAGE, RECONNECT_BASE, RECONNECT_MAX);
-    proxy.up.send_replace(true);
+    let attempts = proxy.refused();
+    let budget = max_attempts(OUTAGE, RECONNECT_BASE, RECONNECT_MAX) as u64;
+    proxy.restore();
 
     // Back: more events flow, then the stream stops and everything the
     // simulator ever sent must be in the queues.
@@ -168,26 +115,18 @@ async fn a_30s_broker_outage_under_load_loses_nothing() {
     })
     .await;
     sim.set_event_rate(0.0).unwrap();
-    let expected: BTreeSet<(u32, u64)> = sim
-        .ledger()
-        .shards
-        .iter()
-        .flat_map(|(s, entries)| entries.iter().map(move |e| (*s, e.seq)))
-        .collect();
-    let mut got = BTreeSet::new();
-    let drained = timeout(WAIT, async {
-        while !expected.is_subset(&got) {
-            let g = queue.recv().await.unwrap();
-            got.insert((g.shard_id, g.seq));
-        }
+    let expected = ledger::sent(&sim.ledger());
+    let delivery = ledger::await_delivery(&expected, WAIT, async || {
+        let g = queue.recv().await.unwrap();
+        Some((g.shard_id, g.seq))
     })
     .await;
-    let lost = expected.difference(&got).count();
+    let lost = delivery.lost(&expected).count();
     assert!(
-        drained.is_ok() && lost == 0,
+        !delivery.timed_out && lost == 0,
         "lost {lost} of {} events, e.g. {:?}",
         expected.len(),
-        expected.difference(&got).take(5).collect::<Vec<_>>()
+        delivery.lost(&expected).take(5).collect::<Vec<_>>()
     );
     let bound = SINK_BUFFER + (CONFIRM_WINDOW + 1) * BATCH;
     assert!(peak <= bound, "held {peak} events, bound {bound}");

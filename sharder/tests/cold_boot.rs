@@ -42,7 +42,7 @@ async fn cold_boot_of_64_shards_runs_at_the_identify_floor() {
     })
     .await
     .unwrap();
-    let dir = TempDir::new("coldboot");
+    let dir = TempDir::new("coldboot").unwrap();
     // A margin over the simulator's window, as one keeps over Discord's.
     let cfg = run_config(
         &sim,

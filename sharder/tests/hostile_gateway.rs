@@ -249,7 +249,7 @@ async fn a_hostile_gateway_never_makes_the_shard_panic() {
         })
     };
 
-    let dir = TempDir::new("hostile-gateway");
+    let dir = TempDir::new("hostile-gateway").unwrap();
     let store = Arc::new(FileSessionStore::new(&dir.0));
     // A stored session cut in half: ignored, so the shard identifies.
     std::fs::write(store.path(0), br#"{"format":1,"token_fingerprint":"#).unwrap();

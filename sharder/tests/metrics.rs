@@ -36,7 +36,7 @@ async fn operational_series_after_every_shard_is_ready() {
     })
     .await
     .unwrap();
-    let dir = TempDir::new("metrics");
+    let dir = TempDir::new("metrics").unwrap();
     let base = unique("metrics");
     let topo = AmqpTopology::named(&base, 2);
     let (_conn, mut queue) = consume(&topo).await;

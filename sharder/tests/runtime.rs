@@ -29,7 +29,7 @@ async fn http_endpoints_and_shedding_at_runtime() {
     })
     .await
     .unwrap();
-    let dir = TempDir::new("http");
+    let dir = TempDir::new("http").unwrap();
     let base = unique("http");
     let topo = AmqpTopology::named(&base, 2);
     let (_conn, mut queue) = consume(&topo).await;
@@ -217,7 +217,7 @@ async fn authentication_failed_stops_every_shard_and_the_run() {
     })
     .await
     .unwrap();
-    let dir = TempDir::new("auth");
+    let dir = TempDir::new("auth").unwrap();
     let mut cfg = run_config(&gateway, &dir, "identify_window = \"60ms\"\n");
     cfg.discord.api_base = format!("{}/api/v10", api.http_url());
     cfg.discord.token = config::Secret::new(api.config().token.clone());
@@ -254,7 +254,7 @@ async fn run_fails_when_every_shard_has_stopped() {
     })
     .await
     .unwrap();
-    let dir = TempDir::new("allstopped");
+    let dir = TempDir::new("allstopped").unwrap();
     let cfg = run_config(&sim, &dir, "identify_window = \"60ms\"\n");
     // A sink whose receiver is gone: each shard stops at its first event.
     let (sink, events) = ChannelSink::new(4, false);
@@ -285,7 +285,7 @@ async fn total_shards_auto_takes_discords_recommendation() {
     })
     .await
     .unwrap();
-    let dir = TempDir::new("auto");
+    let dir = TempDir::new("auto").unwrap();
     let mut cfg = run_config(&sim, &dir, "identify_window = \"60ms\"\n");
     // What `total_shards = "auto"` in the file loads as; the configured 1
     // must not survive discovery.

@@ -174,7 +174,7 @@ fn a_stalled_shard_reads_its_ack_before_calling_itself_a_zombie() {
             ..SimConfig::default()
         }))
         .unwrap();
-    let dir = common::TempDir::new("stall");
+    let dir = common::TempDir::new("stall").unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

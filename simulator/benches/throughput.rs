@@ -22,6 +22,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use testkit::bench_report::Stats;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Measures dispatch throughput of the simulator on one core.
@@ -87,13 +88,11 @@ fn main() -> anyhow::Result<()> {
         results.push(r);
     }
     let summary = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        format!(
+        let s = Stats::middle_of(v).context("no finite run")?;
+        anyhow::Ok(format!(
             "min {:.0} median {:.0} max {:.0}",
-            v[0],
-            v[v.len() / 2],
-            v[v.len() - 1]
-        )
+            s.min, s.median, s.max
+        ))
     };
     println!(
         "connections={} compress={} runs={} seconds={}: {} events/s",
@@ -101,12 +100,12 @@ fn main() -> anyhow::Result<()> {
         args.compress,
         args.runs,
         args.seconds,
-        summary(&mut results)
+        summary(&mut results)?
     );
     if !per_cpu.is_empty() {
         println!(
             "  per simulator CPU-second: {} events",
-            summary(&mut per_cpu)
+            summary(&mut per_cpu)?
         );
     }
     Ok(())

@@ -25,8 +25,8 @@ use discord_sim::{EventMix, World, WorldConfig};
 use envelope::{Event, GuildCreateKind};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use std::alloc::System;
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use testkit::bench_report::{machine, points_arg, today, write_csv_cells};
 use twilight_cache_inmemory::{DefaultInMemoryCache, ResourceType};
 use twilight_model::gateway::payload::incoming::GuildCreate;
 use twilight_model::guild::Guild;
@@ -148,7 +148,7 @@ fn points(args: &[String]) -> Vec<u32> {
 
 /// Guilds against live cache bytes, ours beside twilight's, as a CSV.
 fn curve(points: &[u32]) -> std::io::Result<PathBuf> {
-    let mut rows = String::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
     println!("| guilds | members | ours MiB | twilight MiB | ratio |");
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for &guilds in points {
@@ -162,12 +162,12 @@ fn curve(points: &[u32]) -> std::io::Result<PathBuf> {
             o as f64 / t as f64
         );
         for (peer, bytes) in [("ours", o), ("twilight", t)] {
-            let _ = writeln!(
-                rows,
-                "{guilds},{peer},{:.3},{:.3}",
-                bytes as f64 / MIB,
-                bytes as f64 / 1024.0 / f64::from(guilds)
-            );
+            rows.push(vec![
+                guilds.to_string(),
+                peer.to_owned(),
+                format!("{:.3}", bytes as f64 / MIB),
+                format!("{:.3}", bytes as f64 / 1024.0 / f64::from(guilds)),
+            ]);
         }
     }
     let meta = [
@@ -187,11 +187,7 @@ fn curve(points: &[u32]) -> std::io::Result<PathBuf> {
             "command",
             format!(
                 "cargo bench -p worker --bench compare -- --curve --points {}",
-                points
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
+                points_arg(points)
             ),
         ),
         (
@@ -199,52 +195,12 @@ fn curve(points: &[u32]) -> std::io::Result<PathBuf> {
             "ours = worker::MemoryStore; twilight = twilight-cache-inmemory 0.18".into(),
         ),
     ];
-    let mut out = String::new();
-    for (k, v) in meta {
-        let _ = writeln!(out, "# {k}: {v}");
-    }
-    out.push_str("guilds,peer,cache_mib,per_guild_kib\n");
-    out.push_str(&rows);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/data");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("worker_cache_bytes.csv");
-    std::fs::write(&path, out)?;
-    Ok(path)
-}
-
-/// CPU count, model and load average, for the CSV header.
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
-    format!("{cpus} CPUs, {model}, load average {load}")
-}
-
-/// Today's UTC date, `YYYY-MM-DD` (civil-from-days, H. Hinnant).
-fn today() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    write_csv_cells(
+        "worker_cache_bytes.csv",
+        &meta,
+        &["guilds", "peer", "cache_mib", "per_guild_kib"],
+        &rows,
+    )
 }
 
 fn main() {

@@ -25,6 +25,7 @@
 use discord_sim::{EventMix, World, WorldConfig};
 use envelope::{BatchEncoder, Event, GuildCreateKind};
 use std::time::{Duration, Instant};
+use testkit::bench_report::Stats;
 use worker::{MemoryStore, RedisStore, Store, Worker};
 
 const RUNS: usize = 5;
@@ -83,13 +84,11 @@ fn log(cfg: WorldConfig, n: usize) -> Vec<Vec<Vec<u8>>> {
     out
 }
 
-fn summary(label: &str, unit: &str, mut xs: Vec<f64>) {
-    xs.sort_by(f64::total_cmp);
+fn summary(label: &str, unit: &str, xs: Vec<f64>) {
+    let s = Stats::middle_of(&xs).expect("at least one finite run");
     println!(
         "{label}: min {:.0} / median {:.0} / max {:.0} {unit}",
-        xs[0],
-        xs[xs.len() / 2],
-        xs[xs.len() - 1]
+        s.min, s.median, s.max
     );
 }
 

@@ -28,60 +28,32 @@ use discord_sim::{SimConfig, SimHandle, Simulator};
 use serde_json::Value;
 use sharder::{AmqpTopology, RunOptions, SinkChoice};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use testkit::services::AMQP_URL as AMQP;
+use testkit::sim_sharder::{CACHE_INTENTS, SharderShape};
+use testkit::{TempDir, unique_name};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use worker::{MemoryStore, Store, Worker};
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const SHARDS: u32 = 64;
 const PARTITIONS: u32 = 4;
 const WAIT: Duration = Duration::from_secs(90);
 
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("bulwark-test-e2e-{name}-{}-{nanos}", std::process::id())
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(unique(name));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn sharder_config(sim: &SimHandle, dir: &TempDir, base: &str) -> config::Config {
-    let toml = format!(
-        "[discord]\napi_base = \"{api}/api/v10\"\nintents = {intents}\n\
-         [sharder]\ntotal_shards = {SHARDS}\ngateway_url = \"{gw}\"\n\
-         http_listen = \"127.0.0.1:0\"\nsession_dir = \"{dir}\"\n\
-         persist_interval = \"100ms\"\nshutdown_grace = \"10s\"\n\
-         identify_window = \"400ms\"\namqp_topology_base = \"{base}\"\n\
-         [amqp]\npartitions = {PARTITIONS}\n",
-        api = sim.http_url(),
-        intents = (1 << 0) | (1 << 1) | (1 << 9),
-        gw = sim.gateway_url(),
-        dir = dir.0.display(),
+    assert_eq!(sim.config().shards, SHARDS);
+    let extra = format!(
+        "identify_window = \"400ms\"\namqp_topology_base = \"{base}\"\n\
+         [amqp]\npartitions = {PARTITIONS}\n"
     );
-    config::Config::from_toml_str(
-        &toml,
-        "test",
-        vec![("BULWARK_DISCORD__TOKEN".into(), sim.config().token.clone())],
-    )
-    .unwrap()
+    let shape = SharderShape {
+        intents: CACHE_INTENTS,
+        shutdown_grace: "10s",
+        extra: &extra,
+    };
+    testkit::sim_sharder::sharder_config(sim, dir.path(), shape).unwrap()
 }
 
 /// A running sharder (`sharder::run_with` in this process).
@@ -341,14 +313,14 @@ async fn start_sim(guilds: u32) -> discord_sim::SimHandle {
 async fn memory_case(guilds: u32) {
     let sim = start_sim(guilds).await;
     let initial: BTreeSet<u64> = sim.truth().guilds.keys().copied().collect();
-    let base = unique("mem");
+    let base = unique_name("mem");
     let topo = AmqpTopology::named(&base, PARTITIONS);
     let admin = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
         .await
         .unwrap();
     let admin_ch = admin.create_channel().await.unwrap();
     topo.declare(&admin_ch).await.unwrap();
-    let dir = TempDir::new("sessions");
+    let dir = TempDir::new("sessions").unwrap();
     let t0 = tokio::time::Instant::now();
 
     // 1. Cold boot, then a burst.
@@ -408,7 +380,7 @@ async fn memory_case(guilds: u32) {
     sharder.stop().await;
     let joins_before = real_joins(&sim, &initial);
     consumers.stop().await;
-    let fresh_dir = TempDir::new("sessions-cold");
+    let fresh_dir = TempDir::new("sessions-cold").unwrap();
     let cold = Consumers::start(MemoryStore::new(), &topo, false).await;
     let sharder = Sharder::start(&sim, &fresh_dir, &base);
     converge(&sim, &**cold.worker.store(), "after the cold restart").await;
@@ -491,7 +463,7 @@ async fn sharder_to_redis_cache_with_two_replicas_and_a_kill() {
     let guilds = SHARDS * 100;
     let sim = start_sim(guilds).await;
     let initial: BTreeSet<u64> = sim.truth().guilds.keys().copied().collect();
-    let base = unique("redis");
+    let base = unique_name("redis");
     let topo = AmqpTopology::named(&base, PARTITIONS);
     let admin = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
         .await
@@ -504,7 +476,7 @@ async fn sharder_to_redis_cache_with_two_replicas_and_a_kill() {
             .await
             .unwrap()
     };
-    let dir = TempDir::new("sessions-redis");
+    let dir = TempDir::new("sessions-redis").unwrap();
     let t0 = tokio::time::Instant::now();
 
     // 1. Cold boot into Redis through replica A; B waits as standby.
@@ -540,7 +512,7 @@ async fn sharder_to_redis_cache_with_two_replicas_and_a_kill() {
     a.stop().await;
     b.stop().await;
     store.purge().await.unwrap();
-    let fresh_dir = TempDir::new("sessions-redis-cold");
+    let fresh_dir = TempDir::new("sessions-redis-cold").unwrap();
     let a = Consumers::start(redis().await, &topo, true).await;
     let b = Consumers::start(redis().await, &topo, true).await;
     let sharder = Sharder::start(&sim, &fresh_dir, &base);

@@ -22,12 +22,14 @@
 use super::{Env, ScenarioInfo};
 use crate::cache_check;
 use crate::prometheus;
-use crate::proxy::{FaultProxy, backoff_budget};
 use crate::report::{ScenarioReport, Size};
 use crate::sim::{STEADY_MIX, SimArgs};
-use crate::{Result, ScenarioError, wait_until};
+use crate::{Result, wait_until};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+use testkit::CutProxy;
+use testkit::reconnect_budget::max_attempts;
+use testkit::services::{AMQP_ADDR, REDIS_ADDR};
 
 pub const INFO: ScenarioInfo = ScenarioInfo {
     name: "broker-outage",
@@ -48,11 +50,6 @@ pub async fn run(size: Size) -> Result<ScenarioReport> {
     env.finish(outcome).await
 }
 
-fn addr(s: &str) -> Result<std::net::SocketAddr> {
-    s.parse()
-        .map_err(|_| ScenarioError::Setup(format!("bad address {s}")))
-}
-
 async fn body(env: &mut Env, size: Size) -> Result<()> {
     let shards = size.pick(16, 64);
     let outage = Duration::from_secs(size.pick(5, 30));
@@ -64,24 +61,30 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
         ..SimArgs::default()
     })?;
     let tap = env.broker.tap(&env.topo).await?;
-    let sharder_mq = FaultProxy::start(addr(crate::AMQP_ADDR)?).await?;
-    let worker_mq = FaultProxy::start(addr(crate::AMQP_ADDR)?).await?;
-    let worker_redis = FaultProxy::start(addr(crate::REDIS_ADDR)?).await?;
+    let sharder_mq = CutProxy::start(AMQP_ADDR)
+        .await
+        .map_err(|e| crate::ScenarioError::io("starting a fault proxy", e))?;
+    let worker_mq = CutProxy::start(AMQP_ADDR)
+        .await
+        .map_err(|e| crate::ScenarioError::io("starting a fault proxy", e))?;
+    let worker_redis = CutProxy::start(REDIS_ADDR)
+        .await
+        .map_err(|e| crate::ScenarioError::io("starting a fault proxy", e))?;
     let mut wcfg = env.worker_config()?;
     wcfg.set_str(
         "amqp",
         "url",
-        &format!("amqp://guest:guest@{}/%2f", worker_mq.addr),
+        &format!("amqp://guest:guest@{}/%2f", worker_mq.addr()),
     )
     .set_str("worker", "store", "redis")
-    .set_str("redis", "url", &format!("redis://{}", worker_redis.addr))
+    .set_str("redis", "url", &format!("redis://{}", worker_redis.addr()))
     .set_str("redis", "key_prefix", &env.redis_prefix);
     let mut worker = env.start_worker("worker", &wcfg)?;
     let mut scfg = env.sharder_config(&sim, 50)?;
     scfg.set_str(
         "amqp",
         "url",
-        &format!("amqp://guest:guest@{}/%2f", sharder_mq.addr),
+        &format!("amqp://guest:guest@{}/%2f", sharder_mq.addr()),
     )
     .set("sharder", "sink_buffer", SINK_BUFFER.to_string())
     .set("sharder", "confirm_window", CONFIRM_WINDOW.to_string());
@@ -96,8 +99,8 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
 
     // RabbitMQ.
     let down = Instant::now();
-    sharder_mq.down();
-    worker_mq.down();
+    sharder_mq.cut();
+    worker_mq.cut();
     let mut rss_peak = rss0;
     let mut held_peak = 0;
     while down.elapsed() < outage {
@@ -109,9 +112,9 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let up = Instant::now();
-    sharder_mq.up();
-    worker_mq.up();
-    let window = (up - down).as_millis() as u64;
+    sharder_mq.restore();
+    worker_mq.restore();
+    let window = up - down;
     env.checks.expect_at_most(
         "sharder RSS growth in the broker outage (KiB)",
         rss_peak.saturating_sub(rss0),
@@ -127,27 +130,40 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     env.checks.expect_at_most(
         "sharder AMQP attempts in the outage",
         sharder_mq.attempts_between(down, up),
-        backoff_budget(200, 15_000, window),
+        max_attempts(
+            window,
+            Duration::from_millis(200),
+            Duration::from_millis(15_000),
+        ),
     );
     env.checks.expect_at_most(
         "worker AMQP attempts in the outage",
         worker_mq.attempts_between(down, up),
-        backoff_budget(200, 30_000, window),
+        max_attempts(
+            window,
+            Duration::from_millis(200),
+            Duration::from_millis(30_000),
+        ),
     );
     sharder.wait_ready(WAIT).await?;
 
     // Redis.
     let applied0 = worker.counter("worker_events_applied_total", &[]).await;
     let down = Instant::now();
-    worker_redis.down();
+    worker_redis.cut();
     tokio::time::sleep(outage).await;
     let up = Instant::now();
-    worker_redis.up();
-    let window = (up - down).as_millis() as u64;
+    worker_redis.restore();
+    let window = up - down;
     let partitions = env.topo.partitions as usize;
     // Each partition consumer retries its store write with 50 ms doubling
     // to 10 s (full jitter in [d/2, d]); the read API is not called.
-    let redis_budget = partitions * backoff_budget(50, 10_000, window);
+    let redis_budget = partitions
+        * max_attempts(
+            window,
+            Duration::from_millis(50),
+            Duration::from_millis(10_000),
+        );
     env.checks.expect_at_most(
         "worker Redis attempts in the outage",
         worker_redis.attempts_between(down, up),

@@ -23,11 +23,11 @@
 use super::dns_storm::{AMQP_HOST, GATEWAY_HOST, by_name, start_dns};
 use super::{Env, ScenarioInfo};
 use crate::prometheus;
-use crate::proxy::FaultProxy;
 use crate::report::{ScenarioReport, Size};
 use crate::sim::{STEADY_MIX, SimArgs};
 use crate::{Result, wait_until};
 use std::time::{Duration, Instant};
+use testkit::CutProxy;
 
 pub const INFO: ScenarioInfo = ScenarioInfo {
     name: "dns-outage",
@@ -56,16 +56,18 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
         event_mix: Some(STEADY_MIX.into()),
         ..SimArgs::default()
     })?;
-    let amqp: std::net::SocketAddr = crate::AMQP_ADDR
-        .parse()
-        .map_err(|_| crate::ScenarioError::Setup("bad AMQP_ADDR".into()))?;
-    let sharder_mq = FaultProxy::start(amqp).await?;
-    let worker_mq = FaultProxy::start(amqp).await?;
+    let amqp = testkit::services::AMQP_ADDR;
+    let sharder_mq = CutProxy::start(amqp)
+        .await
+        .map_err(|e| crate::ScenarioError::io("starting a fault proxy", e))?;
+    let worker_mq = CutProxy::start(amqp)
+        .await
+        .map_err(|e| crate::ScenarioError::io("starting a fault proxy", e))?;
     let mut wcfg = env.worker_config()?;
-    by_name(&mut wcfg, &sim, &dns, worker_mq.addr.port());
+    by_name(&mut wcfg, &sim, &dns, worker_mq.port());
     let mut worker = env.start_worker("worker", &wcfg)?;
     let mut scfg = env.sharder_config(&sim, 10)?;
-    by_name(&mut scfg, &sim, &dns, sharder_mq.addr.port());
+    by_name(&mut scfg, &sim, &dns, sharder_mq.port());
     let mut sharder = env.start_sharder("sharder", &scfg, &[])?;
     sharder.wait_ready(WAIT).await?;
     let applied =
@@ -91,11 +93,11 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     let applied0 = applied(&worker).await;
     sim.control("faults/invalid-session", "{\"resumable\": false}")
         .await?;
-    sharder_mq.down();
-    worker_mq.down();
+    sharder_mq.cut();
+    worker_mq.cut();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    sharder_mq.up();
-    worker_mq.up();
+    sharder_mq.restore();
+    worker_mq.restore();
     let mut scrapes_failed = 0u32;
     let mut scrapes = 0u32;
     while down_at.elapsed() < outage {

@@ -21,11 +21,11 @@
 use super::{Env, ScenarioInfo};
 use crate::Result;
 use crate::bulwark::TomlConfig;
-use crate::dnsmasq::Dnsmasq;
 use crate::prometheus;
 use crate::report::{ScenarioReport, Size};
 use crate::sim::{SimArgs, SimProcess};
 use std::time::{Duration, Instant};
+use testkit::Dnsmasq;
 
 pub const INFO: ScenarioInfo = ScenarioInfo {
     name: "dns-storm",
@@ -47,15 +47,16 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Starts dnsmasq serving the three names.
 pub fn start_dns(env: &Env, ttl_s: u32) -> Result<Dnsmasq> {
-    Dnsmasq::start(
+    Ok(Dnsmasq::start_in(
         &env.dir.0,
+        testkit::dnsmasq::free_port()?,
         &[
             (GATEWAY_HOST, "127.0.0.1"),
             (API_HOST, "127.0.0.1"),
             (AMQP_HOST, "127.0.0.1"),
         ],
         ttl_s,
-    )
+    )?)
 }
 
 /// Points `cfg` (a sharder or worker configuration) at dnsmasq, and the
@@ -109,7 +110,7 @@ pub async fn run(size: Size) -> Result<ScenarioReport> {
 async fn body(env: &mut Env, size: Size) -> Result<()> {
     let shards = size.pick(48, 192);
     let phase = Duration::from_secs(size.pick(6, 30));
-    let mut dns = start_dns(env, TTL_S as u32)?;
+    let dns = start_dns(env, TTL_S as u32)?;
     let sim = env.sim(SimArgs {
         shards,
         guilds: shards,

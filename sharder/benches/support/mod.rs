@@ -13,6 +13,8 @@
 pub mod args;
 pub mod child;
 pub mod measure;
-pub mod report;
+/// min/median/max, the Markdown table, machine, date and CSV: the test
+/// kit's, shared with the other crates' benches.
+pub use testkit::bench_report as report;
 pub mod sharder_run;
 pub mod sim;

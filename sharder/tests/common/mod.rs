@@ -1,5 +1,6 @@
 //! Shared helpers of the end-to-end tests: a raw HTTP/1.1 client, a reader
-//! of the partition queues, temporary directories and unique names.
+//! of the partition queues, and the test kit's temporary directories and
+//! unique names.
 
 #![allow(clippy::unwrap_used, dead_code)]
 
@@ -8,41 +9,23 @@ use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use sharder::AmqpTopology;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-pub fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("bulwark-test.{name}.{}.{nanos}", std::process::id())
-}
+pub use testkit::TempDir;
+pub use testkit::services::AMQP_URL as AMQP;
+use testkit::sim_sharder::{MESSAGE_INTENTS, SharderShape, sharder_config};
+// Not every test binary names a resource.
+#[allow(unused_imports)]
+pub use testkit::unique_name as unique;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-pub struct TempDir(pub PathBuf);
-impl TempDir {
-    pub fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(unique(name));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// One HTTP/1.1 request; returns the status and the body.
@@ -151,23 +134,12 @@ pub async fn until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut f:
 /// A sharder configuration for `sim`: every shard in this process, HTTP on
 /// a free loopback port, sessions in `dir`, plus `extra` `[sharder]` keys.
 pub fn run_config(sim: &discord_sim::SimHandle, dir: &TempDir, extra: &str) -> config::Config {
-    let toml = format!(
-        "[discord]\napi_base = \"{api}/api/v10\"\nintents = {intents}\n\
-         [sharder]\ntotal_shards = {shards}\ngateway_url = \"{gw}\"\n\
-         http_listen = \"127.0.0.1:0\"\nsession_dir = \"{dir}\"\n\
-         persist_interval = \"100ms\"\nshutdown_grace = \"5s\"\n{extra}",
-        api = sim.http_url(),
-        intents = (1 << 0) | (1 << 9) | (1 << 11),
-        shards = sim.config().shards,
-        gw = sim.gateway_url(),
-        dir = dir.0.display(),
-    );
-    config::Config::from_toml_str(
-        &toml,
-        "test",
-        vec![("BULWARK_DISCORD__TOKEN".into(), sim.config().token.clone())],
-    )
-    .unwrap()
+    let shape = SharderShape {
+        intents: MESSAGE_INTENTS,
+        shutdown_grace: "5s",
+        extra,
+    };
+    sharder_config(sim, dir.path(), shape).unwrap()
 }
 
 /// An identify scheduler with a plentiful budget at `max_concurrency` 1,

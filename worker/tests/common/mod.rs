@@ -7,32 +7,22 @@ use discord_sim::{EventMix, World, WorldConfig};
 use envelope::{Event, GuildCreateKind};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
+use testkit::owned_event::OwnedEvent;
 use worker::{GuildView, MemoryStore, Report, Store, Worker};
 
-/// An owned envelope event with its shard.
+/// An owned envelope event with its shard; reads as the event (`e.t`,
+/// `e.d`, `e.event()`).
 #[derive(Debug, Clone)]
 pub struct Logged {
     pub shard: u32,
-    pub epoch: u64,
-    pub seq: u64,
-    pub received_at: u64,
-    pub t: String,
-    pub guild_id: Option<u64>,
-    pub marker: Option<GuildCreateKind>,
-    pub d: String,
+    pub owned: OwnedEvent<String>,
 }
 
-impl Logged {
-    pub fn event(&self) -> Event<'_> {
-        Event {
-            epoch: self.epoch,
-            seq: self.seq,
-            received_at: self.received_at,
-            t: &self.t,
-            guild_id: self.guild_id,
-            guild_create: self.marker,
-            d: self.d.as_bytes(),
-        }
+impl std::ops::Deref for Logged {
+    type Target = OwnedEvent<String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.owned
     }
 }
 
@@ -98,13 +88,15 @@ pub fn sim_log_with(seed: u64, shards: u32, guilds: u32, n: usize, gap: bool) ->
         clock += 3;
         events.push(Logged {
             shard,
-            epoch: epochs[shard as usize],
-            seq: *seq,
-            received_at: clock,
-            t: t.to_owned(),
-            guild_id,
-            marker,
-            d: d.to_owned(),
+            owned: OwnedEvent {
+                epoch: epochs[shard as usize],
+                seq: *seq,
+                received_at: clock,
+                t: t.to_owned(),
+                guild_id,
+                marker,
+                d: d.to_owned(),
+            },
         });
     };
     // The sharder's view: READY sets, and guilds in an outage.
