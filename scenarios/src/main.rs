@@ -11,6 +11,7 @@
 //! first (`cargo build --workspace --bins`).
 #![forbid(unsafe_code)]
 
+use bulwark_process::LogTo;
 use bulwark_scenarios::{SCENARIOS, ScenarioReport, Size, run_blocking};
 use clap::{Parser, Subcommand};
 use std::time::Instant;
@@ -38,13 +39,7 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    bulwark_process::init_logging("warn", LogTo::Stderr);
     let args = Args::parse();
     match args.command {
         Cmd::List => {

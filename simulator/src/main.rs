@@ -1,15 +1,17 @@
 //! `discord-sim`: run the Discord gateway simulator as a process, for demos
 //! and for testing clients in other languages or other processes.
+//!
+//! On the start-up every Bulwark binary shares (`bulwark_process`): a bad
+//! flag value exits 78, SIGTERM or SIGINT shuts the simulator down (exit 0).
 #![forbid(unsafe_code)]
 
-use anyhow::Context as _;
+use bulwark_process::{EXIT_FAILURE, Failure, LogTo};
 use clap::Parser;
+use config::EXIT_CONFIG;
 use discord_sim::{EventMix, PRIVILEGED_INTENTS, SimConfig, SimError, Simulator};
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
-
-/// Exit code for a bad setting (BSD `EX_CONFIG`), as every Bulwark binary.
-const EXIT_CONFIG: i32 = 78;
 
 /// A faithful Discord gateway v10 simulator: HTTP `/api/v10/gateway/bot`,
 /// the websocket gateway (JSON, zlib-stream, zstd-stream), Discord's rate
@@ -140,33 +142,31 @@ fn config(a: Args) -> Result<SimConfig, SimError> {
     })
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let cfg = match config(args).and_then(|c| c.validate().map(|()| c)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("discord-sim: {e}");
-            std::process::exit(EXIT_CONFIG);
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    rt.block_on(async {
+    bulwark_process::init_logging("info", LogTo::Stdout);
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+fn serve(args: Args) -> Result<(), Failure> {
+    let bad_setting = |e: SimError| Failure::from_error(EXIT_CONFIG, "discord-sim", &e);
+    let cfg = config(args)
+        .and_then(|c| c.validate().map(|()| c))
+        .map_err(bad_setting)?;
+    bulwark_process::run_until_signal(|shutdown| async move {
         let sim = match Simulator::start(cfg).await {
             Ok(s) => s,
-            Err(e @ SimError::Config { .. }) => {
-                eprintln!("discord-sim: {e}");
-                std::process::exit(EXIT_CONFIG);
+            Err(e @ SimError::Config { .. }) => return Err(bad_setting(e)),
+            Err(e) => {
+                return Err(Failure::from_error(
+                    EXIT_FAILURE,
+                    "discord-sim: cannot start the simulator",
+                    &e,
+                ));
             }
-            Err(e) => return Err(e).context("cannot start the simulator"),
         };
         println!(
             "discord-sim listening: gateway {} resume {} http {}",
@@ -174,24 +174,8 @@ fn main() -> anyhow::Result<()> {
             sim.resume_url(),
             sim.http_url()
         );
-        wait_for_signal().await;
-        tracing::info!("shutting down");
+        shutdown.cancelled().await;
         sim.shutdown().await;
         Ok(())
-    })
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
+    })?
 }

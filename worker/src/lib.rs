@@ -9,6 +9,9 @@
 //!   message's writes go in one pipelined round trip, see [`Step`]).
 //! * [`Mutation`] documents the cache rules; [`GuildView`] is the canonical
 //!   read form both stores return.
+//! * [`run`] is the whole process (HTTP API, store, reconnecting
+//!   consumers) until a cancellation token fires, then a bounded drain; the
+//!   `worker` binary is configuration, logging and a signal around it.
 #![forbid(unsafe_code)]
 
 mod consumer;
@@ -24,8 +27,11 @@ mod processor;
 pub mod readiness;
 mod redis_scripts;
 mod redis_store;
+mod runtime;
 mod snowflake;
 mod store;
+mod supervisor;
+mod sweep;
 mod users;
 
 pub use consumer::{
@@ -40,4 +46,5 @@ pub use model::{
 pub use mutation::{Mutation, Snapshot};
 pub use processor::{CleanEvent, CleanKind, ProcessError, Report, Worker};
 pub use redis_store::RedisStore;
+pub use runtime::{DRAIN_GRACE, RunError, RunReport, run};
 pub use store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};

@@ -1,0 +1,244 @@
+//! [`run`]: the cache worker as a process, until its shutdown token fires.
+//!
+//! Start-up: check what [`config::Config::validate`] cannot (a Redis store
+//! needs `redis.url`), install the Prometheus recorder, build the process's
+//! caching DNS resolver (every broker and Redis connection resolves
+//! through it), bind the HTTP API (`worker.http_listen`), pick the store,
+//! then supervise the AMQP session ([`crate::supervisor`]): connect,
+//! declare the shared topology, one consumer per partition, publishing the
+//! clean events to the output exchange unless `worker.publish_events` is
+//! off, and a backlog watcher that drives `/readyz`; a lost connection is
+//! retried with capped, jittered backoff. The in-memory store's tombstones
+//! are collected every minute past `worker.tombstone_horizon`
+//! ([`crate::sweep`]).
+//!
+//! Shutdown: the HTTP API stops taking requests, every consumer cancels
+//! its subscription so the single-active-consumer role moves to another
+//! replica at once, after acking what it finished and waiting for the
+//! confirms of what it published; all within [`DRAIN_GRACE`], after which
+//! what is left is abandoned (unacked, so the broker redelivers it: never
+//! lost) and the run reports `drained: false`.
+
+use crate::http::{ApiState, Health, router};
+use crate::memory::MemoryStore;
+use crate::output::Unconfirmed;
+use crate::processor::Worker;
+use crate::redis_store::RedisStore;
+use crate::store::{Store, StoreError};
+use crate::supervisor::Supervisor;
+use crate::{AmqpTopology, CacheOptions};
+use config::{Config, WorkerStoreKind, redact_url};
+use dnscache::Resolver;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Bound on the whole shutdown, from the token's cancellation to `run`'s
+/// return. The pod's `terminationGracePeriodSeconds` (30 s) covers it
+/// plus the 5 s preStop sleep.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(20);
+
+/// Why the worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `worker.store = "redis"` without `redis.url`. The binary exits 1
+    /// for it, as it always has (its tests pin that), not 78.
+    #[error("worker.store = \"redis\" needs redis.url (BULWARK_REDIS__URL)")]
+    RedisStoreWithoutUrl,
+    #[error("installing the metrics recorder: {0}")]
+    Metrics(String),
+    #[error("building the DNS resolver")]
+    Dns(#[source] dnscache::DnsError),
+    #[error("binding worker.http_listen {addr}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {url}")]
+    Redis {
+        /// `redis.url` without its password.
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// How a run ended without error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// Partitions this process consumed.
+    pub partitions: Vec<u32>,
+    /// The shutdown finished within [`DRAIN_GRACE`].
+    pub drained: bool,
+}
+
+/// Runs the worker until `shutdown` is cancelled, then drains (see the
+/// module docs).
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<RunReport, RunError> {
+    if cfg.worker.store == WorkerStoreKind::Redis && !cfg.redis.enabled() {
+        return Err(RunError::RedisStoreWithoutUrl);
+    }
+    // The recorder first: the resolver binds its metric handles at
+    // construction, and handles taken before the recorder exists go nowhere.
+    let metrics = prometheus()?;
+    let resolver = Resolver::shared(&cfg.dns).map_err(RunError::Dns)?;
+    let addr = cfg.worker.http_listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Http { addr, source })?;
+    tracing::info!(%addr, "HTTP API listening");
+    let health = Arc::new(Health::default());
+    let horizon = cfg.worker.tombstone_horizon;
+    let process = Process {
+        cfg: &cfg,
+        resolver,
+        health: health.clone(),
+        listener,
+        shutdown,
+    };
+    match cfg.worker.store {
+        WorkerStoreKind::Memory => {
+            let store = Arc::new(MemoryStore::new());
+            let sweep = tokio::spawn(crate::sweep::sweep_memory(store.clone(), horizon));
+            let counted = store.clone();
+            let api = ApiState {
+                store,
+                health,
+                metrics: Some(metrics),
+                stats: Some(Arc::new(move || counted.stats())),
+            };
+            Ok(process.serve(api, sweep).await)
+        }
+        WorkerStoreKind::Redis => {
+            let url = cfg.redis.url.expose();
+            let store = RedisStore::connect_with(
+                url,
+                &cfg.redis.key_prefix,
+                &process.resolver.redis_config(),
+            )
+            .await
+            .map_err(|source| RunError::Redis {
+                url: redact_url(url),
+                source,
+            })?;
+            let store = Arc::new(store);
+            let sweep = tokio::spawn(crate::sweep::sweep_shared(store.clone(), horizon));
+            let api = ApiState {
+                store,
+                health,
+                metrics: Some(metrics),
+                stats: None,
+            };
+            Ok(process.serve(api, sweep).await)
+        }
+    }
+}
+
+/// What a run holds between start-up and the store's choice.
+struct Process<'a> {
+    cfg: &'a Config,
+    resolver: Resolver,
+    health: Arc<Health>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+}
+
+impl Process<'_> {
+    /// Serves the API and consumes until shutdown, then drains.
+    async fn serve<S: Store>(self, api: ApiState<S>, sweep: JoinHandle<()>) -> RunReport {
+        let cfg = self.cfg;
+        let worker = Arc::new(Worker::with_shared_store(api.store.clone()).with_options(
+            CacheOptions {
+                presences: cfg.worker.cache_presences,
+                voice_states: cfg.worker.cache_voice_states,
+            },
+        ));
+        let http = tokio::spawn(serve_http(self.listener, api, self.shutdown.clone()));
+        let supervisor = Supervisor {
+            cfg,
+            resolver: self.resolver,
+            health: self.health,
+            unconfirmed: cfg
+                .worker
+                .publish_events
+                .then(|| Arc::new(Unconfirmed::default())),
+            topology: AmqpTopology::named(&cfg.worker.amqp_topology_base, cfg.amqp.partitions),
+            partitions: if cfg.worker.consume.is_empty() {
+                (0..cfg.amqp.partitions).collect()
+            } else {
+                cfg.worker.consume.clone()
+            },
+        };
+        // The session is dropped at the end of this block: one that did not
+        // drain in time is aborted (its unacked messages are redelivered).
+        let (drained, deadline) = {
+            let supervising = supervisor.run(worker, &self.shutdown);
+            tokio::pin!(supervising);
+            tokio::select! {
+                () = &mut supervising => {}
+                () = self.shutdown.cancelled() => {}
+            }
+            let deadline = Instant::now() + DRAIN_GRACE;
+            let drained = tokio::time::timeout_at(deadline, supervising).await.is_ok();
+            (drained, deadline)
+        };
+        if !drained {
+            tracing::warn!(
+                "the consumers did not drain within the grace; the broker redelivers the rest"
+            );
+        }
+        sweep.abort();
+        let stop_http = http.abort_handle();
+        if tokio::time::timeout_at(deadline, http).await.is_err() {
+            stop_http.abort();
+        }
+        tracing::info!(drained, "worker stopped");
+        RunReport {
+            partitions: supervisor.partitions,
+            drained,
+        }
+    }
+}
+
+/// Serves the HTTP API until `stop`, then finishes the requests in flight.
+async fn serve_http<S: Store>(
+    listener: tokio::net::TcpListener,
+    api: ApiState<S>,
+    stop: CancellationToken,
+) {
+    if let Err(e) = axum::serve(listener, router(api))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "HTTP API stopped");
+    }
+}
+
+/// The process's Prometheus recorder, installed by the first run (so a
+/// second run in the same process, as in tests, reuses it).
+fn prometheus() -> Result<PrometheusHandle, RunError> {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut handle = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(h) = &*handle {
+        return Ok(h.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("worker_apply_seconds".into()),
+            &[
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 1.0,
+            ],
+        )
+        .map_err(|e| RunError::Metrics(format!("histogram buckets: {e}")))?
+        .build_recorder();
+    let h = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| RunError::Metrics(e.to_string()))?;
+    *handle = Some(h.clone());
+    Ok(h)
+}
