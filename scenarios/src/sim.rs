@@ -33,6 +33,9 @@ pub struct SimArgs {
     pub identify_window_ms: u64,
     pub heartbeat_ms: u64,
     pub session_expiry_ms: u64,
+    /// `session_start_limit.total`: the identifies the bot may spend
+    /// (Discord's default, 1,000, unless a scenario needs more).
+    pub session_start_total: u32,
     pub seed: u64,
 }
 
@@ -48,6 +51,7 @@ impl Default for SimArgs {
             identify_window_ms: 100,
             heartbeat_ms: 41_250,
             session_expiry_ms: 180_000,
+            session_start_total: 1000,
             seed: 7,
         }
     }
@@ -126,6 +130,10 @@ impl SimProcess {
             .arg(format!("--identify-window-ms={}", args.identify_window_ms))
             .arg(format!("--heartbeat-ms={}", args.heartbeat_ms))
             .arg(format!("--session-expiry-ms={}", args.session_expiry_ms))
+            .arg(format!(
+                "--session-start-total={}",
+                args.session_start_total
+            ))
             .arg(format!("--seed={}", args.seed))
             .env("RUST_LOG", crate::child_log_filter())
             .stdin(Stdio::null())

@@ -12,6 +12,15 @@
 //!    shard reconnects to the gateway *by name* again and again.
 //! 3. Lookups are read from the sharder's `/metrics` (`dnscache_*`), the
 //!    queries dnsmasq received from its own query log.
+//! 4. Every op 9 `false` costs each shard a fresh session, and the sharder
+//!    waits at least the 1 s Discord asks for before it identifies again,
+//!    so a shard spends at most one session start per second of storm. The
+//!    simulator's session start budget is sized to that
+//!    ([`storm_budget`]): at the full size (192 shards, 30 s) Discord's
+//!    default 1,000 runs down to the sharder's reserve mid-storm, and the
+//!    sharder then rightly holds every identify, which is the budget's test,
+//!    not DNS's. The scenario asserts that bound, and that the budget was
+//!    never exhausted.
 //!
 //! Asserts: per name and record type, the upstream queries of each phase
 //! stay within one per refresh period (`refresh_ahead x TTL`) plus two,
@@ -44,6 +53,20 @@ const TTL_S: u64 = 2;
 /// The resolver's default `refresh_ahead`.
 const REFRESH_AHEAD: f64 = 0.75;
 const WAIT: Duration = Duration::from_secs(60);
+
+/// The identifies a storm of `phase` over `shards` can spend: one per shard
+/// to boot, then at most one per shard per second of storm (op 9 `false`
+/// is followed by a wait of at least 1 s), and one more for the last round.
+fn storm_identifies(shards: u32, phase: Duration) -> u32 {
+    let storm_s = u32::try_from(phase.as_secs()).unwrap_or(u32::MAX);
+    shards.saturating_mul(storm_s.saturating_add(2))
+}
+
+/// The simulator's session start budget: what the storm can spend, plus
+/// Discord's default 1,000 on top, so the sharder's reserve is never near.
+fn storm_budget(shards: u32, phase: Duration) -> u32 {
+    storm_identifies(shards, phase).saturating_add(1000)
+}
 
 /// Starts dnsmasq serving the three names.
 pub fn start_dns(env: &Env, ttl_s: u32) -> Result<Dnsmasq> {
@@ -111,9 +134,11 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     let shards = size.pick(48, 192);
     let phase = Duration::from_secs(size.pick(6, 30));
     let dns = start_dns(env, TTL_S as u32)?;
+    let budget = storm_budget(shards, phase);
     let sim = env.sim(SimArgs {
         shards,
         guilds: shards,
+        session_start_total: budget,
         ..SimArgs::default()
     })?;
     let mut cfg = env.sharder_config(&sim, 50)?;
@@ -179,7 +204,17 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     );
     sharder.wait_ready(WAIT).await?;
     let c = sim.counters().await?;
-    env.checks.figure("identifies", c.identifies);
+    env.checks
+        .figure("identifies", format!("{} of {budget}", c.identifies));
+    let most = storm_identifies(shards, phase);
+    env.checks.expect(
+        &format!("identifies <= {most} (one per shard per storm second), budget never exhausted"),
+        c.identifies <= u64::from(most) && c.budget_exhausted == 0,
+        format!(
+            "{} identifies, {} refused for an empty budget",
+            c.identifies, c.budget_exhausted
+        ),
+    );
     env.checks
         .figure("identify violations", c.identify_violations);
     env.checks.expect(
