@@ -303,9 +303,9 @@ else:
             err(f"sharder: no topologySpreadConstraint on {k} selecting the sharder pods")
     sp = c.get("startupProbe") or {}
     budget = sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3)
-    if budget < 300:
-        err(f"sharder: the startup probe allows {budget} s; /healthz waits on GET /gateway/bot, Redis and the "
-            f"sink today, so keep at least 300 s (docs/operations.md, Probes)")
+    if budget < 60:
+        err(f"sharder: the startup probe allows {budget} s; allow at least 60 s for the process to start "
+            f"(docs/operations.md, Probes)")
     idx = env.get("BULWARK_SHARDER__PROCESS_INDEX", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
     if idx != "metadata.labels['apps.kubernetes.io/pod-index']":
         err(f"sharder: BULWARK_SHARDER__PROCESS_INDEX must come from the pod-index label, got {idx!r}")

@@ -1,9 +1,14 @@
 //! The sharder's HTTP endpoints: metrics, probes and runtime controls.
 //!
 //! - `GET /metrics`: Prometheus text of the process's `metrics` series.
-//! - `GET /healthz`: the process answers.
+//! - `GET /healthz`: the process answers. It is served from the first
+//!   moment of start-up, before `GET /gateway/bot`, Redis and the sink: a
+//!   Discord API hiccup or a DNS fault during start-up is a pod that is
+//!   alive and not ready, never a liveness failure and a CrashLoopBackOff
+//!   that delays every resume.
 //! - `GET /readyz`: 200 once every shard of this process is READY or
-//!   RESUMED (state `Active`), else 503 with the count; a rolling update
+//!   RESUMED (state `Active`), else 503 with the count (and, while the
+//!   process is still starting, what it waits for); a rolling update
 //!   therefore waits for this pod's shards before stopping the next pod.
 //! - `GET /admin/shards`: each shard's state.
 //! - `POST /admin/identify-throttle` `{"min_interval_ms": n}`: minimum time
@@ -27,7 +32,7 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -55,25 +60,43 @@ pub struct AdminState {
 }
 
 struct Inner {
-    shards: Vec<(u32, ShardHandle)>,
-    scheduler: IdentifyScheduler,
+    /// Set once the shards run; until then the process is starting.
+    started: OnceLock<Started>,
+    /// What start-up waits for, while `started` is unset.
+    phase: Mutex<&'static str>,
     shed: ShedList,
     token: config::Secret,
     loopback: bool,
 }
 
+/// The process's shards and their identify scheduler.
+struct Started {
+    shards: Vec<(u32, ShardHandle)>,
+    scheduler: IdentifyScheduler,
+}
+
 impl AdminState {
+    /// The state of a process whose shards run.
     pub fn new(
         cfg: &config::SharderConfig,
         shards: Vec<(u32, ShardHandle)>,
         scheduler: IdentifyScheduler,
         shed: ShedList,
     ) -> Self {
+        let state = Self::starting(cfg, shed);
+        state.start(shards, scheduler);
+        state
+    }
+
+    /// The state of a process still starting: `/healthz` answers,
+    /// `/readyz` says what start-up waits for, and the endpoints that need
+    /// the shards answer 503 until [`AdminState::start`].
+    pub(crate) fn starting(cfg: &config::SharderConfig, shed: ShedList) -> Self {
         prometheus();
         Self {
             inner: Arc::new(Inner {
-                shards,
-                scheduler,
+                started: OnceLock::new(),
+                phase: Mutex::new("starting"),
                 shed,
                 token: cfg.admin_token.clone(),
                 loopback: cfg.http_listen.ip().is_loopback(),
@@ -81,9 +104,35 @@ impl AdminState {
         }
     }
 
+    /// Records what start-up waits for now (shown by `/readyz`).
+    pub(crate) fn set_phase(&self, phase: &'static str) {
+        if let Ok(mut p) = self.inner.phase.lock() {
+            *p = phase;
+        }
+    }
+
+    /// The shards run: every endpoint answers from them from now on.
+    pub(crate) fn start(&self, shards: Vec<(u32, ShardHandle)>, scheduler: IdentifyScheduler) {
+        if self
+            .inner
+            .started
+            .set(Started { shards, scheduler })
+            .is_err()
+        {
+            tracing::warn!("the HTTP endpoints were given the shards twice; kept the first");
+        }
+    }
+
+    fn phase(&self) -> &'static str {
+        self.inner.phase.lock().map_or("starting", |p| *p)
+    }
+
+    fn shards(&self) -> &[(u32, ShardHandle)] {
+        self.inner.started.get().map_or(&[], |s| &s.shards)
+    }
+
     fn active(&self) -> usize {
-        self.inner
-            .shards
+        self.shards()
             .iter()
             .filter(|(_, h)| h.state() == ShardState::Active)
             .count()
@@ -91,8 +140,24 @@ impl AdminState {
 
     /// Every shard of the process is READY/RESUMED (and there is one).
     fn ready(&self) -> bool {
-        let total = self.inner.shards.len();
+        let total = self.shards().len();
         total > 0 && self.active() == total
+    }
+
+    /// The scheduler, once the shards run.
+    fn scheduler(&self) -> Option<&IdentifyScheduler> {
+        self.inner.started.get().map(|s| &s.scheduler)
+    }
+
+    /// The answer of an endpoint that needs the shards, before they run.
+    fn still_starting(&self) -> Response {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "the sharder is still starting ({}); try again",
+                self.phase()
+            ),
+        )
     }
 
     /// Refuses an admin request that lacks the token (or any admin request
@@ -156,16 +221,18 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
 }
 
 async fn metrics_text(State(s): State<AdminState>) -> Response {
-    metrics::gauge!("sharder_shards").set(s.inner.shards.len() as f64);
+    metrics::gauge!("sharder_shards").set(s.shards().len() as f64);
     metrics::gauge!("sharder_shards_active").set(s.active() as f64);
     metrics::gauge!("sharder_ready").set(f64::from(u8::from(s.ready())));
-    for (id, h) in &s.inner.shards {
+    for (id, h) in s.shards() {
         let active = h.state() == ShardState::Active;
         metrics::gauge!("sharder_shard_active", "shard" => id.to_string())
             .set(f64::from(u8::from(active)));
     }
-    metrics::gauge!("sharder_identify_min_interval_seconds")
-        .set(s.inner.scheduler.min_interval().as_secs_f64());
+    if let Some(scheduler) = s.scheduler() {
+        metrics::gauge!("sharder_identify_min_interval_seconds")
+            .set(scheduler.min_interval().as_secs_f64());
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         prometheus().render(),
@@ -174,8 +241,12 @@ async fn metrics_text(State(s): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    let (active, total) = (s.active(), s.inner.shards.len());
-    let body = json!({ "active": active, "shards": total });
+    let (active, total) = (s.active(), s.shards().len());
+    let body = if s.inner.started.get().is_some() {
+        json!({ "active": active, "shards": total })
+    } else {
+        json!({ "active": active, "shards": total, "starting": s.phase() })
+    };
     if s.ready() {
         (StatusCode::OK, axum::Json(body)).into_response()
     } else {
@@ -194,9 +265,11 @@ async fn shards(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     if let Some(r) = s.refuse(&headers) {
         return r;
     }
+    if s.scheduler().is_none() {
+        return s.still_starting();
+    }
     let list: Vec<_> = s
-        .inner
-        .shards
+        .shards()
         .iter()
         .map(|(id, h)| json!({ "shard_id": id, "state": state_name(&h.state()) }))
         .collect();
@@ -233,7 +306,10 @@ async fn identify_throttle(
             "min_interval_ms is above 600000 (10 minutes)",
         );
     }
-    s.inner.scheduler.set_min_interval(interval);
+    let Some(scheduler) = s.scheduler() else {
+        return s.still_starting();
+    };
+    scheduler.set_min_interval(interval);
     tracing::info!(?interval, "identify throttle changed");
     axum::Json(json!({ "min_interval_ms": t.min_interval_ms })).into_response()
 }

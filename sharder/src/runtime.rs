@@ -3,16 +3,19 @@
 //! # Algorithm
 //! [`run`] (or [`run_with`] for tests and demos):
 //! 1. Build the process's caching resolver; every outbound name (Discord's
-//!    API and gateway, RabbitMQ, Redis) goes through it.
+//!    API and gateway, RabbitMQ, Redis) goes through it. Then serve the
+//!    HTTP endpoints at once: `/healthz` answers from here on, and
+//!    `/readyz` says what start-up waits for, so a slow dependency is a
+//!    pod that is not ready, never a failed liveness probe.
 //! 2. `GET /gateway/bot` (retried with capped backoff on 429 and transport
 //!    errors; a 401 is fatal) for the gateway URL, the session start budget
 //!    and `max_concurrency` (`sharder.max_concurrency` overrides it).
 //! 3. Check the whole cluster's layout and take this process's shards
 //!    ([`crate::assignment::plan_shards`]); one [`IdentifyScheduler`] per process, with
 //!    the Redis key lock when several processes share keys.
-//! 4. Session store (file or Redis), sink (AMQP or an in-process channel)
-//!    wrapped in the runtime shed list, the HTTP server, then every shard on
-//!    its own task at once: a shard with a stored session resumes at once
+//! 4. Session store (file or Redis; Redis is dialled until it answers,
+//!    with capped backoff), sink (AMQP or an in-process channel) wrapped in
+//!    the runtime shed list, then every shard on its own task at once: a shard with a stored session resumes at once
 //!    (resumes need no identify permit), the others queue in the scheduler.
 //! 5. Wait for the shutdown token or a shard's end. A 4004 (authentication
 //!    failed) ends the process with [`RunError::AuthenticationFailed`]: every
@@ -192,22 +195,44 @@ async fn gateway_bot(
 }
 
 /// A Redis connection that reconnects after an outage (a plain multiplexed
-/// connection never does), dialled now so a bad URL fails start-up.
+/// connection never does), dialled now: an invalid URL fails start-up, an
+/// unreachable Redis is retried with capped backoff until it answers or
+/// `shutdown` (`None`), so a Redis restart during a rollout is a pod that
+/// waits, not a crash loop.
 async fn redis_connection(
     resolver: &dnscache::Resolver,
     cfg: &config::Config,
-) -> Result<dnscache::RedisConnection, RunError> {
+    shutdown: &CancellationToken,
+) -> Result<Option<dnscache::RedisConnection>, RunError> {
     let conn = dnscache::RedisConnection::lazy(resolver, cfg.redis.url.expose())
         .map_err(|e| RunError::Redis(format!("invalid redis.url ({:?})", e.kind())))?;
-    conn.ready()
-        .await
-        .map_err(|e| RunError::Redis(format!("connecting ({:?})", e.kind())))?;
-    Ok(conn)
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        match conn.ready().await {
+            Ok(()) => return Ok(Some(conn)),
+            Err(e) => tracing::warn!(
+                error_kind = ?e.kind(),
+                "cannot reach Redis (redis.url); retrying; check the URL, its password and that Redis is up"
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = shutdown.cancelled() => return Ok(None),
+        }
+    }
+}
+
+/// A run that ends before it started any shard (shutdown while starting).
+fn not_started() -> RunReport {
+    RunReport {
+        shards: Vec::new(),
+        drained: true,
+    }
 }
 
 /// Runs the process's shards until `shutdown` is cancelled.
 pub async fn run_with(
-    mut cfg: config::Config,
+    cfg: config::Config,
     shutdown: CancellationToken,
     opts: RunOptions,
 ) -> Result<RunReport, RunError> {
@@ -224,11 +249,59 @@ pub async fn run_with(
         .clone();
     let shed = ShedList::new(&cfg.sharder.shed_events)
         .map_err(|e| RunError::Config(format!("sharder.shed_events: {e}")))?;
+    let admin = AdminState::starting(&cfg.sharder, shed.clone());
+    let listener = tokio::net::TcpListener::bind(cfg.sharder.http_listen)
+        .await
+        .map_err(|source| RunError::Http {
+            addr: cfg.sharder.http_listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| RunError::Http {
+        addr: cfg.sharder.http_listen,
+        source,
+    })?;
+    if let Some(tx) = opts.on_listening {
+        let _ = tx.send(addr);
+    }
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(serve(listener, admin.clone(), http_stop.clone()));
+    let started = Started {
+        resolver,
+        token,
+        shed,
+        admin,
+    };
+    let result = run_shards(cfg, shutdown, opts.sink, started).await;
+    http_stop.cancel();
+    let _ = http.await;
+    result
+}
+
+/// What [`run_with`] set up before the shards: the resolver, the token,
+/// the shed list, and the HTTP endpoints' state (already served).
+struct Started {
+    resolver: dnscache::Resolver,
+    token: config::Secret,
+    shed: ShedList,
+    admin: AdminState,
+}
+
+/// Steps 2 to 6 of the module docs, behind the HTTP endpoints.
+async fn run_shards(
+    mut cfg: config::Config,
+    shutdown: CancellationToken,
+    sink: SinkChoice,
+    started: Started,
+) -> Result<RunReport, RunError> {
+    let Started {
+        resolver,
+        token,
+        shed,
+        admin,
+    } = started;
+    admin.set_phase("GET /gateway/bot");
     let Some(bot) = gateway_bot(&resolver, &cfg, &token, &shutdown).await? else {
-        return Ok(RunReport {
-            shards: Vec::new(),
-            drained: true,
-        });
+        return Ok(not_started());
     };
     let mut limit = bot.session_start_limit;
     if let Some(mc) = cfg.sharder.max_concurrency {
@@ -273,8 +346,12 @@ pub async fn run_with(
             Some(r) if partial => format!("sharder-shards-{}-{}", r.start, r.end),
             _ => format!("sharder-{}", cfg.sharder.process_index),
         };
+        admin.set_phase("connecting to Redis (identify lock)");
+        let Some(conn) = redis_connection(&resolver, &cfg, &shutdown).await? else {
+            return Ok(not_started());
+        };
         Some(RedisIdentifyLock::new(
-            redis_connection(&resolver, &cfg).await?,
+            conn,
             cfg.redis.key_prefix.clone(),
             owner,
         ))
@@ -286,13 +363,20 @@ pub async fn run_with(
         config::SessionStoreKind::File => {
             AnyStore::File(FileSessionStore::new(&cfg.sharder.session_dir))
         }
-        config::SessionStoreKind::Redis => AnyStore::Redis(RedisSessionStore::new(
-            redis_connection(&resolver, &cfg).await?,
-            cfg.redis.key_prefix.clone(),
-            cfg.redis.session_ttl,
-        )),
+        config::SessionStoreKind::Redis => {
+            admin.set_phase("connecting to Redis (sessions)");
+            let Some(conn) = redis_connection(&resolver, &cfg, &shutdown).await? else {
+                return Ok(not_started());
+            };
+            AnyStore::Redis(RedisSessionStore::new(
+                conn,
+                cfg.redis.key_prefix.clone(),
+                cfg.redis.session_ttl,
+            ))
+        }
     });
-    let (sink, sink_task) = match opts.sink {
+    admin.set_phase("starting the sink");
+    let (sink, sink_task) = match sink {
         SinkChoice::Amqp => {
             let (s, task) = AmqpSink::start(resolver.clone(), AmqpSinkConfig::from_config(&cfg));
             (AnySink::Amqp(s), Some(task))
@@ -320,22 +404,7 @@ pub async fn run_with(
     drop(sink);
     tracing::info!(shards = shards.len(), "shards started");
 
-    let admin = AdminState::new(&cfg.sharder, handles.clone(), scheduler.clone(), shed);
-    let listener = tokio::net::TcpListener::bind(cfg.sharder.http_listen)
-        .await
-        .map_err(|source| RunError::Http {
-            addr: cfg.sharder.http_listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| RunError::Http {
-        addr: cfg.sharder.http_listen,
-        source,
-    })?;
-    if let Some(tx) = opts.on_listening {
-        let _ = tx.send(addr);
-    }
-    let http_stop = CancellationToken::new();
-    let http = tokio::spawn(serve(listener, admin, http_stop.clone()));
+    admin.start(handles.clone(), scheduler.clone());
 
     let mut failure = None;
     let mut last_exit = None;
@@ -397,8 +466,6 @@ pub async fn run_with(
         );
         tokio::time::sleep_until(at).await;
     }
-    http_stop.cancel();
-    let _ = http.await;
     tracing::info!(drained, "sharder stopped");
     match failure {
         Some(e) => Err(e),

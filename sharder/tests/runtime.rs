@@ -320,3 +320,47 @@ async fn total_shards_auto_takes_discords_recommendation() {
     assert_eq!(sim.counters().identifies, 3);
     sim.shutdown().await;
 }
+
+/// Health first: while `GET /gateway/bot` cannot be answered (the API's
+/// port refuses), the process is alive (`/healthz` 200), not ready
+/// (`/readyz` 503 naming what it waits for), its shard endpoints answer
+/// 503, and a shutdown ends the run at once with no shard started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_served_while_discord_cannot_be_reached() {
+    let sim = Simulator::start(SimConfig {
+        shards: 1,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = TempDir::new("healthfirst").unwrap();
+    let mut cfg = run_config(&sim, &dir, "");
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    cfg.discord.api_base = format!("http://{}/api/v10", refused.local_addr().unwrap());
+    drop(refused);
+    let (sink, _events) = ChannelSink::new(4, false);
+    let stop = CancellationToken::new();
+    let (tx, rx) = oneshot::channel();
+    let run = tokio::spawn(sharder::run_with(
+        cfg,
+        stop.clone(),
+        RunOptions {
+            sink: SinkChoice::Channel(sink),
+            on_listening: Some(tx),
+        },
+    ));
+    let addr: SocketAddr = timeout(WAIT, rx).await.unwrap().unwrap();
+    assert_eq!(http(addr, "GET", "/healthz", None, "").await.0, 200);
+    let (status, body) = http(addr, "GET", "/readyz", None, "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"starting\":\"GET /gateway/bot\""), "{body}");
+    let (status, body) = http(addr, "GET", "/admin/shards", None, "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("still starting"), "{body}");
+    assert_eq!(http(addr, "GET", "/metrics", None, "").await.0, 200);
+    assert_eq!(sim.counters().identifies, 0);
+    stop.cancel();
+    let report = timeout(WAIT, run).await.unwrap().unwrap().unwrap();
+    assert!(report.shards.is_empty(), "{report:?}");
+    sim.shutdown().await;
+}
