@@ -96,6 +96,16 @@ pub struct SharderConfig {
     pub reconnect_base: Duration,
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// How long a connection must stay READY/RESUMED before its end starts
+    /// the reconnect backoff from `reconnect_base` again. A gateway that
+    /// breaks every session right after the handshake then meets a growing
+    /// delay instead of a reconnect loop.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_healthy_after: Duration,
+    /// New gateway connections this process opens per second, at most,
+    /// once a burst of one per shard is spent: when every shard fails at
+    /// once, Discord sees a bounded rate, not a storm.
+    pub max_connects_per_second: u32,
     /// How long to wait for HELLO after connecting.
     #[serde(with = "humantime_serde")]
     pub hello_timeout: Duration,
@@ -147,6 +157,8 @@ impl Default for SharderConfig {
             persist_interval: Duration::from_secs(2),
             reconnect_base: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(60),
+            reconnect_healthy_after: Duration::from_secs(60),
+            max_connects_per_second: 20,
             hello_timeout: Duration::from_secs(20),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_token: Secret::default(),
@@ -216,6 +228,10 @@ impl SharderConfig {
             ("sharder.persist_interval", self.persist_interval),
             ("sharder.reconnect_base", self.reconnect_base),
             ("sharder.reconnect_max", self.reconnect_max),
+            (
+                "sharder.reconnect_healthy_after",
+                self.reconnect_healthy_after,
+            ),
             ("sharder.hello_timeout", self.hello_timeout),
         ] {
             check_duration(key, value)?;
@@ -320,6 +336,21 @@ impl SharderConfig {
                 "reconnect_base must be at least 10ms and not above reconnect_max; \
                  a zero delay turns an outage into a reconnect storm"
                     .into(),
+            );
+        }
+        if self.reconnect_healthy_after < Duration::from_millis(10) {
+            return bad(
+                "reconnect_healthy_after",
+                "must be at least 10ms; the backoff would reset on every handshake".into(),
+            );
+        }
+        if !(1..=10_000).contains(&self.max_connects_per_second) {
+            return bad(
+                "max_connects_per_second",
+                format!(
+                    "{} is outside 1..=10000 (0 would never reconnect)",
+                    self.max_connects_per_second
+                ),
             );
         }
         if self.persist_interval.is_zero() || self.hello_timeout.is_zero() {

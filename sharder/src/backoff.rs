@@ -8,7 +8,8 @@
 //! Attempt `n` (from 0) waits a uniformly random time in
 //! `[d/2, d]`, where `d = min(max, base * 2^n)` ("equal jitter"): never
 //! zero, so a crash loop cannot spin, and spread enough to break lockstep.
-//! A connection that reached READY or RESUMED resets `n`.
+//! The shard resets `n` only after a connection proved healthy (READY or
+//! RESUMED, then `reconnect_healthy_after` up), never on a handshake alone.
 
 use rand::Rng;
 use std::time::Duration;

@@ -17,7 +17,8 @@
 //!   [`ShardConfig`], controlled through a [`ShardHandle`] that publishes
 //!   its [`ShardState`] and ends with a [`ShardExit`]. It dials through a
 //!   [`Connector`] ([`ResolverConnector`] resolves through `dnscache`,
-//!   [`PlainConnector`] through the system; [`ConnectError`]).
+//!   [`PlainConnector`] through the system; [`ConnectError`]), paced by
+//!   one process-wide [`ConnectRate`] through a [`PacedConnector`].
 //! - **Identifying**: [`IdentifyScheduler`] (per-key windows, runtime
 //!   throttle, session-start reserve; [`IdentifySettings`],
 //!   [`SessionStartLimit`]), shared across pods with [`RedisIdentifyLock`];
@@ -56,6 +57,7 @@ mod cli;
 mod close_code;
 mod connect;
 mod connect_gate;
+mod connect_rate;
 mod connection;
 mod connection_loop;
 mod event_names;
@@ -84,6 +86,7 @@ pub use assignment::PlanError;
 pub use cli::{PROCESS_INDEX_ENV, apply_shard_args, ordinal_process_index};
 pub use close_code::{CloseAction, RESUMABLE_CLOSE, close_action, is_authentication_failure};
 pub use connect::{ConnectError, Connector, PlainConnector, ResolverConnector};
+pub use connect_rate::{ConnectRate, PacedConnector};
 pub use envelope::topology::AmqpTopology;
 pub use event_names::EventName;
 pub use frame::{DispatchKeys, Frame, FrameError, op, parse_snowflake};

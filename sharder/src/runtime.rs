@@ -33,6 +33,7 @@ use crate::amqp_sink::{AmqpSink, AmqpSinkConfig};
 use crate::assignment::{ClusterLayout, PlanError, plan_shards};
 use crate::backoff::Backoff;
 use crate::connect::ResolverConnector;
+use crate::connect_rate::{ConnectRate, PacedConnector};
 use crate::gateway_bot::{GatewayBotError, fetch_gateway_bot};
 use crate::http::{AdminState, serve};
 use crate::identify::{IdentifyScheduler, IdentifySettings};
@@ -385,7 +386,16 @@ async fn run_shards(
     };
     let sink = Arc::new(ShedSink::new(sink, shed.clone()));
     let gateway = cfg.sharder.gateway_url.clone().unwrap_or(bot.url);
-    let connector = Arc::new(ResolverConnector::new(resolver.clone()));
+    // One connection budget for every shard of the process: a burst of one
+    // per shard (a restart resumes them all at once), then the rate.
+    let connect_rate = Arc::new(ConnectRate::new(
+        cfg.sharder.max_connects_per_second,
+        u32::try_from(shards.len()).unwrap_or(u32::MAX),
+    ));
+    let connector = Arc::new(PacedConnector::new(
+        ResolverConnector::new(resolver.clone()),
+        connect_rate,
+    ));
 
     let mut handles: Vec<(u32, ShardHandle)> = Vec::with_capacity(shards.len());
     let mut tasks = JoinSet::new();

@@ -33,9 +33,18 @@
 //! 4. Before a resume, the guild tracker is rolled back to the confirmed
 //!    state, because Discord replays from the confirmed `seq`
 //!    ([`LiveSession::rewind`]).
-//! 5. Wait a capped exponential backoff with jitter ([`Backoff`]),
-//!    reset by every READY or RESUMED (after op 9 `d:false`, at least the
-//!    random 1-5 s Discord asks for), then reconnect.
+//! 5. Wait a capped exponential backoff with jitter ([`Backoff`]) (after
+//!    op 9 `d:false`, at least the random 1-5 s Discord asks for), then
+//!    reconnect. The backoff starts from its first step again only when the
+//!    connection that just ended had proven healthy: READY or RESUMED
+//!    and then `reconnect_healthy_after` (60 s) without its end. A
+//!    handshake alone proves nothing: a gateway that breaks every session
+//!    right after READY or RESUMED, or answers every IDENTIFY with op 9,
+//!    meets delays doubling to `reconnect_max` instead of a reconnect loop
+//!    (or an identify every 5 s draining the session start budget).
+//!    Every dial of the process also passes one [`crate::ConnectRate`]
+//!    (`connect_rate.rs`), so all shards failing at once stay a bounded
+//!    rate at Discord.
 //!
 //! The state is published on a `watch` channel ([`ShardHandle::state`]) for
 //! readiness checks and tests; shutdown closes with a resumable code and
@@ -161,8 +170,8 @@ pub struct Shard<K: EventSink, S: SessionStore, C: Connector> {
     resume_via_gateway: bool,
     /// The session changed since it was last saved.
     dirty: bool,
-    /// The current connection reached READY or RESUMED.
-    reached_active: bool,
+    /// When the current connection reached READY or RESUMED.
+    active_since: Option<tokio::time::Instant>,
     /// Held from before connecting until the IDENTIFY has left.
     pub(crate) connect_slot: Option<ConnectSlot>,
 }
@@ -191,7 +200,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             backoff,
             resume_via_gateway: false,
             dirty: false,
-            reached_active: false,
+            active_since: None,
             connect_slot: None,
         };
         let handle = ShardHandle {
@@ -212,13 +221,20 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         self.state.send_replace(state);
     }
 
-    /// READY or RESUMED: events flow, and the next reconnect starts from
-    /// the first backoff step again.
+    /// READY or RESUMED: events flow. The backoff is not reset here: only
+    /// a connection that then stays up proves the gateway healthy
+    /// ([`Shard::proved_healthy`]).
     pub(crate) fn became_active(&mut self) {
-        self.reached_active = true;
+        self.active_since = Some(tokio::time::Instant::now());
         self.resume_via_gateway = false;
-        self.backoff.reset();
         self.set_state(ShardState::Active);
+    }
+
+    /// The connection that just ended stayed READY/RESUMED for
+    /// `reconnect_healthy_after`.
+    fn proved_healthy(&self) -> bool {
+        self.active_since
+            .is_some_and(|at| at.elapsed() >= self.config.reconnect_healthy_after)
     }
 
     fn shutting_down(&self) -> bool {
@@ -264,7 +280,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 r = connect => r,
                 _ = self.shutdown.changed() => return self.finish(ShardExit::Shutdown).await,
             };
-            self.reached_active = false;
+            self.active_since = None;
             let outcome = match connected {
                 Ok(ws) => {
                     metrics::counter!("sharder_connections_total").increment(1);
@@ -274,8 +290,9 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             };
             self.live.flush_counters();
             self.connect_slot = None;
+            let reached_active = self.active_since.is_some();
             if resuming
-                && !self.reached_active
+                && !reached_active
                 && matches!(outcome, Outcome::Resume(_) | Outcome::Identify { .. })
             {
                 metrics::counter!("sharder_resumes_total", "result" => "failed").increment(1);
@@ -284,7 +301,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             match outcome {
                 Outcome::Resume(reason) => {
                     tracing::info!(shard_id = id, %reason, "reconnecting to resume");
-                    if resuming && via_resume_url && !self.reached_active {
+                    if resuming && via_resume_url && !reached_active {
                         self.resume_via_gateway = true;
                     }
                     self.live.rewind();
@@ -318,7 +335,11 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             }
             metrics::counter!("sharder_reconnects_total").increment(1);
             self.set_state(ShardState::Disconnected);
+            if self.proved_healthy() {
+                self.backoff.reset();
+            }
             let delay = self.backoff.next_delay().max(wait.unwrap_or_default());
+            metrics::histogram!("sharder_reconnect_delay_seconds").record(delay.as_secs_f64());
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 _ = self.shutdown.changed() => {}

@@ -23,6 +23,9 @@ pub struct ShardConfig {
     /// First reconnect delay (doubles up to `reconnect_max`).
     pub reconnect_base: Duration,
     pub reconnect_max: Duration,
+    /// How long a connection must stay READY/RESUMED before its end resets
+    /// the backoff (see `shard.rs`, step 5).
+    pub reconnect_healthy_after: Duration,
     /// How long to wait for HELLO after connecting.
     pub hello_timeout: Duration,
     /// How often the confirmed `seq` is saved while it moves.
@@ -53,6 +56,7 @@ impl ShardConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             reconnect_base: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(60),
+            reconnect_healthy_after: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(20),
             persist_interval: Duration::from_secs(2),
             send_limit: crate::send_limiter::GATEWAY_SEND_LIMIT,
@@ -81,6 +85,7 @@ impl ShardConfig {
         c.max_payload = usize::try_from(s.max_payload_bytes).unwrap_or(usize::MAX);
         c.reconnect_base = s.reconnect_base;
         c.reconnect_max = s.reconnect_max;
+        c.reconnect_healthy_after = s.reconnect_healthy_after;
         c.hello_timeout = s.hello_timeout;
         c.persist_interval = s.persist_interval;
         c.shutdown_drain = s.shutdown_grace / 2;
@@ -97,7 +102,8 @@ mod tests {
         let cfg = config::Config::from_toml_str(
             "[discord]\nintents = 3\nlarge_threshold = 250\n\
              [sharder]\ntotal_shards = 4\ncompression = \"zlib-stream\"\n\
-             max_payload_bytes = 8192\nreconnect_base = \"1s\"\nreconnect_max = \"9s\"\n",
+             max_payload_bytes = 8192\nreconnect_base = \"1s\"\nreconnect_max = \"9s\"\n\
+             reconnect_healthy_after = \"7s\"\n",
             "t",
             vec![("BULWARK_DISCORD__TOKEN".into(), "tok.en.secret".into())],
         )
@@ -108,8 +114,12 @@ mod tests {
         assert_eq!(c.compression, Compression::ZlibStream);
         assert_eq!(c.max_payload, 8192);
         assert_eq!(
-            (c.reconnect_base, c.reconnect_max),
-            (Duration::from_secs(1), Duration::from_secs(9))
+            (c.reconnect_base, c.reconnect_max, c.reconnect_healthy_after),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(9),
+                Duration::from_secs(7)
+            )
         );
         assert_eq!(c.token.expose(), "tok.en.secret");
         assert!(!format!("{c:?}").contains("secret"));

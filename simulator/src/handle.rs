@@ -175,6 +175,12 @@ impl SimHandle {
 
     /// Starts an outage of `guild_id` (GUILD_DELETE `unavailable:true`) that
     /// lasts until [`SimHandle::restore`]. False when unknown or already out.
+    /// Sets the misbehaviours kept up on every connection from now on
+    /// (`POST /sim/faults/hostile`).
+    pub fn set_hostility(&self, hostility: crate::Hostility) {
+        self.shared.core_urgent().hostility = hostility;
+    }
+
     pub fn outage(&self, guild_id: u64) -> bool {
         outage(&self.shared, guild_id)
     }

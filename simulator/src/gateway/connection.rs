@@ -205,6 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         self.session = Some(sid);
                         self.sent = 0;
                         self.pump().await?;
+                        self.break_if_hostile().await?;
                     }
                     Err(refusal) => self.refuse(refusal).await?,
                 }
@@ -227,6 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         self.session = Some(sid);
                         self.sent = after;
                         self.pump().await?;
+                        self.break_if_hostile().await?;
                     }
                     Err(refusal) => self.refuse(refusal).await?,
                 }
@@ -257,6 +259,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         Ok(false)
+    }
+
+    /// Closes with 4000 (resumable) right after READY or RESUMED went out,
+    /// while [`super::hostility::Hostility::break_after_handshake`] is set.
+    async fn break_if_hostile(&mut self) -> Result<(), End> {
+        {
+            let mut core = self.shared.core();
+            if !core.hostility.break_after_handshake {
+                return Ok(());
+            }
+            core.counters.hostile_breaks += 1;
+        }
+        Err(self
+            .close(
+                close::UNKNOWN_ERROR,
+                "hostile gateway: broken after the handshake",
+            )
+            .await)
     }
 
     fn link(&self) -> Link {

@@ -98,6 +98,11 @@ impl Core {
             tracing::warn!(shard, "session start budget spent: op 9");
             return Err(Refusal::InvalidSession);
         }
+        if self.hostility.refuse_identify {
+            self.counters.hostile_refusals += 1;
+            tracing::info!(shard, "hostile gateway: IDENTIFY answered with op 9");
+            return Err(Refusal::InvalidSession);
+        }
         self.counters.identifies += 1;
         self.next_session += 1;
         let sid: Arc<str> = format!(

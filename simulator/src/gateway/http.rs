@@ -9,7 +9,10 @@
 //!   query `v=10&encoding=json[&compress=zlib-stream|zstd-stream]`
 //! - `GET /sim/truth`, `/sim/ledger`, `/sim/counters`
 //! - `POST /sim/faults/{reconnect,drop,zombie,heartbeat-request,
-//!   invalid-session,malformed,outage,restore}`, `POST /sim/event-rate`,
+//!   invalid-session,malformed,outage,restore}`, `POST /sim/faults/hostile`
+//!   (`{"break_after_handshake": bool, "refuse_identify": bool}`: kept up on
+//!   every connection until changed; answers the settings now in force),
+//!   `POST /sim/event-rate`,
 //!   `POST /sim/emit` (JSON bodies, see [`crate::SimHandle`]).
 
 use super::Shared;
@@ -217,6 +220,8 @@ struct ControlBody {
     guild_id: Option<IdParam>,
     events_per_sec: Option<f64>,
     count: Option<u64>,
+    break_after_handshake: Option<bool>,
+    refuse_identify: Option<bool>,
 }
 
 async fn control(req: Request<Incoming>, shared: &Shared, path: &str) -> Resp {
@@ -278,6 +283,17 @@ async fn control(req: Request<Incoming>, shared: &Shared, path: &str) -> Resp {
             }
             Err(e) => error(StatusCode::BAD_REQUEST, &e),
         },
+        "faults/hostile" => {
+            let mut core = shared.core_urgent();
+            let h = &mut core.hostility;
+            h.break_after_handshake = body
+                .break_after_handshake
+                .unwrap_or(h.break_after_handshake);
+            h.refuse_identify = body.refuse_identify.unwrap_or(h.refuse_identify);
+            let now = *h;
+            drop(core);
+            json_resp(StatusCode::OK, &now)
+        }
         "event-rate" => match body.events_per_sec.map(|r| set_rate(shared, r)) {
             Some(Ok(())) => affected(1),
             Some(Err(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),

@@ -5,6 +5,7 @@ pub(crate) mod connection;
 pub(crate) mod deflate;
 pub(crate) mod generator;
 pub(crate) mod handshake;
+pub(crate) mod hostility;
 pub(crate) mod http;
 pub(crate) mod limits;
 pub(crate) mod member_requests;

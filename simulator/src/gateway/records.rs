@@ -38,6 +38,14 @@ pub struct Counters {
     pub identify_violations: u64,
     /// IDENTIFYs refused because the session start budget was spent.
     pub budget_exhausted: u64,
+    /// IDENTIFYs that spent a session start and were answered with op 9
+    /// because [`crate::Hostility::refuse_identify`] was set.
+    #[serde(default)]
+    pub hostile_refusals: u64,
+    /// Connections closed right after READY or RESUMED because
+    /// [`crate::Hostility::break_after_handshake`] was set.
+    #[serde(default)]
+    pub hostile_breaks: u64,
     /// RESUMEs that succeeded.
     pub resumes: u64,
     /// RESUMEs refused (unknown or expired session, seq too old): op 9.

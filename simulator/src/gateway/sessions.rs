@@ -129,6 +129,8 @@ pub(crate) struct Core {
     pub ledger: LedgerStore,
     pub counters: Counters,
     pub budget: SessionBudget,
+    /// Misbehaviours kept up on every connection until changed.
+    pub hostility: super::hostility::Hostility,
     pub(super) identify: IdentifyLimiter,
     pub(super) next_session: u64,
     pub(super) seed: u64,
@@ -145,6 +147,7 @@ impl Core {
             ledger: LedgerStore::default(),
             counters: Counters::default(),
             budget: SessionBudget::new(cfg.session_start_total, cfg.session_start_reset, now),
+            hostility: super::hostility::Hostility::default(),
             identify: IdentifyLimiter::new(cfg.max_concurrency, cfg.identify_window),
             next_session: 0,
             seed: cfg.seed,
