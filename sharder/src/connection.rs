@@ -31,17 +31,17 @@
 //!    own bytes, which would come back on every resume: it is skipped and
 //!    counted instead (`Shard::unreadable`), never a reconnect loop.
 
-use crate::close_code::{CloseAction, RESUMABLE_CLOSE, close_action};
 use crate::connect::Connector;
-use crate::frame::{Frame, op};
 use crate::identify::IdentifyPermit;
-use crate::inflate::Decompressor;
-use crate::send_limiter::{SendKind, SendLimiter};
 use crate::session_store::SessionStore;
 use crate::shard::{Outcome, Shard, ShardState};
 use crate::sink::EventSink;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use gateway_protocol::Decompressor;
+use gateway_protocol::{CloseAction, RESUMABLE_CLOSE, close_action};
+use gateway_protocol::{Frame, op};
+use gateway_protocol::{SendKind, SendLimiter};
 use rand::Rng;
 use serde::Deserialize;
 use std::future::Future;

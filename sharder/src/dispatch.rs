@@ -15,17 +15,17 @@
 //!    meanwhile) and shutdown is still honoured; the event's `seq` stays
 //!    outstanding until the sink confirms it.
 
-use crate::close_code::RESUMABLE_CLOSE;
 use crate::connect::Connector;
 use crate::connection::{Heartbeat, Ws, close};
-use crate::event_names::EventName;
-use crate::frame::{Frame, parse_snowflake};
-use crate::send_limiter::SendLimiter;
 use crate::session::{Session, next_epoch};
 use crate::session_store::SessionStore;
 use crate::shard::{Outcome, Shard, ShardState};
 use crate::sink::{ConfirmedSeq, EventHeader, EventSink, ShardEvent, TrySend};
 use bytes::Bytes;
+use gateway_protocol::EventName;
+use gateway_protocol::RESUMABLE_CLOSE;
+use gateway_protocol::SendLimiter;
+use gateway_protocol::{Frame, parse_snowflake};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -1,8 +1,9 @@
 //! Discord gateway sharder: identify batches, parallel resumes, events to RabbitMQ.
 //!
+//! The gateway protocol itself (decompression, reading frames in place,
+//! close codes, the send budget) is the `gateway_protocol` crate.
+//!
 //! Building blocks, each in its own module:
-//! - transport decompression ([`Decompressor`]) and in-place frame reading
-//!   ([`Frame`]: `op`, `s`, `t`, guild id, `d` never re-encoded);
 //! - identify scheduling ([`IdentifyScheduler`]: per-key windows, runtime
 //!   throttle, session-start reserve; shared across pods with
 //!   [`RedisIdentifyLock`]) and the start-up layout check ([`plan_shards`]);
@@ -11,8 +12,7 @@
 //!   classification ([`GuildTracker`]);
 //! - the shard itself ([`Shard`], one task per shard, [`ShardState`]),
 //!   dialling through a [`Connector`] ([`ResolverConnector`] uses
-//!   `dnscache`), with its send budget ([`SendLimiter`]), close-code table
-//!   ([`close_action`]) and reconnect [`Backoff`], handing events to an
+//!   `dnscache`), with its reconnect [`Backoff`], handing events to an
 //!   [`EventSink`] that confirms them back ([`Ack`]).
 //!
 //! - gateway discovery and the identify budget ([`fetch_gateway_bot`]).
@@ -28,22 +28,17 @@ mod amqp_sink;
 mod assignment;
 mod backoff;
 mod cli;
-mod close_code;
 mod connect;
 mod connect_gate;
 mod connection;
 mod dispatch;
-mod event_names;
-mod frame;
-mod frame_scan;
+mod event_counters;
 mod gateway_bot;
 mod guilds;
 mod http;
 mod identify;
 mod identify_lock;
-mod inflate;
 mod runtime;
-mod send_limiter;
 mod session;
 mod session_redis;
 mod session_store;
@@ -60,20 +55,18 @@ pub use cli::{
     PROCESS_INDEX_ENV, apply_shard_args, check_shard_range, ordinal_process_index,
     parse_shard_range, pod_ordinal,
 };
-pub use close_code::{CloseAction, RESUMABLE_CLOSE, close_action, is_authentication_failure};
 pub use connect::{ConnectError, Connector, PlainConnector, ResolverConnector, gateway_url};
 pub use connect_gate::ConnectSlot;
 pub use envelope::topology::AmqpTopology;
-pub use event_names::EventName;
-pub use frame::{DispatchKeys, Frame, FrameError, op, parse_snowflake};
 pub use gateway_bot::{GatewayBot, GatewayBotError, fetch_gateway_bot, parse_gateway_bot};
+/// What [`ShardConfig::compression`] names; the rest of the protocol is
+/// `gateway_protocol`'s.
+pub use gateway_protocol::Compression;
 pub use guilds::{GuildCreateKind, GuildSnapshot, GuildTracker};
 pub use http::{AdminState, MAX_IDENTIFY_THROTTLE, prometheus, router, serve};
 pub use identify::{IdentifyPermit, IdentifyScheduler, IdentifySettings, SessionStartLimit};
 pub use identify_lock::RedisIdentifyLock;
-pub use inflate::{Compression, DEFAULT_MAX_PAYLOAD, Decompressor, InflateError};
 pub use runtime::{RunError, RunOptions, RunReport, SinkChoice, run, run_with};
-pub use send_limiter::{GATEWAY_SEND_LIMIT, GATEWAY_SEND_WINDOW, SendKind, SendLimiter};
 pub use session::{
     MAX_SESSION_BYTES, Session, SessionOwner, SessionRejected, next_epoch, token_fingerprint,
 };

@@ -33,14 +33,14 @@
 use crate::backoff::Backoff;
 use crate::connect::{Connector, gateway_url};
 use crate::connect_gate::ConnectSlot;
-use crate::event_names::EventCounters;
+use crate::event_counters::EventCounters;
 use crate::guilds::GuildTracker;
 use crate::identify::IdentifyScheduler;
-use crate::inflate::{Compression, DEFAULT_MAX_PAYLOAD};
 use crate::session::{Session, SessionOwner};
 use crate::session_store::{SessionStore, load_session, save_session};
 use crate::sink::{Confirmation, ConfirmedSeq, EventSink};
 use config::Secret;
+use gateway_protocol::{Compression, DEFAULT_MAX_PAYLOAD};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -93,8 +93,8 @@ impl ShardConfig {
             reconnect_max: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(20),
             persist_interval: Duration::from_secs(2),
-            send_limit: crate::send_limiter::GATEWAY_SEND_LIMIT,
-            send_window: crate::send_limiter::GATEWAY_SEND_WINDOW,
+            send_limit: gateway_protocol::GATEWAY_SEND_LIMIT,
+            send_window: gateway_protocol::GATEWAY_SEND_WINDOW,
             invalid_session_delay: (Duration::from_secs(1), Duration::from_secs(5)),
             shutdown_drain: Duration::from_secs(5),
         }
@@ -418,7 +418,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                     let exit = ShardExit::Fatal {
                         code,
                         reason,
-                        authentication_failed: crate::close_code::is_authentication_failure(code),
+                        authentication_failed: gateway_protocol::is_authentication_failure(code),
                     };
                     self.set_state(ShardState::Stopped(exit.clone()));
                     return exit;
