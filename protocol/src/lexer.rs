@@ -144,7 +144,7 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    /// Takes over where a reader of its own ([`apart`]) stopped.
+    /// Takes over where a lexer of its own ([`apart`]) stopped.
     #[inline(always)]
     fn rejoin<T>(&mut self, out: Result<(usize, T), ScanError>) -> Step<T> {
         match out {
@@ -254,7 +254,7 @@ impl<'a> Lexer<'a> {
     }
 
     /// The rest of a string from `i` (everything from `start` to `i` is
-    /// plain ASCII), out of line, in a reader of its own:
+    /// plain ASCII), out of line, in a lexer of its own:
     /// [`Lexer::string_rest_here`].
     #[inline(always)]
     fn string_rest(&mut self, start: usize, i: usize) -> Step<bool> {
@@ -407,9 +407,10 @@ impl<'a> Lexer<'a> {
         Ok(v)
     }
 
-    /// Validates and skips one value, out of line and in a reader of its
-    /// own ([`Lexer::value_here`]), so the envelope's and `d`'s member
-    /// loops keep their cursor in a register.
+    /// Validates and skips one value, out of line and in a lexer of its
+    /// own ([`Lexer::value_here`]), so a reader's member loops (the
+    /// envelope's and `d`'s, the worker's objects) keep their cursor in a
+    /// register.
     #[inline(always)]
     pub fn value(&mut self) -> Step<()> {
         self.rejoin(value(self.b, self.i))
@@ -468,7 +469,7 @@ impl<'a> Lexer<'a> {
 }
 
 /// The cursor past any whitespace at `i`: out of line (compact JSON has
-/// none), and a function of the bytes and a position, not of the reader
+/// none), and a function of the bytes and a position, not of the lexer
 /// (module docs, point 5).
 #[inline(never)]
 fn skip_whitespace(b: &[u8], mut i: usize) -> usize {
@@ -478,7 +479,7 @@ fn skip_whitespace(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Runs `step` from `i` in a reader of its own (module docs, point 5): the
+/// Runs `step` from `i` in a lexer of its own (module docs, point 5): the
 /// cursor where it stopped and its answer, or the error.
 #[inline(always)]
 pub(crate) fn apart<'a, T>(
