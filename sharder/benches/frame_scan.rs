@@ -27,7 +27,7 @@
 
 mod support;
 
-use sharder::Frame;
+use gateway_protocol::Frame;
 use std::hint::black_box;
 use std::time::Instant;
 use support::args::Flags;

@@ -42,12 +42,12 @@
 //! the drain at shutdown.
 
 use crate::backoff::Backoff;
-use crate::event_names::EventName;
 use crate::sink::{Ack, EventSink, ShardEvent, SinkClosed, TrySend};
 use config::Secret;
 use envelope::BatchEncoder;
 use envelope::topology::AmqpTopology;
 use envelope::topology::BATCH_EVENT_NAME;
+use gateway_protocol::EventName;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{

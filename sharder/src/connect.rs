@@ -16,7 +16,7 @@
 //! bound the message size so a hostile server cannot make them buffer
 //! gigabytes.
 
-use crate::inflate::Compression;
+use gateway_protocol::Compression;
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;

@@ -30,14 +30,14 @@
 //! 6. A frame that cannot be decompressed closes with 4000 (`corrupt`):
 //!    Discord replays from the confirmed seq on the resume that follows.
 
-use crate::close_code::RESUMABLE_CLOSE;
 use crate::connect::Connector;
-use crate::frame::{Frame, op};
-use crate::inflate::Decompressor;
-use crate::send_limiter::{SendKind, SendLimiter};
 use crate::shard_config::ShardConfig;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use gateway_protocol::Decompressor;
+use gateway_protocol::RESUMABLE_CLOSE;
+use gateway_protocol::{Frame, op};
+use gateway_protocol::{SendKind, SendLimiter};
 use rand::Rng;
 use serde::Deserialize;
 use std::task::Poll;

@@ -26,17 +26,17 @@
 //!    (`LiveSession::forward`). A payload that is not a frame goes to
 //!    `LiveSession::unreadable`.
 
-use crate::close_code::RESUMABLE_CLOSE;
 use crate::connect::Connector;
 use crate::connection::{Connection, Incoming, Ws};
-use crate::frame::Frame;
 use crate::identify::IdentifyPermit;
-use crate::inflate::Decompressor;
 use crate::live_session::Step;
 use crate::outcome::Outcome;
 use crate::session_store::SessionStore;
 use crate::shard::{Shard, ShardState};
 use crate::sink::EventSink;
+use gateway_protocol::Decompressor;
+use gateway_protocol::Frame;
+use gateway_protocol::RESUMABLE_CLOSE;
 use std::future::Future;
 use std::pin::Pin;
 use tokio::time::Instant;

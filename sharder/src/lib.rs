@@ -36,11 +36,10 @@
 //!   a [`SessionRejected`]) in a [`SessionStore`] ([`FileSessionStore`],
 //!   [`RedisSessionStore`]; [`StoreError`]), read and written through
 //!   [`load_session`] and [`save_session`].
-//! - **The gateway protocol** (moving to its own crate): transport
-//!   decompression ([`Decompressor`], [`Compression`]), in-place frame
-//!   reading ([`Frame`]: `op`, `s`, `t`, guild id, `d` never re-encoded;
-//!   [`op`] codes), the close-code table ([`close_action`]), event names
-//!   ([`EventName`]) and the send budget ([`SendLimiter`]).
+//! - **The gateway protocol** itself (decompression, reading frames in
+//!   place, opcodes and close codes, event names, the send budget) is the
+//!   `gateway_protocol` crate; only [`Compression`], which
+//!   [`ShardConfig`] names, is re-exported here.
 //!
 //! # Inside a shard
 //! `shard.rs` (the loop over connections, state, persistence) drives
@@ -54,25 +53,20 @@ mod amqp_sink;
 mod assignment;
 mod backoff;
 mod cli;
-mod close_code;
 mod connect;
 mod connect_gate;
 mod connect_rate;
 mod connection;
 mod connection_loop;
-mod event_names;
-mod frame;
-mod frame_scan;
+mod event_counters;
 mod gateway_bot;
 mod guilds;
 mod http;
 mod identify;
 mod identify_lock;
-mod inflate;
 mod live_session;
 mod outcome;
 mod runtime;
-mod send_limiter;
 mod session;
 mod session_redis;
 mod session_store;
@@ -84,20 +78,18 @@ mod sink;
 pub use amqp_sink::{AmqpSink, AmqpSinkConfig, AmqpSinkStats};
 pub use assignment::PlanError;
 pub use cli::{PROCESS_INDEX_ENV, apply_shard_args, ordinal_process_index};
-pub use close_code::{CloseAction, RESUMABLE_CLOSE, close_action, is_authentication_failure};
 pub use connect::{ConnectError, Connector, PlainConnector, ResolverConnector};
 pub use connect_rate::{ConnectRate, PacedConnector};
 pub use envelope::topology::AmqpTopology;
-pub use event_names::EventName;
-pub use frame::{DispatchKeys, Frame, FrameError, op, parse_snowflake};
 pub use gateway_bot::{GatewayBot, GatewayBotError, fetch_gateway_bot};
+/// What [`ShardConfig::compression`] names; the rest of the protocol is
+/// `gateway_protocol`'s.
+pub use gateway_protocol::Compression;
 pub use guilds::{GuildCreateKind, GuildSnapshot, GuildTracker};
 pub use http::{AdminState, prometheus, serve};
 pub use identify::{IdentifyScheduler, IdentifySettings, SessionStartLimit};
 pub use identify_lock::RedisIdentifyLock;
-pub use inflate::{Compression, DEFAULT_MAX_PAYLOAD, Decompressor, InflateError};
 pub use runtime::{RunError, RunOptions, RunReport, SinkChoice, run, run_with};
-pub use send_limiter::{GATEWAY_SEND_LIMIT, GATEWAY_SEND_WINDOW, SendKind, SendLimiter};
 pub use session::{MAX_SESSION_BYTES, Session, SessionOwner, SessionRejected, next_epoch};
 pub use session_redis::RedisSessionStore;
 pub use session_store::{FileSessionStore, SessionStore, StoreError, load_session, save_session};

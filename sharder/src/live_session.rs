@@ -42,17 +42,18 @@
 
 mod confirmed;
 
-use crate::close_code::RESUMABLE_CLOSE;
 use crate::connect::Connector;
 use crate::connection::Connection;
-use crate::event_names::{EventCounters, EventName};
-use crate::frame::{Frame, op, parse_snowflake};
+use crate::event_counters::EventCounters;
 use crate::guilds::GuildTracker;
 use crate::outcome::Outcome;
 use crate::session::{Session, SessionOwner, next_epoch};
 use crate::shard_config::ShardConfig;
 use crate::sink::{Confirmation, ConfirmedSeq, EventHeader, EventSink, ShardEvent, TrySend};
 use bytes::Bytes;
+use gateway_protocol::EventName;
+use gateway_protocol::RESUMABLE_CLOSE;
+use gateway_protocol::{Frame, op, parse_snowflake};
 use rand::Rng;
 use serde::Deserialize;
 use std::sync::Arc;

@@ -10,8 +10,8 @@
 //! - a close frame without a code, a zombie, a dropped socket or a corrupt
 //!   payload: resume, since Discord replays from the confirmed seq.
 
-use crate::close_code::{CloseAction, close_action};
 use crate::connection::Ended;
+use gateway_protocol::{CloseAction, close_action};
 use std::time::Duration;
 
 /// What ended one connection.

@@ -322,7 +322,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                     let exit = ShardExit::Fatal {
                         code,
                         reason,
-                        authentication_failed: crate::close_code::is_authentication_failure(code),
+                        authentication_failed: gateway_protocol::is_authentication_failure(code),
                     };
                     self.set_state(ShardState::Stopped(exit.clone()));
                     return exit;

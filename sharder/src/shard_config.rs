@@ -3,8 +3,8 @@
 //! reconnects, heartbeats and saves ([`ShardConfig`]), mapped from the
 //! process configuration ([`ShardConfig::from_config`]).
 
-use crate::inflate::{Compression, DEFAULT_MAX_PAYLOAD};
 use config::Secret;
+use gateway_protocol::{Compression, DEFAULT_MAX_PAYLOAD};
 use std::time::Duration;
 
 /// Everything one shard needs to know.
@@ -59,8 +59,8 @@ impl ShardConfig {
             reconnect_healthy_after: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(20),
             persist_interval: Duration::from_secs(2),
-            send_limit: crate::send_limiter::GATEWAY_SEND_LIMIT,
-            send_window: crate::send_limiter::GATEWAY_SEND_WINDOW,
+            send_limit: gateway_protocol::GATEWAY_SEND_LIMIT,
+            send_window: gateway_protocol::GATEWAY_SEND_WINDOW,
             invalid_session_delay: (Duration::from_secs(1), Duration::from_secs(5)),
             shutdown_drain: Duration::from_secs(5),
         }

@@ -20,9 +20,9 @@
 //! marked one behind it, so the usual in-order case is O(1) per event with
 //! no allocation per event.
 
-use crate::event_names::EventName;
 use bytes::Bytes;
 use envelope::GuildCreateKind;
+use gateway_protocol::EventName;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::time::SystemTime;

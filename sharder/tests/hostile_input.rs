@@ -10,12 +10,10 @@
 mod hostile;
 
 use flate2::{Compress, Compression as Level, FlushCompress};
+use gateway_protocol::{Compression, Decompressor, Frame, parse_snowflake};
 use hostile::{FRAMES, mutated, mutation};
 use proptest::prelude::*;
-use sharder::{
-    Compression, Decompressor, Frame, GuildSnapshot, GuildTracker, Session, SessionOwner,
-    parse_snowflake,
-};
+use sharder::{GuildSnapshot, GuildTracker, Session, SessionOwner};
 use std::io::Write;
 
 const MAX_PAYLOAD: usize = 64 * 1024;
@@ -29,7 +27,7 @@ fn read_frame(payload: &[u8]) -> Result<(), TestCaseError> {
             return Ok(());
         }
     };
-    if frame.op == sharder::op::DISPATCH {
+    if frame.op == gateway_protocol::op::DISPATCH {
         prop_assert!(frame.s.is_some() && !frame.event().is_empty());
     }
     if let Ok(keys) = frame.dispatch_keys()

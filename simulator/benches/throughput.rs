@@ -164,9 +164,9 @@ fn deflate_run(args: &Args) -> anyhow::Result<f64> {
         .filter(|_| args.flate2)
         .map(|_| flate2::Compress::new(flate2::Compression::fast(), true))
         .collect();
-    let mut contexts: Vec<discord_sim::ZlibStream> = (0..args.connections)
+    let mut contexts: Vec<gateway_protocol::ZlibStream> = (0..args.connections)
         .filter(|_| !args.flate2)
-        .map(|_| discord_sim::ZlibStream::new())
+        .map(|_| gateway_protocol::ZlibStream::new())
         .collect();
     let mut out = Vec::with_capacity(1 << 20);
     let t0 = Instant::now();

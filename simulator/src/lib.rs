@@ -88,7 +88,6 @@ pub mod world;
 
 pub use config::{PRIVILEGED_INTENTS, SimConfig, VALID_INTENTS};
 pub use error::SimError;
-pub use gateway::deflate::ZlibStream;
 pub use gateway::hostility::Hostility;
 pub use gateway::records::{Counters, Ledger, LedgerEntry};
 pub use gateway::sessions::Malformed;

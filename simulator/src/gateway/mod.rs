@@ -2,7 +2,6 @@
 //! rate limits, compression and the event generator.
 
 pub(crate) mod connection;
-pub(crate) mod deflate;
 pub(crate) mod generator;
 pub(crate) mod handshake;
 pub(crate) mod hostility;

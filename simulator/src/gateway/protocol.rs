@@ -7,26 +7,10 @@
 //! small and fixed-shape, and a dispatch wraps a payload that was serialised
 //! once in the world.
 
+pub(crate) use gateway_protocol::close;
+use gateway_protocol::op;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-
-/// Close codes the simulator uses.
-pub(crate) mod close {
-    pub const UNKNOWN_ERROR: u16 = 4000;
-    pub const UNKNOWN_OPCODE: u16 = 4001;
-    pub const DECODE_ERROR: u16 = 4002;
-    pub const NOT_AUTHENTICATED: u16 = 4003;
-    pub const AUTHENTICATION_FAILED: u16 = 4004;
-    pub const ALREADY_AUTHENTICATED: u16 = 4005;
-    pub const INVALID_SEQ: u16 = 4007;
-    pub const RATE_LIMITED: u16 = 4008;
-    pub const SESSION_TIMED_OUT: u16 = 4009;
-    pub const INVALID_SHARD: u16 = 4010;
-    pub const SHARDING_REQUIRED: u16 = 4011;
-    pub const INVALID_API_VERSION: u16 = 4012;
-    pub const INVALID_INTENTS: u16 = 4013;
-    pub const DISALLOWED_INTENTS: u16 = 4014;
-}
 
 /// The largest payload a client may send (Discord: 4096 bytes).
 pub(crate) const MAX_CLIENT_PAYLOAD: usize = 4096;
@@ -123,29 +107,30 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Command, CloseReason> {
     let field = |what: &str, e: serde_json::Error| {
         CloseReason::new(close::DECODE_ERROR, format!("invalid {what} payload: {e}"))
     };
-    match op {
-        1 => {
+    let code = u8::try_from(op).unwrap_or(u8::MAX);
+    match code {
+        op::HEARTBEAT => {
             serde_json::from_str::<Option<u64>>(d).map_err(|e| field("heartbeat", e))?;
             Ok(Command::Heartbeat)
         }
-        2 => {
+        op::IDENTIFY => {
             let id: Identify = serde_json::from_str(d).map_err(|e| field("identify", e))?;
             Ok(Command::Identify(Box::new(id)))
         }
-        6 => Ok(Command::Resume(
+        op::RESUME => Ok(Command::Resume(
             serde_json::from_str(d).map_err(|e| field("resume", e))?,
         )),
-        8 => Ok(Command::RequestMembers(Box::new(
+        op::REQUEST_GUILD_MEMBERS => Ok(Command::RequestMembers(Box::new(
             serde_json::from_str(d).map_err(|e| field("request guild members", e))?,
         ))),
-        3 | 4 | 31 => {
+        op::PRESENCE_UPDATE | op::VOICE_STATE_UPDATE | op::REQUEST_SOUNDBOARD_SOUNDS => {
             if !d.trim_start().starts_with('{') {
                 return Err(CloseReason::new(
                     close::DECODE_ERROR,
                     format!("op {op} needs an object as `d`"),
                 ));
             }
-            Ok(Command::Other(op as u8))
+            Ok(Command::Other(code))
         }
         _ => Err(CloseReason::new(
             close::UNKNOWN_OPCODE,

@@ -6,7 +6,7 @@
 //! flushed with Z_SYNC_FLUSH, so each websocket message ends with
 //! `00 00 FF FF` and the client's single inflate context can decode it. The
 //! deflate stream is the simulator's own level-1 compressor
-//! ([`super::deflate`]), whose few KiB of state per connection stay in
+//! ([`gateway_protocol::ZlibStream`]), whose few KiB of state per connection stay in
 //! cache where zlib's 300 KiB would not.
 //! zstd-stream: every payload is fed to the connection's zstd stream and
 //! flushed (ZSTD_e_flush), so each websocket message decompresses, in the
@@ -22,10 +22,10 @@
 //! reusing the compression scratch buffer, so a dispatch costs no
 //! allocation on this path.
 
-use super::deflate::ZlibStream;
 use super::protocol;
 use bytes::Bytes;
 use flate2::{Compress, Compression, FlushCompress};
+use gateway_protocol::ZlibStream;
 use tokio_tungstenite::tungstenite::Message;
 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 

@@ -1,18 +1,17 @@
 //! A fast path for the simple-delta payloads (CHANNEL_*, GUILD_ROLE_CREATE
-//! and _UPDATE, GUILD_MEMBER_ADD and _UPDATE): a hand-written scanner that
-//! fills the same shapes serde would, skipping the keys the cache does not
-//! read without building them.
+//! and _UPDATE, GUILD_MEMBER_ADD and _UPDATE): a reader on the gateway
+//! protocol's JSON [`Lexer`] that fills the same shapes serde would,
+//! skipping the keys the cache does not read without building them.
 //!
 //! # Algorithm
 //!
-//! The scanner never decides that a payload is invalid: it only answers
+//! The reader never decides that a payload is invalid: it only answers
 //! `Some(shape)` for payloads it fully understands, and `None` for anything
 //! else, in which case the caller parses the payload with serde as before
 //! (so every error, and every rare-but-valid form, is serde's). It answers
 //! `None` on:
 //!
-//! * any syntax error, trailing characters, or nesting deeper than
-//!   [`MAX_DEPTH`] (serde_json's own limit is 128);
+//! * any syntax error or trailing characters (the lexer's verdict);
 //! * a key, or a kept string, holding an escape (`\`), or any string holding
 //!   a raw control character;
 //! * a kept field of an unexpected type, an id sent as a JSON number, a
@@ -20,254 +19,102 @@
 //!   integer out of its field's range;
 //! * a kept field given twice, or a required one missing.
 //!
-//! Skipped values are checked as strictly as serde_json checks them
-//! (string escapes, number grammar, literals), so that `Some` implies serde
-//! would have accepted the payload and produced the same shape: the tests
-//! check that on generated payloads and on random mutations of them.
+//! Tokens, and the values it skips, are the lexer's: it accepts exactly
+//! what serde_json accepts for an ignored value (its property tests hold it
+//! to that), skips nested values of any depth with a bit stack, as serde
+//! does, and keeps its cursor in a register through the reader's loops
+//! (`gateway_protocol`'s `lexer.rs`, point 5), which is why the reader
+//! works on the lexer only through its methods and inlined closures. So
+//! `Some` implies serde would have accepted the payload and produced the
+//! same shape: the tests here check that on generated payloads and on
+//! random mutations of them.
 
 use super::{ChannelP, MemberEventP, RoleEventP, RoleP, Str, UserP};
+use gateway_protocol::Lexer;
 use std::borrow::Cow;
 
-/// Nesting (objects and arrays) the scanner follows before giving up.
-const MAX_DEPTH: usize = 64;
-
+/// The lexer over one payload, and the payload as text (so kept strings
+/// borrow it as `&str`).
 struct Scanner<'a> {
     text: &'a str,
-    pos: usize,
-}
-
-/// `true` for a byte that ends the fast run of a string: `"`, `\` or a
-/// control character.
-fn special(b: u8) -> bool {
-    b == b'"' || b == b'\\' || b < 0x20
-}
-
-/// Whether any byte of the little-endian word `w` is `"`, `\` or below
-/// 0x20 (the classic "has zero byte" bit trick, three times).
-fn word_has_special(w: u64) -> bool {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
-    let quote = zero(w ^ (LO * u64::from(b'"')));
-    let backslash = zero(w ^ (LO * u64::from(b'\\')));
-    // Bytes below 0x20: subtracting 0x20 borrows into the high bit.
-    let control = w.wrapping_sub(LO * 0x20) & !w & HI;
-    quote | backslash | control != 0
+    lx: Lexer<'a>,
 }
 
 impl<'a> Scanner<'a> {
-    fn new(text: &'a str) -> Self {
-        Self { text, pos: 0 }
-    }
-
-    fn bytes(&self) -> &'a [u8] {
-        self.text.as_bytes()
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.bytes().get(self.pos).copied()
-    }
-
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
-            self.pos += 1;
-        }
-    }
-
-    fn eat(&mut self, b: u8) -> Option<()> {
-        (self.peek()? == b).then(|| self.pos += 1)
-    }
-
-    fn literal(&mut self, word: &str) -> Option<()> {
-        let end = self.pos.checked_add(word.len())?;
-        (self.bytes().get(self.pos..end)? == word.as_bytes()).then(|| self.pos = end)
-    }
-
-    /// Moves to the next `"`, `\` or control byte of a string body.
-    fn run_to_special(&mut self) -> Option<u8> {
-        let bytes = self.bytes();
-        let mut at = self.pos;
-        while let Some(chunk) = bytes.get(at..at + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            if word_has_special(u64::from_le_bytes(w)) {
-                break;
-            }
-            at += 8;
-        }
-        while let Some(&b) = bytes.get(at) {
-            if special(b) {
-                self.pos = at;
-                return Some(b);
-            }
-            at += 1;
-        }
-        self.pos = at;
-        None
-    }
-
     /// A string without escapes (the opening quote next), borrowed.
+    #[inline(always)]
     fn plain_str(&mut self) -> Option<&'a str> {
-        self.eat(b'"')?;
-        let start = self.pos;
-        match self.run_to_special()? {
-            b'"' => {
-                let s = self.text.get(start..self.pos)?;
-                self.pos += 1;
-                Some(s)
-            }
-            _ => None,
-        }
-    }
-
-    /// Skips a string (the opening quote next), checking its escapes as
-    /// serde_json does for an ignored string.
-    fn skip_str(&mut self) -> Option<()> {
-        self.eat(b'"')?;
-        loop {
-            match self.run_to_special()? {
-                b'"' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                b'\\' => {
-                    self.pos += 1;
-                    match self.peek()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 1,
-                        b'u' => {
-                            let hex = self.bytes().get(self.pos + 1..self.pos + 5)?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return None;
-                            }
-                            self.pos += 5;
-                        }
-                        _ => return None,
-                    }
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    fn digits(&mut self) -> usize {
-        let start = self.pos;
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.pos += 1;
-        }
-        self.pos - start
-    }
-
-    /// Skips a number by JSON's grammar:
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-    fn skip_number(&mut self) -> Option<()> {
-        let _ = self.eat(b'-');
-        match self.peek()? {
-            b'0' => self.pos += 1,
-            b'1'..=b'9' => {
-                self.digits();
-            }
-            _ => return None,
-        }
-        if self.eat(b'.').is_some() && self.digits() == 0 {
+        if self.lx.peek_token() != b'"' {
             return None;
         }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.pos += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.pos += 1;
-            }
-            if self.digits() == 0 {
-                return None;
-            }
+        let start = self.lx.pos() + 1;
+        if self.lx.string().ok()? {
+            return None;
         }
-        Some(())
+        self.text.get(start..self.lx.pos() - 1)
     }
 
     /// Skips any value.
-    fn skip_value(&mut self, depth: usize) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.skip_str(),
-            b'{' => {
-                let depth = depth.checked_sub(1)?;
-                self.object(|s, _| s.skip_value(depth))
-            }
-            b'[' => {
-                let depth = depth.checked_sub(1)?;
-                self.array(|s| s.skip_value(depth))
-            }
-            b't' => self.literal("true"),
-            b'f' => self.literal("false"),
-            b'n' => self.literal("null"),
-            _ => self.skip_number(),
-        }
+    #[inline(always)]
+    fn skip_value(&mut self) -> Option<()> {
+        self.lx.value().ok()
     }
 
     /// An object (its `{` next): `field(scanner, key)` reads or skips each
     /// value, positioned at it.
+    #[inline(always)]
     fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
-        self.ws();
-        if self.eat(b'}').is_some() {
+        if !self.lx.eat(b'{') {
+            return None;
+        }
+        if self.lx.eat(b'}') {
             return Some(());
         }
         loop {
-            self.ws();
-            let key = self.plain_str()?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
+            let (range, escaped) = self.lx.key().ok()?;
+            if escaped {
+                return None;
+            }
+            let key = self.text.get(range)?;
+            self.lx.peek_token();
             field(self, key)?;
-            self.ws();
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b'}' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.lx.next_member(b'}').ok()? {
+                return Some(());
             }
         }
     }
 
     /// An array (its `[` next), `item` reading each element.
+    #[inline(always)]
     fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.eat(b'[')?;
-        self.ws();
-        if self.eat(b']').is_some() {
+        if !self.lx.eat(b'[') {
+            return None;
+        }
+        if self.lx.eat(b']') {
             return Some(());
         }
         loop {
-            self.ws();
+            self.lx.peek_token();
             item(self)?;
-            self.ws();
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b']' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.lx.next_member(b']').ok()? {
+                return Some(());
             }
         }
     }
 
     /// A non-negative integer without sign, fraction or exponent.
+    #[inline(always)]
     fn unsigned(&mut self) -> Option<u64> {
-        let start = self.pos;
-        let n = self.digits();
-        let text = self.text.get(start..self.pos)?;
-        if n == 0 || (n > 1 && text.starts_with('0')) {
-            return None;
-        }
-        if let Some(b'.' | b'e' | b'E') = self.peek() {
-            return None;
-        }
-        text.parse().ok()
+        self.lx.unsigned("").ok()
     }
 
     /// An integer, possibly negative, without fraction or exponent.
+    #[inline(always)]
     fn signed(&mut self) -> Option<i64> {
-        let negative = self.eat(b'-').is_some();
+        let negative = self.lx.peek_token() == b'-';
+        if negative {
+            self.lx.eat(b'-');
+        }
         let n = i64::try_from(self.unsigned()?).ok()?;
         match (negative, n) {
             // serde_json reads `-0` as a float, which integer fields refuse.
@@ -278,35 +125,35 @@ impl<'a> Scanner<'a> {
     }
 
     /// A snowflake sent as a string (what the gateway sends).
+    #[inline(always)]
     fn id(&mut self) -> Option<u64> {
         self.plain_str()?.parse().ok()
     }
 
     /// `null` or a snowflake string.
+    #[inline(always)]
     fn opt_id(&mut self) -> Option<Option<u64>> {
-        if self.peek()? == b'n' {
-            self.literal("null")?;
+        if self.lx.literal_null().ok()? {
             return Some(None);
         }
         self.id().map(Some)
     }
 
     /// `null` or a string without escapes.
+    #[inline(always)]
     fn opt_str(&mut self) -> Option<Option<Str<'a>>> {
-        if self.peek()? == b'n' {
-            self.literal("null")?;
+        if self.lx.literal_null().ok()? {
             return Some(None);
         }
         self.plain_str().map(|s| Some(Cow::Borrowed(s)))
     }
 
+    #[inline(always)]
     fn bool(&mut self) -> Option<bool> {
-        match self.peek()? {
-            b't' => self.literal("true").map(|()| true),
-            _ => self.literal("false").map(|()| false),
-        }
+        self.lx.boolean().ok()
     }
 
+    #[inline(always)]
     fn int<T: TryFrom<i64>>(&mut self) -> Option<T> {
         T::try_from(self.signed()?).ok()
     }
@@ -322,11 +169,13 @@ impl<'a> Scanner<'a> {
 
     /// The whole payload is `value`, with nothing but whitespace around it.
     fn whole<T>(text: &'a str, value: impl FnOnce(&mut Self) -> Option<T>) -> Option<T> {
-        let mut s = Scanner::new(text);
-        s.ws();
+        let mut s = Scanner {
+            text,
+            lx: Lexer::new(text.as_bytes()),
+        };
+        s.lx.peek_token();
         let out = value(&mut s)?;
-        s.ws();
-        (s.pos == text.len()).then_some(out)
+        s.lx.at_end().then_some(out)
     }
 }
 
@@ -354,7 +203,7 @@ fn user<'a>(s: &mut Scanner<'a>) -> Option<UserP<'a>> {
         "bot" => first(&mut seen, 16)
             .and_then(|()| s.bool())
             .map(|v| bot = v),
-        _ => s.skip_value(MAX_DEPTH),
+        _ => s.skip_value(),
     })?;
     Some(UserP {
         id: id?,
@@ -390,7 +239,7 @@ pub(super) fn channel(text: &str) -> Option<ChannelP<'_>> {
             "parent_id" => first(&mut seen, 32)
                 .and_then(|()| s.opt_id())
                 .map(|v| parent_id = v),
-            _ => s.skip_value(MAX_DEPTH),
+            _ => s.skip_value(),
         })?;
         Some(ChannelP {
             id: id?,
@@ -422,7 +271,7 @@ fn role<'a>(s: &mut Scanner<'a>) -> Option<RoleP<'a>> {
         "color" => first(&mut seen, 16)
             .and_then(|()| s.int())
             .map(|v| color = v),
-        _ => s.skip_value(MAX_DEPTH),
+        _ => s.skip_value(),
     })?;
     Some(RoleP {
         id: id?,
@@ -444,7 +293,7 @@ pub(super) fn role_event(text: &str) -> Option<RoleEventP<'_>> {
             "role" => first(&mut seen, 2)
                 .and_then(|()| role(s))
                 .map(|v| role_p = Some(v)),
-            _ => s.skip_value(MAX_DEPTH),
+            _ => s.skip_value(),
         })?;
         Some(RoleEventP {
             guild_id: guild_id?,
@@ -471,7 +320,7 @@ pub(super) fn member_event(text: &str) -> Option<MemberEventP<'_>> {
             "roles" => first(&mut seen, 8)
                 .and_then(|()| s.id_list())
                 .map(|v| roles = Some(v)),
-            _ => s.skip_value(MAX_DEPTH),
+            _ => s.skip_value(),
         })?;
         Some(MemberEventP {
             guild_id: guild_id?,

@@ -97,13 +97,15 @@ fn rare_valid_forms_fall_back_to_serde() {
         agree(text);
     }
     assert!(channel(r#"{"id":"1","type":0,"guild_id":"9","name":"gen\u0065ral"}"#).is_none());
-    // Deeper than the scanner follows (serde skips any depth).
+    // Deeper than serde's recursion limit (128): serde skips an ignored
+    // value of any depth, and so does the lexer, so this takes the fast
+    // path with serde's answer.
     let deep = format!(
         r#"{{"id":"1","type":0,"guild_id":"9","x":{}{}}}"#,
         "[".repeat(200),
         "]".repeat(200)
     );
-    assert!(channel(&deep).is_none());
+    assert!(agree(&deep));
     assert!(
         parse(
             0,
@@ -245,21 +247,6 @@ fn huge_payloads_scan_linearly() {
     assert!(agree(&text));
     let unterminated = format!(r#"{{"id":"1","type":0,"topic":"{big}"#);
     assert!(!agree(&unterminated));
-}
-
-#[test]
-fn word_test_finds_every_special_byte() {
-    for b in 0..=255u8 {
-        for at in 0..8 {
-            let mut w = [b'a'; 8];
-            w[at] = b;
-            assert_eq!(
-                word_has_special(u64::from_le_bytes(w)),
-                special(b),
-                "byte {b:#x} at {at}"
-            );
-        }
-    }
 }
 
 /// Any JSON value, for the keys the scanner skips.

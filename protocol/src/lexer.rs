@@ -1,99 +1,71 @@
-//! One validating pass over a gateway payload.
-//!
-//! The sharder needs four facts per dispatch (`op`, `s`, `t`, and `d`'s
-//! guild id) and a guarantee that `d`, which it forwards as its original
-//! bytes, is valid JSON. serde_json gave both in two passes: the envelope
-//! with `d` as a `RawValue` (which validates `d`), then `d` again for its
-//! keys. Those passes were about 30 % of the sharder's CPU per event. This
-//! scanner does both in one pass and builds nothing.
+//! The JSON lexer under every gateway reader: the sharder's frame reader
+//! (`frame_scan.rs`) and the worker's payload readers. It accepts exactly
+//! the JSON that serde_json accepts for an ignored value (escapes are
+//! checked for form, not for surrogate pairing; integers may be of any
+//! length); the property tests in `lexer_tests.rs` hold it to that on
+//! generated and on mutated input.
 //!
 //! # Algorithm
 //! 1. UTF-8 is checked where it can occur: outside strings the grammar
 //!    accepts only ASCII, and a string holding a byte above 0x7F has its
-//!    contents checked with `str::from_utf8` when it ends. An accepted
-//!    payload is therefore valid UTF-8 as a whole, without a separate pass.
-//! 2. The top-level object is read key by key. `op`, `s` and `t` are read as
-//!    values; any other key's value is validated and skipped.
-//! 3. `d`, when it is an object, is read key by key as well: the value
-//!    ranges of `guild_id`, `id` and `unavailable` are kept (only those of
-//!    `d` itself, never of nested objects); every value is validated.
-//! 4. Skipping a value is iterative, with a bit stack of open containers, so
+//!    contents checked with `str::from_utf8` when it ends. Accepted input
+//!    is therefore valid UTF-8 as a whole, without a separate pass.
+//! 2. A reader on top asks for one token at a time ([`Lexer::key`],
+//!    [`Lexer::string`], [`Lexer::unsigned`], ...) and skips what it does
+//!    not read with [`Lexer::value`], which validates it.
+//! 3. Skipping a value is iterative, with a bit stack of open containers, so
 //!    nesting depth costs memory (one bit per level), never stack. Strings
 //!    are skipped eight bytes at a time to the next quote, backslash,
 //!    control character or non-ASCII byte; a string that meets none of them
 //!    before its quote (nearly all of them) never leaves that inlined loop.
-//! 5. The cost is per token more than per byte (the simulator's frames
+//! 4. The cost is per token more than per byte (the simulator's frames
 //!    average 645 bytes, about 40 strings and 16 numbers or literals, most
 //!    strings under 20 bytes), so each step is kept small: a failure is
-//!    recorded in the reader and steps return a zero-sized error (results
-//!    stay in registers), literals are one four-byte compare, and
-//!    whitespace, which compact gateway JSON never has, is skipped out of
-//!    line.
-//! 6. The cursor stays in a register in every loop: nothing called from a
-//!    loop that goes on is handed the reader. What runs out of line (a
+//!    recorded in the lexer and steps return a zero-sized error
+//!    ([`LexFailed`]; results stay in registers), literals are one
+//!    four-byte compare, and whitespace, which compact gateway JSON never
+//!    has, is skipped out of line.
+//! 5. The cursor stays in a register in every loop: nothing called from a
+//!    loop that goes on is handed the lexer. What runs out of line (a
 //!    nested value, a string's rare rest, whitespace) gets the bytes and a
-//!    position, runs in a reader of its own ([`apart`]) and returns the
+//!    position, runs in a lexer of its own ([`apart`]) and returns the
 //!    new position. One such call that could write the cursor kept it in
 //!    memory for the whole loop, a store and a reload on every step.
 //!    Moving them apart took the scan to 0.94x its time on a stream of
 //!    distinct frames (the `frame_scan` bench), and 0.75x on frames the
-//!    branch predictor has learnt.
-//!
-//! It accepts exactly the JSON that serde_json accepts for an ignored value
-//! (escapes are checked for form, not for surrogate pairing; integers may
-//! be of any length). The property tests in this file hold it to that on
-//! generated and on mutated payloads.
+//!    branch predictor has learnt. A reader keeps this by calling only the
+//!    lexer's methods from its loops (closures it inlines are fine) and
+//!    never storing the lexer behind a call it does not inline.
 
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// Why a payload is not a JSON gateway frame: a message and the byte offset
-/// it refers to.
+/// A failed step of a [`Lexer`]: the input is not JSON there (the lexer
+/// keeps what failed and where). Keeping the error out of the return value
+/// keeps every step's result in registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LexFailed;
+
+/// One step's result.
+pub(crate) type Step<T> = Result<T, LexFailed>;
+
+/// Why input is not JSON: a message and the byte offset it refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ScanError {
     pub(crate) offset: usize,
     pub(crate) message: &'static str,
 }
 
-type Scan<T> = Result<T, ScanError>;
-
-/// The envelope and `d`'s routing keys, as ranges and borrowed text.
-#[derive(Debug, Default)]
-pub(crate) struct Scanned<'a> {
-    pub(crate) op: Option<u64>,
-    pub(crate) s: Option<u64>,
-    pub(crate) t: Option<Cow<'a, str>>,
-    /// `d` (absent or `null` is `None`).
-    pub(crate) d: Option<Range<usize>>,
-    /// Raw value ranges of `d.guild_id`, `d.id`, `d.unavailable`.
-    pub(crate) keys: DataKeys,
-}
-
-/// Raw value ranges of `d`'s routing keys (in the payload).
-#[derive(Debug, Default, Clone)]
-pub(crate) struct DataKeys {
-    pub(crate) guild_id: Option<Range<usize>>,
-    pub(crate) id: Option<Range<usize>>,
-    pub(crate) unavailable: Option<Range<usize>>,
-    /// One of them appeared twice.
-    pub(crate) duplicate: Option<&'static str>,
-}
-
-/// Scans `payload` as a gateway frame.
-pub(crate) fn scan(payload: &[u8]) -> Scan<Scanned<'_>> {
-    apart(payload, 0, Reader::frame).map(|(_, out)| out)
-}
-
-/// A failed step; what failed and where is in `Reader::error`. Keeping the
-/// error out of the return value keeps every step's result in registers.
-struct Failed;
-
-type Step<T> = Result<T, Failed>;
-
-struct Reader<'a> {
-    b: &'a [u8],
-    i: usize,
-    error: ScanError,
+/// A cursor over JSON bytes with one method per token (module docs). A
+/// reader on top calls them in the order its grammar expects; every method
+/// validates what it moves over. [`Lexer::eat`], [`Lexer::key`],
+/// [`Lexer::next_member`] and [`Lexer::value`] skip whitespace before their
+/// token; the other token methods expect the cursor on their token's first
+/// byte, which [`Lexer::peek_token`] moves it to.
+pub struct Lexer<'a> {
+    pub(crate) b: &'a [u8],
+    pub(crate) i: usize,
+    pub(crate) error: ScanError,
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -123,8 +95,45 @@ fn word_at(b: &[u8], i: usize) -> Option<u64> {
     Some(u64::from_le_bytes(*chunk))
 }
 
-impl<'a> Reader<'a> {
-    fn new(b: &'a [u8], i: usize) -> Self {
+impl<'a> Lexer<'a> {
+    /// A lexer at the start of `b`.
+    pub fn new(b: &'a [u8]) -> Self {
+        Self::at(b, 0)
+    }
+
+    /// The byte offset of the cursor.
+    #[inline(always)]
+    pub fn pos(&self) -> usize {
+        self.i
+    }
+
+    /// Consumes `c` if it is the next token; whether it was.
+    #[inline(always)]
+    pub fn eat(&mut self, c: u8) -> bool {
+        if self.peek_token() == c {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether only whitespace is left.
+    pub fn at_end(&mut self) -> bool {
+        self.peek_token() == 0 && self.i == self.b.len()
+    }
+
+    /// `true` or `false` at the cursor.
+    #[inline(always)]
+    pub fn boolean(&mut self) -> Step<bool> {
+        match self.peek() {
+            Some(b't') => self.literal(b"true", 4).map(|()| true),
+            Some(b'f') => self.literal(b"alse", 5).map(|()| false),
+            _ => Err(self.fail("expected a boolean")),
+        }
+    }
+
+    pub(crate) fn at(b: &'a [u8], i: usize) -> Self {
         Self {
             b,
             i,
@@ -135,7 +144,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Takes over where a reader of its own ([`apart`]) stopped.
+    /// Takes over where a lexer of its own ([`apart`]) stopped.
     #[inline(always)]
     fn rejoin<T>(&mut self, out: Result<(usize, T), ScanError>) -> Step<T> {
         match out {
@@ -145,30 +154,30 @@ impl<'a> Reader<'a> {
             }
             Err(e) => {
                 self.error = e;
-                Err(Failed)
+                Err(LexFailed)
             }
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn fail(&mut self, message: &'static str) -> Failed {
+    pub(crate) fn fail(&mut self, message: &'static str) -> LexFailed {
         self.error = ScanError {
             offset: self.i,
             message,
         };
-        Failed
+        LexFailed
     }
 
     #[inline(always)]
-    fn peek(&self) -> Option<u8> {
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
     /// The next byte that is not whitespace (0 at the end, which no rule
     /// accepts), without consuming it. Compact JSON takes the first branch.
     #[inline(always)]
-    fn peek_token(&mut self) -> u8 {
+    pub fn peek_token(&mut self) -> u8 {
         match self.b.get(self.i) {
             Some(&c) if c > b' ' => c,
             _ => {
@@ -181,7 +190,7 @@ impl<'a> Reader<'a> {
     /// After a member: true after `,` (another follows), false after
     /// `close`.
     #[inline(always)]
-    fn next_member(&mut self, close: u8) -> Step<bool> {
+    pub fn next_member(&mut self, close: u8) -> Step<bool> {
         let c = self.peek_token();
         self.i += 1;
         if c == b',' {
@@ -197,7 +206,7 @@ impl<'a> Reader<'a> {
     /// A key and its colon: the key's raw range and whether it holds
     /// escapes.
     #[inline(always)]
-    fn key(&mut self) -> Step<(Range<usize>, bool)> {
+    pub fn key(&mut self) -> Step<(Range<usize>, bool)> {
         if self.peek_token() != b'"' {
             return Err(self.fail("expected a key"));
         }
@@ -212,7 +221,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A key's bytes, unescaped only if needed.
-    fn key_bytes(&self, (range, escaped): (Range<usize>, bool)) -> Cow<'a, [u8]> {
+    pub(crate) fn key_bytes(&self, (range, escaped): (Range<usize>, bool)) -> Cow<'a, [u8]> {
         let b: &'a [u8] = self.b;
         let raw = &b[range];
         if escaped {
@@ -226,7 +235,7 @@ impl<'a> Reader<'a> {
     /// escapes. The common string (plain ASCII, its quote within the
     /// payload's last eight bytes) never leaves this loop.
     #[inline(always)]
-    fn string(&mut self) -> Step<bool> {
+    pub fn string(&mut self) -> Step<bool> {
         let start = self.i + 1;
         let mut i = start;
         while let Some(w) = word_at(self.b, i) {
@@ -245,8 +254,8 @@ impl<'a> Reader<'a> {
     }
 
     /// The rest of a string from `i` (everything from `start` to `i` is
-    /// plain ASCII), out of line, in a reader of its own:
-    /// [`Reader::string_rest_here`].
+    /// plain ASCII), out of line, in a lexer of its own:
+    /// [`Lexer::string_rest_here`].
     #[inline(always)]
     fn string_rest(&mut self, start: usize, i: usize) -> Step<bool> {
         self.rejoin(string_rest(self.b, start, i))
@@ -315,7 +324,7 @@ impl<'a> Reader<'a> {
 
     /// A JSON number (grammar only).
     #[inline(always)]
-    fn number(&mut self) -> Step<()> {
+    pub fn number(&mut self) -> Step<()> {
         if self.peek() == Some(b'-') {
             self.i += 1;
         }
@@ -363,7 +372,7 @@ impl<'a> Reader<'a> {
     }
 
     /// `null` at the cursor: consumed, true.
-    fn literal_null(&mut self) -> Step<bool> {
+    pub fn literal_null(&mut self) -> Step<bool> {
         if self.peek() == Some(b'n') {
             self.literal(b"null", 4)?;
             return Ok(true);
@@ -372,7 +381,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An integer that fits u64, as serde_json reads one for `u64`.
-    fn unsigned(&mut self, message: &'static str) -> Step<u64> {
+    pub fn unsigned(&mut self, message: &'static str) -> Step<u64> {
         let start = self.i;
         let mut v: u64 = 0;
         match self.peek() {
@@ -398,134 +407,12 @@ impl<'a> Reader<'a> {
         Ok(v)
     }
 
-    fn nullable_unsigned(&mut self, message: &'static str) -> Step<Option<u64>> {
-        if self.literal_null()? {
-            return Ok(None);
-        }
-        self.unsigned(message).map(Some)
-    }
-
-    fn nullable_string(&mut self) -> Step<Option<Cow<'a, str>>> {
-        if self.literal_null()? {
-            return Ok(None);
-        }
-        if self.peek() != Some(b'"') {
-            return Err(self.fail("`t` must be null or a string"));
-        }
-        let start = self.i + 1;
-        let escaped = self.string()?;
-        let b: &'a [u8] = self.b;
-        let raw = &b[start..self.i - 1];
-        Ok(Some(if escaped {
-            Cow::Owned(unescape(raw))
-        } else {
-            // `string` checked it.
-            Cow::Borrowed(std::str::from_utf8(raw).unwrap_or_default())
-        }))
-    }
-
-    /// The whole payload as a gateway frame.
-    fn frame(&mut self) -> Step<Scanned<'a>> {
-        let mut out = Scanned::default();
-        if self.peek_token() != b'{' {
-            return Err(self.fail("a gateway frame must be a JSON object"));
-        }
-        self.i += 1;
-        let mut seen = [false; 4];
-        if self.peek_token() == b'}' {
-            self.i += 1;
-        } else {
-            loop {
-                let key = self.key()?;
-                let slot = match self.key_bytes(key).as_ref() {
-                    b"op" => Some(0),
-                    b"s" => Some(1),
-                    b"t" => Some(2),
-                    b"d" => Some(3),
-                    _ => None,
-                };
-                if let Some(n) = slot {
-                    if seen[n] {
-                        return Err(self.fail("duplicate envelope field"));
-                    }
-                    seen[n] = true;
-                }
-                self.peek_token();
-                match slot {
-                    Some(0) => out.op = Some(self.unsigned("`op` must be an integer 0-255")?),
-                    Some(1) => out.s = self.nullable_unsigned("`s` must be null or an integer")?,
-                    Some(2) => out.t = self.nullable_string()?,
-                    Some(3) => {
-                        let start = self.i;
-                        let null = if self.peek() == Some(b'{') {
-                            out.keys = self.data_object()?;
-                            false
-                        } else if self.literal_null()? {
-                            true
-                        } else {
-                            self.value()?;
-                            false
-                        };
-                        out.d = (!null).then_some(start..self.i);
-                    }
-                    _ => self.value()?,
-                }
-                if !self.next_member(b'}')? {
-                    break;
-                }
-            }
-        }
-        if self.peek_token() != 0 || self.i != self.b.len() {
-            return Err(self.fail("trailing characters after the frame"));
-        }
-        if out.op.is_some_and(|op| op > 255) {
-            return Err(self.fail("`op` must be an integer 0-255"));
-        }
-        if out.op.is_none() {
-            return Err(self.fail("missing field `op`"));
-        }
-        Ok(out)
-    }
-
-    /// `d` as an object: validates it, keeping the routing keys' ranges.
-    fn data_object(&mut self) -> Step<DataKeys> {
-        self.i += 1;
-        let mut keys = DataKeys::default();
-        if self.peek_token() == b'}' {
-            self.i += 1;
-            return Ok(keys);
-        }
-        loop {
-            let key = self.key()?;
-            self.peek_token();
-            let start = self.i;
-            self.value()?;
-            let (slot, name) = match self.key_bytes(key).as_ref() {
-                b"guild_id" => (&mut keys.guild_id, "guild_id"),
-                b"id" => (&mut keys.id, "id"),
-                b"unavailable" => (&mut keys.unavailable, "unavailable"),
-                _ => {
-                    if !self.next_member(b'}')? {
-                        return Ok(keys);
-                    }
-                    continue;
-                }
-            };
-            if slot.is_some() {
-                keys.duplicate = Some(name);
-            }
-            *slot = Some(start..self.i);
-            if !self.next_member(b'}')? {
-                return Ok(keys);
-            }
-        }
-    }
-
-    /// Validates and skips one value, out of line and in a reader of its
-    /// own ([`Reader::value_here`]), so the envelope's and `d`'s member
-    /// loops keep their cursor in a register.
+    /// Validates and skips one value, out of line and in a lexer of its
+    /// own ([`Lexer::value_here`]), so a reader's member loops (the
+    /// envelope's and `d`'s, the worker's objects) keep their cursor in a
+    /// register.
     #[inline(always)]
-    fn value(&mut self) -> Step<()> {
+    pub fn value(&mut self) -> Step<()> {
         self.rejoin(value(self.b, self.i))
     }
 
@@ -582,8 +469,8 @@ impl<'a> Reader<'a> {
 }
 
 /// The cursor past any whitespace at `i`: out of line (compact JSON has
-/// none), and a function of the bytes and a position, not of the reader
-/// (module docs, point 6).
+/// none), and a function of the bytes and a position, not of the lexer
+/// (module docs, point 5).
 #[inline(never)]
 fn skip_whitespace(b: &[u8], mut i: usize) -> usize {
     while let Some(b' ' | b'\n' | b'\t' | b'\r') = b.get(i) {
@@ -592,28 +479,28 @@ fn skip_whitespace(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Runs `step` from `i` in a reader of its own (module docs, point 6): the
+/// Runs `step` from `i` in a lexer of its own (module docs, point 5): the
 /// cursor where it stopped and its answer, or the error.
 #[inline(always)]
-fn apart<'a, T>(
+pub(crate) fn apart<'a, T>(
     b: &'a [u8],
     i: usize,
-    step: impl FnOnce(&mut Reader<'a>) -> Step<T>,
+    step: impl FnOnce(&mut Lexer<'a>) -> Step<T>,
 ) -> Result<(usize, T), ScanError> {
-    let mut r = Reader::new(b, i);
+    let mut r = Lexer::at(b, i);
     match step(&mut r) {
         Ok(v) => Ok((r.i, v)),
-        Err(Failed) => Err(r.error),
+        Err(LexFailed) => Err(r.error),
     }
 }
 
-/// [`Reader::value_here`] from `i`, out of line.
+/// [`Lexer::value_here`] from `i`, out of line.
 #[inline(never)]
 fn value(b: &[u8], i: usize) -> Result<(usize, ()), ScanError> {
-    apart(b, i, Reader::value_here)
+    apart(b, i, Lexer::value_here)
 }
 
-/// [`Reader::string_rest_here`] from `i`, out of line.
+/// [`Lexer::string_rest_here`] from `i`, out of line.
 #[inline(never)]
 fn string_rest(b: &[u8], start: usize, i: usize) -> Result<(usize, bool), ScanError> {
     apart(b, i, |r| r.string_rest_here(start))
@@ -622,7 +509,7 @@ fn string_rest(b: &[u8], start: usize, i: usize) -> Result<(usize, bool), ScanEr
 /// Unescapes a JSON string's contents (rare: keys and `t` hardly ever hold
 /// escapes). The contents were validated; serde_json decodes them, with
 /// lone surrogates replaced.
-fn unescape(raw: &[u8]) -> String {
+pub(crate) fn unescape(raw: &[u8]) -> String {
     let mut quoted = Vec::with_capacity(raw.len() + 2);
     quoted.push(b'"');
     quoted.extend_from_slice(raw);
@@ -676,5 +563,5 @@ impl BitStack {
 }
 
 #[cfg(test)]
-#[path = "frame_scan_tests.rs"]
-mod tests;
+#[path = "lexer_tests.rs"]
+pub(crate) mod tests;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::lexer::tests::json_value;
 use proptest::prelude::*;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -134,39 +135,6 @@ fn depth_costs_no_stack() {
 fn error_offsets_point_into_the_payload() {
     let e = scan(br#"{"op":0,"d":{"a":tru}}"#).unwrap_err();
     assert_eq!(e.offset, 17);
-}
-
-fn json_value() -> impl Strategy<Value = serde_json::Value> {
-    use serde_json::Value;
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(Value::from),
-        "\\PC{0,12}".prop_map(Value::String),
-        "[\\u{0}-\\u{7f}]{0,12}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(6, 64, 8, |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::vec(
-                (
-                    prop_oneof![
-                        Just("guild_id".to_owned()),
-                        Just("id".to_owned()),
-                        Just("unavailable".to_owned()),
-                        "\\PC{0,6}"
-                    ],
-                    inner
-                ),
-                0..6
-            )
-            .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-        ]
-    })
 }
 
 fn frame_with(d: &serde_json::Value, pretty: bool) -> Vec<u8> {

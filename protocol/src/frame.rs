@@ -22,27 +22,17 @@
 //! connection can no longer be trusted to be in step: the shard closes it and
 //! resumes, and Discord replays from the last good sequence number.
 
-use crate::frame_scan::{DataKeys, ScanError, scan};
+use crate::frame_scan::{DataKeys, scan};
 use crate::inflate::InflateError;
+use crate::lexer::ScanError;
+use crate::op;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// Gateway opcodes (PROTOCOL.md).
-pub mod op {
-    pub const DISPATCH: u8 = 0;
-    pub const HEARTBEAT: u8 = 1;
-    pub const IDENTIFY: u8 = 2;
-    pub const RESUME: u8 = 6;
-    pub const RECONNECT: u8 = 7;
-    pub const INVALID_SESSION: u8 = 9;
-    pub const HELLO: u8 = 10;
-    pub const HEARTBEAT_ACK: u8 = 11;
-}
-
 /// Why a payload could not be read. Each means "close and resume" (a
 /// payload unreadable again at the same point after that is skipped:
-/// `Shard::unreadable`).
+/// the sharder's `LiveSession::unreadable`).
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// Transport decompression failed.

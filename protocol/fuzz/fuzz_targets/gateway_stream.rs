@@ -11,8 +11,8 @@
 #![no_main]
 
 use flate2::{Compress, Compression as Level, FlushCompress};
+use gateway_protocol::{Compression, Decompressor, Frame};
 use libfuzzer_sys::fuzz_target;
-use sharder::{Compression, Decompressor, Frame};
 use std::io::Write;
 
 const MAX_PAYLOAD: usize = 64 * 1024;

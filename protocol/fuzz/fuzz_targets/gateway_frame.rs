@@ -8,8 +8,8 @@
 //! followed by that many bytes (the last one takes what is left).
 #![no_main]
 
+use gateway_protocol::{Compression, Decompressor, Frame};
 use libfuzzer_sys::fuzz_target;
-use sharder::{Compression, Decompressor, Frame};
 
 fn next_message(data: &[u8]) -> (&[u8], &[u8]) {
     match data {
@@ -25,7 +25,7 @@ fn read_frame(payload: &[u8]) {
     let Ok(frame) = Frame::parse(payload) else {
         return;
     };
-    if frame.op == sharder::op::DISPATCH {
+    if frame.op == gateway_protocol::op::DISPATCH {
         assert!(frame.s.is_some() && !frame.event().is_empty());
     }
     let _ = frame.dispatch_keys();
