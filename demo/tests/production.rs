@@ -8,8 +8,6 @@
 mod common;
 
 use bulwark_demo::{CacheKind, DemoOptions, Progress, QueueKind, run, unique_name};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use worker::{AmqpTopology, RedisStore};
 
@@ -51,16 +49,7 @@ async fn rabbitmq_and_redis_demo_ends_with_the_truth_and_cleans_up() {
         .unwrap();
     for p in 0..topo.partitions {
         let ch = conn.create_channel().await.unwrap();
-        let passive = ch
-            .queue_declare(
-                topo.queue(p).as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
+        let passive = envelope::topology::inspect_queue(&ch, &topo.queue(p)).await;
         assert!(passive.is_err(), "queue {} survived", topo.queue(p));
     }
     let store = RedisStore::connect(REDIS, &base).await.unwrap();

@@ -144,6 +144,9 @@ impl AmqpTopology {
 }
 
 #[cfg(feature = "lapin")]
+pub use declare::inspect_queue;
+
+#[cfg(feature = "lapin")]
 mod declare {
     use super::{AmqpTopology, QUEUE_ARGUMENTS, QueueArgument, binding_key};
     use lapin::options::{
@@ -151,7 +154,23 @@ mod declare {
         QueueDeleteOptions,
     };
     use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-    use lapin::{Channel, ExchangeKind};
+    use lapin::{Channel, ExchangeKind, Queue};
+
+    /// Looks `queue` up without creating it (a passive declare): its ready
+    /// messages (`message_count`) and consumers (`consumer_count`). A
+    /// missing queue is an error, and the broker then closes `ch`, so use a
+    /// channel of its own for a queue that may be gone.
+    pub async fn inspect_queue(ch: &Channel, queue: &str) -> Result<Queue, lapin::Error> {
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    }
 
     impl AmqpTopology {
         /// Arguments of every partition queue ([`QUEUE_ARGUMENTS`], with

@@ -80,16 +80,7 @@ impl Broker {
     /// Messages ready in `queue` (passive declare).
     pub async fn queue_count(&self, queue: &str) -> Result<u32> {
         let ch = self.conn.create_channel().await?;
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let q = envelope::topology::inspect_queue(&ch, queue).await?;
         let _ = ch.close(200, "done".into()).await;
         Ok(q.message_count())
     }

@@ -3,8 +3,6 @@
 //! its subscription (so the single-active-consumer role moves at once).
 #![allow(clippy::unwrap_used)]
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -15,17 +13,7 @@ const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// declare of a missing queue closes the channel, so a fresh one each time).
 async fn consumers(conn: &Connection, queue: &str) -> Option<u32> {
     let ch: Channel = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .ok()?;
+    let q = envelope::topology::inspect_queue(&ch, queue).await.ok()?;
     let _ = ch.close(200, "done".into()).await;
     Some(q.consumer_count())
 }
