@@ -26,7 +26,7 @@
 #     securityContext, resources, probes on /readyz and /healthz, ndots 1.
 #  5. every metric name in grafana/bulwark-dashboard.json's PromQL and in the
 #     production alert rules is emitted by the Rust sources (sharder/src,
-#     worker/src, dnscache/src); every alert has a runbook section.
+#     protocol/src, worker/src, dnscache/src); every alert has a runbook section.
 # Usage: deploy/validate.sh [overlay...]   (default: every overlay)
 #        deploy/validate.sh --self-test    (broken copies must fail, see below)
 set -euo pipefail
@@ -474,7 +474,7 @@ echo "--- grafana/bulwark-dashboard.json"
 # when the full name is not found.
 # The alert rules' expressions get the same check.
 if ! python3 - grafana/bulwark-dashboard.json overlays/production/prometheusrule.yaml \
-    ../sharder/src ../worker/src ../dnscache/src <<'PY'
+    ../sharder/src ../protocol/src ../worker/src ../dnscache/src <<'PY'
 import json, pathlib, re, sys, yaml
 
 dash = json.load(open(sys.argv[1]))
@@ -522,7 +522,7 @@ for n in sorted(names):
     if f'"{base}"' not in src:
         missing.append(n)
 for n in missing:
-    print(f"FAIL: dashboard or alerts use metric {n}, which no sharder/worker/dnscache source emits", file=sys.stderr)
+    print(f"FAIL: dashboard or alerts use metric {n}, which no sharder/protocol/worker/dnscache source emits", file=sys.stderr)
 if not missing:
     print(f"{len(exprs)} expressions ({len(alert_exprs)} alerts), {len(names)} metric names: all emitted by the sources")
 sys.exit(1 if missing else 0)
