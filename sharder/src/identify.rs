@@ -454,10 +454,10 @@ impl IdentifyScheduler {
         loop {
             let notified = self.inner.budget_changed.notified();
             let wait = match shared.take(reserve, BUDGET_PERIOD).await {
-                Ok(Take::Granted { remaining }) => {
-                    let reset_in = self.budget_reset_in();
-                    return self.mirror(None, remaining, reset_in);
-                }
+                Ok(Take::Granted {
+                    remaining,
+                    reset_in,
+                }) => return self.mirror(None, remaining, reset_in),
                 Ok(Take::Missing) => {
                     // Expired or deleted: seed it from this process's last figure.
                     let (total, remaining) = {

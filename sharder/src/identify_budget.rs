@@ -49,8 +49,9 @@ pub(crate) const NEW_PERIOD_SLACK: Duration = Duration::from_secs(60);
 /// What the take script answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Take {
-    /// One identify granted; the shared remaining after it.
-    Granted { remaining: u32 },
+    /// One identify granted; the shared remaining after it, and the time
+    /// to the reset (a new period when the take found the old one over).
+    Granted { remaining: u32, reset_in: Duration },
     /// Refused: at or below the reserve until the reset.
     AtReserve { remaining: u32, reset_in: Duration },
     /// No budget in Redis yet (expired): refresh first.
@@ -210,7 +211,10 @@ impl SharedBudget {
             .await?;
         let remaining = u32::try_from(remaining.max(0)).unwrap_or(u32::MAX);
         Ok(match granted {
-            1 => Take::Granted { remaining },
+            1 => Take::Granted {
+                remaining,
+                reset_in: ms(reset_in),
+            },
             0 => Take::AtReserve {
                 remaining,
                 reset_in: ms(reset_in),
@@ -344,10 +348,16 @@ mod tests {
             Take::AtReserve { .. }
         ));
         tokio::time::sleep(Duration::from_millis(80)).await;
-        assert_eq!(
-            b.take(3, DAY).await.unwrap(),
-            Take::Granted { remaining: 29 }
-        );
+        match b.take(3, DAY).await.unwrap() {
+            Take::Granted {
+                remaining,
+                reset_in,
+            } => {
+                assert_eq!(remaining, 29);
+                assert!(reset_in > DAY - Duration::from_secs(60), "a new period");
+            }
+            other => panic!("{other:?}"),
+        }
         delete(&b).await;
     }
 }
