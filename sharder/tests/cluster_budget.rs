@@ -194,7 +194,7 @@ async fn four_processes_never_spend_the_shared_reserve() {
                 let spent = sim.counters().identifies - before;
                 let waits = sample(&c.metrics().await, "sharder_identify_budget_waits_total")
                     .unwrap_or(0.0);
-                spent == invalidated as u64 || waits > 0.0
+                spent >= invalidated as u64 || waits > 0.0
             },
         )
         .await;
