@@ -85,6 +85,21 @@ pub struct SharderConfig {
     /// changed at runtime.
     #[serde(with = "humantime_serde")]
     pub identify_min_interval: Duration,
+    /// With `[redis]`: how often a process asks `GET /gateway/bot` for the
+    /// session start budget it shares with the cluster (also when the
+    /// shared reset time has passed).
+    #[serde(with = "humantime_serde")]
+    pub identify_budget_refresh: Duration,
+    /// Identifies that fail in a row (op 9 or a close after IDENTIFY and
+    /// before READY), cluster-wide with `[redis]`, that open the identify
+    /// circuit breaker: new identifies pause instead of draining the budget.
+    pub identify_breaker_failures: u32,
+    /// First pause of the open breaker; doubles on every trip without a
+    /// READY in between, up to `identify_breaker_cooldown_max`.
+    #[serde(with = "humantime_serde")]
+    pub identify_breaker_cooldown: Duration,
+    #[serde(with = "humantime_serde")]
+    pub identify_breaker_cooldown_max: Duration,
     pub session_store: SessionStoreKind,
     /// Directory of the file session store.
     pub session_dir: PathBuf,
@@ -152,6 +167,10 @@ impl Default for SharderConfig {
             identify_window: Duration::from_millis(5050),
             identify_reserve: 10,
             identify_min_interval: Duration::ZERO,
+            identify_budget_refresh: Duration::from_secs(300),
+            identify_breaker_failures: 10,
+            identify_breaker_cooldown: Duration::from_secs(30),
+            identify_breaker_cooldown_max: Duration::from_secs(15 * 60),
             session_store: SessionStoreKind::File,
             session_dir: PathBuf::from("sessions"),
             persist_interval: Duration::from_secs(2),
@@ -225,6 +244,18 @@ impl SharderConfig {
         for (key, value) in [
             ("sharder.identify_window", self.identify_window),
             ("sharder.identify_min_interval", self.identify_min_interval),
+            (
+                "sharder.identify_budget_refresh",
+                self.identify_budget_refresh,
+            ),
+            (
+                "sharder.identify_breaker_cooldown",
+                self.identify_breaker_cooldown,
+            ),
+            (
+                "sharder.identify_breaker_cooldown_max",
+                self.identify_breaker_cooldown_max,
+            ),
             ("sharder.persist_interval", self.persist_interval),
             ("sharder.reconnect_base", self.reconnect_base),
             ("sharder.reconnect_max", self.reconnect_max),
@@ -327,6 +358,28 @@ impl SharderConfig {
         }
         if self.identify_window < Duration::from_millis(1) {
             return bad("identify_window", "must be above 0 (Discord: 5s)".into());
+        }
+        if self.identify_budget_refresh < Duration::from_secs(1) {
+            return bad(
+                "identify_budget_refresh",
+                "must be at least 1s; every refresh is a GET /gateway/bot".into(),
+            );
+        }
+        if self.identify_breaker_failures == 0 {
+            return bad(
+                "identify_breaker_failures",
+                "must be at least 1 (failed identifies in a row that open the breaker)".into(),
+            );
+        }
+        if self.identify_breaker_cooldown < Duration::from_millis(10)
+            || self.identify_breaker_cooldown_max < self.identify_breaker_cooldown
+        {
+            return bad(
+                "identify_breaker_cooldown",
+                "identify_breaker_cooldown must be at least 10ms and not above \
+                 identify_breaker_cooldown_max"
+                    .into(),
+            );
         }
         if self.reconnect_base < Duration::from_millis(10)
             || self.reconnect_max < self.reconnect_base
@@ -448,6 +501,18 @@ mod tests {
             (
                 "[sharder]\nreconnect_base = \"0s\"\n",
                 "sharder.reconnect_base",
+            ),
+            (
+                "[sharder]\nidentify_budget_refresh = \"100ms\"\n",
+                "sharder.identify_budget_refresh",
+            ),
+            (
+                "[sharder]\nidentify_breaker_failures = 0\n",
+                "sharder.identify_breaker_failures",
+            ),
+            (
+                "[sharder]\nidentify_breaker_cooldown = \"1m\"\nidentify_breaker_cooldown_max = \"30s\"\n",
+                "sharder.identify_breaker_cooldown",
             ),
             (
                 "[sharder]\nmax_concurrency = 0\n",

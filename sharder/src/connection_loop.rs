@@ -182,6 +182,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         match self.live.on_frame(conn, &frame).await? {
             Step::Handled => return Ok(()),
             Step::Ready => {
+                self.scheduler.identify_succeeded().await;
                 self.became_active();
                 self.persist(true).await;
             }

@@ -24,6 +24,11 @@
 //!    `remaining`, the caller logs an error, counts
 //!    `sharder_identify_budget_waits_total`, and waits for `reset_after` (or
 //!    for a fresher limit from [`IdentifyScheduler::update_limit`]).
+//!    With Redis ([`crate::SharedBudget`]) the budget is the cluster's: one
+//!    atomic take in Redis per identify, so the reserve holds cluster-wide,
+//!    and the gauge shows the shared figure. Before the budget, the
+//!    identify circuit breaker (`identify_breaker.rs`) is asked: while it
+//!    is open, identifies wait out its cool-down.
 //! 4. **Cross-process lock** (optional). With Redis, the bucket's window is
 //!    also claimed with `SET key token NX PX window`, retried (after the
 //!    key's remaining TTL, or a capped backoff on Redis errors) until it
@@ -34,6 +39,8 @@
 //! [`crate::assignment::plan_shards`].
 
 use crate::connect_gate::{ConnectGate, ConnectSlot};
+use crate::identify_breaker::{BreakerPolicy, IdentifyBreaker};
+use crate::identify_budget::{BudgetMark, SharedBudget, Take};
 use crate::identify_lock::RedisIdentifyLock;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
@@ -106,6 +113,10 @@ struct Inner {
     budget: StdMutex<Budget>,
     budget_changed: Notify,
     lock: Option<RedisIdentifyLock>,
+    /// The cluster's budget (with Redis); `budget` then mirrors it.
+    shared: Option<SharedBudget>,
+    breaker: IdentifyBreaker,
+    policy: BreakerPolicy,
     /// Who may connect ahead of their identify (see `connect_gate.rs`).
     connect: ConnectGate,
 }
@@ -144,6 +155,23 @@ impl IdentifyScheduler {
         settings: IdentifySettings,
         lock: Option<RedisIdentifyLock>,
     ) -> Self {
+        Self::with_cluster(limit, settings, lock, None, BreakerPolicy::default())
+    }
+
+    /// A scheduler whose budget and circuit breaker are the cluster's when
+    /// `shared` is given (seed it with [`Self::refresh_budget`]), and this
+    /// process's otherwise.
+    pub fn with_cluster(
+        limit: SessionStartLimit,
+        settings: IdentifySettings,
+        lock: Option<RedisIdentifyLock>,
+        shared: Option<SharedBudget>,
+        policy: BreakerPolicy,
+    ) -> Self {
+        let breaker = match &shared {
+            Some(b) => IdentifyBreaker::redis(b.connection().clone(), b.prefix()),
+            None => IdentifyBreaker::local(),
+        };
         let buckets = (0..limit.max_concurrency.max(1))
             .map(|_| Mutex::new(None))
             .collect();
@@ -165,6 +193,9 @@ impl IdentifyScheduler {
                 }),
                 budget_changed: Notify::new(),
                 lock,
+                shared,
+                breaker,
+                policy,
                 connect: ConnectGate::new(limit.max_concurrency),
             }),
         }
@@ -212,9 +243,62 @@ impl IdentifyScheduler {
         self.inner.budget_changed.notify_waiters();
     }
 
-    /// Identifies left in the budget as this process counts them.
+    /// Applies a fresh `GET /gateway/bot` answer: to the shared budget
+    /// (with `mark`, read before the request; see `identify_budget.rs`),
+    /// or as [`Self::update_limit`] without Redis.
+    pub async fn refresh_budget(&self, limit: SessionStartLimit, mark: BudgetMark) {
+        let Some(shared) = &self.inner.shared else {
+            return self.update_limit(limit);
+        };
+        match shared
+            .refresh(limit.total, limit.remaining, limit.reset_after, mark)
+            .await
+        {
+            Ok((remaining, reset_in)) => self.mirror(Some(limit.total), remaining, reset_in),
+            Err(e) => tracing::warn!(error = %e, "cannot refresh the shared session start budget"),
+        }
+        self.inner.budget_changed.notify_waiters();
+    }
+
+    /// The identifies granted so far cluster-wide (none without Redis).
+    pub async fn budget_mark(&self) -> BudgetMark {
+        match &self.inner.shared {
+            Some(s) => s.mark().await,
+            None => SharedBudget::no_mark(),
+        }
+    }
+
+    /// Time until the budget's reset, as last seen.
+    pub fn budget_reset_in(&self) -> Duration {
+        self.budget_lock()
+            .reset_at
+            .saturating_duration_since(Instant::now())
+    }
+
+    /// Identifies left in the budget (the cluster's with Redis, as last seen).
     pub fn remaining(&self) -> u32 {
         self.budget_lock().remaining
+    }
+
+    fn mirror(&self, total: Option<u32>, remaining: u32, reset_in: Duration) {
+        let mut b = self.budget_lock();
+        b.total = total.unwrap_or(b.total);
+        b.remaining = remaining;
+        b.reset_at = Instant::now() + reset_in;
+        metrics::gauge!("sharder_session_start_remaining").set(f64::from(remaining));
+    }
+
+    /// A READY after IDENTIFY: the breaker closes.
+    pub(crate) async fn identify_succeeded(&self) {
+        self.inner.breaker.succeeded().await;
+    }
+
+    /// An IDENTIFY ended in op 9 or a close before READY.
+    pub(crate) async fn identify_failed(&self, shard_id: u32) {
+        self.inner
+            .breaker
+            .failed(shard_id, &self.inner.policy)
+            .await;
     }
 
     fn budget_lock(&self) -> std::sync::MutexGuard<'_, Budget> {
@@ -255,6 +339,7 @@ impl IdentifyScheduler {
         {
             let mut last = self.inner.gate.lock().await;
             self.pace(*last).await;
+            self.breaker_closed(shard_id).await;
             self.take_budget(shard_id).await;
             *last = Some(Instant::now());
         }
@@ -308,7 +393,22 @@ impl IdentifyScheduler {
         }
     }
 
+    /// Waits while the identify circuit breaker is open.
+    async fn breaker_closed(&self, shard_id: u32) {
+        while let Some(wait) = self.inner.breaker.open_for().await {
+            tracing::warn!(
+                shard_id,
+                wait_secs = wait.as_secs_f64(),
+                "identify circuit breaker open: identify paused"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     async fn take_budget(&self, shard_id: u32) {
+        if let Some(shared) = &self.inner.shared {
+            return self.take_shared(shared, shard_id).await;
+        }
         loop {
             let notified = self.inner.budget_changed.notified();
             let wait = {
@@ -344,6 +444,70 @@ impl IdentifyScheduler {
     }
 }
 
+impl IdentifyScheduler {
+    /// Step 3 with Redis: the cluster's budget; refused at the reserve,
+    /// the caller waits for the reset (or a refresh, polled every
+    /// [`SHARED_POLL`]), and Redis errors are retried with a capped backoff.
+    async fn take_shared(&self, shared: &SharedBudget, shard_id: u32) {
+        let reserve = self.inner.settings.reserve;
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), SHARED_POLL);
+        loop {
+            let notified = self.inner.budget_changed.notified();
+            let wait = match shared.take(reserve, BUDGET_PERIOD).await {
+                Ok(Take::Granted {
+                    remaining,
+                    reset_in,
+                }) => return self.mirror(None, remaining, reset_in),
+                Ok(Take::Missing) => {
+                    // Expired or deleted: seed it from this process's last figure.
+                    let (total, remaining) = {
+                        let b = self.budget_lock();
+                        (b.total, b.remaining)
+                    };
+                    let limit = SessionStartLimit {
+                        total,
+                        remaining,
+                        reset_after: self.budget_reset_in(),
+                        max_concurrency: self.max_concurrency(),
+                    };
+                    self.refresh_budget(limit, SharedBudget::no_mark()).await;
+                    continue;
+                }
+                Ok(Take::AtReserve {
+                    remaining,
+                    reset_in,
+                }) => {
+                    self.mirror(None, remaining, reset_in);
+                    tracing::error!(
+                        shard_id,
+                        remaining,
+                        reserve,
+                        wait_secs = reset_in.as_secs(),
+                        "the cluster's session start budget is down to its reserve: holding \
+                         identifies until it resets instead of spending the last ones (check \
+                         for a reconnect loop)"
+                    );
+                    metrics::counter!("sharder_identify_budget_waits_total").increment(1);
+                    reset_in.clamp(Duration::from_millis(10), SHARED_POLL)
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(shard_id, error = %e, retry_in = ?wait, "cannot take from the shared session start budget in Redis; retrying");
+                    wait
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = notified => {}
+            }
+        }
+    }
+}
+
+/// How often an identify held at the cluster's reserve looks again (a
+/// refresh by another pod, or the reset).
+const SHARED_POLL: Duration = Duration::from_secs(5);
+
 fn unreachable_bucket(bucket: u16) {
     tracing::error!(
         bucket,
@@ -352,181 +516,5 @@ fn unreachable_bucket(bucket: u16) {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use std::collections::BTreeMap;
-
-    fn limit(remaining: u32, mc: u16) -> SessionStartLimit {
-        SessionStartLimit {
-            total: 1000,
-            remaining,
-            reset_after: Duration::from_secs(3600),
-            max_concurrency: mc,
-        }
-    }
-
-    fn settings() -> IdentifySettings {
-        IdentifySettings {
-            window: Duration::from_secs(5),
-            reserve: 0,
-            min_interval: Duration::ZERO,
-        }
-    }
-
-    /// Grants `shards` concurrently and returns each grant's offset from start.
-    async fn grant_times(s: &IdentifyScheduler, shards: u32) -> BTreeMap<u32, Duration> {
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for id in 0..shards {
-            let s = s.clone();
-            tasks.push(tokio::spawn(async move {
-                let p = s.acquire(id).await;
-                (p.shard_id, start.elapsed())
-            }));
-            // Let each task queue in shard order.
-            tokio::task::yield_now().await;
-        }
-        let mut out = BTreeMap::new();
-        for t in tasks {
-            let (id, at) = t.await.unwrap();
-            out.insert(id, at);
-        }
-        out
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn sixty_four_shards_at_sixteen_make_four_batches() {
-        let s = IdentifyScheduler::new(limit(1000, 16), settings(), None);
-        let times = grant_times(&s, 64).await;
-        let mut batches: BTreeMap<Duration, Vec<u32>> = BTreeMap::new();
-        for (id, at) in times {
-            batches.entry(at).or_default().push(id);
-        }
-        let offsets: Vec<u64> = batches.keys().map(Duration::as_secs).collect();
-        assert_eq!(offsets, vec![0, 5, 10, 15], "{batches:?}");
-        for (at, ids) in &batches {
-            assert_eq!(ids.len(), 16, "{at:?}");
-            let mut keys: Vec<u32> = ids.iter().map(|id| id % 16).collect();
-            keys.sort_unstable();
-            assert_eq!(keys, (0..16).collect::<Vec<_>>(), "one per key at {at:?}");
-            assert_eq!(at.subsec_nanos(), 0, "exactly one window apart");
-        }
-        assert_eq!(s.remaining(), 1000 - 64);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_last_open_window_is_known_until_it_closes() {
-        let s = IdentifyScheduler::new(limit(1000, 16), settings(), None);
-        assert_eq!(s.open_windows_close_at(), None, "nothing sent yet");
-        let start = Instant::now();
-        let first = s.acquire(3).await;
-        s.identify_sent(first);
-        tokio::time::advance(Duration::from_secs(2)).await;
-        let second = s.acquire(4).await;
-        s.identify_sent(second);
-        assert_eq!(
-            s.open_windows_close_at(),
-            Some(start + Duration::from_secs(7)),
-            "the later of the two keys' windows"
-        );
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(s.open_windows_close_at(), None, "every window closed");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_key_waits_a_full_window_after_a_late_identify() {
-        let s = IdentifyScheduler::new(limit(1000, 2), settings(), None);
-        let t0 = Instant::now();
-        s.acquire(0).await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        s.acquire(1).await; // other key: immediate
-        assert_eq!(t0.elapsed(), Duration::from_secs(3));
-        s.acquire(2).await; // key 0 again: at 5 s
-        assert_eq!(t0.elapsed(), Duration::from_secs(5));
-        s.acquire(3).await; // key 1: its window ends at 3 + 5
-        assert_eq!(t0.elapsed(), Duration::from_secs(8));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_window_runs_from_a_delayed_send() {
-        let s = IdentifyScheduler::new(limit(1000, 1), settings(), None);
-        let t0 = Instant::now();
-        let p = s.acquire(0).await;
-        // The IDENTIFY leaves 300 ms after its grant.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        s.identify_sent(p);
-        s.acquire(1).await;
-        assert_eq!(t0.elapsed(), Duration::from_millis(5300));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn throttle_spaces_grants_and_applies_at_runtime() {
-        let s = IdentifyScheduler::new(limit(1000, 16), settings(), None);
-        let t0 = Instant::now();
-        s.acquire(0).await;
-        s.set_min_interval(Duration::from_secs(2));
-        s.acquire(1).await;
-        assert_eq!(t0.elapsed(), Duration::from_secs(2));
-        s.acquire(2).await;
-        assert_eq!(t0.elapsed(), Duration::from_secs(4));
-        // A waiter sees the throttle lifted while it waits.
-        s.set_min_interval(Duration::from_secs(60));
-        let waiter = {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.acquire(3).await;
-                Instant::now()
-            })
-        };
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert!(!waiter.is_finished());
-        s.set_min_interval(Duration::ZERO);
-        let granted = waiter.await.unwrap();
-        assert_eq!(granted - t0, Duration::from_secs(14));
-        assert_eq!(s.min_interval(), Duration::ZERO);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn reserve_is_not_spent_until_reset() {
-        let mut st = settings();
-        st.reserve = 2;
-        let lim = SessionStartLimit {
-            total: 1000,
-            remaining: 3,
-            reset_after: Duration::from_secs(600),
-            max_concurrency: 16,
-        };
-        let s = IdentifyScheduler::new(lim, st, None);
-        let t0 = Instant::now();
-        s.acquire(0).await;
-        assert_eq!((t0.elapsed(), s.remaining()), (Duration::ZERO, 2));
-        s.acquire(1).await;
-        assert_eq!(
-            t0.elapsed(),
-            Duration::from_secs(600),
-            "waited for the reset"
-        );
-        assert_eq!(s.remaining(), 999);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn fresh_limit_wakes_budget_waiters() {
-        let mut st = settings();
-        st.reserve = 5;
-        let s = IdentifyScheduler::new(limit(5, 16), st, None);
-        let waiter = {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.acquire(0).await;
-                Instant::now()
-            })
-        };
-        let t0 = Instant::now();
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        assert!(!waiter.is_finished());
-        s.update_limit(limit(500, 16));
-        assert_eq!(waiter.await.unwrap() - t0, Duration::from_secs(30));
-        assert_eq!(s.remaining(), 499);
-    }
-}
+#[path = "identify_tests.rs"]
+mod tests;

@@ -21,7 +21,9 @@
 //!   one process-wide [`ConnectRate`] through a [`PacedConnector`].
 //! - **Identifying**: [`IdentifyScheduler`] (per-key windows, runtime
 //!   throttle, session-start reserve; [`IdentifySettings`],
-//!   [`SessionStartLimit`]), shared across pods with [`RedisIdentifyLock`];
+//!   [`SessionStartLimit`]), shared across pods with [`RedisIdentifyLock`],
+//!   one cluster-wide budget ([`SharedBudget`], [`BudgetMark`]) and an
+//!   identify circuit breaker ([`BreakerPolicy`]);
 //!   gateway discovery and the identify budget: [`fetch_gateway_bot`]
 //!   ([`GatewayBot`]).
 //! - **Events out**: an [`EventSink`] ([`TrySend`], [`SinkClosed`]) takes
@@ -63,6 +65,8 @@ mod gateway_bot;
 mod guilds;
 mod http;
 mod identify;
+mod identify_breaker;
+mod identify_budget;
 mod identify_lock;
 mod live_session;
 mod outcome;
@@ -88,6 +92,8 @@ pub use gateway_protocol::Compression;
 pub use guilds::{GuildCreateKind, GuildSnapshot, GuildTracker};
 pub use http::{AdminState, prometheus, serve};
 pub use identify::{IdentifyScheduler, IdentifySettings, SessionStartLimit};
+pub use identify_breaker::BreakerPolicy;
+pub use identify_budget::{BudgetMark, SharedBudget};
 pub use identify_lock::RedisIdentifyLock;
 pub use runtime::{RunError, RunOptions, RunReport, SinkChoice, run, run_with};
 pub use session::{MAX_SESSION_BYTES, Session, SessionOwner, SessionRejected, next_epoch};

@@ -12,7 +12,11 @@
 //!    and `max_concurrency` (`sharder.max_concurrency` overrides it).
 //! 3. Check the whole cluster's layout and take this process's shards
 //!    ([`crate::assignment::plan_shards`]); one [`IdentifyScheduler`] per process, with
-//!    the Redis key lock when several processes share keys.
+//!    the Redis key lock when several processes share keys. With Redis, the
+//!    session start budget and the identify circuit breaker are the
+//!    cluster's ([`crate::SharedBudget`]): seeded from the start-up answer,
+//!    then refreshed by `GET /gateway/bot` every `identify_budget_refresh`
+//!    and when the reset time has passed.
 //! 4. Session store (file or Redis; Redis is dialled until it answers,
 //!    with capped backoff), sink (AMQP or an in-process channel) wrapped in
 //!    the runtime shed list, then every shard on its own task at once: a shard with a stored session resumes at once
@@ -37,6 +41,8 @@ use crate::connect_rate::{ConnectRate, PacedConnector};
 use crate::gateway_bot::{GatewayBotError, fetch_gateway_bot};
 use crate::http::{AdminState, serve};
 use crate::identify::{IdentifyScheduler, IdentifySettings};
+use crate::identify_breaker::BreakerPolicy;
+use crate::identify_budget::SharedBudget;
 use crate::identify_lock::RedisIdentifyLock;
 use crate::session_redis::RedisSessionStore;
 use crate::session_store::{FileSessionStore, SessionStore, StoreError};
@@ -223,6 +229,37 @@ async fn redis_connection(
     }
 }
 
+/// Keeps the shared budget fresh: `GET /gateway/bot` every `every`, and
+/// as soon as the reset time (as last seen) has passed, with the budget's
+/// mark read before each request (see `identify_budget.rs`). Errors are
+/// logged and retried at the next turn.
+async fn refresh_budget(
+    scheduler: IdentifyScheduler,
+    resolver: dnscache::Resolver,
+    api_base: String,
+    token: config::Secret,
+    every: Duration,
+    max_concurrency: Option<u16>,
+) {
+    loop {
+        let reset_in = scheduler.budget_reset_in() + Duration::from_secs(1);
+        tokio::time::sleep(every.min(reset_in)).await;
+        let mark = scheduler.budget_mark().await;
+        match fetch_gateway_bot(&resolver, &api_base, &token, Duration::from_secs(10)).await {
+            Ok(bot) => {
+                let mut limit = bot.session_start_limit;
+                if let Some(mc) = max_concurrency {
+                    limit.max_concurrency = mc;
+                }
+                scheduler.refresh_budget(limit, mark).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "GET /gateway/bot for the session start budget failed; retrying at the next refresh");
+            }
+        }
+    }
+}
+
 /// A run that ends before it started any shard (shutdown while starting).
 fn not_started() -> RunReport {
     RunReport {
@@ -342,24 +379,52 @@ async fn run_shards(
         .process_shards
         .as_ref()
         .is_some_and(|r| *r != (0..cfg.sharder.total_shards));
-    let lock = if cfg.redis.enabled() && (cfg.sharder.process_count > 1 || partial) {
-        let owner = match &cfg.sharder.process_shards {
-            Some(r) if partial => format!("sharder-shards-{}-{}", r.start, r.end),
-            _ => format!("sharder-{}", cfg.sharder.process_index),
-        };
-        admin.set_phase("connecting to Redis (identify lock)");
+    let identify_redis = if cfg.redis.enabled() {
+        admin.set_phase("connecting to Redis (identify lock and budget)");
         let Some(conn) = redis_connection(&resolver, &cfg, &shutdown).await? else {
             return Ok(not_started());
         };
-        Some(RedisIdentifyLock::new(
-            conn,
-            cfg.redis.key_prefix.clone(),
-            owner,
-        ))
+        Some(conn)
     } else {
         None
     };
-    let scheduler = IdentifyScheduler::new(limit, IdentifySettings::from(&cfg.sharder), lock);
+    let lock = match &identify_redis {
+        Some(conn) if cfg.sharder.process_count > 1 || partial => {
+            let owner = match &cfg.sharder.process_shards {
+                Some(r) if partial => format!("sharder-shards-{}-{}", r.start, r.end),
+                _ => format!("sharder-{}", cfg.sharder.process_index),
+            };
+            Some(RedisIdentifyLock::new(
+                conn.clone(),
+                cfg.redis.key_prefix.clone(),
+                owner,
+            ))
+        }
+        _ => None,
+    };
+    let shared = identify_redis.map(|conn| SharedBudget::new(conn, &cfg.redis.key_prefix));
+    let scheduler = IdentifyScheduler::with_cluster(
+        limit,
+        IdentifySettings::from(&cfg.sharder),
+        lock,
+        shared.clone(),
+        BreakerPolicy::from(&cfg.sharder),
+    );
+    let budget_refresh = if shared.is_some() {
+        scheduler
+            .refresh_budget(limit, SharedBudget::no_mark())
+            .await;
+        Some(tokio::spawn(refresh_budget(
+            scheduler.clone(),
+            resolver.clone(),
+            cfg.discord.api_base.clone(),
+            token.clone(),
+            cfg.sharder.identify_budget_refresh,
+            cfg.sharder.max_concurrency,
+        )))
+    } else {
+        None
+    };
     let store = Arc::new(match cfg.sharder.session_store {
         config::SessionStoreKind::File => {
             AnyStore::File(FileSessionStore::new(&cfg.sharder.session_dir))
@@ -475,6 +540,9 @@ async fn run_shards(
             "waiting out this process's open identify windows before exiting"
         );
         tokio::time::sleep_until(at).await;
+    }
+    if let Some(task) = budget_refresh {
+        task.abort();
     }
     tracing::info!(drained, "sharder stopped");
     match failure {

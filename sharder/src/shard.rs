@@ -291,6 +291,12 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             self.live.flush_counters();
             self.connect_slot = None;
             let reached_active = self.active_since.is_some();
+            // IDENTIFY sent, no READY: op 9 or a close; the breaker counts it.
+            if *self.state.borrow() == ShardState::Identifying
+                && matches!(outcome, Outcome::Resume(_) | Outcome::Identify { .. })
+            {
+                self.scheduler.identify_failed(id).await;
+            }
             if resuming
                 && !reached_active
                 && matches!(outcome, Outcome::Resume(_) | Outcome::Identify { .. })
