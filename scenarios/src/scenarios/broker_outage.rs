@@ -205,6 +205,31 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     env.checks.figure("ledger events", expected.len());
     env.checks
         .expect_eq("events lost", expected.difference(&seen(&tap)).count(), 0);
+    // Both outages leave the worker a backlog (at the full size about a
+    // minute of 1,000 events/s) to apply through the Redis store once
+    // Redis is back; the cache is compared once the partition queues are
+    // drained, and the catch-up time is reported.
+    let catch_up = Instant::now();
+    let drained = wait_until(
+        "worker drained its partition queues",
+        Duration::from_secs(size.pick(30, 240)),
+        async || {
+            env.broker
+                .backlog(&env.topo)
+                .await
+                .is_ok_and(|b| b.iter().all(|&n| n == 0))
+        },
+    )
+    .await;
+    env.checks.expect(
+        "worker drains its partition queues",
+        drained.is_ok(),
+        format!("{drained:?}"),
+    );
+    env.checks.figure(
+        "worker catch-up after the events stopped (s)",
+        format!("{:.1}", catch_up.elapsed().as_secs_f64()),
+    );
     let truth = sim.truth().await?;
     let mut diff = cache_check::CacheDiff::default();
     let _ = wait_until(
