@@ -28,7 +28,8 @@
 #     securityContext, resources, probes on /readyz and /healthz, ndots 1.
 #  5. every metric name in grafana/bulwark-dashboard.json's PromQL and in the
 #     production alert rules is emitted by the Rust sources (sharder/src,
-#     worker/src, dnscache/src); every alert has a runbook section.
+#     worker/src, dnscache/src, protocol/src); every alert has a runbook
+#     section.
 # Usage: deploy/validate.sh [overlay...]   (default: every overlay)
 #        deploy/validate.sh --self-test    (broken copies must fail, see below)
 set -euo pipefail
@@ -37,6 +38,8 @@ cd "$(dirname "$0")"
 # Oldest supported (pod-index label needs 1.28; preStop sleep is on by
 # default from 1.30) and the newest schemas the tool bundles.
 K8S_VERSIONS=(1.31.0 1.37.0)
+# The crates whose sources emit the metrics the dashboard and alerts use.
+METRIC_SOURCES=(sharder worker dnscache protocol)
 
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "FATAL: kubectl not found; install kubectl (1.27+, with built-in kustomize) to render deploy/" >&2
@@ -82,7 +85,7 @@ if [ "${1:-}" = "--self-test" ]; then
   copy() {
     mkdir -p "$st/$1"
     cp -r "$root/deploy" "$root/docs" "$st/$1/"
-    for d in sharder worker dnscache; do ln -s "$root/$d" "$st/$1/$d"; done
+    for d in "${METRIC_SOURCES[@]}"; do ln -s "$root/$d" "$st/$1/$d"; done
   }
   expect() { # name, expected exit (0/1), message that must appear
     local out rc=0
@@ -544,8 +547,10 @@ echo "--- grafana/bulwark-dashboard.json"
 # Histogram/summary series suffixes (_bucket, _sum, _count) are stripped
 # when the full name is not found.
 # The alert rules' expressions get the same check.
+metric_src=()
+for d in "${METRIC_SOURCES[@]}"; do metric_src+=("../$d/src"); done
 if ! python3 - grafana/bulwark-dashboard.json overlays/production/prometheusrule.yaml \
-    ../sharder/src ../worker/src ../dnscache/src <<'PY'
+    "${metric_src[@]}" <<'PY'
 import json, pathlib, re, sys, yaml
 
 dash = json.load(open(sys.argv[1]))
@@ -593,7 +598,7 @@ for n in sorted(names):
     if f'"{base}"' not in src:
         missing.append(n)
 for n in missing:
-    print(f"FAIL: dashboard or alerts use metric {n}, which no sharder/worker/dnscache source emits", file=sys.stderr)
+    print(f"FAIL: dashboard or alerts use metric {n}, which no source of {', '.join(sys.argv[3:])} emits", file=sys.stderr)
 if not missing:
     print(f"{len(exprs)} expressions ({len(alert_exprs)} alerts), {len(names)} metric names: all emitted by the sources")
 sys.exit(1 if missing else 0)

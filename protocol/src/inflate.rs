@@ -145,16 +145,6 @@ impl Compression {
     }
 }
 
-impl From<config::GatewayCompression> for Compression {
-    fn from(c: config::GatewayCompression) -> Self {
-        match c {
-            config::GatewayCompression::None => Self::None,
-            config::GatewayCompression::ZlibStream => Self::ZlibStream,
-            config::GatewayCompression::ZstdStream => Self::ZstdStream,
-        }
-    }
-}
-
 /// Why a compressed message could not be turned into a payload. Every
 /// variant means: close this connection and resume on a new one.
 #[derive(Debug, thiserror::Error)]

@@ -81,7 +81,11 @@ impl ShardConfig {
         );
         c.intents = cfg.discord.intents;
         c.large_threshold = cfg.discord.large_threshold;
-        c.compression = s.compression.into();
+        c.compression = match s.compression {
+            config::GatewayCompression::None => Compression::None,
+            config::GatewayCompression::ZlibStream => Compression::ZlibStream,
+            config::GatewayCompression::ZstdStream => Compression::ZstdStream,
+        };
         c.max_payload = usize::try_from(s.max_payload_bytes).unwrap_or(usize::MAX);
         c.reconnect_base = s.reconnect_base;
         c.reconnect_max = s.reconnect_max;

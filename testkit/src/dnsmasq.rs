@@ -36,8 +36,8 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 pub enum DnsmasqError {
     #[error(
         "dnsmasq is not installed ({DNSMASQ} is missing): install it with \
-         `apt-get install dnsmasq-base`, or run the tests through `.ci/run`, \
-         which installs it"
+         `apt-get install dnsmasq-base`, or run the tests with `.ci/test` \
+         (README's test command), which installs it"
     )]
     Missing,
     #[error("{what}: {source}")]
@@ -335,6 +335,6 @@ mod tests {
     fn the_missing_daemon_says_how_to_install_it() {
         let msg = DnsmasqError::Missing.to_string();
         assert!(msg.contains("apt-get install dnsmasq-base"), "{msg}");
-        assert!(msg.contains(".ci/run"), "{msg}");
+        assert!(msg.contains(".ci/test"), "{msg}");
     }
 }

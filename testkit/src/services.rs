@@ -2,8 +2,8 @@
 //! test's share of them apart.
 //!
 //! Tests and benches use one RabbitMQ (127.0.0.1:5672, guest/guest) and
-//! one Redis (127.0.0.1:6379), started by `.ci/run` or by hand (see the
-//! README). They run in parallel against them, so every exchange, queue,
+//! one Redis (127.0.0.1:6379), started by `.ci/services` (which README's test
+//! command, `.ci/test`, runs first) or by hand. They run in parallel against them, so every exchange, queue,
 //! Redis key prefix and temporary directory a test makes carries a name no
 //! other run uses ([`unique_name`]), and the test removes it afterwards.
 

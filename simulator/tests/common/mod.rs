@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
 pub const TOKEN: &str = "sim-token";
 /// GUILDS | GUILD_MEMBERS | GUILD_EMOJIS_AND_STICKERS | GUILD_PRESENCES |
@@ -40,8 +39,8 @@ pub async fn start(cfg: SimConfig) -> SimHandle {
 
 enum Inflater {
     Plain,
-    Zlib(flate2::Decompress, Vec<u8>),
-    Zstd(zstd::stream::raw::Decoder<'static>),
+    /// Transport compression, read with the sharder's own decoder.
+    Stream(gateway_protocol::Decompressor),
 }
 
 /// What the client read.
@@ -74,10 +73,17 @@ impl Client {
 
     pub async fn connect_url(url: &str, compress: Option<&str>) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let inflater = match compress {
-            Some("zlib-stream") => Inflater::Zlib(flate2::Decompress::new(true), Vec::new()),
-            Some("zstd-stream") => Inflater::Zstd(zstd::stream::raw::Decoder::new().unwrap()),
-            _ => Inflater::Plain,
+        let stream = match compress {
+            Some("zlib-stream") => Some(gateway_protocol::Compression::ZlibStream),
+            Some("zstd-stream") => Some(gateway_protocol::Compression::ZstdStream),
+            _ => None,
+        };
+        let inflater = match stream {
+            Some(c) => Inflater::Stream(
+                gateway_protocol::Decompressor::new(c, gateway_protocol::DEFAULT_MAX_PAYLOAD)
+                    .unwrap(),
+            ),
+            None => Inflater::Plain,
         };
         Client { ws, inflater }
     }
@@ -126,45 +132,12 @@ impl Client {
                     .map_err(|e| e.to_string())?;
                 Ok(Some(text))
             }
-            Inflater::Zlib(d, buf) => {
-                buf.extend_from_slice(b);
-                if !buf.ends_with(&[0, 0, 0xff, 0xff]) {
-                    return Ok(None);
-                }
-                let input = std::mem::take(buf);
-                let mut out = Vec::with_capacity(input.len() * 4 + 64);
-                let start = d.total_in();
-                loop {
-                    let consumed = (d.total_in() - start) as usize;
-                    if out.len() == out.capacity() {
-                        out.reserve(out.capacity());
-                    }
-                    d.decompress_vec(&input[consumed..], &mut out, flate2::FlushDecompress::Sync)
-                        .map_err(|e| e.to_string())?;
-                    if (d.total_in() - start) as usize == input.len() && out.len() < out.capacity()
-                    {
-                        break;
-                    }
-                }
-                String::from_utf8(out).map(Some).map_err(|e| e.to_string())
-            }
-            Inflater::Zstd(d) => {
-                let mut out: Vec<u8> = Vec::with_capacity(b.len() * 8 + 64);
-                let mut inb = InBuffer::around(b);
-                loop {
-                    if out.len() == out.capacity() {
-                        out.reserve(out.capacity());
-                    }
-                    let pos = out.len();
-                    let mut outb = OutBuffer::around_pos(&mut out, pos);
-                    d.run(&mut inb, &mut outb).map_err(|e| e.to_string())?;
-                    let full = outb.pos() == outb.capacity();
-                    if inb.pos() == b.len() && !full {
-                        break;
-                    }
-                }
-                String::from_utf8(out).map(Some).map_err(|e| e.to_string())
-            }
+            Inflater::Stream(d) => match d.push(b).map_err(|e| e.to_string())? {
+                Some(payload) => String::from_utf8(payload.to_vec())
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                None => Ok(None),
+            },
         }
     }
 
