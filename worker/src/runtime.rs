@@ -4,8 +4,12 @@
 //! needs `redis.url`), install the Prometheus recorder, build the process's
 //! caching DNS resolver (every broker and Redis connection resolves
 //! through it), bind the HTTP API (`worker.http_listen`), pick the store,
-//! then supervise the AMQP session ([`crate::supervisor`]): connect,
-//! declare the shared topology, one consumer per partition, publishing the
+//! decide who picks this replica's partitions (with a Redis store and no
+//! fixed `worker.consume`, the replicas share them through Redis leases,
+//! [`crate::membership`]; otherwise this replica subscribes to all of
+//! them, logged), then supervise the AMQP session ([`crate::supervisor`]):
+//! connect, declare the shared topology, one consumer per partition held,
+//! publishing the
 //! clean events to the output exchange unless `worker.publish_events` is
 //! off, and a backlog watcher that drives `/readyz`; a lost connection is
 //! retried with capped, jittered backoff. The in-memory store's tombstones
@@ -17,7 +21,9 @@
 //! replica at once, after acking what it finished and waiting for the
 //! confirms of what it published; all within [`DRAIN_GRACE`], after which
 //! what is left is abandoned (unacked, so the broker redelivers it: never
-//! lost) and the run reports `drained: false`.
+//! lost) and the run reports `drained: false`. Once the consumers have
+//! stopped, the leases are released and the replica leaves the member set,
+//! so the others take its partitions at their next tick.
 
 use crate::gate::PartitionGate;
 use crate::http::{ApiState, Health, router};

@@ -157,8 +157,11 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     w3.child.terminate()?;
     w4.child.kill();
     let exit = w3.child.wait_exit(WAIT).await?;
-    env.checks
-        .expect("SIGTERMed worker exits 0", exit.success(), format!("{exit}"));
+    env.checks.expect(
+        "SIGTERMed worker exits 0",
+        exit.success(),
+        format!("{exit}"),
+    );
     expect_balance(env, "2 workers", &[&w1, &w2]).await;
 
     // Drain and compare.
