@@ -260,6 +260,8 @@ impl Membership {
     async fn leave(&self, book: &mut LeaseBook) {
         self.gate.set_allowed(BTreeSet::new());
         let mut changes = self.gate.subscribe();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             for p in book.owned() {
                 self.release(book, p).await;
@@ -267,9 +269,18 @@ impl Membership {
             if book.owned().is_empty() {
                 break;
             }
-            // Bounded by the caller's drain grace; leases expire anyway.
-            if changes.changed().await.is_err() {
-                break;
+            // Bounded by the caller's drain grace. The leases of consumers
+            // still draining stay renewed, so they do not expire under them.
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                _ = tick.tick() => {
+                    for p in book.owned() {
+                        let sent = Instant::now();
+                        if let Ok(ours) = self.lease(&RENEW, p).await {
+                            book.renewed(p, sent, ours);
+                        }
+                    }
+                }
             }
         }
         self.publish(book);
