@@ -16,6 +16,7 @@ pub mod rolling_restart;
 pub mod rollout_safety;
 pub mod runtime_controls;
 pub mod worker_scale_out;
+pub mod worker_throughput;
 
 use crate::binaries::Binaries;
 use crate::broker::Broker;
@@ -50,6 +51,10 @@ pub const SCENARIOS: &[ScenarioInfo] = &[
     worker_scale_out::INFO,
 ];
 
+/// Measurements the runner runs by name only (not in `run all`, not in
+/// the tests): they assert little and take minutes.
+pub const MEASUREMENTS: &[ScenarioInfo] = &[worker_throughput::INFO];
+
 /// Longest a scenario may run before it is failed.
 pub fn time_limit(size: Size) -> Duration {
     size.pick(Duration::from_secs(180), Duration::from_secs(1200))
@@ -70,6 +75,7 @@ pub async fn run_scenario(name: &str, size: Size) -> ScenarioReport {
             "runtime-controls" => runtime_controls::run(size).await,
             "rollout-safety" => rollout_safety::run(size).await,
             "worker-scale-out" => worker_scale_out::run(size).await,
+            "worker-throughput" => worker_throughput::run(size).await,
             other => Err(ScenarioError::Setup(format!(
                 "unknown scenario {other:?}; see `bulwark-scenarios list`"
             ))),
