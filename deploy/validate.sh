@@ -4,7 +4,8 @@
 #  2. every built-in kind passes `kubernetes-validate --strict` (bundled
 #     OpenAPI schemas, offline) for the oldest and newest Kubernetes we
 #     support;
-#  3. CRD kinds (RabbitmqCluster, ServiceMonitor, PrometheusRule) have no
+#  3. CRD kinds (RabbitmqCluster, ServiceMonitor, PrometheusRule, KEDA's
+#     ScaledObject and TriggerAuthentication) have no
 #     schema in kubernetes-validate, which only WARNs on a missing schema
 #     and passes. So they are filtered out of step 2 and validated with
 #     python jsonschema against deploy/schemas/*.json (every object we use
@@ -19,7 +20,8 @@
 #     (kustomize replacement) and no process_count in the TOML;
 #     PROCESS_INDEX from the pod-index label; Guaranteed QoS, a shipped
 #     PriorityClass and node + zone topology spread for the sharder; DNS
-#     egress to kube-dns pods, NodeLocal DNSCache and a ClusterIP /32;
+#     egress to kube-dns pods, one autoscaler per workload and a worker
+#     ScaledObject within the partition count on the partition queues, NodeLocal DNSCache and a ClusterIP /32;
 #     container/Service/scrape ports == http_listen,
 #     terminationGracePeriodSeconds > preStop + sharder.shutdown_grace,
 #     no Secret rendered, secrets only by secretKeyRef, hardened
@@ -124,6 +126,27 @@ assert "    additionalConfig: |" in s, "self-test: the field to misspell is gone
 open(p, "w").write(s.replace("    additionalConfig: |", "    additonalConfig: |"))
 PY
   expect misspelled-rabbitmq 1 "'additonalConfig' was unexpected"
+  # A misspelled field of the KEDA ScaledObject: KEDA would ignore it and
+  # scale with its defaults (1..100 replicas).
+  copy misspelled-scaledobject
+  python3 - "$st/misspelled-scaledobject/deploy/overlays/production/worker-scaledobject.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert "  maxReplicaCount: 8" in s, "self-test: the field to misspell is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace("  maxReplicaCount: 8", "  maxReplicasCount: 8"))
+PY
+  expect misspelled-scaledobject 1 "'maxReplicasCount' was unexpected"
+  # The CPU HPA left in place next to the ScaledObject.
+  copy two-autoscalers
+  python3 - "$st/two-autoscalers/deploy/overlays/production/kustomization.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert "  - path: worker-hpa-delete.yaml\n" in s, "self-test: the HPA deletion is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace("  - path: worker-hpa-delete.yaml\n", ""))
+PY
+  expect two-autoscalers 1 "both scale worker"
   echo "deploy/validate.sh --self-test: ok"
   exit 0
 fi
@@ -161,9 +184,12 @@ CRDS = {
     "RabbitmqCluster": "schemas/rabbitmqcluster.json",
     "ServiceMonitor": "schemas/servicemonitor.json",
     "PrometheusRule": "schemas/prometheusrule.json",
+    "ScaledObject": "schemas/scaledobject.json",
+    "TriggerAuthentication": "schemas/triggerauthentication.json",
 }
 DURATION = re.compile(r"^(\d+(ms|s|m|h))+$")
 builtin = []
+scaled = []
 rule_files = 0
 for d in docs:
     kind, api = d.get("kind"), d.get("apiVersion")
@@ -216,6 +242,8 @@ for d in docs:
             rule_files += 1
             with open(f"{rules_prefix}.{name}.rules.yaml", "w") as f:
                 yaml.safe_dump({"groups": groups}, f, sort_keys=False)
+        if kind == "ScaledObject":
+            scaled.append(d)
         if kind == "ServiceMonitor":
             if not (spec.get("selector") or {}).get("matchLabels"):
                 err(f"{kind}/{name}: spec.selector.matchLabels missing")
@@ -276,6 +304,48 @@ for kind, wl_name, cm in (("StatefulSet", "sharder", sharder_cm), ("Deployment",
         mounted = {(v.get("configMap") or {}).get("name") for v in wl["spec"]["template"]["spec"].get("volumes", [])}
         if cm not in mounted:
             err(f"{kind}/{wl_name} does not mount its own ConfigMap {cm} (mounts {sorted(x for x in mounted if x)})")
+
+# Worker autoscaling on queue depth (KEDA): one autoscaler per workload
+# (KEDA's own HPA and a second one would fight), replicas only help when the
+# workers share the partitions (Redis store), never more replicas than
+# partitions, and the trigger reads the partition queues.
+for so in scaled:
+    ref = so["spec"]["scaleTargetRef"]
+    n = so["metadata"]["name"]
+    target = (ref.get("kind", "Deployment"), ref["name"])
+    if target not in by:
+        err(f"ScaledObject/{n}: scaleTargetRef {target[0]}/{target[1]} is not rendered")
+    hpas = [d["metadata"]["name"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"
+            and d["spec"]["scaleTargetRef"]["name"] == ref["name"]]
+    if hpas:
+        err(f"ScaledObject/{n} and HorizontalPodAutoscaler {hpas} both scale {ref['name']}: KEDA's HPA and another would fight")
+    if ref["name"] == "worker":
+        parts = wcfg.get("amqp", {}).get("partitions", 16)
+        mx = so["spec"].get("maxReplicaCount", 100)
+        if mx > parts:
+            err(f"ScaledObject/{n}: maxReplicaCount {mx} > amqp.partitions {parts}: a replica beyond the partition count holds nothing")
+        if so["spec"].get("minReplicaCount", 0) < 1:
+            err(f"ScaledObject/{n}: minReplicaCount must be >= 1: the read API needs a worker")
+        if wcfg.get("worker", {}).get("store") != "redis":
+            err(f"ScaledObject/{n}: scaling workers needs worker.store = \"redis\" (shared partitions); without it added replicas are idle standbys")
+        for t in so["spec"]["triggers"]:
+            m = t["metadata"]
+            if t["type"] != "rabbitmq":
+                err(f"ScaledObject/{n}: trigger {t['type']}: the workers scale on RabbitMQ queue depth")
+                continue
+            if m.get("mode") != "QueueLength" or not m.get("value", "").isdigit():
+                err(f"ScaledObject/{n}: rabbitmq trigger needs mode QueueLength and an integer value, got {m}")
+            if m.get("useRegex") == "true":
+                if m.get("protocol") != "http" or m.get("operation") not in ("sum", "max"):
+                    err(f"ScaledObject/{n}: useRegex needs protocol http and operation sum or max, got {m}")
+                pat = re.compile(m.get("queueName", ""))
+                missing = [p for p in range(parts) if not pat.search(f"bulwark.gateway.p{p}")]
+                if missing or pat.search("bulwark.gateway.dead"):
+                    err(f"ScaledObject/{n}: queueName {m.get('queueName')!r} must match every partition queue "
+                        f"(misses {missing[:4]}) and not the dead-letter queue")
+            if not (t.get("authenticationRef") or {}).get("name") or \
+                    ("TriggerAuthentication", t["authenticationRef"]["name"]) not in by:
+                err(f"ScaledObject/{n}: rabbitmq trigger needs an authenticationRef to a rendered TriggerAuthentication (no host in the manifest: it holds a password)")
 
 sts = by.get(("StatefulSet", "sharder"))
 if not sts:
@@ -381,8 +451,9 @@ for n, section, default in (("sharder", "sharder", "0.0.0.0:8080"), ("worker", "
     if svc and not any(p.get("name") == "http" and p.get("port") == port for p in svc["spec"]["ports"]):
         err(f"Service {n}: no port http = {port}")
 
-if ("HorizontalPodAutoscaler", "worker") not in by:
-    err("no HorizontalPodAutoscaler worker")
+if ("HorizontalPodAutoscaler", "worker") not in by and \
+        not any(so["spec"]["scaleTargetRef"]["name"] == "worker" for so in scaled):
+    err("no autoscaler for the worker (HorizontalPodAutoscaler or KEDA ScaledObject worker)")
 # DNS egress must work whichever path the cluster's DNS takes
 # (docs/operations.md, "DNS"): CoreDNS pods behind kube-dns's ClusterIP,
 # NodeLocal DNSCache on 169.254.20.10, and NodeLocal DNSCache answering on

@@ -43,7 +43,7 @@ pub mod scenarios;
 pub mod sim;
 
 pub use report::{Checks, ScenarioReport, Size};
-pub use scenarios::{SCENARIOS, ScenarioInfo, run_blocking, run_scenario};
+pub use scenarios::{MEASUREMENTS, SCENARIOS, ScenarioInfo, run_blocking, run_scenario};
 
 use std::time::{Duration, Instant};
 

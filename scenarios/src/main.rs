@@ -12,7 +12,7 @@
 #![forbid(unsafe_code)]
 
 use bulwark_process::LogTo;
-use bulwark_scenarios::{SCENARIOS, ScenarioReport, Size, run_blocking};
+use bulwark_scenarios::{MEASUREMENTS, SCENARIOS, ScenarioReport, Size, run_blocking};
 use clap::{Parser, Subcommand};
 use std::time::Instant;
 
@@ -43,7 +43,7 @@ fn main() {
     let args = Args::parse();
     match args.command {
         Cmd::List => {
-            for s in SCENARIOS {
+            for s in SCENARIOS.iter().chain(MEASUREMENTS) {
                 println!(
                     "{:<18} {}\n{:<18} asserts: {}\n",
                     s.name, s.incident, "", s.asserts
@@ -57,10 +57,12 @@ fn main() {
             } else {
                 names
             };
-            if let Some(bad) = names
-                .iter()
-                .find(|n| !SCENARIOS.iter().any(|s| s.name == n.as_str()))
-            {
+            if let Some(bad) = names.iter().find(|n| {
+                !SCENARIOS
+                    .iter()
+                    .chain(MEASUREMENTS)
+                    .any(|s| s.name == n.as_str())
+            }) {
                 eprintln!("unknown scenario {bad:?}; `bulwark-scenarios list` shows them");
                 std::process::exit(2);
             }

@@ -72,9 +72,14 @@ fn list_names_every_scenario_once() {
         .iter()
         .map(|s| s.name)
         .collect();
-    assert_eq!(names.len(), 8);
+    assert_eq!(names.len(), 9);
     let mut sorted = names.clone();
     sorted.sort_unstable();
     sorted.dedup();
-    assert_eq!(sorted.len(), 8, "{names:?}");
+    assert_eq!(sorted.len(), 9, "{names:?}");
+}
+
+#[test]
+fn worker_scale_out() {
+    scenario("worker-scale-out");
 }

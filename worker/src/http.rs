@@ -15,7 +15,7 @@
 //!   restart empties the in-memory cache, so a broker outage must never
 //!   fail it (restarts should wait for warm caches, not cause cold ones).
 //! * `GET /readyz`: 200 once a partition consumer runs and the cache has
-//!   caught up: every consumed partition's backlog is under
+//!   caught up: the backlog of every partition this replica holds now is under
 //!   `worker.ready_backlog` (see [`crate::readiness`]), so a rolling update
 //!   waits for a warm cache and traffic leaves a worker cut off from the
 //!   broker.

@@ -14,10 +14,14 @@
 //!   `worker` binary is configuration, logging and a signal around it.
 #![forbid(unsafe_code)]
 
+mod assignment;
 mod consumer;
 mod delivery;
+mod gate;
 mod gateway;
 pub mod http;
+mod lease;
+mod membership;
 mod memory;
 mod model;
 mod mutation;

@@ -3,7 +3,10 @@
 //! previous pod for) a cache still absorbing a cold-boot burst.
 //!
 //! # Algorithm
-//! Every `interval`, a passive declare of each consumed partition queue
+//! Every `interval`, a passive declare of each partition queue this
+//! replica consumes *now* (its own partitions, not every partition: during
+//! a cold-boot burst one replica's backlog must not take every replica's
+//! endpoint away)
 //! returns its ready-message count (messages not yet delivered to a
 //! consumer). The count is exported as `worker_backlog_messages{partition}`
 //! and the worker is caught up when every count is below the threshold.
@@ -11,10 +14,12 @@
 //! uses its own channel and reports the error (the session reconnects).
 
 use crate::consumer::AmqpTopology;
+use crate::gate::PartitionGate;
 use crate::http::Health;
 use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,16 +58,45 @@ pub async fn watch_backlog(
     health: Arc<Health>,
     interval: Duration,
 ) -> lapin::Error {
+    let gate = Arc::new(PartitionGate::fixed(&partitions));
+    gate.claim_new();
+    watch_own_backlog(ch, topo, gate, threshold, health, interval).await
+}
+
+/// [`watch_backlog`] over the partitions `gate` says run now; a partition
+/// that leaves the set has its backlog gauge zeroed (its new owner reports
+/// it), so a sum over replicas counts each queue once.
+pub(crate) async fn watch_own_backlog(
+    ch: Channel,
+    topo: AmqpTopology,
+    gate: Arc<PartitionGate>,
+    threshold: u32,
+    health: Arc<Health>,
+    interval: Duration,
+) -> lapin::Error {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = None;
+    let mut before: BTreeSet<u32> = BTreeSet::new();
     loop {
         tick.tick().await;
+        let own = gate.running();
+        for p in before.difference(&own) {
+            metrics::gauge!("worker_backlog_messages", "partition" => p.to_string()).set(0.0);
+        }
+        let partitions: Vec<u32> = own.iter().copied().collect();
+        before = own;
         match backlog(&ch, &topo, &partitions).await {
             Ok(counts) => {
                 let caught_up = counts.iter().all(|&n| n < threshold);
                 if last != Some(caught_up) {
-                    tracing::info!(caught_up, ?counts, threshold, "backlog readiness changed");
+                    tracing::info!(
+                        caught_up,
+                        ?partitions,
+                        ?counts,
+                        threshold,
+                        "backlog readiness changed"
+                    );
                     last = Some(caught_up);
                 }
                 health.set_caught_up(caught_up);

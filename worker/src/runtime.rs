@@ -4,8 +4,12 @@
 //! needs `redis.url`), install the Prometheus recorder, build the process's
 //! caching DNS resolver (every broker and Redis connection resolves
 //! through it), bind the HTTP API (`worker.http_listen`), pick the store,
-//! then supervise the AMQP session ([`crate::supervisor`]): connect,
-//! declare the shared topology, one consumer per partition, publishing the
+//! decide who picks this replica's partitions (with a Redis store and no
+//! fixed `worker.consume`, the replicas share them through Redis leases,
+//! [`crate::membership`]; otherwise this replica subscribes to all of
+//! them, logged), then supervise the AMQP session ([`crate::supervisor`]):
+//! connect, declare the shared topology, one consumer per partition held,
+//! publishing the
 //! clean events to the output exchange unless `worker.publish_events` is
 //! off, and a backlog watcher that drives `/readyz`; a lost connection is
 //! retried with capped, jittered backoff. The in-memory store's tombstones
@@ -17,9 +21,13 @@
 //! replica at once, after acking what it finished and waiting for the
 //! confirms of what it published; all within [`DRAIN_GRACE`], after which
 //! what is left is abandoned (unacked, so the broker redelivers it: never
-//! lost) and the run reports `drained: false`.
+//! lost) and the run reports `drained: false`. Once the consumers have
+//! stopped, the leases are released and the replica leaves the member set,
+//! so the others take its partitions at their next tick.
 
+use crate::gate::PartitionGate;
 use crate::http::{ApiState, Health, router};
+use crate::membership::Membership;
 use crate::memory::MemoryStore;
 use crate::output::Unconfirmed;
 use crate::processor::Worker;
@@ -28,7 +36,7 @@ use crate::store::{Store, StoreError};
 use crate::supervisor::Supervisor;
 use crate::{AmqpTopology, CacheOptions};
 use config::{Config, WorkerStoreKind, redact_url};
-use dnscache::Resolver;
+use dnscache::{RedisConnection, Resolver};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -71,7 +79,8 @@ pub enum RunError {
 /// How a run ended without error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunReport {
-    /// Partitions this process consumed.
+    /// Partitions this process could consume (with shared partitions, it
+    /// consumed those it held leases for, a subset).
     pub partitions: Vec<u32>,
     /// The shutdown finished within [`DRAIN_GRACE`].
     pub drained: bool,
@@ -112,7 +121,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<RunReport, 
                 metrics: Some(metrics),
                 stats: Some(Arc::new(move || counted.stats())),
             };
-            Ok(process.serve(api, sweep).await)
+            Ok(process.serve(api, sweep, None).await)
         }
         WorkerStoreKind::Redis => {
             let url = cfg.redis.url.expose();
@@ -128,13 +137,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<RunReport, 
             })?;
             let store = Arc::new(store);
             let sweep = tokio::spawn(crate::sweep::sweep_shared(store.clone(), horizon));
+            let coordination =
+                RedisConnection::lazy(&process.resolver, url).map_err(|e| RunError::Redis {
+                    url: redact_url(url),
+                    source: e.into(),
+                })?;
             let api = ApiState {
                 store,
                 health,
                 metrics: Some(metrics),
                 stats: None,
             };
-            Ok(process.serve(api, sweep).await)
+            Ok(process.serve(api, sweep, Some(coordination)).await)
         }
     }
 }
@@ -150,8 +164,20 @@ struct Process<'a> {
 
 impl Process<'_> {
     /// Serves the API and consumes until shutdown, then drains.
-    async fn serve<S: Store>(self, api: ApiState<S>, sweep: JoinHandle<()>) -> RunReport {
+    async fn serve<S: Store>(
+        self,
+        api: ApiState<S>,
+        sweep: JoinHandle<()>,
+        redis: Option<RedisConnection>,
+    ) -> RunReport {
         let cfg = self.cfg;
+        let partitions: Vec<u32> = if cfg.worker.consume.is_empty() {
+            (0..cfg.amqp.partitions).collect()
+        } else {
+            cfg.worker.consume.clone()
+        };
+        let (gate, membership) = share(cfg, &partitions, redis);
+        let membership = membership.map(|m| tokio::spawn(m.run(self.shutdown.clone())));
         let worker = Arc::new(Worker::with_shared_store(api.store.clone()).with_options(
             CacheOptions {
                 presences: cfg.worker.cache_presences,
@@ -168,11 +194,8 @@ impl Process<'_> {
                 .publish_events
                 .then(|| Arc::new(Unconfirmed::default())),
             topology: AmqpTopology::named(&cfg.worker.amqp_topology_base, cfg.amqp.partitions),
-            partitions: if cfg.worker.consume.is_empty() {
-                (0..cfg.amqp.partitions).collect()
-            } else {
-                cfg.worker.consume.clone()
-            },
+            partitions,
+            gate,
         };
         // The session is dropped at the end of this block: one that did not
         // drain in time is aborted (its unacked messages are redelivered).
@@ -192,6 +215,14 @@ impl Process<'_> {
                 "the consumers did not drain within the grace; the broker redelivers the rest"
             );
         }
+        // The consumers have stopped: the leases go, so the other replicas
+        // take the partitions over at their next tick.
+        if let Some(membership) = membership {
+            let stop_membership = membership.abort_handle();
+            if tokio::time::timeout_at(deadline, membership).await.is_err() {
+                stop_membership.abort();
+            }
+        }
         sweep.abort();
         let stop_http = http.abort_handle();
         if tokio::time::timeout_at(deadline, http).await.is_err() {
@@ -201,6 +232,46 @@ impl Process<'_> {
         RunReport {
             partitions: supervisor.partitions,
             drained,
+        }
+    }
+}
+
+/// Who decides which partitions this replica consumes: with a Redis store
+/// and no fixed `worker.consume`, the replicas share them through Redis
+/// leases ([`crate::membership`]); otherwise this replica subscribes to
+/// every partition it is configured for and single-active-consumer makes
+/// one replica consume each (all of them on the first replica to start).
+fn share(
+    cfg: &Config,
+    partitions: &[u32],
+    redis: Option<RedisConnection>,
+) -> (Arc<PartitionGate>, Option<Membership>) {
+    match redis {
+        Some(con) if cfg.worker.consume.is_empty() => {
+            let gate = Arc::new(PartitionGate::closed());
+            let membership = Membership::new(
+                con,
+                &cfg.redis.key_prefix,
+                &cfg.worker.amqp_topology_base,
+                partitions.to_vec(),
+                gate.clone(),
+            );
+            (gate, Some(membership))
+        }
+        Some(_) => {
+            tracing::info!(
+                partitions = ?partitions,
+                "worker.consume is set: consuming exactly those partitions, not sharing them"
+            );
+            (Arc::new(PartitionGate::fixed(partitions)), None)
+        }
+        None => {
+            tracing::warn!(
+                "no Redis store: partitions are not shared between replicas; this replica \
+                 subscribes to every partition and single-active-consumer makes the first \
+                 replica consume them all (set worker.store = \"redis\" to scale out)"
+            );
+            (Arc::new(PartitionGate::fixed(partitions)), None)
         }
     }
 }

@@ -2,10 +2,16 @@
 //!
 //! # Algorithm
 //! A session connects (through the process's caching resolver), declares
-//! the shared topology, and runs one consumer per consumed partition on its
-//! own channel, plus the backlog watcher that drives `/readyz`. It ends when
-//! a consumer stops (its channel or the connection closed) or the watcher
-//! fails; the supervisor then reconnects after a capped, jittered backoff
+//! the shared topology, and runs one consumer per partition the
+//! [`PartitionGate`] allows, each on its own channel, plus the backlog
+//! watcher that drives `/readyz` from those partitions only. When the gate
+//! changes (a lease won or handed over, see [`crate::membership`]) it starts
+//! the new consumers and stops the disallowed ones: a stopped consumer
+//! finishes and acks what it holds, cancels, closes its channel (returning
+//! its unprocessed prefetch to the queue head), and only then is marked
+//! stopped in the gate, which lets its lease go. A session ends when a
+//! consumer stops on its own (its channel or the connection closed) or the
+//! watcher fails; the supervisor then reconnects after a capped, jittered backoff
 //! (100 ms doubling to 30 s, half to full of it), so a broker restart does
 //! not bring every replica back at once. A session that ran and ended
 //! cleanly resets the backoff.
@@ -16,7 +22,8 @@
 //! unacked prefetch is redelivered there; the supervisor then returns. The
 //! caller bounds that drain with its grace.
 
-use crate::consumer::{AmqpTopology, ConsumeError, consume_partition_with};
+use crate::consumer::{AmqpTopology, ConsumeError, ConsumeStats, consume_partition_with};
+use crate::gate::PartitionGate;
 use crate::http::Health;
 use crate::output::Unconfirmed;
 use crate::processor::Worker;
@@ -25,6 +32,7 @@ use config::{Config, redact_url};
 use dnscache::Resolver;
 use lapin::ConnectionProperties;
 use rand::Rng;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +67,10 @@ pub(crate) struct Supervisor<'a> {
     /// The record of unconfirmed output, when publishing.
     pub(crate) unconfirmed: Option<Arc<Unconfirmed>>,
     pub(crate) topology: AmqpTopology,
+    /// The partitions this replica may be given.
     pub(crate) partitions: Vec<u32>,
+    /// Which of them it consumes now.
+    pub(crate) gate: Arc<PartitionGate>,
 }
 
 impl Supervisor<'_> {
@@ -99,51 +110,148 @@ impl Supervisor<'_> {
             .declare(&ch)
             .await
             .map_err(SessionError::Declare)?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for &p in &self.partitions {
-            let ch = conn.create_channel().await.map_err(SessionError::Channel)?;
-            let guard = self.health.consumer();
-            let run = consume_partition_with(
-                worker.clone(),
-                ch,
-                self.topology.clone(),
-                p,
-                self.cfg.worker.prefetch,
-                self.unconfirmed.clone(),
-                stop.clone().cancelled_owned(),
-            );
-            tasks.spawn(async move {
-                let out = run.await;
-                drop(guard);
-                out
-            });
-        }
         tracing::info!(
-            partitions = self.partitions.len(),
+            candidates = self.partitions.len(),
             publish = self.unconfirmed.is_some(),
-            "consuming"
+            "consuming the partitions this replica is given"
         );
-        let watcher = crate::readiness::watch_backlog(
+        let watcher = crate::readiness::watch_own_backlog(
             conn.create_channel().await.map_err(SessionError::Channel)?,
             self.topology.clone(),
-            self.partitions.clone(),
+            self.gate.clone(),
             self.cfg.worker.ready_backlog,
             self.health.clone(),
             BACKLOG_INTERVAL,
         );
-        let consumers = async {
-            while let Some(done) = tasks.join_next().await {
-                let stats = done??;
-                tracing::info!(?stats, "consumer stopped");
-                if !stop.is_cancelled() {
-                    return Err(SessionError::ConsumerStopped);
+        tokio::pin!(watcher);
+        let mut consumers = Consumers::default();
+        let mut changes = self.gate.subscribe();
+        let ended = loop {
+            if !stop.is_cancelled()
+                && let Err(e) = consumers.start_new(self, worker, &conn, stop).await
+            {
+                break Err(SessionError::Channel(e));
+            }
+            for (&p, token) in &consumers.tokens {
+                if !self.gate.is_allowed(p) {
+                    token.cancel();
                 }
             }
-            Ok(())
+            changes.borrow_and_update();
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break Ok(()) },
+                Some(done) = consumers.tasks.join_next() => {
+                    let (p, out) = match done {
+                        Ok(done) => done,
+                        Err(e) => break Err(e.into()),
+                    };
+                    let handed_over = consumers.finished(p);
+                    self.gate.stopped(p);
+                    match out {
+                        Ok(stats) => tracing::info!(partition = p, ?stats, "consumer stopped"),
+                        Err(e) => break Err(e.into()),
+                    }
+                    if !handed_over && !stop.is_cancelled() {
+                        break Err(SessionError::ConsumerStopped);
+                    }
+                }
+                () = stop.cancelled(), if consumers.tokens.is_empty() => break Ok(()),
+                e = &mut watcher => break Err(SessionError::Backlog(e)),
+            }
         };
-        tokio::select! {
-            r = consumers => r,
-            e = watcher => Err(SessionError::Backlog(e)),
+        // On an error, the others stop too (a dead channel ends them at
+        // once) before their partitions count as stopped.
+        consumers.stop_all(&self.gate).await;
+        ended
+    }
+}
+
+/// The consumers of one session, by partition.
+#[derive(Default)]
+struct Consumers {
+    tasks: tokio::task::JoinSet<(u32, Result<ConsumeStats, ConsumeError>)>,
+    tokens: HashMap<u32, CancellationToken>,
+}
+
+impl Consumers {
+    /// Starts a consumer for each partition the gate newly allows.
+    async fn start_new<S: Store>(
+        &mut self,
+        sup: &Supervisor<'_>,
+        worker: &Arc<Worker<S>>,
+        conn: &lapin::Connection,
+        stop: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
+        let mut new = sup.gate.claim_new().into_iter();
+        while let Some(p) = new.next() {
+            match conn.create_channel().await {
+                Ok(ch) => self.start(sup, worker, ch, p, stop),
+                Err(e) => {
+                    sup.gate.stopped(p);
+                    for p in new {
+                        sup.gate.stopped(p);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `p`'s consumer on `ch` (already marked running in the gate).
+    fn start<S: Store>(
+        &mut self,
+        sup: &Supervisor<'_>,
+        worker: &Arc<Worker<S>>,
+        ch: lapin::Channel,
+        p: u32,
+        stop: &CancellationToken,
+    ) {
+        let token = stop.child_token();
+        let guard = sup.health.consumer();
+        let closing = ch.clone();
+        let run = consume_partition_with(
+            worker.clone(),
+            ch,
+            sup.topology.clone(),
+            p,
+            sup.cfg.worker.prefetch,
+            sup.unconfirmed.clone(),
+            token.clone().cancelled_owned(),
+        );
+        self.tokens.insert(p, token);
+        self.tasks.spawn(async move {
+            let out = run.await;
+            // Closing returns the unprocessed prefetch to the head of the
+            // queue before the partition counts as stopped, so its next
+            // owner receives it in order.
+            if let Err(e) = closing.close(200, "partition handed over".into()).await {
+                tracing::debug!(partition = p, error = %e, "closing a consumer channel");
+            }
+            drop(guard);
+            (p, out)
+        });
+    }
+
+    /// Forgets `p`'s consumer; true when it was told to stop.
+    fn finished(&mut self, p: u32) -> bool {
+        self.tokens.remove(&p).is_some_and(|t| t.is_cancelled())
+    }
+
+    /// Stops every consumer and waits for them.
+    async fn stop_all(&mut self, gate: &PartitionGate) {
+        for token in self.tokens.values() {
+            token.cancel();
+        }
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok((p, _)) = done {
+                self.tokens.remove(&p);
+                gate.stopped(p);
+            }
+        }
+        // A panicked consumer's partition is released too.
+        for (p, _) in self.tokens.drain() {
+            gate.stopped(p);
         }
     }
 }

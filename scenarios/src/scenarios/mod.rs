@@ -1,4 +1,4 @@
-//! The eight incidents, one module each, and what they share.
+//! The incidents, one module each, and what they share.
 //!
 //! Each module has `run(Size) -> Result<ScenarioReport>`; [`run_scenario`]
 //! runs one by name, bounded in time, and turns an environment failure
@@ -15,6 +15,8 @@ pub mod dns_storm;
 pub mod rolling_restart;
 pub mod rollout_safety;
 pub mod runtime_controls;
+pub mod worker_scale_out;
+pub mod worker_throughput;
 
 use crate::binaries::Binaries;
 use crate::broker::Broker;
@@ -46,7 +48,12 @@ pub const SCENARIOS: &[ScenarioInfo] = &[
     broker_outage::INFO,
     runtime_controls::INFO,
     rollout_safety::INFO,
+    worker_scale_out::INFO,
 ];
+
+/// Measurements the runner runs by name only (not in `run all`, not in
+/// the tests): they assert little and take minutes.
+pub const MEASUREMENTS: &[ScenarioInfo] = &[worker_throughput::INFO];
 
 /// Longest a scenario may run before it is failed.
 pub fn time_limit(size: Size) -> Duration {
@@ -67,6 +74,8 @@ pub async fn run_scenario(name: &str, size: Size) -> ScenarioReport {
             "broker-outage" => broker_outage::run(size).await,
             "runtime-controls" => runtime_controls::run(size).await,
             "rollout-safety" => rollout_safety::run(size).await,
+            "worker-scale-out" => worker_scale_out::run(size).await,
+            "worker-throughput" => worker_throughput::run(size).await,
             other => Err(ScenarioError::Setup(format!(
                 "unknown scenario {other:?}; see `bulwark-scenarios list`"
             ))),
