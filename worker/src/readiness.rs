@@ -17,8 +17,6 @@ use crate::consumer::AmqpTopology;
 use crate::gate::PartitionGate;
 use crate::http::Health;
 use lapin::Channel;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,16 +29,7 @@ pub async fn backlog(
 ) -> Result<Vec<u32>, lapin::Error> {
     let mut out = Vec::with_capacity(partitions.len());
     for &p in partitions {
-        let q = ch
-            .queue_declare(
-                topo.queue(p).as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let q = envelope::topology::inspect_queue(ch, &topo.queue(p)).await?;
         let n = q.message_count();
         metrics::gauge!("worker_backlog_messages", "partition" => p.to_string()).set(n as f64);
         out.push(n);
