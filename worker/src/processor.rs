@@ -134,6 +134,8 @@ struct Plan {
 struct Planned<'a> {
     steps: Vec<Step>,
     plans: Vec<(Event<'a>, Option<Plan>)>,
+    /// The broker redelivered the message (counted apart when dropped).
+    redelivered: bool,
 }
 
 type Handler = Arc<dyn Fn(&CleanEvent<'_>) + Send + Sync>;
@@ -302,7 +304,11 @@ impl<S: Store> Worker<S> {
         if invalid > 0 {
             metrics::counter!("worker_events_invalid_total").increment(invalid as u64);
         }
-        Ok(Planned { steps, plans })
+        Ok(Planned {
+            steps,
+            plans,
+            redelivered: replay,
+        })
     }
 
     /// Runs the planned steps as one batch, then classifies and emits each
@@ -314,16 +320,31 @@ impl<S: Store> Worker<S> {
         report: &mut Report,
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) -> Result<(), StoreError> {
-        let Planned { steps, plans } = planned;
+        let Planned {
+            steps,
+            plans,
+            redelivered,
+        } = planned;
         let results = if steps.is_empty() {
             Vec::new()
         } else {
             self.store.run(steps).await?
         };
+        let dropped_before = report.dropped;
         for (event, plan) in &plans {
             if let Some(plan) = plan {
                 self.emit(shard_id, event, plan, &results, report, sink);
             }
+        }
+        let dropped = report.dropped - dropped_before;
+        if dropped > 0 {
+            // `delivery="first"`: the broker had not delivered the message
+            // before, so only a repeat from the sharder (a resume replaying
+            // what was not yet confirmed) or two consumers applying one
+            // partition out of order explain a drop.
+            let delivery = if redelivered { "redelivered" } else { "first" };
+            metrics::counter!("worker_events_dropped_total", "delivery" => delivery)
+                .increment(dropped as u64);
         }
         Ok(())
     }
@@ -438,8 +459,8 @@ impl<S: Store> Worker<S> {
         let Some(kind) = kind else {
             report.dropped += 1;
             // Stale (every write older than the cache) or a duplicate
-            // delivery of the same version.
-            metrics::counter!("worker_events_dropped_total").increment(1);
+            // delivery of the same version: counted per message by
+            // `run_and_emit`.
             return;
         };
         let clean = CleanEvent {

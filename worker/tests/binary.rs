@@ -184,7 +184,7 @@ async fn binary_consumes_publishes_serves_and_stops_on_sigterm() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, metrics) = get("/metrics".into()).await;
-        if metrics.contains("worker_events_dropped_total 1") {
+        if metrics.contains("worker_events_dropped_total{delivery=\"first\"} 1") {
             assert!(
                 metrics.contains("worker_joins_emitted_total 1"),
                 "{metrics}"

@@ -223,7 +223,7 @@ async fn read_api_probes_and_metrics_over_http() {
     assert_eq!(status, 200);
     for needle in [
         "worker_events_applied_total 2",
-        "worker_events_dropped_total 1",
+        "worker_events_dropped_total{delivery=\"first\"} 1",
         "worker_joins_emitted_total 1",
         "worker_poison_messages_total 1",
         "worker_apply_seconds",
