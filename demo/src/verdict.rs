@@ -91,7 +91,9 @@ fn expected(guild_id: u64, t: &GuildTruth) -> Option<Plain> {
         d: d.as_bytes(),
     };
     let scratch = MemoryStore::new();
-    let parsed = worker::parse(t.shard, &ev, &worker::CacheOptions::default()).ok()?;
+    // A scratch store of one guild: any total above the shard id names it.
+    let shard = envelope::ShardRef::new(t.shard, u32::MAX);
+    let parsed = worker::parse(shard, &ev, &worker::CacheOptions::default()).ok()?;
     for m in parsed.mutations {
         scratch.apply_now(m);
     }

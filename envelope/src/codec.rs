@@ -40,6 +40,13 @@ pub struct Batch<'a> {
     pub events: Vec<Event<'a>>,
 }
 
+impl Batch<'_> {
+    /// The header's shard of its total.
+    pub fn shard(&self) -> crate::ShardRef {
+        crate::ShardRef::new(self.shard_id, self.num_shards)
+    }
+}
+
 /// Frames consecutive events of one shard into one message.
 #[derive(Debug, Clone)]
 pub struct BatchEncoder {
@@ -295,6 +302,11 @@ impl<'a> Decoder<'a> {
     /// The header's `num_shards`.
     pub fn num_shards(&self) -> u32 {
         self.num_shards
+    }
+
+    /// The header's shard of its total.
+    pub fn shard(&self) -> crate::ShardRef {
+        crate::ShardRef::new(self.shard_id, self.num_shards)
     }
 
     /// The header's event count (1..=[`MAX_BATCH_EVENTS`]); the message may

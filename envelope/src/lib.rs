@@ -55,6 +55,7 @@
 mod codec;
 mod error;
 mod event;
+mod shard;
 pub mod topology;
 mod version;
 
@@ -64,4 +65,5 @@ pub use codec::{
 };
 pub use error::{DecodeError, EncodeError};
 pub use event::{Event, GuildCreateKind};
+pub use shard::ShardRef;
 pub use version::Version;

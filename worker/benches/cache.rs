@@ -142,9 +142,13 @@ fn memory(label: &str, guilds: u64, members: u64, channels: u64, roles: u64, per
             guild_create: Some(GuildCreateKind::Initial),
             d: d.as_bytes(),
         };
-        for m in worker::parse(0, &ev, &worker::CacheOptions::default())
-            .unwrap()
-            .mutations
+        for m in worker::parse(
+            envelope::ShardRef::new(0, 1),
+            &ev,
+            &worker::CacheOptions::default(),
+        )
+        .unwrap()
+        .mutations
         {
             store.apply_now(m);
         }

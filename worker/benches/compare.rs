@@ -69,7 +69,7 @@ fn ours(w: &World) -> (i64, usize) {
             guild_create: Some(GuildCreateKind::Initial),
             d: d.as_bytes(),
         };
-        for m in worker::parse(0, &ev, &CacheOptions::default())
+        for m in worker::parse(envelope::ShardRef::new(0, 1), &ev, &CacheOptions::default())
             .unwrap()
             .mutations
         {

@@ -122,9 +122,13 @@ fn warm(log: &Log) -> MemoryStore {
             guild_create: Some(GuildCreateKind::Initial),
             d: d.as_bytes(),
         };
-        for m in worker::parse(*shard, &ev, &CacheOptions::default())
-            .unwrap()
-            .mutations
+        for m in worker::parse(
+            envelope::ShardRef::new(*shard, SHARDS),
+            &ev,
+            &CacheOptions::default(),
+        )
+        .unwrap()
+        .mutations
         {
             store.apply_now(m);
         }
@@ -268,9 +272,13 @@ fn main() {
         let t = Instant::now();
         rt.block_on(async {
             for o in &log.deltas {
-                w.process_event(o.shard, &o.event(), &mut report)
-                    .await
-                    .unwrap();
+                w.process_event(
+                    envelope::ShardRef::new(o.shard, SHARDS),
+                    &o.event(),
+                    &mut report,
+                )
+                .await
+                .unwrap();
             }
         });
         let s = t.elapsed().as_secs_f64();
@@ -283,9 +291,13 @@ fn main() {
             .deltas
             .iter()
             .flat_map(|o| {
-                worker::parse(o.shard, &o.event(), &CacheOptions::default())
-                    .unwrap()
-                    .mutations
+                worker::parse(
+                    envelope::ShardRef::new(o.shard, SHARDS),
+                    &o.event(),
+                    &CacheOptions::default(),
+                )
+                .unwrap()
+                .mutations
             })
             .collect();
         let t = Instant::now();

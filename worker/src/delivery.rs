@@ -11,7 +11,7 @@
 //! (dropped), which is what "stale versions are dropped" means. Only the
 //! newest few epochs of a shard are kept; anything older is stale.
 
-use envelope::Version;
+use envelope::{ShardRef, Version};
 use std::collections::{HashMap, VecDeque};
 
 /// Epochs remembered per shard.
@@ -52,7 +52,7 @@ impl Window {
 #[derive(Debug)]
 pub(crate) struct Deliveries {
     cap: usize,
-    shards: HashMap<u32, Vec<(u64, Window)>>,
+    shards: HashMap<ShardRef, Vec<(u64, Window)>>,
 }
 
 impl Deliveries {
@@ -64,7 +64,7 @@ impl Deliveries {
     }
 
     /// `true` the first time `version` of `shard` is seen.
-    pub(crate) fn first(&mut self, shard: u32, version: Version) -> bool {
+    pub(crate) fn first(&mut self, shard: ShardRef, version: Version) -> bool {
         let epochs = self.shards.entry(shard).or_default();
         if let Some((_, w)) = epochs.iter_mut().find(|(e, _)| *e == version.epoch) {
             return w.insert(version.seq, self.cap);
@@ -90,27 +90,27 @@ mod tests {
     fn each_version_once_in_any_order() {
         let mut d = Deliveries::new(16);
         for seq in [5, 3, 9, 1] {
-            assert!(d.first(0, Version::new(1, seq)));
+            assert!(d.first(ShardRef::new(0, 4), Version::new(1, seq)));
         }
         for seq in [5, 3, 9, 1] {
-            assert!(!d.first(0, Version::new(1, seq)));
+            assert!(!d.first(ShardRef::new(0, 4), Version::new(1, seq)));
         }
         // Other shards and epochs are independent.
-        assert!(d.first(1, Version::new(1, 5)));
-        assert!(d.first(0, Version::new(2, 5)));
+        assert!(d.first(ShardRef::new(1, 4), Version::new(1, 5)));
+        assert!(d.first(ShardRef::new(0, 4), Version::new(2, 5)));
     }
 
     #[test]
     fn window_is_bounded_and_old_redeliveries_are_stale() {
         let mut d = Deliveries::new(4);
         for seq in (10..110).step_by(10) {
-            assert!(d.first(0, Version::new(1, seq)));
+            assert!(d.first(ShardRef::new(0, 4), Version::new(1, seq)));
         }
-        let w = &d.shards[&0][0].1;
+        let w = &d.shards[&ShardRef::new(0, 4)][0].1;
         assert_eq!(w.above.len(), 4);
         assert_eq!(w.low, 60);
-        assert!(!d.first(0, Version::new(1, 15)));
-        assert!(d.first(0, Version::new(1, 75)));
+        assert!(!d.first(ShardRef::new(0, 4), Version::new(1, 15)));
+        assert!(d.first(ShardRef::new(0, 4), Version::new(1, 75)));
     }
 
     /// The ring buffer answers exactly as the B-tree it replaced, for
@@ -142,10 +142,10 @@ mod tests {
     fn old_epochs_are_forgotten_then_stale() {
         let mut d = Deliveries::new(4);
         for epoch in 1..=6 {
-            assert!(d.first(0, Version::new(epoch, 1)));
+            assert!(d.first(ShardRef::new(0, 4), Version::new(epoch, 1)));
         }
-        assert_eq!(d.shards[&0].len(), EPOCHS_KEPT);
-        assert!(!d.first(0, Version::new(1, 2)));
-        assert!(d.first(0, Version::new(6, 2)));
+        assert_eq!(d.shards[&ShardRef::new(0, 4)].len(), EPOCHS_KEPT);
+        assert!(!d.first(ShardRef::new(0, 4), Version::new(1, 2)));
+        assert!(d.first(ShardRef::new(0, 4), Version::new(6, 2)));
     }
 }

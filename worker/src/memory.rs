@@ -12,7 +12,7 @@ use crate::mutation::Mutation;
 use crate::snowflake::IdMap;
 use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};
 use crate::users::Users;
-use envelope::Version;
+use envelope::{ShardRef, Version};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
@@ -32,7 +32,7 @@ struct ReadyRecord {
 #[derive(Debug)]
 struct State {
     guilds: IdMap<GuildSlot>,
-    ready: HashMap<u32, ReadyRecord>,
+    ready: HashMap<ShardRef, ReadyRecord>,
     users: Users,
     /// The bot's own user ids (from READY): never collected.
     bots: IdMap<()>,
@@ -44,7 +44,7 @@ impl State {
     /// until their GUILD_CREATE; every other guild of the shard the cache
     /// holds was left while the worker was not looking, and is removed as of
     /// `version`. Only the newest READY of a shard is kept.
-    fn ready(&mut self, shard: u32, version: Version, at_ms: u64, guilds: Vec<u64>) -> bool {
+    fn ready(&mut self, shard: ShardRef, version: Version, at_ms: u64, guilds: Vec<u64>) -> bool {
         let previous = self.ready.get(&shard);
         if previous.is_some_and(|r| r.version >= version) {
             return false;
@@ -104,7 +104,7 @@ impl State {
                 .or_default()
                 .remove(version, at_ms),
             Mutation::Ready {
-                shard_id,
+                shard,
                 version,
                 at_ms,
                 guilds,
@@ -113,7 +113,7 @@ impl State {
                 if let Some(id) = bot_id {
                     self.bots.insert(id, ());
                 }
-                self.ready(shard_id, version, at_ms, guilds)
+                self.ready(shard, version, at_ms, guilds)
             }
             Mutation::Availability {
                 guild_id,
@@ -180,7 +180,7 @@ impl State {
     /// READY implies is applied before any write (older writes then lose,
     /// newer ones, e.g. a later join, win). Order-independent with
     /// [`State::ready`].
-    fn admit(&mut self, shard: u32, guild: u64) {
+    fn admit(&mut self, shard: ShardRef, guild: u64) {
         let slot = self.guilds.entry(guild).or_default();
         if slot.shard.is_some() {
             return;
@@ -237,12 +237,12 @@ impl MemoryStore {
         steps
             .into_iter()
             .map(|step| match step {
-                Step::Admit { shard_id, guild_id } => {
-                    st.admit(shard_id, guild_id);
+                Step::Admit { shard, guild_id } => {
+                    st.admit(shard, guild_id);
                     true
                 }
                 Step::Apply(m) => st.apply(m),
-                Step::FirstDelivery { shard_id, version } => st.deliveries.first(shard_id, version),
+                Step::FirstDelivery { shard, version } => st.deliveries.first(shard, version),
                 Step::Announced { guild_id, version } => st
                     .guilds
                     .get(&guild_id)
@@ -330,12 +330,12 @@ impl Store for MemoryStore {
         Ok(self.run_now(steps))
     }
 
-    async fn first_delivery(&self, shard_id: u32, version: Version) -> Result<bool, StoreError> {
-        Ok(self.lock().deliveries.first(shard_id, version))
+    async fn first_delivery(&self, shard: ShardRef, version: Version) -> Result<bool, StoreError> {
+        Ok(self.lock().deliveries.first(shard, version))
     }
 
-    async fn admit(&self, shard_id: u32, guild_id: u64) -> Result<(), StoreError> {
-        self.lock().admit(shard_id, guild_id);
+    async fn admit(&self, shard: ShardRef, guild_id: u64) -> Result<(), StoreError> {
+        self.lock().admit(shard, guild_id);
         Ok(())
     }
 

@@ -32,7 +32,7 @@
 //!   guild before READY or sees it (through an older write) after.
 
 use crate::model::{Entity, GuildCore, KINDS, Kind, User, UserVersion};
-use envelope::Version;
+use envelope::{ShardRef, Version};
 
 /// A complete GUILD_CREATE.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +67,7 @@ pub enum Mutation {
     /// READY of a fresh session: the shard's complete guild list, and the
     /// bot's own user id (never collected, see `collect_users`).
     Ready {
-        shard_id: u32,
+        shard: ShardRef,
         version: Version,
         at_ms: u64,
         guilds: Vec<u64>,

@@ -43,7 +43,7 @@
 
 use crate::gateway::{self, CacheOptions, Class, Parsed, PayloadError};
 use crate::store::{Step, Store, StoreError};
-use envelope::{DecodeError, Event, Version};
+use envelope::{DecodeError, Event, ShardRef, Version};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -240,40 +240,39 @@ impl<S: Store> Worker<S> {
     ) -> Result<Report, ProcessError> {
         let started = std::time::Instant::now();
         let decoder = envelope::Decoder::new(bytes)?;
-        let shard_id = decoder.shard_id();
+        let shard = decoder.shard();
         let mut report = Report::default();
         // The header's count, bounded by what the bytes can hold (an event
         // takes at least 31 bytes), so a lying header cannot size it.
         let expected = decoder.event_count().min(bytes.len() / 31);
-        let planned = self.plan_all(shard_id, decoder, expected, redelivered, &mut report)?;
-        self.run_and_emit(shard_id, planned, &mut report, sink)
-            .await?;
+        let planned = self.plan_all(shard, decoder, expected, redelivered, &mut report)?;
+        self.run_and_emit(shard, planned, &mut report, sink).await?;
         metrics::histogram!("worker_apply_seconds").record(started.elapsed().as_secs_f64());
         Ok(report)
     }
 
-    /// Processes one event of `shard_id`, adding its outcome to `report`.
+    /// Processes one event of `shard`, adding its outcome to `report`.
     pub async fn process_event(
         &self,
-        shard_id: u32,
+        shard: ShardRef,
         event: &Event<'_>,
         report: &mut Report,
     ) -> Result<(), StoreError> {
-        self.process_event_with(shard_id, event, report, &mut |_| {})
+        self.process_event_with(shard, event, report, &mut |_| {})
             .await
     }
 
     /// [`Worker::process_event`], handing a clean event to `sink` too.
     pub async fn process_event_with(
         &self,
-        shard_id: u32,
+        shard: ShardRef,
         event: &Event<'_>,
         report: &mut Report,
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) -> Result<(), StoreError> {
         let one = std::iter::once(Ok::<_, Infallible>(*event));
-        let Ok(planned) = self.plan_all(shard_id, one, 1, false, report);
-        self.run_and_emit(shard_id, planned, report, sink).await
+        let Ok(planned) = self.plan_all(shard, one, 1, false, report);
+        self.run_and_emit(shard, planned, report, sink).await
     }
 
     /// Events of one shard (about `expected` of them), in order, as they
@@ -283,7 +282,7 @@ impl<S: Store> Worker<S> {
     /// effect, not even on the metrics.
     fn plan_all<'a, E>(
         &self,
-        shard_id: u32,
+        shard: ShardRef,
         events: impl Iterator<Item = Result<Event<'a>, E>>,
         expected: usize,
         replay: bool,
@@ -297,7 +296,7 @@ impl<S: Store> Worker<S> {
         let mut parsed = Parsed::default();
         for event in events {
             let event = event?;
-            let plan = self.plan(shard_id, &event, replay, report, &mut steps, &mut parsed);
+            let plan = self.plan(shard, &event, replay, report, &mut steps, &mut parsed);
             plans.push((event, plan));
         }
         let invalid = report.invalid.len() - invalid_before;
@@ -315,7 +314,7 @@ impl<S: Store> Worker<S> {
     /// event.
     async fn run_and_emit(
         &self,
-        shard_id: u32,
+        shard: ShardRef,
         planned: Planned<'_>,
         report: &mut Report,
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
@@ -333,7 +332,7 @@ impl<S: Store> Worker<S> {
         let dropped_before = report.dropped;
         for (event, plan) in &plans {
             if let Some(plan) = plan {
-                self.emit(shard_id, event, plan, &results, report, sink);
+                self.emit(shard, event, plan, &results, report, sink);
             }
         }
         let dropped = report.dropped - dropped_before;
@@ -354,7 +353,7 @@ impl<S: Store> Worker<S> {
     /// skipped).
     fn plan(
         &self,
-        shard_id: u32,
+        shard: ShardRef,
         event: &Event<'_>,
         replay: bool,
         report: &mut Report,
@@ -362,7 +361,7 @@ impl<S: Store> Worker<S> {
         parsed: &mut Parsed,
     ) -> Option<Plan> {
         if let Err(PayloadError { event: t, source }) =
-            gateway::parse_into(shard_id, event, &self.options, parsed)
+            gateway::parse_into(shard, event, &self.options, parsed)
         {
             report
                 .invalid
@@ -371,7 +370,7 @@ impl<S: Store> Worker<S> {
         }
         let tracked = !parsed.mutations.is_empty();
         if let Some(guild_id) = parsed.guild_id.filter(|_| tracked) {
-            steps.push(Step::Admit { shard_id, guild_id });
+            steps.push(Step::Admit { shard, guild_id });
         }
         let first = steps.len();
         steps.extend(parsed.mutations.drain(..).map(Step::Apply));
@@ -380,7 +379,7 @@ impl<S: Store> Worker<S> {
         // stale (versions only grow), so its redelivery is dropped either way.
         let delivery = (parsed.class == Some(Class::Other)).then(|| {
             steps.push(Step::FirstDelivery {
-                shard_id,
+                shard,
                 version: event.version(),
             });
             steps.len() - 1
@@ -422,7 +421,7 @@ impl<S: Store> Worker<S> {
     /// counts it dropped).
     fn emit(
         &self,
-        shard_id: u32,
+        shard: ShardRef,
         event: &Event<'_>,
         plan: &Plan,
         results: &[bool],
@@ -465,7 +464,7 @@ impl<S: Store> Worker<S> {
         };
         let clean = CleanEvent {
             kind,
-            shard_id,
+            shard_id: shard.id,
             version: event.version(),
             received_at: event.received_at,
             guild_id: plan.guild_id,

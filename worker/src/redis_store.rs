@@ -19,11 +19,16 @@
 //! * `P:g:<guild>:d`: member-count deltas; field = version.
 //! * `P:u`: users; field = id. `P:bots`: the bot's own user ids (READY),
 //!   never collected.
-//! * `P:s:<shard>:<epoch>` (+ `:low`): the delivery window of a session.
-//! * `P:ready:<shard>` (`v`, `at`, `p`) and `P:ready:<shard>:L`: the shard's
-//!   latest READY and the guilds it listed (`:P`: those of the one before,
-//!   `p` = 1 when there was one, for session-gap joins); `P:shard:<shard>:guilds`: the
+//! * `P:s:<total>:<shard>:<epoch>` (+ `:low`): the delivery window of a
+//!   session.
+//! * `P:ready:<total>:<shard>` (`v`, `at`, `p`) and `P:ready:<total>:<shard>:L`:
+//!   the shard's latest READY and the guilds it listed (`:P`: those of the
+//!   one before, `p` = 1 when there was one, for session-gap joins);
+//!   `P:shard:<total>:<shard>:guilds`: the
 //!   guilds admitted from that shard (meta field `sh` marks admission).
+//!   A shard is named with its total because during a live reshard shard 3
+//!   of 64 and shard 3 of 128 are two live sessions (see
+//!   [`envelope::ShardRef`]).
 //!
 //! A register's value is `<version><L json | D deleted-at-ms>`. Versions are
 //! fixed-width lowercase hex (`epoch` then `seq`, 16 digits each), compared
@@ -37,7 +42,7 @@ use crate::model::{
 use crate::mutation::Mutation;
 use crate::redis_scripts::SWEEP_USERS;
 use crate::store::{Step, Store, StoreError};
-use envelope::Version;
+use envelope::{ShardRef, Version};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -197,12 +202,13 @@ impl RedisStore {
             .key(d);
     }
 
-    fn shard_keys(&self, shard: u32) -> [String; 4] {
-        let r = format!("{}:ready:{shard}", self.prefix);
+    fn shard_keys(&self, shard: ShardRef) -> [String; 4] {
+        let ShardRef { id, total } = shard;
+        let r = format!("{}:ready:{total}:{id}", self.prefix);
         [
             r.clone(),
             format!("{r}:L"),
-            format!("{}:shard:{shard}:guilds", self.prefix),
+            format!("{}:shard:{total}:{id}:guilds", self.prefix),
             format!("{r}:P"),
         ]
     }
@@ -277,7 +283,7 @@ impl Store for RedisStore {
             Some(mut inv) => self.invoke(&mut inv).await,
             None => match mutation {
                 Mutation::Ready {
-                    shard_id,
+                    shard,
                     version,
                     at_ms,
                     guilds,
@@ -291,7 +297,7 @@ impl Store for RedisStore {
                             .query_async(&mut con)
                             .await?;
                     }
-                    self.ready(shard_id, version, at_ms, &guilds).await
+                    self.ready(shard, version, at_ms, &guilds).await
                 }
                 _ => Ok(false),
             },
@@ -318,13 +324,13 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    async fn first_delivery(&self, shard_id: u32, version: Version) -> Result<bool, StoreError> {
-        self.invoke(&mut self.seen_invocation(shard_id, version)?)
+    async fn first_delivery(&self, shard: ShardRef, version: Version) -> Result<bool, StoreError> {
+        self.invoke(&mut self.seen_invocation(shard, version)?)
             .await
     }
 
-    async fn admit(&self, shard_id: u32, guild_id: u64) -> Result<(), StoreError> {
-        self.invoke(&mut self.admit_invocation(shard_id, guild_id))
+    async fn admit(&self, shard: ShardRef, guild_id: u64) -> Result<(), StoreError> {
+        self.invoke(&mut self.admit_invocation(shard, guild_id))
             .await
             .map(|_| ())
     }

@@ -7,7 +7,7 @@
 
 use crate::model::{GuildView, Member, User, Versioned};
 use crate::mutation::Mutation;
-use envelope::Version;
+use envelope::{ShardRef, Version};
 use std::future::Future;
 
 /// A store operation that failed (not a stale write: that is `Ok(false)`).
@@ -35,11 +35,11 @@ pub const MAX_COUNT_DELTAS: usize = 4096;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// [`Store::admit`]; its result is always `true`.
-    Admit { shard_id: u32, guild_id: u64 },
+    Admit { shard: ShardRef, guild_id: u64 },
     /// [`Store::apply`].
     Apply(Mutation),
     /// [`Store::first_delivery`].
-    FirstDelivery { shard_id: u32, version: Version },
+    FirstDelivery { shard: ShardRef, version: Version },
     /// Whether the guild-level lifecycle write at `version` (a snapshot,
     /// removal or availability change) was once applied as the guild's
     /// newest, i.e. announced. Asked for redelivered messages only, to
@@ -59,20 +59,20 @@ pub trait Store: Send + Sync + 'static {
     /// moved): that is what decides whether a join is announced.
     fn apply(&self, mutation: Mutation) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Records that event `version` of `shard_id` was delivered; `true` only
+    /// Records that event `version` of `shard` was delivered; `true` only
     /// the first time (within [`DELIVERY_WINDOW`] of the shard's session).
     fn first_delivery(
         &self,
-        shard_id: u32,
+        shard: ShardRef,
         version: Version,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Called before the writes of an event of `shard_id` about `guild_id`.
+    /// Called before the writes of an event of `shard` about `guild_id`.
     /// The first time a guild is seen, applies the removal implied by the
     /// shard's latest READY not listing it (see [`Mutation::Ready`]).
     fn admit(
         &self,
-        shard_id: u32,
+        shard: ShardRef,
         guild_id: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -86,13 +86,13 @@ pub trait Store: Send + Sync + 'static {
             let mut out = Vec::with_capacity(steps.len());
             for step in steps {
                 out.push(match step {
-                    Step::Admit { shard_id, guild_id } => {
-                        self.admit(shard_id, guild_id).await?;
+                    Step::Admit { shard, guild_id } => {
+                        self.admit(shard, guild_id).await?;
                         true
                     }
                     Step::Apply(m) => self.apply(m).await?,
-                    Step::FirstDelivery { shard_id, version } => {
-                        self.first_delivery(shard_id, version).await?
+                    Step::FirstDelivery { shard, version } => {
+                        self.first_delivery(shard, version).await?
                     }
                     Step::Announced { guild_id, version } => {
                         self.announced(guild_id, version).await?

@@ -190,10 +190,14 @@ impl Store for Flaky {
         }
         self.inner.apply(m).await
     }
-    async fn first_delivery(&self, s: u32, v: envelope::Version) -> Result<bool, StoreError> {
+    async fn first_delivery(
+        &self,
+        s: envelope::ShardRef,
+        v: envelope::Version,
+    ) -> Result<bool, StoreError> {
         self.inner.first_delivery(s, v).await
     }
-    async fn admit(&self, shard: u32, guild: u64) -> Result<(), worker::StoreError> {
+    async fn admit(&self, shard: envelope::ShardRef, guild: u64) -> Result<(), worker::StoreError> {
         self.inner.admit(shard, guild).await
     }
     async fn guild(&self, g: u64) -> Result<Option<worker::GuildView>, StoreError> {

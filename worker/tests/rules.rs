@@ -90,7 +90,9 @@ async fn feed<S: Store>(w: &Worker<S>, events: &[&Ev]) -> Report {
             guild_create: e.marker,
             d: e.d.as_bytes(),
         };
-        w.process_event(0, &event, &mut report).await.unwrap();
+        w.process_event(envelope::ShardRef::new(0, 1), &event, &mut report)
+            .await
+            .unwrap();
     }
     report
 }

@@ -82,7 +82,10 @@ async fn check<S: Store>(worker: &Worker<S>) {
             guild_create: e.marker,
             d: e.d.as_bytes(),
         };
-        worker.process_event(0, &ev, &mut report).await.unwrap();
+        worker
+            .process_event(envelope::ShardRef::new(0, 1), &ev, &mut report)
+            .await
+            .unwrap();
     }
     assert!(report.invalid.is_empty(), "{:?}", report.invalid);
     let store = worker.store();

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::model::{Entity, Kind, UserVersion};
 use crate::mutation::{Mutation, Snapshot};
-use envelope::{Event, GuildCreateKind};
+use envelope::{Event, GuildCreateKind, ShardRef};
 use serde::Deserialize;
 
 /// Deserialises a payload. The UTF-8 check runs once over the whole
@@ -64,21 +64,21 @@ fn entry_mutation(
     }
 }
 
-/// Parses `event` of shard `shard_id` into cache mutations and a class.
+/// Parses `event` of `shard` into cache mutations and a class.
 pub fn parse(
-    shard_id: u32,
+    shard: ShardRef,
     event: &Event<'_>,
     options: &CacheOptions,
 ) -> Result<Parsed, PayloadError> {
     let mut out = Parsed::default();
-    parse_into(shard_id, event, options, &mut out)?;
+    parse_into(shard, event, options, &mut out)?;
     Ok(out)
 }
 
 /// [`parse`] into `out`, overwriting it but reusing its mutation vector's
 /// allocation (the processor parses a message's events through one).
 pub(crate) fn parse_into(
-    shard_id: u32,
+    shard: ShardRef,
     event: &Event<'_>,
     options: &CacheOptions,
     out: &mut Parsed,
@@ -86,7 +86,7 @@ pub(crate) fn parse_into(
     let version = event.version();
     let uv = UserVersion {
         received_at: event.received_at,
-        shard_id,
+        shard_id: shard.id,
         version,
     };
     let at_ms = event.received_at;
@@ -177,7 +177,7 @@ pub(crate) fn parse_into(
                 m.push(user.into_mutation(uv));
             }
             m.push(Mutation::Ready {
-                shard_id,
+                shard,
                 version,
                 at_ms,
                 guilds: r.guilds.into_iter().map(|g| g.id).collect(),

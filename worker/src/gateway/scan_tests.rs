@@ -6,7 +6,7 @@
 use super::super::{ChannelP, MemberEventP, RoleEventP};
 use super::*;
 use crate::gateway::{CacheOptions, parse};
-use envelope::Event;
+use envelope::{Event, ShardRef};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -108,7 +108,7 @@ fn rare_valid_forms_fall_back_to_serde() {
     assert!(agree(&deep));
     assert!(
         parse(
-            0,
+            ShardRef::new(0, 1),
             &event("CHANNEL_UPDATE", deep.as_bytes()),
             &CacheOptions::default()
         )
@@ -122,7 +122,7 @@ fn rare_valid_forms_fall_back_to_serde() {
     );
     // The fallback still parses them: same mutation as without escapes.
     let a = parse(
-        0,
+        ShardRef::new(0, 1),
         &event(
             "CHANNEL_UPDATE",
             br#"{"id":"1","type":0,"guild_id":"9","name":"gen\u0065ral"}"#,
@@ -131,7 +131,7 @@ fn rare_valid_forms_fall_back_to_serde() {
     )
     .unwrap();
     let b = parse(
-        0,
+        ShardRef::new(0, 1),
         &event(
             "CHANNEL_UPDATE",
             br#"{"id":"1","type":0,"guild_id":"9","name":"general"}"#,
@@ -219,14 +219,18 @@ fn malformed_payloads_are_serde_errors_never_fast_answers() {
     ];
     for (t, d) in &cases {
         assert!(!agree(d), "scanner answered {d}");
-        let err = parse(0, &event(t, d.as_bytes()), &CacheOptions::default())
-            .expect_err(d)
-            .to_string();
+        let err = parse(
+            ShardRef::new(0, 1),
+            &event(t, d.as_bytes()),
+            &CacheOptions::default(),
+        )
+        .expect_err(d)
+        .to_string();
         assert!(err.starts_with(&format!("invalid {t} payload: ")), "{err}");
     }
     // Not UTF-8: refused before any scanning.
     let err = parse(
-        0,
+        ShardRef::new(0, 1),
         &event(
             "CHANNEL_UPDATE",
             b"{\"id\":\"1\",\"type\":0,\"name\":\"\xff\"}",
@@ -442,7 +446,7 @@ proptest! {
             agree(text);
         }
         for t in ["CHANNEL_UPDATE", "GUILD_ROLE_UPDATE", "GUILD_MEMBER_UPDATE"] {
-            let _ = parse(0, &event(t, &bytes), &CacheOptions::default());
+            let _ = parse(ShardRef::new(0, 1), &event(t, &bytes), &CacheOptions::default());
         }
     }
 }
@@ -457,11 +461,21 @@ fn generated_payloads_parse_the_same_through_either_path() {
         ("GUILD_MEMBER_UPDATE", MEMBER),
         ("GUILD_MEMBER_ADD", MEMBER),
     ] {
-        let fast = parse(0, &event(t, d.as_bytes()), &CacheOptions::default()).unwrap();
+        let fast = parse(
+            ShardRef::new(0, 1),
+            &event(t, d.as_bytes()),
+            &CacheOptions::default(),
+        )
+        .unwrap();
         // The same payload with an escaped key forces the serde path.
         let slow_text = d.replacen("\"guild_id\"", "\"guild\\u005fid\"", 1);
         assert!(!agree(&slow_text));
-        let slow = parse(0, &event(t, slow_text.as_bytes()), &CacheOptions::default()).unwrap();
+        let slow = parse(
+            ShardRef::new(0, 1),
+            &event(t, slow_text.as_bytes()),
+            &CacheOptions::default(),
+        )
+        .unwrap();
         assert_eq!(fast.mutations, slow.mutations, "{t}");
         assert_eq!((fast.class, fast.guild_id), (slow.class, slow.guild_id));
         assert!(!fast.mutations.is_empty());

@@ -78,7 +78,7 @@ fn live<T: Clone>(map: &IdMap<Slot<T>>) -> BTreeMap<u64, Versioned<T>> {
 #[derive(Debug, Default)]
 pub(super) struct GuildSlot {
     /// The shard whose events admitted the guild (see [`Store::admit`]).
-    pub(super) shard: Option<u32>,
+    pub(super) shard: Option<envelope::ShardRef>,
     /// Version of the last applied snapshot or removal.
     pub(super) floor: Version,
     /// Per-kind floors (index: [`Kind::index`]).

@@ -9,12 +9,12 @@ use crate::redis_scripts::{
     ADMIT, ANNOUNCED, AVAIL, DELTA, GAP_JOIN, LIST, LISTED, PUT, READY, REG, REMOVE, SEEN, SNAPSHOT,
 };
 use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, StoreError};
-use envelope::Version;
+use envelope::{ShardRef, Version};
 
 impl RedisStore {
     pub(super) async fn ready(
         &self,
-        shard: u32,
+        shard: ShardRef,
         version: Version,
         at_ms: u64,
         guilds: &[u64],
@@ -206,11 +206,9 @@ impl RedisStore {
     pub(super) fn step_invocation(&self, step: &Step) -> Result<Option<Invocation>, StoreError> {
         match step {
             Step::Apply(m) => self.invocation(m),
-            Step::Admit { shard_id, guild_id } => {
-                Ok(Some(self.admit_invocation(*shard_id, *guild_id)))
-            }
-            Step::FirstDelivery { shard_id, version } => {
-                self.seen_invocation(*shard_id, *version).map(Some)
+            Step::Admit { shard, guild_id } => Ok(Some(self.admit_invocation(*shard, *guild_id))),
+            Step::FirstDelivery { shard, version } => {
+                self.seen_invocation(*shard, *version).map(Some)
             }
             Step::Announced { guild_id, version } => {
                 let mut inv = ANNOUNCED.prepare_invoke();
@@ -227,7 +225,7 @@ impl RedisStore {
 
     pub(super) fn seen_invocation(
         &self,
-        shard_id: u32,
+        shard: ShardRef,
         version: Version,
     ) -> Result<Invocation, StoreError> {
         if version.seq >= MAX_EXACT_SEQ {
@@ -235,7 +233,8 @@ impl RedisStore {
                 "seq above 2^53 cannot be tracked in a Redis delivery window",
             ));
         }
-        let window = format!("{}:s:{shard_id}:{:016x}", self.prefix, version.epoch);
+        let ShardRef { id, total } = shard;
+        let window = format!("{}:s:{total}:{id}:{:016x}", self.prefix, version.epoch);
         let mut inv = SEEN.prepare_invoke();
         inv.key(&window)
             .key(format!("{window}:low"))
@@ -245,8 +244,8 @@ impl RedisStore {
         Ok(inv)
     }
 
-    pub(super) fn admit_invocation(&self, shard_id: u32, guild_id: u64) -> Invocation {
-        let [ready, listed, members, _] = self.shard_keys(shard_id);
+    pub(super) fn admit_invocation(&self, shard: ShardRef, guild_id: u64) -> Invocation {
+        let [ready, listed, members, _] = self.shard_keys(shard);
         let mut inv = ADMIT.prepare_invoke();
         self.guild_script_keys(guild_id, &mut inv);
         inv.key(ready).key(listed).key(members).arg(guild_id);

@@ -18,6 +18,17 @@ pub struct Logged {
     pub owned: OwnedEvent<String>,
 }
 
+/// The shard total of every test log: tests here run one generation, so
+/// any total above their shard ids names it.
+pub const TOTAL: u32 = 1024;
+
+impl Logged {
+    /// The event's shard of [`TOTAL`].
+    pub fn shard_ref(&self) -> envelope::ShardRef {
+        envelope::ShardRef::new(self.shard, TOTAL)
+    }
+}
+
 impl std::ops::Deref for Logged {
     type Target = OwnedEvent<String>;
 
@@ -296,7 +307,7 @@ pub async fn run<S: Store>(worker: &Worker<S>, events: &[Logged]) -> Report {
     let mut report = Report::default();
     for e in events {
         worker
-            .process_event(e.shard, &e.event(), &mut report)
+            .process_event(e.shard_ref(), &e.event(), &mut report)
             .await
             .unwrap();
     }
@@ -362,9 +373,13 @@ pub fn truth_views_of(truth: discord_sim::Truth) -> BTreeMap<u64, Value> {
             d: d.as_bytes(),
         };
         let store = MemoryStore::new();
-        for m in worker::parse(t.shard, &ev, &worker::CacheOptions::default())
-            .unwrap()
-            .mutations
+        for m in worker::parse(
+            envelope::ShardRef::new(t.shard, TOTAL),
+            &ev,
+            &worker::CacheOptions::default(),
+        )
+        .unwrap()
+        .mutations
         {
             store.apply_now(m);
         }

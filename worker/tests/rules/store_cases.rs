@@ -20,12 +20,12 @@ impl Store for FailOnce {
     }
     async fn first_delivery(
         &self,
-        shard: u32,
+        shard: envelope::ShardRef,
         v: envelope::Version,
     ) -> Result<bool, worker::StoreError> {
         self.inner.first_delivery(shard, v).await
     }
-    async fn admit(&self, shard: u32, guild: u64) -> Result<(), worker::StoreError> {
+    async fn admit(&self, shard: envelope::ShardRef, guild: u64) -> Result<(), worker::StoreError> {
         self.inner.admit(shard, guild).await
     }
     async fn guild(&self, g: u64) -> Result<Option<worker::GuildView>, worker::StoreError> {
@@ -63,10 +63,16 @@ async fn a_store_failure_mid_join_is_retried_and_announced_once() {
             d: d.as_bytes(),
         };
         let mut report = Report::default();
-        assert!(w.process_event(0, &event, &mut report).await.is_err());
+        assert!(
+            w.process_event(envelope::ShardRef::new(0, 1), &event, &mut report)
+                .await
+                .is_err()
+        );
         // The consumer retries the message; then redeliveries follow.
         for _ in 0..3 {
-            w.process_event(0, &event, &mut report).await.unwrap();
+            w.process_event(envelope::ShardRef::new(0, 1), &event, &mut report)
+                .await
+                .unwrap();
         }
         assert_eq!(take(&seen), ["GUILD_JOINED"], "failure at apply {fail_at}");
         let v = w.store().guild(G).await.unwrap().unwrap();
@@ -166,12 +172,12 @@ async fn member_lookup_agrees_with_the_guild_view() {
         }
         async fn first_delivery(
             &self,
-            s: u32,
+            s: envelope::ShardRef,
             v: envelope::Version,
         ) -> Result<bool, worker::StoreError> {
             self.0.first_delivery(s, v).await
         }
-        async fn admit(&self, s: u32, g: u64) -> Result<(), worker::StoreError> {
+        async fn admit(&self, s: envelope::ShardRef, g: u64) -> Result<(), worker::StoreError> {
             self.0.admit(s, g).await
         }
         async fn guild(&self, g: u64) -> Result<Option<worker::GuildView>, worker::StoreError> {
