@@ -89,7 +89,9 @@ impl Observation {
                     CleanKind::GuildAvailable { .. } => &any.available,
                     CleanKind::GuildUnavailable => &any.unavailable,
                     CleanKind::GuildRemoved => &any.removed,
-                    CleanKind::GuildJoined | CleanKind::Dispatch => return,
+                    CleanKind::GuildJoined | CleanKind::Dispatch | CleanKind::Reshard { .. } => {
+                        return;
+                    }
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             })

@@ -30,10 +30,11 @@
 //!         (0 none, 1 initial, 2 available, 3 joined); bits 3-7 must be 0
 //! ```
 //!
-//! A `GUILD_CREATE` must carry a marker and no other event may. Messages
-//! longer than [`MAX_MESSAGE_LEN`], with trailing bytes, an unknown format
-//! version or any field out of bounds are rejected with a [`DecodeError`];
-//! decoding never panics.
+//! A `GUILD_CREATE` must carry a marker and no other event may. A live
+//! reshard is announced in band by a message of one `BULWARK_RESHARD` event
+//! ([`ReshardMarker`]). Messages longer than [`MAX_MESSAGE_LEN`], with
+//! trailing bytes, an unknown format version or any field out of bounds
+//! are rejected with a [`DecodeError`]; decoding never panics.
 //!
 //! ```
 //! use envelope::{BatchEncoder, Event, GuildCreateKind, decode};
@@ -55,6 +56,7 @@
 mod codec;
 mod error;
 mod event;
+mod reshard;
 mod shard;
 pub mod topology;
 mod version;
@@ -65,5 +67,6 @@ pub use codec::{
 };
 pub use error::{DecodeError, EncodeError};
 pub use event::{Event, GuildCreateKind};
+pub use reshard::{MARKER_EVENT, MarkerError, ReshardMarker, ReshardPhase};
 pub use shard::ShardRef;
 pub use version::Version;

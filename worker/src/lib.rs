@@ -31,6 +31,7 @@ mod processor;
 pub mod readiness;
 mod redis_scripts;
 mod redis_store;
+pub mod reshard;
 mod runtime;
 mod snowflake;
 mod store;

@@ -9,10 +9,11 @@
 use crate::delivery::Deliveries;
 use crate::model::{GuildView, Member, User, Versioned};
 use crate::mutation::Mutation;
+use crate::reshard::Pairs;
 use crate::snowflake::IdMap;
 use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};
 use crate::users::Users;
-use envelope::{ShardRef, Version};
+use envelope::{ReshardMarker, ShardRef, Version};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
@@ -37,6 +38,9 @@ struct State {
     /// The bot's own user ids (from READY): never collected.
     bots: IdMap<()>,
     deliveries: Deliveries,
+    /// The newest reshard marker and the copies it pairs.
+    reshard: Option<ReshardMarker>,
+    pairs: Pairs,
 }
 
 impl State {
@@ -175,6 +179,20 @@ impl State {
         }
     }
 
+    /// Keeps `marker` as the window when newer; `true` when it was.
+    fn mark(&mut self, marker: ReshardMarker) -> bool {
+        let key = |m: &ReshardMarker| (m.id, m.phase);
+        if self
+            .reshard
+            .as_ref()
+            .is_some_and(|r| key(r) >= key(&marker))
+        {
+            return false;
+        }
+        self.reshard = Some(marker);
+        true
+    }
+
     /// First sight of `guild` from `shard`: if that shard's READY did not
     /// list it, the guild was not the bot's as of that READY, so the removal
     /// READY implies is applied before any write (older writes then lose,
@@ -216,6 +234,8 @@ impl MemoryStore {
                 users: Users::default(),
                 bots: IdMap::default(),
                 deliveries: Deliveries::new(DELIVERY_WINDOW),
+                reshard: None,
+                pairs: Pairs::default(),
             }),
         }
     }
@@ -251,6 +271,13 @@ impl MemoryStore {
                     .guilds
                     .get(&guild_id)
                     .is_some_and(|g| g.is_gap_join(version)),
+                Step::Marker(m) => st.mark(m),
+                Step::Pair {
+                    guild_id,
+                    total,
+                    fingerprint,
+                    at_ms,
+                } => st.pairs.pair(guild_id, total, fingerprint, at_ms),
             })
             .collect()
     }
@@ -361,6 +388,24 @@ impl Store for MemoryStore {
             .guilds
             .get(&guild_id)
             .is_some_and(|g| g.is_gap_join(version)))
+    }
+
+    async fn reshard_mark(&self, marker: ReshardMarker) -> Result<bool, StoreError> {
+        Ok(self.lock().mark(marker))
+    }
+
+    async fn reshard_window(&self) -> Result<Option<ReshardMarker>, StoreError> {
+        Ok(self.lock().reshard)
+    }
+
+    async fn pair(
+        &self,
+        guild_id: u64,
+        total: u32,
+        fingerprint: u64,
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.lock().pairs.pair(guild_id, total, fingerprint, at_ms))
     }
 
     async fn user(&self, user_id: u64) -> Result<Option<User>, StoreError> {

@@ -42,8 +42,9 @@
 //! a marked one.
 
 use crate::gateway::{self, CacheOptions, Class, Parsed, PayloadError};
+use crate::reshard::{self, WindowCache};
 use crate::store::{Step, Store, StoreError};
-use envelope::{DecodeError, Event, ShardRef, Version};
+use envelope::{DecodeError, Event, ReshardMarker, ReshardPhase, ShardRef, Version};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -61,6 +62,10 @@ pub enum CleanKind {
     GuildRemoved,
     /// Any other gateway event, deduplicated, stale versions dropped.
     Dispatch,
+    /// A live reshard started, completed or was aborted: once per phase
+    /// (every partition carries the marker). `d` is the marker's JSON
+    /// (`from`, `to` totals).
+    Reshard { phase: ReshardPhase },
 }
 
 /// A deduplicated event for bot logic. Borrows from the message.
@@ -87,6 +92,7 @@ impl CleanEvent<'_> {
             CleanKind::GuildUnavailable => "GUILD_UNAVAILABLE",
             CleanKind::GuildRemoved => "GUILD_REMOVED",
             CleanKind::Dispatch => self.t,
+            CleanKind::Reshard { phase } => phase.event_name(),
         }
     }
 }
@@ -114,6 +120,12 @@ pub struct Report {
     pub republished: usize,
     /// Events whose payload was invalid, with the reason (skipped).
     pub invalid: Vec<(Version, String)>,
+    /// Second copies of an event that both shard totals of a live reshard
+    /// delivered (dropped; see [`crate::reshard`]).
+    pub twins: usize,
+    /// GUILD_CREATEs of the new shard total loading a guild the old total
+    /// serves (applied, not announced).
+    pub handovers: usize,
 }
 
 /// What one event will do: its class and where its step results are.
@@ -128,6 +140,12 @@ struct Plan {
     announced: Option<usize>,
     /// Index of its [`Step::GapJoin`] check (GUILD_CREATE not marked joined).
     gap_join: Option<usize>,
+    /// Index of its [`Step::Pair`] check (a guild event in a reshard window).
+    pair: Option<usize>,
+    /// A GUILD_CREATE of the new total handing a guild over in a reshard.
+    handover: bool,
+    /// A reshard marker and the index of its [`Step::Marker`] result.
+    marker: Option<(ReshardPhase, usize)>,
 }
 
 /// A message's events with their plans, and the store steps of all.
@@ -159,6 +177,8 @@ pub struct Worker<S> {
     by_name: HashMap<String, Vec<Handler>>,
     any: Vec<Handler>,
     options: CacheOptions,
+    /// The reshard window as this worker last saw it.
+    window: std::sync::Mutex<WindowCache>,
 }
 
 impl<S: Store> Worker<S> {
@@ -174,6 +194,7 @@ impl<S: Store> Worker<S> {
             by_name: HashMap::new(),
             any: Vec::new(),
             options: CacheOptions::default(),
+            window: std::sync::Mutex::default(),
         }
     }
 
@@ -245,7 +266,8 @@ impl<S: Store> Worker<S> {
         // The header's count, bounded by what the bytes can hold (an event
         // takes at least 31 bytes), so a lying header cannot size it.
         let expected = decoder.event_count().min(bytes.len() / 31);
-        let planned = self.plan_all(shard, decoder, expected, redelivered, &mut report)?;
+        let window = self.window().await?;
+        let planned = self.plan_all(shard, decoder, expected, redelivered, window, &mut report)?;
         self.run_and_emit(shard, planned, &mut report, sink).await?;
         metrics::histogram!("worker_apply_seconds").record(started.elapsed().as_secs_f64());
         Ok(report)
@@ -271,7 +293,8 @@ impl<S: Store> Worker<S> {
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) -> Result<(), StoreError> {
         let one = std::iter::once(Ok::<_, Infallible>(*event));
-        let Ok(planned) = self.plan_all(shard, one, 1, false, report);
+        let window = self.window().await?;
+        let Ok(planned) = self.plan_all(shard, one, 1, false, window, report);
         self.run_and_emit(shard, planned, report, sink).await
     }
 
@@ -286,6 +309,7 @@ impl<S: Store> Worker<S> {
         events: impl Iterator<Item = Result<Event<'a>, E>>,
         expected: usize,
         replay: bool,
+        mut window: Option<ReshardMarker>,
         report: &mut Report,
     ) -> Result<Planned<'a>, E> {
         // Admit, up to three writes and a delivery check: one allocation.
@@ -296,7 +320,18 @@ impl<S: Store> Worker<S> {
         let mut parsed = Parsed::default();
         for event in events {
             let event = event?;
-            let plan = self.plan(shard, &event, replay, report, &mut steps, &mut parsed);
+            let plan = match ReshardMarker::of(&event) {
+                Some(marker) => self.plan_marker(&event, marker, &mut window, report, &mut steps),
+                None => self.plan(
+                    shard,
+                    &event,
+                    replay,
+                    window.as_ref(),
+                    report,
+                    &mut steps,
+                    &mut parsed,
+                ),
+            };
             plans.push((event, plan));
         }
         let invalid = report.invalid.len() - invalid_before;
@@ -351,11 +386,13 @@ impl<S: Store> Worker<S> {
     /// Parses `event` (into `parsed`, whose vector is reused) and appends
     /// its store steps; `None` when its payload is invalid (reported,
     /// skipped).
+    #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
         shard: ShardRef,
         event: &Event<'_>,
         replay: bool,
+        window: Option<&ReshardMarker>,
         report: &mut Report,
         steps: &mut Vec<Step>,
         parsed: &mut Parsed,
@@ -407,6 +444,24 @@ impl<S: Store> Worker<S> {
                 });
                 steps.len() - 1
             });
+        // In a reshard window: the new total's READY-time loads hand
+        // guilds over; every other guild event is paired with its copy
+        // from the other total.
+        let at_ms = event.received_at;
+        let handover = matches!(parsed.class, Some(Class::Available { initial: true }))
+            && reshard::handover(window, shard.total, at_ms);
+        let pair = parsed
+            .guild_id
+            .filter(|_| !handover && reshard::pairing(window, at_ms))
+            .map(|guild_id| {
+                steps.push(Step::Pair {
+                    guild_id,
+                    total: shard.total,
+                    fingerprint: reshard::fingerprint(event.t, event.d),
+                    at_ms,
+                });
+                steps.len() - 1
+            });
         Some(Plan {
             class: parsed.class,
             guild_id: parsed.guild_id,
@@ -414,7 +469,71 @@ impl<S: Store> Worker<S> {
             delivery,
             announced,
             gap_join,
+            pair,
+            handover,
+            marker: None,
         })
+    }
+
+    /// A reshard marker: kept by the store (announced once), and the
+    /// window for this worker's next events.
+    fn plan_marker(
+        &self,
+        event: &Event<'_>,
+        marker: Result<ReshardMarker, envelope::MarkerError>,
+        window: &mut Option<ReshardMarker>,
+        report: &mut Report,
+        steps: &mut Vec<Step>,
+    ) -> Option<Plan> {
+        let m = match marker {
+            Ok(m) => m,
+            Err(e) => {
+                report.invalid.push((event.version(), e.to_string()));
+                return None;
+            }
+        };
+        let mut cache = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        cache.update(Some(m), std::time::Instant::now());
+        *window = cache.current(std::time::Instant::now()).flatten();
+        drop(cache);
+        tracing::info!(
+            reshard = m.id,
+            phase = m.phase.event_name(),
+            from = m.from,
+            to = m.to,
+            "reshard marker"
+        );
+        steps.push(Step::Marker(m));
+        Some(Plan {
+            class: None,
+            guild_id: None,
+            writes: 0..0,
+            delivery: None,
+            announced: None,
+            gap_join: None,
+            pair: None,
+            handover: false,
+            marker: Some((m.phase, steps.len() - 1)),
+        })
+    }
+
+    /// The reshard window: this worker's view, re-read from the store
+    /// when older than [`reshard::REFRESH`] (a partition taken over
+    /// mid-reshard learns it there).
+    async fn window(&self) -> Result<Option<ReshardMarker>, StoreError> {
+        let now = std::time::Instant::now();
+        let cached = self
+            .window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .current(now);
+        if let Some(w) = cached {
+            return Ok(w);
+        }
+        let stored = self.store.reshard_window().await?;
+        let mut cache = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        cache.update(stored, now);
+        Ok(cache.current(now).flatten())
     }
 
     /// Classifies a planned event from its step results and emits it (or
@@ -428,12 +547,34 @@ impl<S: Store> Worker<S> {
         report: &mut Report,
         sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
     ) {
+        let at = |i: Option<usize>| i.and_then(|i| results.get(i).copied()).unwrap_or(false);
+        if let Some((phase, i)) = plan.marker {
+            // Every partition carries the marker: announced by the first.
+            if at(Some(i)) {
+                self.deliver(
+                    CleanEvent {
+                        kind: CleanKind::Reshard { phase },
+                        shard_id: shard.id,
+                        version: event.version(),
+                        received_at: event.received_at,
+                        guild_id: None,
+                        t: event.t,
+                        d: event.d,
+                    },
+                    report,
+                    sink,
+                );
+            }
+            return;
+        }
         let writes = results.get(plan.writes.clone()).unwrap_or_default();
         let tracked = !writes.is_empty();
         let any = writes.iter().any(|&w| w);
         let last = writes.last().copied().unwrap_or(false);
-        let at = |i: Option<usize>| i.and_then(|i| results.get(i).copied()).unwrap_or(false);
         let first = at(plan.delivery);
+        // In a reshard window an old-total event the new total's snapshot
+        // already includes is stale, yet it is the only copy: emitted.
+        let in_window = plan.pair.is_some();
         // Not newest now, but applied as the newest by an earlier attempt
         // whose output may be lost: published again, handlers not called.
         let replayed = !last && at(plan.announced);
@@ -449,11 +590,25 @@ impl<S: Store> Worker<S> {
             }
             Some(Class::Unavailable) if lifecycle => Some(CleanKind::GuildUnavailable),
             Some(Class::Removed) if lifecycle => Some(CleanKind::GuildRemoved),
-            Some(Class::Other) if (!tracked || any) && first => Some(CleanKind::Dispatch),
+            Some(Class::Other) if (!tracked || any || in_window) && first => {
+                Some(CleanKind::Dispatch)
+            }
             _ => None,
         };
         if any {
             metrics::counter!("worker_events_applied_total").increment(1);
+        }
+        if plan.handover {
+            report.handovers += 1;
+            metrics::counter!("worker_reshard_handovers_total").increment(1);
+            return;
+        }
+        if in_window && !at(plan.pair) {
+            // The other total's copy was (or will be: it pairs with this
+            // one) the one emitted.
+            report.twins += 1;
+            metrics::counter!("worker_reshard_twins_dropped_total").increment(1);
+            return;
         }
         let Some(kind) = kind else {
             report.dropped += 1;
@@ -477,6 +632,17 @@ impl<S: Store> Worker<S> {
             sink(&clean);
             return;
         }
+        self.deliver(clean, report, sink);
+    }
+
+    /// Hands a clean event to the handlers and the sink.
+    fn deliver(
+        &self,
+        clean: CleanEvent<'_>,
+        report: &mut Report,
+        sink: &mut (dyn FnMut(&CleanEvent<'_>) + Send),
+    ) {
+        let kind = clean.kind;
         report.emitted += 1;
         metrics::counter!("worker_events_emitted_total").increment(1);
         if kind == CleanKind::GuildJoined {

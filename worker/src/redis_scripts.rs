@@ -313,3 +313,56 @@ return n
 "#,
     )
 });
+
+/// A reshard marker, kept when newer. KEYS: the reshard hash. ARGV: the
+/// marker's order key (reshard id as 16 hex digits, then the phase
+/// digit), its JSON. Returns 1 when it was newer (announce it), else 0.
+pub(crate) static RESHARD_MARK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('HGET', KEYS[1], 'k')
+if cur and cur >= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'k', ARGV[1], 'm', ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// One copy of a guild event in a reshard window (see `crate::reshard`).
+/// KEYS: the guild's pair hash (field = fingerprint, value =
+/// `total:unmatched:at_ms`). ARGV: fingerprint, total, at_ms, ttl ms.
+/// Returns 0 when the copy pairs with an unmatched one of another total,
+/// else 1 (and counts it).
+pub(crate) static PAIR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local total = tonumber(ARGV[2])
+local at = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+local keep = ARGV[2] .. ':1:' .. ARGV[3]
+if v then
+  local t, n, a = string.match(v, '^(%d+):(%d+):(%d+)$')
+  t = tonumber(t)
+  n = tonumber(n)
+  if t and at - tonumber(a) <= ttl then
+    if t ~= total and n > 0 then
+      if n == 1 then
+        redis.call('HDEL', KEYS[1], ARGV[1])
+      else
+        redis.call('HSET', KEYS[1], ARGV[1], t .. ':' .. (n - 1) .. ':' .. a)
+      end
+      return 0
+    end
+    if t == total then
+      if tonumber(a) > at then keep = ARGV[2] .. ':' .. (n + 1) .. ':' .. a
+      else keep = ARGV[2] .. ':' .. (n + 1) .. ':' .. ARGV[3] end
+    end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], keep)
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return 1
+"#,
+    )
+});

@@ -26,6 +26,9 @@
 //!   one before, `p` = 1 when there was one, for session-gap joins);
 //!   `P:shard:<total>:<shard>:guilds`: the
 //!   guilds admitted from that shard (meta field `sh` marks admission).
+//! * `P:reshard` (`k`, `m`): the newest reshard marker; `P:pair:<guild>`:
+//!   the unmatched copies of a reshard window (field = fingerprint, value =
+//!   `total:count:at_ms`), expiring (see [`crate::reshard`]).
 //!   A shard is named with its total because during a live reshard shard 3
 //!   of 64 and shard 3 of 128 are two live sessions (see
 //!   [`envelope::ShardRef`]).
@@ -42,7 +45,7 @@ use crate::model::{
 use crate::mutation::Mutation;
 use crate::redis_scripts::SWEEP_USERS;
 use crate::store::{Step, Store, StoreError};
-use envelope::{ShardRef, Version};
+use envelope::{ReshardMarker, ShardRef, Version};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -211,6 +214,11 @@ impl RedisStore {
             format!("{}:shard:{total}:{id}:guilds", self.prefix),
             format!("{r}:P"),
         ]
+    }
+
+    /// The reshard window: `k` (order key) and `m` (the marker's JSON).
+    fn reshard_key(&self) -> String {
+        format!("{}:reshard", self.prefix)
     }
 
     fn meta(&self, g: u64) -> String {
@@ -418,6 +426,48 @@ impl Store for RedisStore {
         match self.step_invocation(&step)? {
             Some(mut inv) => self.invoke(&mut inv).await,
             None => Ok(false),
+        }
+    }
+
+    async fn reshard_mark(&self, marker: ReshardMarker) -> Result<bool, StoreError> {
+        match self.step_invocation(&Step::Marker(marker))? {
+            Some(mut inv) => self.invoke(&mut inv).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn reshard_window(&self) -> Result<Option<ReshardMarker>, StoreError> {
+        let mut con = self.con.clone();
+        let json: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.reshard_key())
+            .arg("m")
+            .query_async(&mut con)
+            .await?;
+        json.map(|j| {
+            serde_json::from_slice(&j).map_err(|e| StoreError::Corrupt {
+                key: self.reshard_key(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    async fn pair(
+        &self,
+        guild_id: u64,
+        total: u32,
+        fingerprint: u64,
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let step = Step::Pair {
+            guild_id,
+            total,
+            fingerprint,
+            at_ms,
+        };
+        match self.step_invocation(&step)? {
+            Some(mut inv) => self.invoke(&mut inv).await,
+            None => Ok(true),
         }
     }
 

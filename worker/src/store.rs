@@ -7,7 +7,7 @@
 
 use crate::model::{GuildView, Member, User, Versioned};
 use crate::mutation::Mutation;
-use envelope::{ShardRef, Version};
+use envelope::{ReshardMarker, ShardRef, Version};
 use std::future::Future;
 
 /// A store operation that failed (not a stale write: that is `Ok(false)`).
@@ -48,6 +48,19 @@ pub enum Step {
     /// [`Store::gap_join`]: whether the snapshot at `version` (applied just
     /// before in the same batch) was a join the gateway never marked.
     GapJoin { guild_id: u64, version: Version },
+    /// A reshard marker: kept as the window when it is newer than the one
+    /// held; `true` only the first time this phase of this reshard is seen
+    /// (every partition carries the marker; it is announced once).
+    Marker(ReshardMarker),
+    /// In a reshard window: `true` when this copy of a guild event is the
+    /// first of its fingerprint, `false` when it pairs with an unmatched
+    /// copy from another shard total (see [`crate::reshard`]).
+    Pair {
+        guild_id: u64,
+        total: u32,
+        fingerprint: u64,
+        at_ms: u64,
+    },
 }
 
 /// A versioned cache of guilds, their channels, roles, members and emojis,
@@ -98,6 +111,13 @@ pub trait Store: Send + Sync + 'static {
                         self.announced(guild_id, version).await?
                     }
                     Step::GapJoin { guild_id, version } => self.gap_join(guild_id, version).await?,
+                    Step::Marker(m) => self.reshard_mark(m).await?,
+                    Step::Pair {
+                        guild_id,
+                        total,
+                        fingerprint,
+                        at_ms,
+                    } => self.pair(guild_id, total, fingerprint, at_ms).await?,
                 });
             }
             Ok(out)
@@ -150,6 +170,36 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let _ = (guild_id, version);
         async { Ok(false) }
+    }
+
+    /// [`Step::Marker`]. The default keeps nothing and announces every
+    /// copy.
+    fn reshard_mark(
+        &self,
+        marker: ReshardMarker,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = marker;
+        async { Ok(true) }
+    }
+
+    /// The newest reshard marker kept ([`Step::Marker`]), shared by every
+    /// worker of the store. The default keeps none.
+    fn reshard_window(
+        &self,
+    ) -> impl Future<Output = Result<Option<ReshardMarker>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// [`Step::Pair`]. The default pairs nothing (every copy is first).
+    fn pair(
+        &self,
+        guild_id: u64,
+        total: u32,
+        fingerprint: u64,
+        at_ms: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = (guild_id, total, fingerprint, at_ms);
+        async { Ok(true) }
     }
 
     /// A cached user.

@@ -7,13 +7,17 @@
 //! generation's READY would remove the guilds the old generation's shard
 //! still serves, and two sessions' equal versions would drop each other's
 //! events as duplicates.
+//!
+//! And the clean stream of a whole reshard window: every event once,
+//! whichever generation's copy comes first; no announcement for the new
+//! generation's loads; the reshard itself announced once.
 #![allow(clippy::unwrap_used)]
 
-use envelope::{BatchEncoder, Event, GuildCreateKind};
+use envelope::{BatchEncoder, Event, GuildCreateKind, ReshardMarker, ReshardPhase};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use worker::{MemoryStore, RedisStore, Store, Worker};
+use worker::{CleanKind, MemoryStore, RedisStore, Store, Worker};
 
 /// Shard 1 of 2 holds A and B; of 4 shards, A is on shard 1 and B on 3.
 const A: u64 = 1 << 22;
@@ -27,6 +31,10 @@ fn worker<S: Store>(store: S) -> (Worker<S>, Seen) {
     let seen: Seen = Arc::default();
     let s = seen.clone();
     let w = Worker::new(store).on_any(move |e| {
+        // READY is per session, not per guild: both generations' pass.
+        if e.kind == CleanKind::Dispatch && e.t == "READY" {
+            return;
+        }
         s.lock()
             .unwrap()
             .push((e.name().to_owned(), e.guild_id.unwrap_or_default()));
@@ -35,6 +43,7 @@ fn worker<S: Store>(store: S) -> (Worker<S>, Seen) {
 }
 
 struct Ev {
+    shard: u32,
     total: u32,
     epoch: u64,
     seq: u64,
@@ -50,6 +59,7 @@ fn ready(total: u32, epoch: u64, guilds: &[u64]) -> Ev {
         .map(|g| json!({"id": g.to_string(), "unavailable": true}))
         .collect();
     Ev {
+        shard: 1,
         total,
         epoch,
         seq: 1,
@@ -63,6 +73,7 @@ fn ready(total: u32, epoch: u64, guilds: &[u64]) -> Ev {
 
 fn create(total: u32, epoch: u64, seq: u64, guild: u64) -> Ev {
     Ev {
+        shard: 1,
         total,
         epoch,
         seq,
@@ -77,6 +88,7 @@ fn create(total: u32, epoch: u64, seq: u64, guild: u64) -> Ev {
 
 fn message(total: u32, epoch: u64, seq: u64, guild: u64) -> Ev {
     Ev {
+        shard: 1,
         total,
         epoch,
         seq,
@@ -90,10 +102,10 @@ fn message(total: u32, epoch: u64, seq: u64, guild: u64) -> Ev {
     }
 }
 
-/// Feeds each event as its own envelope from shard 1 of its total.
+/// Feeds each event as its own envelope from its shard of its total.
 async fn feed<S: Store>(w: &Worker<S>, events: &[&Ev]) {
     for e in events {
-        let mut enc = BatchEncoder::new(1, e.total).unwrap();
+        let mut enc = BatchEncoder::new(e.shard, e.total).unwrap();
         enc.push(&Event {
             epoch: e.epoch,
             seq: e.seq,
@@ -152,6 +164,146 @@ async fn equal_versions_of_two_generations_are_not_duplicates<S: Store>(store: S
     // A real redelivery of either is still a duplicate.
     feed(&w, &[&message(NEW, 300, 7, B)]).await;
     assert!(seen.lock().unwrap().is_empty());
+}
+
+fn on(shard: u32, e: Ev) -> Ev {
+    Ev { shard, ..e }
+}
+
+fn joined(total: u32, epoch: u64, seq: u64, guild: u64) -> Ev {
+    Ev {
+        marker: Some(GuildCreateKind::Joined),
+        ..create(total, epoch, seq, guild)
+    }
+}
+
+fn channel(total: u32, epoch: u64, seq: u64, guild: u64, name: &str) -> Ev {
+    Ev {
+        shard: 1,
+        total,
+        epoch,
+        seq,
+        t: "CHANNEL_UPDATE",
+        guild_id: Some(guild),
+        marker: None,
+        d: json!({"id": "77", "type": 0, "name": name, "guild_id": guild.to_string()}).to_string(),
+    }
+}
+
+async fn mark<S: Store>(w: &Worker<S>, phase: ReshardPhase, at_ms: u64) {
+    let m = ReshardMarker {
+        id: 500,
+        phase,
+        from: OLD,
+        to: NEW,
+        at_ms,
+    };
+    let r = w
+        .process_delivery(&m.encode().unwrap(), false, &mut |_| {})
+        .await
+        .unwrap();
+    assert!(r.invalid.is_empty(), "{:?}", r.invalid);
+}
+
+/// A whole reshard window on one partition, from 2 to 4 shards: the
+/// clean stream has every event once, in whichever generation's copy came
+/// first, no GUILD_AVAILABLE for the new generation's loads, one join for
+/// a guild joined during the overlap, and the reshard announced once.
+async fn one_clean_stream_through_a_reshard<S: Store>(store: S) {
+    const J: u64 = 5 << 22; // shard 1 of 2 and shard 1 of 4
+    let (w, seen) = worker(store);
+    let take = || std::mem::take(&mut *seen.lock().unwrap());
+    let names = |list: &[(&str, u64)]| -> Vec<(String, u64)> {
+        list.iter().map(|(n, g)| ((*n).to_owned(), *g)).collect()
+    };
+    // The old generation serves A and B.
+    feed(
+        &w,
+        &[
+            &ready(OLD, 100, &[A, B]),
+            &create(OLD, 100, 2, A),
+            &create(OLD, 100, 3, B),
+            &message(OLD, 100, 4, A),
+        ],
+    )
+    .await;
+    assert_eq!(
+        take(),
+        names(&[
+            ("GUILD_AVAILABLE", A),
+            ("GUILD_AVAILABLE", B),
+            ("MESSAGE_CREATE", A)
+        ])
+    );
+    // Started, on this partition and (a copy) on another: announced once.
+    mark(&w, ReshardPhase::Started, 1_000).await;
+    mark(&w, ReshardPhase::Started, 1_000).await;
+    assert_eq!(take(), names(&[("RESHARD_STARTED", 0)]));
+    // An old-only event, then the new generation's READYs and loads.
+    feed(
+        &w,
+        &[
+            &channel(OLD, 100, 5, A, "before"),
+            &ready(NEW, 200, &[A]),
+            &create(NEW, 200, 2, A),
+            &on(3, ready(NEW, 201, &[B])),
+            &on(3, create(NEW, 201, 2, B)),
+        ],
+    )
+    .await;
+    assert_eq!(take(), names(&[("CHANNEL_UPDATE", A)]));
+    // Both generations now see every event; either copy may come first.
+    feed(
+        &w,
+        &[
+            &channel(NEW, 200, 3, A, "after"),
+            &channel(OLD, 100, 6, A, "after"),
+            &message(OLD, 100, 7, A),
+            &message(NEW, 200, 7, A),
+            &joined(OLD, 100, 8, J),
+            &joined(NEW, 200, 8, J),
+        ],
+    )
+    .await;
+    assert_eq!(
+        take(),
+        names(&[
+            ("CHANNEL_UPDATE", A),
+            ("MESSAGE_CREATE", A),
+            ("GUILD_JOINED", J)
+        ])
+    );
+    // An old-generation event the new snapshot already holds, arriving
+    // late: stale for the cache, but its only copy, so emitted.
+    feed(&w, &[&message(OLD, 100, 3, B)]).await;
+    assert_eq!(take(), names(&[("MESSAGE_CREATE", B)]));
+    // A redelivered twin stays dropped.
+    feed(&w, &[&message(NEW, 200, 7, A)]).await;
+    assert!(take().is_empty());
+    mark(&w, ReshardPhase::Completed, 2_000).await;
+    feed(&w, &[&message(NEW, 200, 9, A)]).await;
+    assert_eq!(
+        take(),
+        names(&[("RESHARD_COMPLETED", 0), ("MESSAGE_CREATE", A)])
+    );
+    for g in [A, B, J] {
+        let v = w.store().guild(g).await.unwrap().unwrap();
+        assert!(v.core.is_some() && v.available, "guild {g}: {v:?}");
+    }
+    let a = w.store().guild(A).await.unwrap().unwrap();
+    assert_eq!(a.channels[&77].value.name.as_deref(), Some("after"));
+}
+
+#[tokio::test]
+async fn memory_one_clean_stream_through_a_reshard() {
+    one_clean_stream_through_a_reshard(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn redis_one_clean_stream_through_a_reshard() {
+    let r = redis().await;
+    one_clean_stream_through_a_reshard(r.clone()).await;
+    r.purge().await.unwrap();
 }
 
 async fn redis() -> RedisStore {

@@ -6,7 +6,8 @@ use super::{Invocation, MAX_EXACT_SEQ, RedisStore, entity_payload, letter, live,
 use crate::model::Kind;
 use crate::mutation::{Mutation, Snapshot};
 use crate::redis_scripts::{
-    ADMIT, ANNOUNCED, AVAIL, DELTA, GAP_JOIN, LIST, LISTED, PUT, READY, REG, REMOVE, SEEN, SNAPSHOT,
+    ADMIT, ANNOUNCED, AVAIL, DELTA, GAP_JOIN, LIST, LISTED, PAIR, PUT, READY, REG, REMOVE,
+    RESHARD_MARK, SEEN, SNAPSHOT,
 };
 use crate::store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, StoreError};
 use envelope::{ShardRef, Version};
@@ -218,6 +219,27 @@ impl RedisStore {
             Step::GapJoin { guild_id, version } => {
                 let mut inv = GAP_JOIN.prepare_invoke();
                 inv.key(self.meta(*guild_id)).arg(ver(*version));
+                Ok(Some(inv))
+            }
+            Step::Marker(m) => {
+                let mut inv = RESHARD_MARK.prepare_invoke();
+                inv.key(self.reshard_key())
+                    .arg(format!("{:016x}{}", m.id, m.phase as u8))
+                    .arg(m.payload());
+                Ok(Some(inv))
+            }
+            Step::Pair {
+                guild_id,
+                total,
+                fingerprint,
+                at_ms,
+            } => {
+                let mut inv = PAIR.prepare_invoke();
+                inv.key(format!("{}:pair:{guild_id}", self.prefix))
+                    .arg(format!("{fingerprint:016x}"))
+                    .arg(*total)
+                    .arg(*at_ms)
+                    .arg(crate::reshard::PAIR_TTL_MS);
                 Ok(Some(inv))
             }
         }
