@@ -48,7 +48,14 @@ impl State {
     /// until their GUILD_CREATE; every other guild of the shard the cache
     /// holds was left while the worker was not looking, and is removed as of
     /// `version`. Only the newest READY of a shard is kept.
-    fn ready(&mut self, shard: ShardRef, version: Version, at_ms: u64, guilds: Vec<u64>) -> bool {
+    fn ready(
+        &mut self,
+        shard: ShardRef,
+        version: Version,
+        at_ms: u64,
+        guilds: Vec<u64>,
+        handover: bool,
+    ) -> bool {
         let previous = self.ready.get(&shard);
         if previous.is_some_and(|r| r.version >= version) {
             return false;
@@ -58,7 +65,7 @@ impl State {
             let unlisted_before = previous.is_some_and(|r| !r.listed.contains_key(&g));
             let slot = self.guilds.entry(g).or_default();
             slot.shard = Some(shard);
-            slot.listed(version, unlisted_before);
+            slot.listed(version, unlisted_before, !handover);
         }
         for (id, slot) in self.guilds.iter_mut() {
             if slot.shard == Some(shard) && !listed.contains_key(id) {
@@ -113,11 +120,12 @@ impl State {
                 at_ms,
                 guilds,
                 bot_id,
+                handover,
             } => {
                 if let Some(id) = bot_id {
                     self.bots.insert(id, ());
                 }
-                self.ready(shard, version, at_ms, guilds)
+                self.ready(shard, version, at_ms, guilds, handover)
             }
             Mutation::Availability {
                 guild_id,

@@ -72,6 +72,11 @@ pub enum Mutation {
         at_ms: u64,
         guilds: Vec<u64>,
         bot_id: Option<u64>,
+        /// The new shard total of a live reshard loading guilds the old
+        /// total serves: their availability is left as it is (they are not
+        /// unavailable until the new GUILD_CREATE; the old total serves
+        /// them). Set by the processor inside a reshard window.
+        handover: bool,
     },
     /// GUILD_DELETE `unavailable: true` (false) or GUILD_CREATE (true).
     Availability {

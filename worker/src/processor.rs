@@ -405,6 +405,14 @@ impl<S: Store> Worker<S> {
                 .push((event.version(), format!("invalid {t} payload: {source}")));
             return None;
         }
+        let at_ms = event.received_at;
+        if reshard::handover(window, shard.total, at_ms) {
+            for m in &mut parsed.mutations {
+                if let crate::Mutation::Ready { handover, .. } = m {
+                    *handover = true;
+                }
+            }
+        }
         let tracked = !parsed.mutations.is_empty();
         if let Some(guild_id) = parsed.guild_id.filter(|_| tracked) {
             steps.push(Step::Admit { shard, guild_id });
@@ -447,7 +455,6 @@ impl<S: Store> Worker<S> {
         // In a reshard window: the new total's READY-time loads hand
         // guilds over; every other guild event is paired with its copy
         // from the other total.
-        let at_ms = event.received_at;
         let handover = matches!(parsed.class, Some(Class::Available { initial: true }))
             && reshard::handover(window, shard.total, at_ms);
         let pair = parsed

@@ -213,7 +213,8 @@ return 1
 });
 
 /// A guild listed by READY. KEYS: meta, the shard's guild set, the READY
-/// hash, the previous READY's listed set. ARGV: guild id, version. Marks a
+/// hash, the previous READY's listed set. ARGV: guild id, version,
+/// hand-over (`1`: leave availability alone, see `Mutation::Ready`). Marks a
 /// session-gap join (`gm`, see `Store::gap_join`) when the cache holds the
 /// guild as not the bot's: removed before this READY, or never seen and
 /// not listed by the shard's previous READY (when there was one).
@@ -234,6 +235,7 @@ if gone then
   local gm = redis.call('HGET', KEYS[1], 'gm')
   if not gm or newer(v, gm) then redis.call('HSET', KEYS[1], 'gm', v) end
 end
+if ARGV[3] == '1' then return 1 end
 return lww(KEYS[1], 'av', v, '0')
 "#,
     )

@@ -296,6 +296,7 @@ impl Store for RedisStore {
                     at_ms,
                     guilds,
                     bot_id,
+                    handover,
                 } => {
                     if let Some(id) = bot_id {
                         let mut con = self.con.clone();
@@ -305,7 +306,7 @@ impl Store for RedisStore {
                             .query_async(&mut con)
                             .await?;
                     }
-                    self.ready(shard, version, at_ms, &guilds).await
+                    self.ready(shard, version, at_ms, &guilds, handover).await
                 }
                 _ => Ok(false),
             },

@@ -239,12 +239,22 @@ async fn one_clean_stream_through_a_reshard<S: Store>(store: S) {
     mark(&w, ReshardPhase::Started, 1_000).await;
     mark(&w, ReshardPhase::Started, 1_000).await;
     assert_eq!(take(), names(&[("RESHARD_STARTED", 0)]));
-    // An old-only event, then the new generation's READYs and loads.
+    // An old-only event, then the new generation's READYs and loads. The
+    // old generation still serves A between the new READY and the new
+    // GUILD_CREATE: the read API keeps it available.
+    feed(
+        &w,
+        &[&channel(OLD, 100, 5, A, "before"), &ready(NEW, 200, &[A])],
+    )
+    .await;
+    let a = w.store().guild(A).await.unwrap().unwrap();
+    assert!(
+        a.available,
+        "the new READY made A unavailable mid hand-over"
+    );
     feed(
         &w,
         &[
-            &channel(OLD, 100, 5, A, "before"),
-            &ready(NEW, 200, &[A]),
             &create(NEW, 200, 2, A),
             &on(3, ready(NEW, 201, &[B])),
             &on(3, create(NEW, 201, 2, B)),

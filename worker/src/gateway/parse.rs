@@ -182,6 +182,7 @@ pub(crate) fn parse_into(
                 at_ms,
                 guilds: r.guilds.into_iter().map(|g| g.id).collect(),
                 bot_id,
+                handover: false,
             });
         }
         "GUILD_UPDATE" => {

@@ -249,8 +249,15 @@ impl GuildSlot {
     /// READY at `version` lists the guild. If the cache holds it as not
     /// the bot's (removed before `version`, or never seen and not listed by
     /// the shard's previous READY, when there was one), the bot joined it
-    /// during a session gap: marked for [`GuildSlot::snapshot`].
-    pub(super) fn listed(&mut self, version: Version, unlisted_before: bool) {
+    /// during a session gap: marked for [`GuildSlot::snapshot`]. The guild
+    /// is unavailable until its GUILD_CREATE unless `mark_unavailable` is
+    /// false (a reshard's hand-over: the old total still serves it).
+    pub(super) fn listed(
+        &mut self,
+        version: Version,
+        unlisted_before: bool,
+        mark_unavailable: bool,
+    ) {
         let gone = match &self.core {
             Some(Slot {
                 version: at,
@@ -265,7 +272,7 @@ impl GuildSlot {
         if gone && version > self.gap_mark {
             self.gap_mark = version;
         }
-        if version > self.available.0 {
+        if mark_unavailable && version > self.available.0 {
             self.available = (version, false);
         }
     }

@@ -19,6 +19,7 @@ impl RedisStore {
         version: Version,
         at_ms: u64,
         guilds: &[u64],
+        handover: bool,
     ) -> Result<bool, StoreError> {
         let [ready, listed, members, previous] = self.shard_keys(shard);
         let mut inv = READY.prepare_invoke();
@@ -43,7 +44,8 @@ impl RedisStore {
                 .key(&ready)
                 .key(&previous)
                 .arg(g)
-                .arg(ver(version));
+                .arg(ver(version))
+                .arg(if handover { "1" } else { "0" });
             self.invoke(&mut inv).await?;
         }
         // Guilds admitted after the READY script see its record themselves.
