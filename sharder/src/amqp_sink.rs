@@ -10,8 +10,8 @@
 //!    in confirm mode, declare the shared topology ([`AmqpTopology`]).
 //! 2. Gather events from the channel into a round, group them by shard in
 //!    gateway order and frame each group with `envelope::BatchEncoder` (one
-//!    message per shard per round, split at `batch_max_events` and the
-//!    envelope's size limits). A round is framed as soon as fewer than
+//!    message per shard of a shard total per round, split at
+//!    `batch_max_events` and the envelope's size limits). A round is framed as soon as fewer than
 //!    [`ROUNDS_IN_FLIGHT`] rounds await their confirms: on an idle pipe an
 //!    event goes out at once, and under load everything that arrives during
 //!    a confirm goes out together (group commit). The broker's cost is
@@ -434,9 +434,14 @@ impl Publisher {
     fn frame(&mut self) {
         let round = self.next_round;
         self.next_round += 1;
-        let mut by_shard: BTreeMap<u32, Vec<ShardEvent>> = BTreeMap::new();
+        // By shard *of its total*: during a live reshard shard 3 of 64 and
+        // shard 3 of 128 both publish, and a message's header names one.
+        let mut by_shard: BTreeMap<(u32, u32), Vec<ShardEvent>> = BTreeMap::new();
         for ev in self.staged.drain(..) {
-            by_shard.entry(ev.shard_id).or_default().push(ev);
+            by_shard
+                .entry((ev.num_shards, ev.shard_id))
+                .or_default()
+                .push(ev);
         }
         for events in by_shard.into_values() {
             // Encoded sizes, summed from the front: a new message's buffer
