@@ -92,4 +92,6 @@ pub use gateway::hostility::Hostility;
 pub use gateway::records::{Counters, Ledger, LedgerEntry};
 pub use gateway::sessions::Malformed;
 pub use handle::{SimHandle, Simulator};
-pub use world::{Dispatch, EventKind, EventMix, GuildTruth, Truth, World, WorldConfig, shard_of};
+pub use world::{
+    Dispatch, EventKind, EventMix, GuildTruth, Membership, Truth, World, WorldConfig, shard_of,
+};
