@@ -86,10 +86,10 @@ mod gateway;
 mod handle;
 pub mod world;
 
-pub use config::{PRIVILEGED_INTENTS, SimConfig, VALID_INTENTS};
+pub use config::{MAX_SHARD_TOTAL, PRIVILEGED_INTENTS, SimConfig, VALID_INTENTS};
 pub use error::SimError;
 pub use gateway::hostility::Hostility;
-pub use gateway::records::{Counters, Ledger, LedgerEntry};
+pub use gateway::records::{Counters, Delivery, Ledger, LedgerEntry, LogicalEvent};
 pub use gateway::sessions::Malformed;
 pub use handle::{SimHandle, Simulator};
 pub use world::{
