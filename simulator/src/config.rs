@@ -21,8 +21,9 @@ pub const VALID_INTENTS: u64 =
 /// The largest shard total IDENTIFY may ask for (4010 above it), and the
 /// largest `shards`. Not a rule Discord publishes: the simulator keeps a
 /// vector per shard of every connected total, and this bounds what one
-/// IDENTIFY can make it allocate.
-pub const MAX_SHARD_TOTAL: u32 = 1 << 16;
+/// IDENTIFY can make it allocate (about 3 MB). It matches the sharder's
+/// own bound on `total_shards`.
+pub const MAX_SHARD_TOTAL: u32 = 100_000;
 
 /// The simulator's configuration. `Default` is Discord's behaviour on a
 /// small world, listening on an ephemeral port of 127.0.0.1.

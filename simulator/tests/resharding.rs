@@ -341,7 +341,7 @@ async fn the_recommended_shard_total_changes_at_run_time() {
         r#"{"shards": 0}"#,
         r#"{"shards": [4]}"#,
         "{}",
-        r#"{"shards": 70000}"#,
+        r#"{"shards": 100001}"#,
     ] {
         let (status, v) = post(bad).await;
         assert_eq!(status, 400, "{bad}");
