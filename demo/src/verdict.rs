@@ -240,6 +240,8 @@ mod tests {
             seq,
             event: event.into(),
             guild_id: guild,
+            shard_total: 1,
+            event_id: None,
         }
     }
 

@@ -18,6 +18,13 @@ pub const PRIVILEGED_INTENTS: u64 = (1 << 1) | (1 << 8) | (1 << 15);
 pub const VALID_INTENTS: u64 =
     (((1 << 22) - 1) & !((1 << 17) | (1 << 18) | (1 << 19))) | (1 << 24) | (1 << 25);
 
+/// The largest shard total IDENTIFY may ask for (4010 above it), and the
+/// largest `shards`. Not a rule Discord publishes: the simulator keeps a
+/// vector per shard of every connected total, and this bounds what one
+/// IDENTIFY can make it allocate (about 3 MB). It matches the sharder's
+/// own bound on `total_shards`.
+pub const MAX_SHARD_TOTAL: u32 = 100_000;
+
 /// The simulator's configuration. `Default` is Discord's behaviour on a
 /// small world, listening on an ephemeral port of 127.0.0.1.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,8 +34,17 @@ pub struct SimConfig {
     /// The bot token clients must present (`Authorization: Bot <token>` on
     /// HTTP, `token` in IDENTIFY and RESUME).
     pub token: String,
-    /// Shard count; `/gateway/bot` recommends it and IDENTIFY must use it.
+    /// Shard count the world is built for and `/gateway/bot` recommends at
+    /// start ([`crate::SimHandle::set_recommended_shards`] changes the
+    /// recommendation). IDENTIFY may use any total at least this large
+    /// (4011 below it) unless `guild_cap` is set.
     pub shards: u32,
+    /// Most guilds one shard may own (Discord: 2500). When set, an
+    /// IDENTIFY whose `[shard, total]` owns more is closed with 4011, and
+    /// so is a session whose shard a join takes over it (the session ends);
+    /// any total that keeps every shard within the cap is accepted, also
+    /// below `shards`. `None`: no cap, and the minimum total is `shards`.
+    pub guild_cap: Option<u32>,
     /// Guilds at start.
     pub guilds: u32,
     /// Channels per generated guild.
@@ -77,6 +93,7 @@ impl Default for SimConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: "sim-token".to_owned(),
             shards: world.shards,
+            guild_cap: None,
             guilds: world.guilds,
             channels_per_guild: world.channels_per_guild,
             roles_per_guild: world.roles_per_guild,
@@ -116,6 +133,15 @@ impl SimConfig {
     /// Checks every bound; the error names the key.
     pub fn validate(&self) -> Result<(), SimError> {
         self.world_config().validate()?;
+        if self.shards > MAX_SHARD_TOTAL {
+            return Err(SimError::config(
+                "shards",
+                format!("at most {MAX_SHARD_TOTAL}"),
+            ));
+        }
+        if self.guild_cap == Some(0) {
+            return Err(SimError::config("guild_cap", "must be at least 1"));
+        }
         if !self.listen.ip().is_loopback() {
             return Err(SimError::config(
                 "listen",
@@ -230,6 +256,21 @@ mod tests {
                 "send_limit",
             ),
             (SimConfig { shards: 0, ..d() }, "shards"),
+            (
+                SimConfig {
+                    shards: MAX_SHARD_TOTAL + 1,
+                    guilds: 1,
+                    ..d()
+                },
+                "shards",
+            ),
+            (
+                SimConfig {
+                    guild_cap: Some(0),
+                    ..d()
+                },
+                "guild_cap",
+            ),
             (
                 SimConfig {
                     allowed_privileged_intents: 1,

@@ -8,7 +8,7 @@
 use crate::config::{SimConfig, check_positive_rate};
 use crate::error::SimError;
 use crate::gateway::records::{Counters, Ledger};
-use crate::gateway::sessions::{Control, Core, Malformed};
+use crate::gateway::sessions::{Control, Core, Malformed, Target};
 use crate::gateway::{Shared, generator, http};
 use crate::world::{EventMix, Truth, World};
 use hyper::server::conn::http1;
@@ -129,58 +129,92 @@ impl SimHandle {
         self.shared.core().counters.clone()
     }
 
-    /// How many sessions on `shards` (all when empty) currently have a
-    /// connection attached.
+    /// How many sessions on `shards` (all when empty), of any shard total,
+    /// currently have a connection attached. Every method below that takes
+    /// `shards` means those shard ids in every connected total.
     pub fn connected_sessions(&self, shards: &[u32]) -> usize {
-        self.shared.core().attached(shards)
+        self.shared.core().attached(Target::shards(shards))
+    }
+
+    /// How many sessions on `shards` (all when empty) of the shard total
+    /// `total` currently have a connection attached.
+    pub fn connected_sessions_of(&self, total: u32, shards: &[u32]) -> usize {
+        self.shared.core().attached(Target::of(total, shards))
+    }
+
+    /// The shard totals with at least one session (attached or still
+    /// resumable), ascending: two while a reshard runs both generations.
+    pub fn connected_totals(&self) -> Vec<u32> {
+        self.shared.core().totals()
     }
 
     /// Sends RECONNECT (op 7) on `shards` (all when empty). Returns how many
     /// connections got it. The same holds for the other fault methods.
     pub fn reconnect(&self, shards: &[u32]) -> usize {
-        self.shared.core().control(shards, Control::Reconnect)
+        self.control(Target::shards(shards), Control::Reconnect)
     }
 
     /// Drops the connections of `shards` without a close frame; their
     /// sessions stay resumable.
     pub fn drop_connections(&self, shards: &[u32]) -> usize {
-        self.shared.core().control(shards, Control::Drop)
+        self.control(Target::shards(shards), Control::Drop)
+    }
+
+    /// [`SimHandle::drop_connections`] for the sessions of `total` only.
+    pub fn drop_connections_of(&self, total: u32, shards: &[u32]) -> usize {
+        self.control(Target::of(total, shards), Control::Drop)
     }
 
     /// Stops ACKing heartbeats on the current connections of `shards`
     /// (they become zombies; the client should notice and resume).
     pub fn zombie(&self, shards: &[u32]) -> usize {
-        self.shared.core().control(shards, Control::Zombie)
+        self.control(Target::shards(shards), Control::Zombie)
     }
 
     /// Sends one malformed message to `shards` (see [`Malformed`]).
     pub fn malformed(&self, shards: &[u32], kind: Malformed) -> usize {
-        self.shared.core().malformed(shards, kind, &self.shared.cfg)
+        self.shared
+            .core()
+            .malformed(Target::shards(shards), kind, &self.shared.cfg)
     }
 
     /// Sends a server heartbeat request (op 1) to `shards`; the client must
     /// answer with a heartbeat at once.
     pub fn request_heartbeat(&self, shards: &[u32]) -> usize {
-        self.shared
-            .core()
-            .control(shards, Control::RequestHeartbeat)
+        self.control(Target::shards(shards), Control::RequestHeartbeat)
     }
 
     /// Sends INVALID_SESSION (op 9) with `d: resumable` to `shards`.
     pub fn invalid_session(&self, shards: &[u32], resumable: bool) -> usize {
-        self.shared
-            .core()
-            .control(shards, Control::InvalidSession(resumable))
+        self.control(Target::shards(shards), Control::InvalidSession(resumable))
     }
 
-    /// Starts an outage of `guild_id` (GUILD_DELETE `unavailable:true`) that
-    /// lasts until [`SimHandle::restore`]. False when unknown or already out.
+    fn control(&self, target: Target<'_>, ctl: Control) -> usize {
+        self.shared.core().control(target, ctl)
+    }
+
+    /// The shard total `GET /api/v10/gateway/bot` recommends now.
+    pub fn recommended_shards(&self) -> u32 {
+        self.shared.recommended_shards()
+    }
+
+    /// Changes the shard total `GET /api/v10/gateway/bot` recommends, as
+    /// Discord raises it while a bot grows (`POST /sim/recommended_shards`).
+    /// It does not change which totals IDENTIFY accepts (see
+    /// [`SimConfig::guild_cap`]). Errors for 0 or a total over
+    /// [`crate::MAX_SHARD_TOTAL`].
+    pub fn set_recommended_shards(&self, shards: u32) -> Result<(), SimError> {
+        self.shared.set_recommended_shards(shards)
+    }
+
     /// Sets the misbehaviours kept up on every connection from now on
     /// (`POST /sim/faults/hostile`).
     pub fn set_hostility(&self, hostility: crate::Hostility) {
         self.shared.core_urgent().hostility = hostility;
     }
 
+    /// Starts an outage of `guild_id` (GUILD_DELETE `unavailable:true`) that
+    /// lasts until [`SimHandle::restore`]. False when unknown or already out.
     pub fn outage(&self, guild_id: u64) -> bool {
         outage(&self.shared, guild_id)
     }

@@ -34,7 +34,9 @@
 //! - Gateway: `ws://127.0.0.1:PORT/?v=10&encoding=json[&compress=zlib-stream|zstd-stream]`;
 //!   READY's `resume_gateway_url` is `ws://127.0.0.1:PORT/resume`. Connections
 //!   are counted per path in [`Counters::connections`] (`"/"` and `"/resume"`).
-//! - `GET /api/v10/gateway/bot` with `Authorization: Bot <token>`.
+//! - `GET /api/v10/gateway/bot` with `Authorization: Bot <token>`; its
+//!   `shards` is [`SimConfig::shards`] until changed at run time
+//!   ([`SimHandle::set_recommended_shards`], `POST /sim/recommended_shards`).
 //! - `GET /sim/truth` -> [`Truth`]: `{"guilds": {"<id>": {shard, unavailable,
 //!   member_count, guild, channels: {"<id>": obj}, roles: {...}, members:
 //!   {"<user id>": member obj}}}}`. `guild` is the guild object without
@@ -43,16 +45,36 @@
 //!   `presences`, `voice_states`, `stage_instances`, `guild_scheduled_events`,
 //!   `soundboard_sounds`). Members are stored without `guild_id`.
 //! - `GET /sim/ledger` -> [`Ledger`]: `{"shards": {"<shard>": [{session_id,
-//!   seq, event, guild_id}]}}`.
+//!   seq, event, guild_id, shard_total, event_id}]}}` (`event_id` is null
+//!   for READY, RESUMED and READY's GUILD_CREATE snapshots; see
+//!   [`Ledger::logical_events`]).
 //! - `GET /sim/counters` -> [`Counters`].
 //! - `POST /sim/faults/<name>` with a JSON body `{"shards": [..]}` (empty or
-//!   absent = all shards): `reconnect`, `drop`, `zombie`, `heartbeat-request`,
+//!   absent = all shards; those shard ids in every connected total, or only
+//!   in `"total": n` when given): `reconnect`, `drop`, `zombie`, `heartbeat-request`,
 //!   `invalid-session` (`"resumable": bool`), `malformed` (`"kind":
 //!   "invalid_json" | "truncated" | "unknown_op" | "invalid_data"`; the last
 //!   is a dispatch with a seq whose `d` is not JSON, replayed on every
 //!   resume); `outage` and `restore`
 //!   take `{"guild_id": "<id>"}`. `POST /sim/event-rate {"events_per_sec": f}`,
 //!   `POST /sim/emit {"count": n}`. Each answers `{"affected": n}`.
+//!   `POST /sim/recommended_shards {"shards": n}` answers `{"shards": n}`.
+//!
+//! # Resharding
+//! As Discord, the simulator serves sessions of several shard totals at
+//! once: IDENTIFY `[shard, total]` is accepted for any `total` from the
+//! minimum the bot needs up to [`MAX_SHARD_TOTAL`], and each guild event is
+//! buffered into the owning session ([`shard_of`]) of every connected total,
+//! with the same `d` bytes in each. The minimum is [`SimConfig::shards`]
+//! unless [`SimConfig::guild_cap`] (`--guild-cap`) is set; then a shard may
+//! own at most that many guilds, and IDENTIFY over it, or a join that takes
+//! a live session's shard over it, is closed with 4011 (fatal: the session
+//! ends). The recommendation of `/gateway/bot` never changes what is
+//! accepted. The ledger gives every world event a logical id, so a test can
+//! count how many of the bot's sessions one event reached
+//! ([`Ledger::logical_events`]); fault methods taking `shards` mean those ids
+//! in every total, and the `_of` variants
+//! ([`SimHandle::connected_sessions_of`]) one total.
 //!
 //! # Pure world model
 //! [`World`] generates guilds and dispatches deterministically from a seed,
@@ -86,10 +108,12 @@ mod gateway;
 mod handle;
 pub mod world;
 
-pub use config::{PRIVILEGED_INTENTS, SimConfig, VALID_INTENTS};
+pub use config::{MAX_SHARD_TOTAL, PRIVILEGED_INTENTS, SimConfig, VALID_INTENTS};
 pub use error::SimError;
 pub use gateway::hostility::Hostility;
-pub use gateway::records::{Counters, Ledger, LedgerEntry};
+pub use gateway::records::{Counters, Delivery, Ledger, LedgerEntry, LogicalEvent};
 pub use gateway::sessions::Malformed;
 pub use handle::{SimHandle, Simulator};
-pub use world::{Dispatch, EventKind, EventMix, GuildTruth, Truth, World, WorldConfig, shard_of};
+pub use world::{
+    Dispatch, EventKind, EventMix, GuildTruth, Membership, Truth, World, WorldConfig, shard_of,
+};

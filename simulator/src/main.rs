@@ -30,9 +30,16 @@ struct Args {
         hide_env_values = true
     )]
     token: String,
-    /// Shard count: recommended by /gateway/bot and required in IDENTIFY.
+    /// Shard count: the world's, recommended by /gateway/bot at start
+    /// (POST /sim/recommended_shards changes it), and the least total IDENTIFY
+    /// may use unless --guild-cap is given (larger totals are accepted).
     #[arg(long, default_value_t = 1)]
     shards: u32,
+    /// Most guilds one shard may own (Discord: 2500): IDENTIFY of a shard
+    /// owning more, or a session whose shard a join takes over it, is
+    /// closed with 4011. Replaces --shards as the least total. Default: no cap.
+    #[arg(long)]
+    guild_cap: Option<u32>,
     /// Guilds at start, spread evenly over the shards (at most 2500 per shard).
     #[arg(long, default_value_t = 10)]
     guilds: u32,
@@ -121,6 +128,7 @@ fn config(a: Args) -> Result<SimConfig, SimError> {
         listen: a.listen,
         token: a.token,
         shards: a.shards,
+        guild_cap: a.guild_cap,
         guilds: a.guilds,
         channels_per_guild: a.channels_per_guild,
         roles_per_guild: a.roles_per_guild,

@@ -24,6 +24,7 @@ fn help_documents_every_flag() {
         "--listen",
         "--token",
         "--shards",
+        "--guild-cap",
         "--guilds",
         "--channels-per-guild",
         "--roles-per-guild",
@@ -57,6 +58,7 @@ fn bad_values_are_clear_errors() {
         (&["--event-rate=-5"][..], "event_rate", 78),
         (&["--allowed-privileged-intents", "ADMIN"][..], "ADMIN", 78),
         (&["--guilds", "2501"][..], "2500", 78),
+        (&["--guild-cap", "0"][..], "guild_cap", 78),
         (&["--bogus"][..], "--bogus", 2),
     ] {
         let (c, text) = run(args);

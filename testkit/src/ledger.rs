@@ -79,6 +79,8 @@ mod tests {
             seq,
             event: "MESSAGE_CREATE".into(),
             guild_id,
+            shard_total: 1,
+            event_id: None,
         }
     }
 

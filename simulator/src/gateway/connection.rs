@@ -42,6 +42,9 @@ enum End {
     Resumable,
     /// Session ends (close 1000/1001, 4009).
     Final,
+    /// The session is no longer this connection's: the core resumed it
+    /// elsewhere or ended it, and sent the close to use with it.
+    Detached,
 }
 
 struct Conn<S> {
@@ -90,7 +93,17 @@ where
         payload_zlib: None,
         shared: shared.clone(),
     };
-    let end = conn.run(&mut ctl_rx).await;
+    let mut end = conn.run(&mut ctl_rx).await;
+    if matches!(end, End::Detached) {
+        // The core detached the session and queued the close under the same
+        // lock, so it is already here even if a pull noticed first.
+        while let Ok(ctl) = ctl_rx.try_recv() {
+            if let Control::Close(code, reason) = ctl {
+                end = conn.close(code, &reason).await;
+                break;
+            }
+        }
+    }
     conn.release(&end);
 }
 
@@ -318,12 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 tracing::info!(conn = self.id, "dropping connection without a close frame");
                 return Some(End::Resumable);
             }
-            Control::Close(code) => {
-                return Some(
-                    self.close(code, "session resumed on another connection")
-                        .await,
-                );
-            }
+            Control::Close(code, reason) => return Some(self.close(code, &reason).await),
             Control::Malformed(kind) => {
                 let msg = match kind {
                     Malformed::InvalidJson => self.transport.encode(r#"{"op":0,"s":"#),
@@ -360,7 +368,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             );
             match status {
                 Pull::Ok => {}
-                Pull::Detached => return Err(End::Resumable),
+                Pull::Detached => return Err(End::Detached),
                 Pull::Behind => {
                     tracing::warn!(conn = self.id, "client fell behind the replay buffer");
                     return Err(self.close(close::UNKNOWN_ERROR, "client too slow").await);

@@ -5,10 +5,19 @@
 //! Every refusal maps to what Discord does: a close code for a bad token,
 //! shard or intents, op 9 for a rate-limit violation, a spent budget, or an
 //! unknown or expired session.
+//!
+//! # Shard totals
+//! `[shard, total]` is accepted for any `total` from the minimum the bot
+//! needs (and `shard < total`, else 4010), so sessions of two totals can
+//! serve at once during a reshard. The minimum: with
+//! [`SimConfig::guild_cap`] set, a shard may own at most that many guilds
+//! (4011 naming the count above it); without it, the starting
+//! [`SimConfig::shards`] (4011 below it). The recommendation of
+//! `/gateway/bot` changes nothing here.
 
 use super::protocol::{CloseReason, Identify, Resume, close};
 use super::sessions::{Control, Core, INTENT_GUILD_MEMBERS, Link, Session};
-use crate::config::{PRIVILEGED_INTENTS, SimConfig, VALID_INTENTS};
+use crate::config::{MAX_SHARD_TOTAL, PRIVILEGED_INTENTS, SimConfig, VALID_INTENTS};
 use crate::world::{BOT_USER_ID, BOT_USERNAME, MemberList};
 use serde_json::json;
 use std::collections::HashMap;
@@ -44,7 +53,8 @@ impl Core {
         }
         let [shard, num] = match id.shard {
             Some(s) => s,
-            None if cfg.shards > 1 => {
+            None if cfg.guild_cap.is_none() && cfg.shards > 1 => {
+                self.counters.sharding_required_closes += 1;
                 return closed(
                     close::SHARDING_REQUIRED,
                     format!("sharding required: use {} shards", cfg.shards),
@@ -52,20 +62,33 @@ impl Core {
             }
             None => [0, 1],
         };
-        if num == 0 || shard >= num || num > cfg.shards {
+        if num == 0 || shard >= num || num > MAX_SHARD_TOTAL {
             return closed(
                 close::INVALID_SHARD,
-                format!(
-                    "invalid shard [{shard}, {num}]; this bot uses {} shards",
-                    cfg.shards
-                ),
+                format!("invalid shard [{shard}, {num}]"),
             );
         }
-        if num < cfg.shards {
-            return closed(
-                close::SHARDING_REQUIRED,
-                format!("{num} shards are too few; use {}", cfg.shards),
-            );
+        let guilds = self.world.guilds_of(shard, num);
+        let owned = u32::try_from(guilds.len()).unwrap_or(u32::MAX);
+        match cfg.guild_cap {
+            None if num < cfg.shards => {
+                self.counters.sharding_required_closes += 1;
+                return closed(
+                    close::SHARDING_REQUIRED,
+                    format!("{num} shards are too few; use {}", cfg.shards),
+                );
+            }
+            Some(cap) if owned > cap => {
+                self.counters.sharding_required_closes += 1;
+                return closed(
+                    close::SHARDING_REQUIRED,
+                    format!(
+                        "sharding required: shard [{shard}, {num}] would hold {owned} guilds, \
+                         over the cap of {cap}"
+                    ),
+                );
+            }
+            _ => {}
         }
         if id.intents & !VALID_INTENTS != 0 {
             return closed(
@@ -112,7 +135,6 @@ impl Core {
         )
         .into();
         let ledger_idx = self.ledger.intern(sid.clone());
-        let guilds = self.world.shard_guilds(shard);
         let stubs: Vec<_> = guilds
             .iter()
             .map(|(g, _)| json!({"id": g.to_string(), "unavailable": true}))
@@ -137,18 +159,22 @@ impl Core {
             "user_settings": {},
             "_trace": ["[\"discord-sim\"]"],
         });
-        let slot = self.insert(Session {
-            id: sid.clone(),
-            shard,
-            intents: id.intents,
-            seq: 0,
-            pulled: 0,
-            frames: Default::default(),
-            link: Some(link),
-            detached_at: None,
-            ledger_idx,
-            member_requests: HashMap::new(),
-        });
+        let slot = self.insert(
+            Session {
+                id: sid.clone(),
+                shard,
+                total: num,
+                intents: id.intents,
+                seq: 0,
+                pulled: 0,
+                frames: Default::default(),
+                link: Some(link),
+                detached_at: None,
+                ledger_idx,
+                member_requests: HashMap::new(),
+            },
+            owned,
+        );
         self.push(slot, "READY", None, ready.to_string().into(), cfg);
         let list = if id.intents & INTENT_GUILD_MEMBERS != 0 {
             MemberList::All
@@ -200,7 +226,10 @@ impl Core {
             return Err(Refusal::InvalidSession);
         }
         if let Some(old) = s.link.replace(link) {
-            let _ = old.ctl.send(Control::Close(close::UNKNOWN_ERROR));
+            let _ = old.ctl.send(Control::Close(
+                close::UNKNOWN_ERROR,
+                "session resumed on another connection".into(),
+            ));
         }
         s.detached_at = None;
         s.pulled = r.seq;

@@ -13,12 +13,15 @@
 //!   (`{"break_after_handshake": bool, "refuse_identify": bool}`: kept up on
 //!   every connection until changed; answers the settings now in force),
 //!   `POST /sim/event-rate`,
-//!   `POST /sim/emit` (JSON bodies, see [`crate::SimHandle`]).
+//!   `POST /sim/emit`, `POST /sim/recommended_shards` (`{"shards": n}`:
+//!   what `/gateway/bot` recommends from now on; answers `{"shards": n}`)
+//!   (JSON bodies, see [`crate::SimHandle`]). Fault bodies take an optional
+//!   `"total": n` to reach only the sessions of that shard total.
 
 use super::Shared;
 use super::connection;
 use super::protocol::close;
-use super::sessions::{Control, Malformed};
+use super::sessions::{Control, Malformed, Target};
 use super::transport::Transport;
 use crate::handle::{emit_now, outage, restore, set_rate};
 use bytes::Bytes;
@@ -109,7 +112,7 @@ fn gateway_bot(req: &Request<Incoming>, shared: &Shared) -> Resp {
         StatusCode::OK,
         &json!({
             "url": shared.gateway_url(),
-            "shards": shared.cfg.shards,
+            "shards": shared.recommended_shards(),
             "session_start_limit": {
                 "total": shared.cfg.session_start_total,
                 "remaining": remaining,
@@ -209,12 +212,29 @@ enum IdParam {
     Num(u64),
 }
 
+/// `shards`: a list of shard ids for the faults, one number for
+/// `recommended_shards` (a number given to a fault is a one-shard list).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ShardsParam {
+    One(u32),
+    List(Vec<u32>),
+}
+
+impl Default for ShardsParam {
+    fn default() -> Self {
+        Self::List(Vec::new())
+    }
+}
+
 /// Body of every `/sim` POST; each route reads the fields it needs.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ControlBody {
     #[serde(default)]
-    shards: Vec<u32>,
+    shards: ShardsParam,
+    /// Faults reach only the sessions of this shard total.
+    total: Option<u32>,
     kind: Option<String>,
     resumable: Option<bool>,
     guild_id: Option<IdParam>,
@@ -237,7 +257,14 @@ async fn control(req: Request<Incoming>, shared: &Shared, path: &str) -> Resp {
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")),
         }
     };
-    let shards = &body.shards;
+    let shards = match &body.shards {
+        ShardsParam::One(n) => std::slice::from_ref(n),
+        ShardsParam::List(list) => list.as_slice(),
+    };
+    let target = Target {
+        total: body.total,
+        shards,
+    };
     let affected = |n: usize| json_resp(StatusCode::OK, &json!({"affected": n}));
     let guild = || match &body.guild_id {
         Some(IdParam::Num(n)) => Ok(*n),
@@ -246,7 +273,7 @@ async fn control(req: Request<Incoming>, shared: &Shared, path: &str) -> Resp {
             .map_err(|_| format!("guild_id {s:?} is not a snowflake")),
         None => Err("guild_id is required".to_owned()),
     };
-    let core_ctl = |ctl| affected(shared.core_urgent().control(shards, ctl));
+    let core_ctl = |ctl| affected(shared.core_urgent().control(target, ctl));
     match path.trim_start_matches("/sim/") {
         "faults/reconnect" => core_ctl(Control::Reconnect),
         "faults/drop" => core_ctl(Control::Drop),
@@ -270,7 +297,7 @@ async fn control(req: Request<Incoming>, shared: &Shared, path: &str) -> Resp {
                     );
                 }
             };
-            affected(shared.core_urgent().malformed(shards, kind, &shared.cfg))
+            affected(shared.core_urgent().malformed(target, kind, &shared.cfg))
         }
         "faults/outage" | "faults/restore" => match guild() {
             Ok(g) => {
@@ -298,6 +325,16 @@ async fn control(req: Request<Incoming>, shared: &Shared, path: &str) -> Resp {
             Some(Ok(())) => affected(1),
             Some(Err(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
             None => error(StatusCode::BAD_REQUEST, "events_per_sec is required"),
+        },
+        "recommended_shards" => match body.shards {
+            ShardsParam::One(n) => match shared.set_recommended_shards(n) {
+                Ok(()) => json_resp(StatusCode::OK, &json!({"shards": n})),
+                Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+            },
+            ShardsParam::List(_) => error(
+                StatusCode::BAD_REQUEST,
+                "shards (one number, at least 1) is required",
+            ),
         },
         "emit" => match body.count {
             Some(n) if n <= 1_000_000 => {

@@ -140,7 +140,7 @@ impl Core {
         let Some((slot, s)) = self.session_mut(sid) else {
             return Ok(());
         };
-        let (intents, shard) = (s.intents, s.shard);
+        let (intents, shard, total) = (s.intents, s.shard, s.total);
         let guild_id = req
             .guild_id
             .get()
@@ -168,7 +168,7 @@ impl Core {
         if let Some((_, s)) = self.session_mut(sid) {
             s.member_requests.insert(guild_id, now);
         }
-        if self.world.shard_of(guild_id) != shard {
+        if crate::world::shard_of(guild_id, total) != shard {
             return Ok(());
         }
         let Some(members) = self.world.members_of(guild_id) else {

@@ -14,10 +14,10 @@ pub(crate) mod replay;
 pub(crate) mod sessions;
 pub(crate) mod transport;
 
-use crate::config::SimConfig;
+use crate::config::{MAX_SHARD_TOTAL, SimConfig};
 use sessions::Core;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 
@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub rate_changed: Notify,
     pub shutdown: watch::Sender<bool>,
     next_conn: AtomicU64,
+    /// The `shards` `/gateway/bot` recommends (starts at `cfg.shards`).
+    recommended: AtomicU32,
     /// Callers in [`Shared::core_urgent`] waiting for the core.
     pub(crate) urgent: AtomicUsize,
 }
@@ -40,6 +42,7 @@ impl Shared {
         let (shutdown, _) = watch::channel(false);
         Self {
             rate_bits: AtomicU64::new(cfg.event_rate.to_bits()),
+            recommended: AtomicU32::new(cfg.shards),
             cfg,
             addr,
             core: Mutex::new(core),
@@ -88,6 +91,24 @@ impl Shared {
             self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
         }
         self.rate_changed.notify_one();
+    }
+
+    /// The shard total `/gateway/bot` recommends now.
+    pub(crate) fn recommended_shards(&self) -> u32 {
+        self.recommended.load(Ordering::Relaxed)
+    }
+
+    /// Changes the recommendation (1 to [`MAX_SHARD_TOTAL`]). It does not
+    /// change which totals IDENTIFY accepts.
+    pub(crate) fn set_recommended_shards(&self, shards: u32) -> Result<(), crate::SimError> {
+        if !(1..=MAX_SHARD_TOTAL).contains(&shards) {
+            return Err(crate::SimError::config(
+                "recommended_shards",
+                format!("{shards} is not in 1..={MAX_SHARD_TOTAL}"),
+            ));
+        }
+        self.recommended.store(shards, Ordering::Relaxed);
+        Ok(())
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {

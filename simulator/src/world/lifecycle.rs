@@ -5,7 +5,7 @@ use super::entities::{
     self, Channel, Emoji, GUILD_CATEGORY, GUILD_TEXT, GUILD_VOICE, GuildFields, Member, Role,
 };
 use super::guild::{GuildState, MemberList};
-use super::{BOT_USER_ID, BOT_USERNAME, Dispatch, World, json_text, names};
+use super::{BOT_USER_ID, BOT_USERNAME, Dispatch, Membership, World, json_text, names};
 use rand::Rng;
 use std::collections::BTreeMap;
 
@@ -157,7 +157,8 @@ impl World {
     pub(super) fn join(&mut self) -> Dispatch {
         let shard = self.rng.random_range(0..self.cfg.shards);
         let g = self.new_guild(shard);
-        let d = create_dispatch(&g, &mut self.buf);
+        let mut d = create_dispatch(&g, &mut self.buf);
+        d.membership = Membership::Joined;
         self.guilds.insert(g);
         d
     }
@@ -172,7 +173,9 @@ impl World {
         d.push_str("{\"id\":");
         json_text::push_id(&mut d, gid);
         d.push('}');
-        Some(Dispatch::new(g.shard, "GUILD_DELETE", gid, d))
+        let mut d = Dispatch::new(g.shard, "GUILD_DELETE", gid, d);
+        d.membership = Membership::Left;
+        Some(d)
     }
 }
 

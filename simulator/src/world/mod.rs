@@ -56,6 +56,9 @@ pub(crate) const BOT_USERNAME: &str = "bulwark-sim";
 /// payload (`d`), serialised once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dispatch {
+    /// The shard of the guild under the world's own shard count
+    /// ([`WorldConfig::shards`]). Sessions of another total route by
+    /// [`shard_of`] with their own total.
     pub shard: u32,
     /// The gateway event name, e.g. `MESSAGE_CREATE`.
     pub event: &'static str,
@@ -69,6 +72,23 @@ pub struct Dispatch {
     /// the message mentions the bot) and GUILD_CREATE without GUILD_MEMBERS
     /// (`members` lists only the bot's own member).
     pub restricted: Option<Arc<str>>,
+    /// Whether the dispatch changes the set of guilds the bot is in.
+    pub membership: Membership,
+}
+
+/// How a dispatch changes the set of guilds the bot is in (an outage and
+/// its end do not: a guild in an outage is still the bot's, and READY lists
+/// it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Membership {
+    /// The guild set is unchanged.
+    #[default]
+    Unchanged,
+    /// The bot joined the guild (its GUILD_CREATE).
+    Joined,
+    /// The bot was removed from the guild (GUILD_DELETE without
+    /// `unavailable`).
+    Left,
 }
 
 impl Dispatch {
@@ -85,6 +105,7 @@ impl Dispatch {
             guild_id: Some(guild_id),
             payload: payload.into(),
             restricted: None,
+            membership: Membership::Unchanged,
         }
     }
 }
@@ -165,7 +186,8 @@ impl World {
         self.events
     }
 
-    /// The shard `guild_id` routes to in this world.
+    /// The shard `guild_id` routes to under the world's own shard count
+    /// ([`WorldConfig::shards`]); [`shard_of`] gives it for any total.
     pub fn shard_of(&self, guild_id: u64) -> u32 {
         shard_of(guild_id, self.cfg.shards)
     }
@@ -181,10 +203,19 @@ impl World {
     /// (READY lists them all as unavailable stubs; the available ones then
     /// get a GUILD_CREATE).
     pub fn shard_guilds(&self, shard: u32) -> Vec<(u64, bool)> {
+        self.guilds_of(shard, self.cfg.shards)
+    }
+
+    /// The guilds shard `shard` of `total` shards owns ([`shard_of`]), with
+    /// whether each is available, ascending by id: what READY of a session
+    /// identified as `[shard, total]` lists. Any total works, not only the
+    /// world's own: Discord serves several totals at once while a bot
+    /// reshards.
+    pub fn guilds_of(&self, shard: u32, total: u32) -> Vec<(u64, bool)> {
         let mut guilds: Vec<(u64, bool)> = self
             .guilds
             .iter()
-            .filter(|(_, g)| g.shard == shard)
+            .filter(|&(id, _)| shard_of(id, total) == shard)
             .map(|(id, g)| (id, !g.unavailable))
             .collect();
         guilds.sort_unstable_by_key(|&(id, _)| id);

@@ -189,6 +189,47 @@ fn initial_guilds_spread_over_shards_and_route_right() {
 }
 
 #[test]
+fn the_shards_of_any_total_own_every_guild_once() {
+    let w = World::new(3, small()).unwrap();
+    let all = w.guild_ids();
+    for total in [1, 3, 4, 7] {
+        let mut union = Vec::new();
+        for shard in 0..total {
+            let gs = w.guilds_of(shard, total);
+            assert!(gs.iter().all(|&(g, up)| shard_of(g, total) == shard && up));
+            union.extend(gs.into_iter().map(|(g, _)| g));
+        }
+        union.sort_unstable();
+        assert_eq!(union, all, "total {total}");
+    }
+    assert_eq!(
+        w.guilds_of(2, 4),
+        w.shard_guilds(2),
+        "the world's own total"
+    );
+}
+
+#[test]
+fn joins_and_removals_say_they_change_the_guild_set() {
+    let mut w = World::new(5, small()).unwrap();
+    let (mut joined, mut left) = (0, 0);
+    for _ in 0..3000 {
+        let before = w.guild_ids().len();
+        let d = w.next_dispatch();
+        let after = w.guild_ids().len();
+        let want = match after.cmp(&before) {
+            std::cmp::Ordering::Greater => Membership::Joined,
+            std::cmp::Ordering::Less => Membership::Left,
+            std::cmp::Ordering::Equal => Membership::Unchanged,
+        };
+        assert_eq!(d.membership, want, "{} {}", d.event, d.payload);
+        joined += usize::from(want == Membership::Joined);
+        left += usize::from(want == Membership::Left);
+    }
+    assert!(joined > 0 && left > 0, "the mix has joins and removals");
+}
+
+#[test]
 fn applying_every_dispatch_reproduces_the_truth() {
     let mut w = World::new(42, small()).unwrap();
     let mut cache = BTreeMap::new();
@@ -199,6 +240,7 @@ fn applying_every_dispatch_reproduces_the_truth() {
             guild_id: Some(gid),
             payload: w.guild_create(gid).unwrap(),
             restricted: None,
+            membership: Membership::Unchanged,
         };
         apply(&mut cache, 4, &d);
     }

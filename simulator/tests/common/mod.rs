@@ -170,6 +170,22 @@ impl Client {
         }
     }
 
+    /// Reads until a close frame, skipping everything else; returns its
+    /// code and reason (`None` when the connection ended without one).
+    pub async fn close_frame(&mut self) -> Option<(u16, String)> {
+        let read = async {
+            while let Some(Ok(msg)) = self.ws.next().await {
+                if let Message::Close(f) = msg {
+                    return f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+            }
+            None
+        };
+        tokio::time::timeout(DEADLINE, read)
+            .await
+            .expect("no close before the deadline")
+    }
+
     pub async fn send(&mut self, v: Value) {
         self.ws
             .send(Message::Text(v.to_string().into()))
