@@ -160,6 +160,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         }
         self.live.flush_counters();
         self.live.drain_confirms();
+        self.publish_loading();
         Ok(())
     }
 

@@ -54,6 +54,12 @@ pub struct GuildTracker {
     live: BTreeMap<u64, GuildState>,
     confirmed: BTreeMap<u64, GuildState>,
     journal: VecDeque<(u64, u64, Option<GuildState>)>,
+    /// Live guilds still `Pending` (listed by READY, no GUILD_CREATE yet).
+    pending: usize,
+}
+
+fn count_pending(map: &BTreeMap<u64, GuildState>) -> usize {
+    map.values().filter(|s| **s == GuildState::Pending).count()
 }
 
 fn apply(map: &mut BTreeMap<u64, GuildState>, guild: u64, state: Option<GuildState>) {
@@ -81,6 +87,7 @@ impl GuildTracker {
             }
         }
         Self {
+            pending: count_pending(&map),
             live: map.clone(),
             confirmed: map,
             journal: VecDeque::new(),
@@ -101,8 +108,15 @@ impl GuildTracker {
     }
 
     fn change(&mut self, seq: u64, guild: u64, state: Option<GuildState>) {
-        if self.live.get(&guild).copied() == state {
+        let before = self.live.get(&guild).copied();
+        if before == state {
             return;
+        }
+        let pending = Some(GuildState::Pending);
+        if before == pending {
+            self.pending -= 1;
+        } else if state == pending {
+            self.pending += 1;
         }
         apply(&mut self.live, guild, state);
         self.journal.push_back((seq, guild, state));
@@ -116,6 +130,7 @@ impl GuildTracker {
             .into_iter()
             .map(|g| (g, GuildState::Pending))
             .collect();
+        self.pending = self.live.len();
         self.confirmed = self.live.clone();
         self.journal.clear();
     }
@@ -160,7 +175,15 @@ impl GuildTracker {
     /// state they first saw.
     pub fn rollback(&mut self) {
         self.live = self.confirmed.clone();
+        self.pending = count_pending(&self.live);
         self.journal.clear();
+    }
+
+    /// Guilds READY listed that have not had their GUILD_CREATE yet: 0
+    /// once the session has loaded every guild (a reshard hands a shard's
+    /// guilds over only then).
+    pub fn pending(&self) -> usize {
+        self.pending
     }
 
     /// Number of known guilds (live).
@@ -234,6 +257,10 @@ mod tests {
                 prop_assert_eq!(apply_ev(&mut resumed, seq, e), first[i]);
             }
             prop_assert_eq!(restarted.live.clone(), t.live.clone());
+            // The running count of pending guilds agrees with the map.
+            for tracker in [&t, &restarted, &resumed] {
+                prop_assert_eq!(tracker.pending(), count_pending(&tracker.live));
+            }
         }
     }
 

@@ -117,6 +117,11 @@ pub(crate) struct LiveSession<K: EventSink> {
 }
 
 impl<K: EventSink> LiveSession<K> {
+    /// Guilds the session's READY listed that have not loaded yet.
+    pub(crate) fn pending_guilds(&self) -> usize {
+        self.guilds.pending()
+    }
+
     /// No session yet: the first connection identifies.
     pub(crate) fn new(config: ShardConfig, sink: Arc<K>) -> Self {
         let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();

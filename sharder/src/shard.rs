@@ -132,6 +132,9 @@ pub enum ShardExit {
 #[derive(Debug, Clone)]
 pub struct ShardHandle {
     state: watch::Receiver<ShardState>,
+    /// Guilds the session's READY listed that have no GUILD_CREATE yet
+    /// (`None` before the first session).
+    loading: watch::Receiver<Option<usize>>,
     shutdown: Arc<watch::Sender<bool>>,
 }
 
@@ -149,6 +152,33 @@ impl ShardHandle {
         found.unwrap_or_else(|_| rx.borrow().clone())
     }
 
+    /// Guilds the current session has still to load (`None` before the
+    /// first session).
+    pub fn guilds_loading(&self) -> Option<usize> {
+        *self.loading.borrow()
+    }
+
+    /// Waits until the shard is active and has received the GUILD_CREATE of
+    /// every guild its READY listed (what a live reshard waits for before a
+    /// new shard takes its guilds over); `false` if the shard stopped.
+    pub async fn wait_loaded(&self) -> bool {
+        let mut state = self.state.clone();
+        let mut loading = self.loading.clone();
+        loop {
+            let s = state.borrow_and_update().clone();
+            if matches!(s, ShardState::Stopped(_)) {
+                return false;
+            }
+            if s == ShardState::Active && *loading.borrow_and_update() == Some(0) {
+                return true;
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return false },
+                changed = loading.changed() => if changed.is_err() { return false },
+            }
+        }
+    }
+
     /// Asks the shard to close resumably, save its session and stop.
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -162,6 +192,7 @@ pub struct Shard<K: EventSink, S: SessionStore, C: Connector> {
     store: Arc<S>,
     connector: Arc<C>,
     state: watch::Sender<ShardState>,
+    loading: watch::Sender<Option<usize>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// The session as it runs: frames, guilds, seqs, the sink.
     pub(crate) live: LiveSession<K>,
@@ -186,6 +217,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         connector: Arc<C>,
     ) -> (Self, ShardHandle) {
         let (state, state_rx) = watch::channel(ShardState::Disconnected);
+        let (loading, loading_rx) = watch::channel(None);
         let (shutdown_tx, shutdown) = watch::channel(false);
         let backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
         let live = LiveSession::new(config.clone(), sink);
@@ -195,6 +227,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             store,
             connector,
             state,
+            loading,
             shutdown,
             live,
             backoff,
@@ -205,6 +238,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         };
         let handle = ShardHandle {
             state: state_rx,
+            loading: loading_rx,
             shutdown: Arc::new(shutdown_tx),
         };
         (shard, handle)
@@ -219,6 +253,17 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 .set(f64::from(u8::from(name == current)));
         }
         self.state.send_replace(state);
+    }
+
+    /// Publishes how many guilds the session has still to load, when it
+    /// changed (once per burst of messages).
+    pub(crate) fn publish_loading(&self) {
+        let now = Some(self.live.pending_guilds());
+        self.loading.send_if_modified(|v| {
+            let changed = *v != now;
+            *v = now;
+            changed
+        });
     }
 
     /// READY or RESUMED: events flow. The backoff is not reset here: only
