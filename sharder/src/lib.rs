@@ -36,8 +36,9 @@
 //! - **Persisted sessions**: [`Session`] (owned by a [`SessionOwner`],
 //!   ordered by [`next_epoch`], at most [`MAX_SESSION_BYTES`], refused with
 //!   a [`SessionRejected`]) in a [`SessionStore`] ([`FileSessionStore`],
-//!   [`RedisSessionStore`]; [`StoreError`]), read and written through
-//!   [`load_session`] and [`save_session`].
+//!   [`RedisSessionStore`]; [`StoreError`]) under its generation's
+//!   [`SessionKey`], read and written through [`load_session`] and
+//!   [`save_session`].
 //! - **The gateway protocol** itself (decompression, reading frames in
 //!   place, opcodes and close codes, event names, the send budget) is the
 //!   `gateway_protocol` crate; only [`Compression`], which
@@ -98,7 +99,9 @@ pub use identify_lock::RedisIdentifyLock;
 pub use runtime::{RunError, RunOptions, RunReport, SinkChoice, run, run_with};
 pub use session::{MAX_SESSION_BYTES, Session, SessionOwner, SessionRejected, next_epoch};
 pub use session_redis::RedisSessionStore;
-pub use session_store::{FileSessionStore, SessionStore, StoreError, load_session, save_session};
+pub use session_store::{
+    FileSessionStore, SessionKey, SessionStore, StoreError, load_session, save_session,
+};
 pub use shard::{Shard, ShardExit, ShardHandle, ShardState};
 pub use shard_config::ShardConfig;
 pub use shed::{ShedError, ShedList};
