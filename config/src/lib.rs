@@ -29,7 +29,8 @@ pub use error::ConfigError;
 pub use redis::RedisConfig;
 pub use secret::{Secret, redact_url};
 pub use sharder::{
-    GatewayCompression, MAX_TOTAL_SHARDS, SessionStoreKind, ShardAssignmentKind, SharderConfig,
+    GatewayCompression, MAX_TOTAL_SHARDS, ReshardConfig, SessionStoreKind, ShardAssignmentKind,
+    SharderConfig,
 };
 pub use source::{CONFIG_PATH_ENV, ENV_PREFIX};
 pub use worker::{WorkerConfig, WorkerStoreKind};

@@ -5,7 +5,12 @@
 //! spent in a reconnect loop. The layout keys (`total_shards`,
 //! `process_count`, `process_index`, `assignment`, `shard_ranges`) must be
 //! the same on every pod except `process_index`, so each pod can check the
-//! whole cluster's layout at start-up.
+//! whole cluster's layout at start-up. `[sharder.reshard]` (`reshard.rs`)
+//! configures live resharding.
+
+mod reshard;
+
+pub use reshard::ReshardConfig;
 
 use crate::error::check_duration;
 use crate::{ConfigError, Secret};
@@ -149,6 +154,8 @@ pub struct SharderConfig {
     /// process. Never read from the file or the environment.
     #[serde(skip)]
     pub process_shards: Option<std::ops::Range<u32>>,
+    /// `[sharder.reshard]`: automatic live resharding and its alert.
+    pub reshard: ReshardConfig,
 }
 
 impl Default for SharderConfig {
@@ -188,6 +195,7 @@ impl Default for SharderConfig {
             batch_max_events: 256,
             amqp_topology_base: "bulwark.gateway".into(),
             process_shards: None,
+            reshard: ReshardConfig::default(),
         }
     }
 }
@@ -462,7 +470,7 @@ impl SharderConfig {
                 "must be 1-200 characters of a-z, A-Z, 0-9, '.', '_', '-'".into(),
             );
         }
-        Ok(())
+        self.reshard.validate()
     }
 }
 

@@ -1,8 +1,8 @@
 //! Discord gateway sharder: identify batches, parallel resumes, events to RabbitMQ.
 //!
 //! # Public surface, by concept
-//! What an embedder needs; everything else (the shard layout planner,
-//! backoff, the connect gate, the HTTP router, the confirmed-seq tracker,
+//! What an embedder needs; everything else (the shard layout planner
+//! itself, backoff, the connect gate, the HTTP router, the confirmed-seq tracker,
 //! the load-shedding sink) is private to the crate.
 //! - **The process**: [`run`] (configuration in, every shard of this
 //!   process, drain on shutdown) and [`run_with`] ([`RunOptions`]: an
@@ -33,11 +33,17 @@
 //!   runs), on the shared topology ([`AmqpTopology`]).
 //!   GUILD_CREATE is classified ([`GuildCreateKind`]) by a
 //!   [`GuildTracker`] ([`GuildSnapshot`]).
+//! - **Live resharding**: [`plan_reshard`] checks a [`ReshardRequest`]
+//!   against a [`ReshardContext`] (the running [`ClusterLayout`] and its
+//!   [`ShardAssignment`], partitions, session start budget) and answers a
+//!   [`ReshardPlan`] or a [`ReshardRefused`] saying what to ask for
+//!   instead; [`DISCORD_IDENTIFY_WINDOW`] is its default window.
 //! - **Persisted sessions**: [`Session`] (owned by a [`SessionOwner`],
 //!   ordered by [`next_epoch`], at most [`MAX_SESSION_BYTES`], refused with
 //!   a [`SessionRejected`]) in a [`SessionStore`] ([`FileSessionStore`],
-//!   [`RedisSessionStore`]; [`StoreError`]), read and written through
-//!   [`load_session`] and [`save_session`].
+//!   [`RedisSessionStore`]; [`StoreError`]) under its generation's
+//!   [`SessionKey`], read and written through [`load_session`] and
+//!   [`save_session`].
 //! - **The gateway protocol** itself (decompression, reading frames in
 //!   place, opcodes and close codes, event names, the send budget) is the
 //!   `gateway_protocol` crate; only [`Compression`], which
@@ -71,6 +77,7 @@ mod identify_lock;
 mod live_session;
 mod outcome;
 mod reshard_marker;
+mod reshard_plan;
 mod runtime;
 mod session;
 mod session_redis;
@@ -81,7 +88,7 @@ mod shed;
 mod sink;
 
 pub use amqp_sink::{AmqpSink, AmqpSinkConfig, AmqpSinkStats};
-pub use assignment::PlanError;
+pub use assignment::{ClusterLayout, PlanError, ShardAssignment};
 pub use cli::{PROCESS_INDEX_ENV, apply_shard_args, ordinal_process_index};
 pub use connect::{ConnectError, Connector, PlainConnector, ResolverConnector};
 pub use connect_rate::{ConnectRate, PacedConnector};
@@ -97,10 +104,16 @@ pub use identify_breaker::BreakerPolicy;
 pub use identify_budget::{BudgetMark, SharedBudget};
 pub use identify_lock::RedisIdentifyLock;
 pub use reshard_marker::{MarkerPublishError, publish_marker};
+pub use reshard_plan::{
+    DISCORD_IDENTIFY_WINDOW, ReshardContext, ReshardPlan, ReshardRefused, ReshardRequest,
+    plan_reshard,
+};
 pub use runtime::{RunError, RunOptions, RunReport, SinkChoice, run, run_with};
 pub use session::{MAX_SESSION_BYTES, Session, SessionOwner, SessionRejected, next_epoch};
 pub use session_redis::RedisSessionStore;
-pub use session_store::{FileSessionStore, SessionStore, StoreError, load_session, save_session};
+pub use session_store::{
+    FileSessionStore, SessionKey, SessionStore, StoreError, load_session, save_session,
+};
 pub use shard::{Shard, ShardExit, ShardHandle, ShardState};
 pub use shard_config::ShardConfig;
 pub use shed::{ShedError, ShedList};

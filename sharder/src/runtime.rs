@@ -45,7 +45,7 @@ use crate::identify_breaker::BreakerPolicy;
 use crate::identify_budget::SharedBudget;
 use crate::identify_lock::RedisIdentifyLock;
 use crate::session_redis::RedisSessionStore;
-use crate::session_store::{FileSessionStore, SessionStore, StoreError};
+use crate::session_store::{FileSessionStore, SessionKey, SessionStore, StoreError};
 use crate::shard::{Shard, ShardExit, ShardHandle};
 use crate::shard_config::ShardConfig;
 use crate::shed::ShedList;
@@ -148,22 +148,28 @@ enum AnyStore {
 }
 
 impl SessionStore for AnyStore {
-    async fn load(&self, shard_id: u32) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn load(&self, key: SessionKey) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
-            Self::File(s) => s.load(shard_id).await,
-            Self::Redis(s) => s.load(shard_id).await,
+            Self::File(s) => s.load(key).await,
+            Self::Redis(s) => s.load(key).await,
         }
     }
-    async fn save(&self, shard_id: u32, bytes: Vec<u8>) -> Result<(), StoreError> {
+    async fn save(&self, key: SessionKey, bytes: Vec<u8>) -> Result<(), StoreError> {
         match self {
-            Self::File(s) => s.save(shard_id, bytes).await,
-            Self::Redis(s) => s.save(shard_id, bytes).await,
+            Self::File(s) => s.save(key, bytes).await,
+            Self::Redis(s) => s.save(key, bytes).await,
         }
     }
-    async fn remove(&self, shard_id: u32) -> Result<(), StoreError> {
+    async fn remove(&self, key: SessionKey) -> Result<(), StoreError> {
         match self {
-            Self::File(s) => s.remove(shard_id).await,
-            Self::Redis(s) => s.remove(shard_id).await,
+            Self::File(s) => s.remove(key).await,
+            Self::Redis(s) => s.remove(key).await,
+        }
+    }
+    async fn retire_generation(&self, total_shards: u32) -> Result<u64, StoreError> {
+        match self {
+            Self::File(s) => s.retire_generation(total_shards).await,
+            Self::Redis(s) => s.retire_generation(total_shards).await,
         }
     }
 }

@@ -7,19 +7,33 @@
 //! leaves the previous session, never half a file) and one shard's write
 //! never waits for, or risks, another shard's.
 //!
+//! A live reshard runs two generations at once: shard 3 of 64 and shard 3
+//! of 128 are two sessions, both alive until the old generation retires. So
+//! a session is stored per generation ([`SessionKey::Generation`]: the
+//! shard total and the shard id), and a retired generation's sessions are
+//! removed together ([`SessionStore::retire_generation`]).
+//!
 //! # Algorithm
-//! [`FileSessionStore`] keeps one file per shard, `shard-<id>.json`, in its
-//! directory. One file per shard (rather than one for all) means 36 shards
-//! save concurrently without a lock or a rewrite of everyone's state, and a
-//! corrupt file costs one shard an identify, not the whole pod. A save
-//! writes a temporary file in the same directory, `fsync`s it, renames it
-//! over the old one (atomic on POSIX) and `fsync`s the directory so the
-//! rename itself survives a power loss. Blocking file I/O runs on tokio's
-//! blocking pool.
+//! [`FileSessionStore`] keeps one file per shard and generation,
+//! `total-<total>/shard-<id>.json`, under its directory. One file per shard
+//! (rather than one for all) means 36 shards save concurrently without a
+//! lock or a rewrite of everyone's state, and a corrupt file costs one
+//! shard an identify, not the whole pod; one directory per generation makes
+//! retiring it one `remove_dir_all`. A save writes a temporary file in the
+//! same directory, `fsync`s it, renames it over the old one (atomic on
+//! POSIX) and `fsync`s the directory so the rename itself survives a power
+//! loss (and the parent, when the generation's directory is new). Blocking
+//! file I/O runs on tokio's blocking pool.
 //!
 //! [`load_session`] is the one place stored bytes become a [`Session`]: every
 //! store's bytes get the same checks ([`Session::decode`]), and a rejection
-//! is logged with its reason and treated as "no session".
+//! is logged with its reason and treated as "no session". Builds before
+//! per-generation keys stored a shard's session under its id alone
+//! ([`SessionKey::Legacy`]); so an upgrade does not cold-boot a running bot,
+//! when the generation's key is absent [`load_session`] reads the legacy
+//! one, accepts it only when its payload's total is the owner's (the same
+//! decode), writes it under the generation's key and deletes the legacy
+//! key. Every save goes to the generation's key.
 
 use crate::session::{Session, SessionOwner};
 use std::future::Future;
@@ -42,63 +56,160 @@ pub enum StoreError {
     Task(String),
 }
 
-/// Raw session bytes by shard id. Implementations only move bytes; the
-/// checks live in [`load_session`].
-pub trait SessionStore: Send + Sync + 'static {
-    /// The stored bytes of `shard_id`, if any.
-    fn load(
-        &self,
-        shard_id: u32,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
-    /// Replaces the stored bytes of `shard_id`, atomically.
-    fn save(
-        &self,
-        shard_id: u32,
-        bytes: Vec<u8>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Forgets `shard_id`'s session.
-    fn remove(&self, shard_id: u32) -> impl Future<Output = Result<(), StoreError>> + Send;
+/// Where one shard's session is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionKey {
+    /// Shard `shard_id` of the generation of `total_shards` shards: where
+    /// every session is saved.
+    Generation { total_shards: u32, shard_id: u32 },
+    /// Where builds before per-generation keys saved shard `shard_id`'s
+    /// session, whatever its total. Only read (and then migrated) by
+    /// [`load_session`].
+    Legacy { shard_id: u32 },
 }
 
-/// Loads and checks `shard_id`'s session. Every problem is logged and means
+impl SessionKey {
+    /// Shard `shard_id` of the generation of `total_shards` shards.
+    pub fn shard(total_shards: u32, shard_id: u32) -> Self {
+        Self::Generation {
+            total_shards,
+            shard_id,
+        }
+    }
+
+    /// Where `session` is saved.
+    pub fn of(session: &Session) -> Self {
+        Self::shard(session.total_shards, session.shard_id)
+    }
+
+    /// The shard's id.
+    pub fn shard_id(self) -> u32 {
+        match self {
+            Self::Generation { shard_id, .. } | Self::Legacy { shard_id } => shard_id,
+        }
+    }
+}
+
+/// Raw session bytes by [`SessionKey`]. Implementations only move bytes;
+/// the checks live in [`load_session`].
+pub trait SessionStore: Send + Sync + 'static {
+    /// The bytes stored under `key`, if any.
+    fn load(
+        &self,
+        key: SessionKey,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    /// Replaces the bytes stored under `key`, atomically.
+    fn save(
+        &self,
+        key: SessionKey,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forgets the session under `key`.
+    fn remove(&self, key: SessionKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forgets every session of the generation of `total_shards` shards
+    /// (its shards have stopped: a reshard retired it), and no other;
+    /// answers how many there were. Legacy keys are left alone.
+    fn retire_generation(
+        &self,
+        total_shards: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Loads and checks `shard_id`'s session of `owner`'s generation (falling
+/// back to its legacy key, module docs). Every problem is logged and means
 /// "no session": the shard identifies instead.
 pub async fn load_session<S: SessionStore>(
     store: &S,
     owner: &SessionOwner,
     shard_id: u32,
 ) -> Option<Session> {
-    let bytes = match store.load(shard_id).await {
-        Ok(Some(b)) => b,
+    let key = SessionKey::shard(owner.total_shards, shard_id);
+    match store.load(key).await {
+        Ok(Some(bytes)) => checked(&bytes, owner, key),
+        Ok(None) => load_legacy(store, owner, shard_id).await,
+        Err(e) => {
+            load_failed(key, &e);
+            None
+        }
+    }
+}
+
+/// The session under `shard_id`'s legacy key, moved to its generation's
+/// key when it is `owner`'s.
+async fn load_legacy<S: SessionStore>(
+    store: &S,
+    owner: &SessionOwner,
+    shard_id: u32,
+) -> Option<Session> {
+    let legacy = SessionKey::Legacy { shard_id };
+    let bytes = match store.load(legacy).await {
+        Ok(Some(bytes)) => bytes,
         Ok(None) => return None,
         Err(e) => {
-            tracing::error!(shard_id, error = %e, "cannot read the stored session; identifying");
-            metrics::counter!("sharder_session_load_errors_total").increment(1);
+            load_failed(legacy, &e);
             return None;
         }
     };
-    match Session::decode(&bytes, owner, shard_id) {
+    let session = checked(&bytes, owner, legacy)?;
+    let key = SessionKey::of(&session);
+    let total_shards = session.total_shards;
+    match store.save(key, bytes).await {
+        Ok(()) => {
+            if let Err(e) = store.remove(legacy).await {
+                tracing::warn!(shard_id, error = %e, "cannot delete the migrated legacy session");
+            }
+            tracing::info!(
+                shard_id,
+                total_shards,
+                "moved the stored session from its legacy key to its generation's"
+            );
+            metrics::counter!("sharder_session_migrated_total").increment(1);
+        }
+        Err(e) => {
+            // Resuming needs no migration: the shard's next save writes the
+            // generation's key anyway.
+            tracing::warn!(shard_id, total_shards, error = %e, "cannot move the legacy session");
+        }
+    }
+    Some(session)
+}
+
+/// `bytes` decoded for `key`'s shard, or `None` with the reason logged.
+fn checked(bytes: &[u8], owner: &SessionOwner, key: SessionKey) -> Option<Session> {
+    match Session::decode(bytes, owner, key.shard_id()) {
         Ok(s) => Some(s),
         Err(reason) => {
-            tracing::warn!(shard_id, %reason, "ignoring the stored session; identifying");
+            tracing::warn!(?key, %reason, "ignoring the stored session; identifying");
             metrics::counter!("sharder_session_rejected_total").increment(1);
             None
         }
     }
 }
 
-/// Saves `session`, logging a failure (the next change saves again).
+fn load_failed(key: SessionKey, e: &StoreError) {
+    tracing::error!(?key, error = %e, "cannot read the stored session; identifying");
+    metrics::counter!("sharder_session_load_errors_total").increment(1);
+}
+
+/// Saves `session` under its generation's key, logging a failure (the next
+/// change saves again).
 pub async fn save_session<S: SessionStore>(store: &S, session: &Session) -> bool {
-    match store.save(session.shard_id, session.encode()).await {
+    match store.save(SessionKey::of(session), session.encode()).await {
         Ok(()) => true,
         Err(e) => {
-            tracing::error!(shard_id = session.shard_id, error = %e, "cannot save the session");
+            tracing::error!(
+                shard_id = session.shard_id,
+                total_shards = session.total_shards,
+                error = %e,
+                "cannot save the session"
+            );
             metrics::counter!("sharder_session_save_errors_total").increment(1);
             false
         }
     }
 }
 
-/// Sessions as one file per shard in a directory.
+/// Sessions as one file per shard and generation under a directory.
 #[derive(Debug, Clone)]
 pub struct FileSessionStore {
     dir: PathBuf,
@@ -110,10 +221,31 @@ impl FileSessionStore {
         Self { dir: dir.into() }
     }
 
-    /// The file of `shard_id`.
-    pub fn path(&self, shard_id: u32) -> PathBuf {
-        self.dir.join(format!("shard-{shard_id}.json"))
+    /// The directory of the generation of `total_shards` shards.
+    pub fn generation_dir(&self, total_shards: u32) -> PathBuf {
+        self.dir.join(format!("total-{total_shards}"))
     }
+
+    /// The file of `key`.
+    pub fn path(&self, key: SessionKey) -> PathBuf {
+        match key {
+            SessionKey::Generation {
+                total_shards,
+                shard_id,
+            } => self
+                .generation_dir(total_shards)
+                .join(format!("shard-{shard_id}.json")),
+            SessionKey::Legacy { shard_id } => self.dir.join(format!("shard-{shard_id}.json")),
+        }
+    }
+}
+
+/// `shard-<digits>.json`: a session file (not a temporary one).
+fn is_session_file(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .and_then(|n| n.strip_prefix("shard-"))
+        .and_then(|n| n.strip_suffix(".json"))
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -123,8 +255,22 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+/// `fsync`s a directory, so the entries just created, renamed or removed
+/// in it survive a power loss.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("shard");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
@@ -132,10 +278,7 @@ fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreEr
         f.write_all(bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, path).map_err(io_err(path))?;
-        // Persist the rename itself.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))
+        sync_dir(dir)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -152,8 +295,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl SessionStore for FileSessionStore {
-    async fn load(&self, shard_id: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.path(shard_id);
+    async fn load(&self, key: SessionKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path(key);
         blocking(move || match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
@@ -177,139 +320,45 @@ impl SessionStore for FileSessionStore {
         .await
     }
 
-    async fn save(&self, shard_id: u32, bytes: Vec<u8>) -> Result<(), StoreError> {
-        let (dir, path) = (self.dir.clone(), self.path(shard_id));
-        blocking(move || write_atomically(&dir, &path, &bytes)).await
+    async fn save(&self, key: SessionKey, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let path = self.path(key);
+        blocking(move || write_atomically(&path, &bytes)).await
     }
 
-    async fn remove(&self, shard_id: u32) -> Result<(), StoreError> {
-        let path = self.path(shard_id);
+    async fn remove(&self, key: SessionKey) -> Result<(), StoreError> {
+        let path = self.path(key);
         blocking(move || match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(e)),
             _ => Ok(()),
         })
         .await
     }
+
+    async fn retire_generation(&self, total_shards: u32) -> Result<u64, StoreError> {
+        let (root, dir) = (self.dir.clone(), self.generation_dir(total_shards));
+        blocking(move || {
+            let sessions = match std::fs::read_dir(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(io_err(&dir)(e)),
+                Ok(entries) => entries
+                    .filter_map(Result::ok)
+                    .filter(|e| is_session_file(&e.file_name()))
+                    .count(),
+            };
+            // Also takes temporary files a crash left behind.
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err(&dir)(e));
+                }
+                _ => {}
+            }
+            sync_dir(&root)?;
+            Ok(u64::try_from(sessions).unwrap_or(u64::MAX))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use config::Secret;
-
-    pub(crate) struct TempDir(pub PathBuf);
-    impl TempDir {
-        pub(crate) fn new(name: &str) -> Self {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            let p = std::env::temp_dir().join(format!(
-                "bulwark-sharder-{name}-{}-{nanos}",
-                std::process::id()
-            ));
-            Self(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn session(owner: &SessionOwner, shard: u32) -> Session {
-        let mut s = Session::new(owner, shard, "sid".into(), "wss://r.example".into(), 3);
-        s.seq = 99;
-        s.guilds.available = vec![5, 6];
-        s
-    }
-
-    #[tokio::test]
-    async fn save_load_and_reject_bad_files() {
-        let dir = TempDir::new("files");
-        let store = FileSessionStore::new(dir.0.join("nested"));
-        let owner = SessionOwner::new(&Secret::new("tok"), 8);
-        assert_eq!(load_session(&store, &owner, 1).await, None, "nothing yet");
-
-        let s = session(&owner, 1);
-        assert!(save_session(&store, &s).await);
-        assert_eq!(load_session(&store, &owner, 1).await, Some(s.clone()));
-        // Overwrite leaves no temp file behind.
-        let mut s2 = s.clone();
-        s2.seq = 100;
-        assert!(save_session(&store, &s2).await);
-        assert_eq!(load_session(&store, &owner, 1).await.unwrap().seq, 100);
-        let names: Vec<_> = std::fs::read_dir(dir.0.join("nested"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, vec!["shard-1.json".to_owned()]);
-
-        // Another bot's token: ignored.
-        let foreign = SessionOwner::new(&Secret::new("other"), 8);
-        assert_eq!(load_session(&store, &foreign, 1).await, None);
-        // Corrupt, truncated, empty files: ignored, no panic.
-        let path = store.path(1);
-        let good = std::fs::read(&path).unwrap();
-        for bad in [
-            &good[..good.len() / 2],
-            b"".as_slice(),
-            b"\0\0\0\0".as_slice(),
-            b"{\"format\":1}".as_slice(),
-            b"[1,2,3]".as_slice(),
-        ] {
-            std::fs::write(&path, bad).unwrap();
-            assert_eq!(load_session(&store, &owner, 1).await, None, "{bad:?}");
-        }
-        // A file of shard 1 renamed to shard 2 is not shard 2's session.
-        std::fs::write(store.path(2), &good).unwrap();
-        assert_eq!(load_session(&store, &owner, 2).await, None);
-
-        store.remove(1).await.unwrap();
-        store.remove(1).await.unwrap();
-        assert!(!path.exists());
-    }
-
-    #[tokio::test]
-    async fn unwritable_directory_is_an_error_not_a_panic() {
-        let dir = TempDir::new("unwritable");
-        std::fs::create_dir_all(&dir.0).unwrap();
-        // A file where the directory should be.
-        let blocker = dir.0.join("blocker");
-        std::fs::write(&blocker, b"x").unwrap();
-        let store = FileSessionStore::new(&blocker);
-        let owner = SessionOwner::new(&Secret::new("tok"), 8);
-        assert!(!save_session(&store, &session(&owner, 0)).await);
-        assert!(store.load(0).await.is_err());
-        assert_eq!(load_session(&store, &owner, 0).await, None);
-    }
-
-    #[tokio::test]
-    async fn a_fifo_or_a_huge_file_is_refused_without_blocking() {
-        let dir = TempDir::new("fifo");
-        let store = FileSessionStore::new(&dir.0);
-        std::fs::create_dir_all(&dir.0).unwrap();
-        let owner = SessionOwner::new(&Secret::new("tok"), 8);
-        // A FIFO nobody writes to: opening it for reading would block.
-        let made = std::process::Command::new("mkfifo")
-            .arg(store.path(3))
-            .status()
-            .unwrap();
-        assert!(made.success());
-        let e = tokio::time::timeout(std::time::Duration::from_secs(5), store.load(3))
-            .await
-            .expect("a FIFO must not block the load")
-            .unwrap_err();
-        assert!(e.to_string().contains("not a regular file"), "{e}");
-        assert_eq!(load_session(&store, &owner, 3).await, None);
-        // A huge file is read only one byte past the bound.
-        std::fs::write(
-            store.path(4),
-            vec![b' '; crate::session::MAX_SESSION_BYTES * 2],
-        )
-        .unwrap();
-        let bytes = store.load(4).await.unwrap().unwrap();
-        assert_eq!(bytes.len(), crate::session::MAX_SESSION_BYTES + 1);
-        assert_eq!(load_session(&store, &owner, 4).await, None);
-    }
-}
+#[path = "session_store_tests.rs"]
+pub(crate) mod tests;

@@ -56,7 +56,7 @@ use crate::connect_gate::ConnectSlot;
 use crate::identify::IdentifyScheduler;
 use crate::live_session::LiveSession;
 use crate::outcome::Outcome;
-use crate::session_store::{SessionStore, load_session, save_session};
+use crate::session_store::{SessionKey, SessionStore, load_session, save_session};
 use crate::shard_config::ShardConfig;
 use crate::sink::EventSink;
 use std::sync::Arc;
@@ -409,7 +409,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
 
     async fn drop_session(&mut self) {
         if let Some(s) = self.live.end()
-            && let Err(e) = self.store.remove(s.shard_id).await
+            && let Err(e) = self.store.remove(SessionKey::of(&s)).await
         {
             tracing::warn!(shard_id = s.shard_id, error = %e, "cannot delete the ended session");
         }

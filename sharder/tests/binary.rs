@@ -131,6 +131,7 @@ async fn kill_9_then_restart_resumes_every_shard_and_loses_nothing() {
         (0..SHARDS).all(|s| {
             dir.0
                 .join("sessions")
+                .join(format!("total-{SHARDS}"))
                 .join(format!("shard-{s}.json"))
                 .exists()
         })

@@ -24,8 +24,8 @@ use futures_util::{SinkExt, StreamExt};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use sharder::{
-    ChannelSink, Compression, FileSessionStore, PlainConnector, SessionOwner, Shard, ShardConfig,
-    ShardEvent, ShardExit, load_session,
+    ChannelSink, Compression, FileSessionStore, PlainConnector, SessionKey, SessionOwner, Shard,
+    ShardConfig, ShardEvent, ShardExit, load_session,
 };
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -252,7 +252,9 @@ async fn a_hostile_gateway_never_makes_the_shard_panic() {
     let dir = TempDir::new("hostile-gateway").unwrap();
     let store = Arc::new(FileSessionStore::new(&dir.0));
     // A stored session cut in half: ignored, so the shard identifies.
-    std::fs::write(store.path(0), br#"{"format":1,"token_fingerprint":"#).unwrap();
+    let path = store.path(SessionKey::shard(1, 0));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, br#"{"format":1,"token_fingerprint":"#).unwrap();
     let scheduler = common::scheduler(Duration::from_millis(1));
     let token = Secret::new("hostile-token");
     let mut c = ShardConfig::new(0, 1, token.clone(), url);

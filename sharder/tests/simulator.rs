@@ -621,8 +621,8 @@ async fn restart_resumes_from_the_redis_session_store() {
     );
     let c = rig.sim.counters();
     assert_eq!((c.identifies, c.resumes), (1, 1), "{c:?}");
-    use sharder::SessionStore;
-    store.remove(0).await.unwrap();
+    use sharder::{SessionKey, SessionStore};
+    store.remove(SessionKey::shard(1, 0)).await.unwrap();
 }
 
 #[tokio::test]

@@ -244,7 +244,8 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     let cfg = env.sharder_config(&sim, 50)?;
     let mut first = env.start_sharder("sharder-1", &cfg, &[])?;
     first.wait_ready(WAIT).await?;
-    let sessions = env.dir.join("sessions");
+    // One directory per generation (shard total) in the file store.
+    let sessions = env.dir.join("sessions").join(format!("total-{shards}"));
     wait_until("every session saved", WAIT, async || {
         (0..shards).all(|s| sessions.join(format!("shard-{s}.json")).exists())
     })

@@ -59,7 +59,8 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
         sim.ledger().await.map(|l| l.len()).unwrap_or(0) > want
     })
     .await?;
-    let sessions = env.dir.join("sessions");
+    // One directory per generation (shard total) in the file store.
+    let sessions = env.dir.join("sessions").join(format!("total-{shards}"));
     wait_until("every session saved", WAIT, async || {
         (0..shards).all(|s| sessions.join(format!("shard-{s}.json")).exists())
     })
