@@ -39,6 +39,7 @@
 pub mod bench_report;
 pub mod cut_proxy;
 pub mod dnsmasq;
+pub mod http_client;
 #[cfg(feature = "simulator")]
 pub mod ledger;
 pub mod mutation;
@@ -52,6 +53,7 @@ pub mod temp_dir;
 
 pub use cut_proxy::CutProxy;
 pub use dnsmasq::{Dnsmasq, DnsmasqError};
+pub use http_client::http;
 pub use mutation::{Mutation, Mutations, mutated};
 pub use services::unique_name;
 pub use temp_dir::TempDir;

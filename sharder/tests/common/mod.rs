@@ -1,5 +1,5 @@
-//! Shared helpers of the end-to-end tests: a raw HTTP/1.1 client, a reader
-//! of the partition queues, and the test kit's temporary directories and
+//! Shared helpers of the end-to-end tests: a reader of the partition
+//! queues, and the test kit's HTTP client, temporary directories and
 //! unique names.
 
 #![allow(clippy::unwrap_used, dead_code)]
@@ -8,13 +8,13 @@ use futures_util::StreamExt;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use sharder::AmqpTopology;
-use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 pub use testkit::TempDir;
+// Not every test binary calls the admin endpoints.
+#[allow(unused_imports)]
+pub use testkit::http;
 pub use testkit::services::AMQP_URL as AMQP;
 use testkit::sim_sharder::{MESSAGE_INTENTS, SharderShape, sharder_config};
 // Not every test binary names a resource.
@@ -26,39 +26,6 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-/// One HTTP/1.1 request; returns the status and the body.
-pub async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// One event read from a partition queue.
