@@ -94,7 +94,11 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             }
             tokio::select! {
                 _ = self.shutdown.changed() => {
-                    conn.close(RESUMABLE_CLOSE, "shutting down").await;
+                    if self.retire.load(std::sync::atomic::Ordering::Relaxed) {
+                        conn.close(1000, "retired by a live reshard").await;
+                    } else {
+                        conn.close(RESUMABLE_CLOSE, "shutting down").await;
+                    }
                     return Outcome::Shutdown;
                 }
                 () = &mut beat => {

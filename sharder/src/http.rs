@@ -15,12 +15,18 @@
 //!   between two identifies of this process, at runtime (0: off).
 //! - `GET`/`POST /admin/shed` `{"events": [...]}`: the event names dropped
 //!   at the sharder (see [`crate::ShedList`]).
+//! - `POST /admin/reshard` `{"total": n, "force_shrink": false}`: starts a
+//!   live reshard to `n` shards (202 with the plan; 400 with what to do
+//!   when refused; 409 while one runs).
+//! - `GET /admin/reshard`: the running total and the reshard in progress.
 //!
 //! Admin endpoints need `Authorization: Bearer <sharder.admin_token>` when
 //! a token is configured; without one they answer only on a loopback
 //! listener (403 otherwise), so an exposed port never means an open admin.
 
 use crate::identify::IdentifyScheduler;
+use crate::reshard_plan::ReshardRequest;
+use crate::resharder::{ReshardCommand, Trigger};
 use crate::shard::{ShardHandle, ShardState};
 use crate::shed::ShedList;
 use axum::Router;
@@ -35,6 +41,7 @@ use serde_json::json;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Longest identify throttle accepted at runtime.
@@ -67,11 +74,16 @@ struct Inner {
     shed: ShedList,
     token: config::Secret,
     loopback: bool,
+    /// Where reshard requests go, once the shards run.
+    reshard: OnceLock<mpsc::Sender<ReshardCommand>>,
+    /// The running total and the reshard in progress, for `GET`.
+    generation: Mutex<serde_json::Value>,
 }
 
 /// The process's shards and their identify scheduler.
 struct Started {
-    shards: Vec<(u32, ShardHandle)>,
+    /// The serving generation's shards (replaced by a live reshard).
+    shards: Mutex<Vec<(u32, ShardHandle)>>,
     scheduler: IdentifyScheduler,
 }
 
@@ -100,6 +112,8 @@ impl AdminState {
                 shed,
                 token: cfg.admin_token.clone(),
                 loopback: cfg.http_listen.ip().is_loopback(),
+                reshard: OnceLock::new(),
+                generation: Mutex::new(json!({ "total": cfg.total_shards, "reshard": null })),
             }),
         }
     }
@@ -116,7 +130,10 @@ impl AdminState {
         if self
             .inner
             .started
-            .set(Started { shards, scheduler })
+            .set(Started {
+                shards: Mutex::new(shards),
+                scheduler,
+            })
             .is_err()
         {
             tracing::warn!("the HTTP endpoints were given the shards twice; kept the first");
@@ -127,8 +144,31 @@ impl AdminState {
         self.inner.phase.lock().map_or("starting", |p| *p)
     }
 
-    fn shards(&self) -> &[(u32, ShardHandle)] {
-        self.inner.started.get().map_or(&[], |s| &s.shards)
+    /// A live reshard replaced the serving shards.
+    pub(crate) fn set_shards(&self, shards: Vec<(u32, ShardHandle)>) {
+        if let Some(s) = self.inner.started.get() {
+            *s.shards.lock().unwrap_or_else(|e| e.into_inner()) = shards;
+        }
+    }
+
+    /// Reshard requests go to `tx` from now on.
+    pub(crate) fn set_reshard(&self, tx: mpsc::Sender<ReshardCommand>) {
+        let _ = self.inner.reshard.set(tx);
+    }
+
+    /// What `GET /admin/reshard` answers.
+    pub(crate) fn set_generation(&self, state: serde_json::Value) {
+        *self
+            .inner
+            .generation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    fn shards(&self) -> Vec<(u32, ShardHandle)> {
+        self.inner.started.get().map_or_else(Vec::new, |s| {
+            s.shards.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        })
     }
 
     fn active(&self) -> usize {
@@ -206,6 +246,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/shards", get(shards))
         .route("/admin/identify-throttle", post(identify_throttle))
         .route("/admin/shed", get(get_shed).post(set_shed))
+        .route("/admin/reshard", get(get_reshard).post(post_reshard))
         .with_state(state)
 }
 
@@ -345,4 +386,73 @@ async fn set_shed(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) 
     }
     tracing::info!(events = ?req.events, "shed list changed");
     axum::Json(json!({ "events": s.inner.shed.get() })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reshard {
+    total: u32,
+    #[serde(default)]
+    force_shrink: bool,
+}
+
+async fn get_reshard(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(r) = s.refuse(&headers) {
+        return r;
+    }
+    let state = s
+        .inner
+        .generation
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    axum::Json(state).into_response()
+}
+
+async fn post_reshard(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = s.refuse(&headers) {
+        return r;
+    }
+    let req: Reshard = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"total\": n, \"force_shrink\": false}}: {e}"),
+            );
+        }
+    };
+    let Some(tx) = s.inner.reshard.get() else {
+        return s.still_starting();
+    };
+    let (reply, answer) = oneshot::channel();
+    let command = ReshardCommand {
+        request: ReshardRequest {
+            to_total: req.total,
+            force_shrink: req.force_shrink,
+        },
+        trigger: Trigger::Operator,
+        reply: Some(reply),
+    };
+    if tx.send(command).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the sharder is stopping");
+    }
+    match answer.await {
+        Ok(Ok(plan)) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "from": plan.from_total,
+                "to": plan.to_total,
+                "identifies": plan.identifies,
+                "cold_boot_floor_s": plan.cold_boot_floor.as_secs_f64(),
+                "session_starts_after": plan.session_starts_after,
+            })),
+        )
+            .into_response(),
+        Ok(Err(busy)) if busy.starts_with("busy:") => {
+            error(StatusCode::CONFLICT, busy.trim_start_matches("busy: "))
+        }
+        Ok(Err(refused)) => error(StatusCode::BAD_REQUEST, &refused),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the sharder is stopping"),
+    }
 }

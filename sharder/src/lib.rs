@@ -68,6 +68,7 @@ mod connection;
 mod connection_loop;
 mod event_counters;
 mod gateway_bot;
+mod generation;
 mod guilds;
 mod http;
 mod identify;
@@ -78,6 +79,8 @@ mod live_session;
 mod outcome;
 mod reshard_marker;
 mod reshard_plan;
+mod reshard_triggers;
+mod resharder;
 mod runtime;
 mod session;
 mod session_redis;
@@ -86,6 +89,7 @@ mod shard;
 mod shard_config;
 mod shed;
 mod sink;
+mod startup;
 
 pub use amqp_sink::{AmqpSink, AmqpSinkConfig, AmqpSinkStats};
 pub use assignment::{ClusterLayout, PlanError, ShardAssignment};
@@ -97,6 +101,7 @@ pub use gateway_bot::{GatewayBot, GatewayBotError, fetch_gateway_bot};
 /// What [`ShardConfig::compression`] names; the rest of the protocol is
 /// `gateway_protocol`'s.
 pub use gateway_protocol::Compression;
+pub use generation::{GenerationRecord, Resolved, load_record, resolve, save_record};
 pub use guilds::{GuildCreateKind, GuildSnapshot, GuildTracker};
 pub use http::{AdminState, prometheus, serve};
 pub use identify::{IdentifyScheduler, IdentifySettings, SessionStartLimit};

@@ -21,9 +21,16 @@
 //!    with capped backoff), sink (AMQP or an in-process channel) wrapped in
 //!    the runtime shed list, then every shard on its own task at once: a shard with a stored session resumes at once
 //!    (resumes need no identify permit), the others queue in the scheduler.
-//! 5. Wait for the shutdown token or a shard's end. A 4004 (authentication
-//!    failed) ends the process with [`RunError::AuthenticationFailed`]: every
-//!    other shard would fail the same way and burn the identify budget.
+//!    The running total is the generation record's when a live reshard
+//!    changed it (`generation.rs`); a reshard left half-done is rolled
+//!    back (its sessions retired, `aborted` published).
+//! 5. Wait for the shutdown token, a shard's end, or a reshard request or
+//!    step (`resharder.rs`: the old and the new total run side by side
+//!    until the new one has loaded every guild; a 4011 or Discord's
+//!    recommendation requests one, `reshard_triggers.rs`). A 4004
+//!    (authentication failed) ends the process with
+//!    [`RunError::AuthenticationFailed`]: every other shard would fail the
+//!    same way and burn the identify budget.
 //! 6. Shutdown: every shard closes with 4000 and saves its session (its seq
 //!    is the confirmed one, so nothing unconfirmed is skipped on resume);
 //!    then the sink drains (publishes what it holds and waits for the
@@ -35,26 +42,30 @@
 
 use crate::amqp_sink::{AmqpSink, AmqpSinkConfig};
 use crate::assignment::{ClusterLayout, PlanError, plan_shards};
-use crate::backoff::Backoff;
 use crate::connect::ResolverConnector;
 use crate::connect_rate::{ConnectRate, PacedConnector};
-use crate::gateway_bot::{GatewayBotError, fetch_gateway_bot};
+use crate::gateway_bot::GatewayBotError;
+use crate::generation;
 use crate::http::{AdminState, serve};
 use crate::identify::{IdentifyScheduler, IdentifySettings};
 use crate::identify_breaker::BreakerPolicy;
 use crate::identify_budget::SharedBudget;
 use crate::identify_lock::RedisIdentifyLock;
+use crate::reshard_marker::publish_marker;
+use crate::reshard_triggers;
+use crate::resharder::{Resharder, ShardDone, Spawner};
 use crate::session_redis::RedisSessionStore;
-use crate::session_store::{FileSessionStore, SessionKey, SessionStore, StoreError};
-use crate::shard::{Shard, ShardExit, ShardHandle};
-use crate::shard_config::ShardConfig;
+use crate::session_store::{FileSessionStore, SessionStore};
+use crate::shard::ShardExit;
 use crate::shed::ShedList;
 use crate::shed::ShedSink;
-use crate::sink::{ChannelSink, EventSink, ShardEvent, SinkClosed, TrySend};
+use crate::sink::ChannelSink;
+use crate::startup::{AnySink, AnyStore, gateway_bot, redis_connection, refresh_budget};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -117,153 +128,6 @@ pub struct RunReport {
 /// Runs the process's shards until `shutdown` is cancelled, with the AMQP sink.
 pub async fn run(cfg: config::Config, shutdown: CancellationToken) -> Result<RunReport, RunError> {
     run_with(cfg, shutdown, RunOptions::default()).await
-}
-
-/// The sink of a run.
-enum AnySink {
-    Amqp(AmqpSink),
-    Channel(ChannelSink),
-}
-
-impl EventSink for AnySink {
-    async fn send(&self, event: ShardEvent) -> Result<(), SinkClosed> {
-        match self {
-            Self::Amqp(s) => s.send(event).await,
-            Self::Channel(s) => s.send(event).await,
-        }
-    }
-
-    fn try_send(&self, event: ShardEvent) -> TrySend {
-        match self {
-            Self::Amqp(s) => s.try_send(event),
-            Self::Channel(s) => s.try_send(event),
-        }
-    }
-}
-
-/// The session store of a run.
-enum AnyStore {
-    File(FileSessionStore),
-    Redis(RedisSessionStore),
-}
-
-impl SessionStore for AnyStore {
-    async fn load(&self, key: SessionKey) -> Result<Option<Vec<u8>>, StoreError> {
-        match self {
-            Self::File(s) => s.load(key).await,
-            Self::Redis(s) => s.load(key).await,
-        }
-    }
-    async fn save(&self, key: SessionKey, bytes: Vec<u8>) -> Result<(), StoreError> {
-        match self {
-            Self::File(s) => s.save(key, bytes).await,
-            Self::Redis(s) => s.save(key, bytes).await,
-        }
-    }
-    async fn remove(&self, key: SessionKey) -> Result<(), StoreError> {
-        match self {
-            Self::File(s) => s.remove(key).await,
-            Self::Redis(s) => s.remove(key).await,
-        }
-    }
-    async fn retire_generation(&self, total_shards: u32) -> Result<u64, StoreError> {
-        match self {
-            Self::File(s) => s.retire_generation(total_shards).await,
-            Self::Redis(s) => s.retire_generation(total_shards).await,
-        }
-    }
-}
-
-/// `GET /gateway/bot`, retried on 429 and transport errors (not on 401 or
-/// a bad body) until `shutdown`.
-async fn gateway_bot(
-    resolver: &dnscache::Resolver,
-    cfg: &config::Config,
-    token: &config::Secret,
-    shutdown: &CancellationToken,
-) -> Result<Option<crate::GatewayBot>, RunError> {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    loop {
-        let r = fetch_gateway_bot(
-            resolver,
-            &cfg.discord.api_base,
-            token,
-            Duration::from_secs(10),
-        )
-        .await;
-        let delay = match r {
-            Ok(g) => return Ok(Some(g)),
-            Err(GatewayBotError::RateLimited { retry_after }) => retry_after,
-            Err(GatewayBotError::Connect(e)) => {
-                tracing::warn!(error = %e, "GET /gateway/bot failed; retrying");
-                backoff.next_delay()
-            }
-            Err(e) => return Err(e.into()),
-        };
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return Ok(None),
-        }
-    }
-}
-
-/// A Redis connection that reconnects after an outage (a plain multiplexed
-/// connection never does), dialled now: an invalid URL fails start-up, an
-/// unreachable Redis is retried with capped backoff until it answers or
-/// `shutdown` (`None`), so a Redis restart during a rollout is a pod that
-/// waits, not a crash loop.
-async fn redis_connection(
-    resolver: &dnscache::Resolver,
-    cfg: &config::Config,
-    shutdown: &CancellationToken,
-) -> Result<Option<dnscache::RedisConnection>, RunError> {
-    let conn = dnscache::RedisConnection::lazy(resolver, cfg.redis.url.expose())
-        .map_err(|e| RunError::Redis(format!("invalid redis.url ({:?})", e.kind())))?;
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    loop {
-        match conn.ready().await {
-            Ok(()) => return Ok(Some(conn)),
-            Err(e) => tracing::warn!(
-                error_kind = ?e.kind(),
-                "cannot reach Redis (redis.url); retrying; check the URL, its password and that Redis is up"
-            ),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-            () = shutdown.cancelled() => return Ok(None),
-        }
-    }
-}
-
-/// Keeps the shared budget fresh: `GET /gateway/bot` every `every`, and
-/// as soon as the reset time (as last seen) has passed, with the budget's
-/// mark read before each request (see `identify_budget.rs`). Errors are
-/// logged and retried at the next turn.
-async fn refresh_budget(
-    scheduler: IdentifyScheduler,
-    resolver: dnscache::Resolver,
-    api_base: String,
-    token: config::Secret,
-    every: Duration,
-    max_concurrency: Option<u16>,
-) {
-    loop {
-        let reset_in = scheduler.budget_reset_in() + Duration::from_secs(1);
-        tokio::time::sleep(every.min(reset_in)).await;
-        let mark = scheduler.budget_mark().await;
-        match fetch_gateway_bot(&resolver, &api_base, &token, Duration::from_secs(10)).await {
-            Ok(bot) => {
-                let mut limit = bot.session_start_limit;
-                if let Some(mc) = max_concurrency {
-                    limit.max_concurrency = mc;
-                }
-                scheduler.refresh_budget(limit, mark).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "GET /gateway/bot for the session start budget failed; retrying at the next refresh");
-            }
-        }
-    }
 }
 
 /// A run that ends before it started any shard (shutdown while starting).
@@ -351,6 +215,7 @@ async fn run_shards(
     if let Some(mc) = cfg.sharder.max_concurrency {
         limit.max_concurrency = mc;
     }
+    let auto_total = cfg.sharder.total_shards_auto;
     if cfg.sharder.total_shards_auto {
         // Discord's recommendation is only known now; everything below
         // (layout, IDENTIFY's `shard` pair, session ownership) uses it. A
@@ -367,6 +232,55 @@ async fn run_shards(
             configured = cfg.sharder.total_shards,
             "Discord recommends more shards than configured"
         );
+    }
+    let store = Arc::new(match cfg.sharder.session_store {
+        config::SessionStoreKind::File => {
+            AnyStore::File(FileSessionStore::new(&cfg.sharder.session_dir))
+        }
+        config::SessionStoreKind::Redis => {
+            admin.set_phase("connecting to Redis (sessions)");
+            let Some(conn) = redis_connection(&resolver, &cfg, &shutdown).await? else {
+                return Ok(not_started());
+            };
+            AnyStore::Redis(RedisSessionStore::new(
+                conn,
+                cfg.redis.key_prefix.clone(),
+                cfg.redis.session_ttl,
+            ))
+        }
+    });
+    // After a live reshard the bot runs another total than the configured
+    // one; a reshard the previous process left half-done is rolled back.
+    let configured = if auto_total {
+        0
+    } else {
+        cfg.sharder.total_shards
+    };
+    let resolved = generation::resolve(generation::load_record(&*store).await, configured);
+    if resolved.total != cfg.sharder.total_shards {
+        tracing::warn!(
+            configured = cfg.sharder.total_shards,
+            running = resolved.total,
+            "running the shard total of a completed live reshard; set sharder.total_shards to it"
+        );
+        cfg.sharder.total_shards = resolved.total;
+    }
+    if let Some(m) = resolved.rollback {
+        tracing::warn!(
+            from = m.from,
+            to = m.to,
+            "the last live reshard did not finish: rolling it back"
+        );
+        match store.retire_generation(m.to).await {
+            Ok(n) => tracing::info!(
+                total = m.to,
+                sessions = n,
+                "sessions of the unfinished reshard retired"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot retire the unfinished reshard's sessions")
+            }
+        }
     }
     let layout =
         ClusterLayout::from_config(&cfg.sharder, limit.max_concurrency, cfg.redis.enabled());
@@ -431,22 +345,6 @@ async fn run_shards(
     } else {
         None
     };
-    let store = Arc::new(match cfg.sharder.session_store {
-        config::SessionStoreKind::File => {
-            AnyStore::File(FileSessionStore::new(&cfg.sharder.session_dir))
-        }
-        config::SessionStoreKind::Redis => {
-            admin.set_phase("connecting to Redis (sessions)");
-            let Some(conn) = redis_connection(&resolver, &cfg, &shutdown).await? else {
-                return Ok(not_started());
-            };
-            AnyStore::Redis(RedisSessionStore::new(
-                conn,
-                cfg.redis.key_prefix.clone(),
-                cfg.redis.session_ttl,
-            ))
-        }
-    });
     admin.set_phase("starting the sink");
     let (sink, sink_task) = match sink {
         SinkChoice::Amqp => {
@@ -468,30 +366,90 @@ async fn run_shards(
         connect_rate,
     ));
 
-    let mut handles: Vec<(u32, ShardHandle)> = Vec::with_capacity(shards.len());
-    let mut tasks = JoinSet::new();
-    for &id in &shards {
-        let config = ShardConfig::from_config(&cfg, id, gateway.clone());
-        let (shard, handle) = Shard::new(
-            config,
-            scheduler.clone(),
-            store.clone(),
-            sink.clone(),
-            connector.clone(),
-        );
-        handles.push((id, handle));
-        tasks.spawn(async move { (id, shard.run().await) });
-    }
+    let mut tasks: JoinSet<ShardDone> = JoinSet::new();
+    let spawner = Spawner {
+        cfg: Arc::new(cfg.clone()),
+        gateway,
+        scheduler: scheduler.clone(),
+        store: store.clone(),
+        sink: sink.clone(),
+        connector,
+    };
     drop(sink);
-    tracing::info!(shards = shards.len(), "shards started");
-
+    let handles = spawner.spawn(cfg.sharder.total_shards, &shards, &mut tasks);
+    tracing::info!(
+        shards = shards.len(),
+        total = cfg.sharder.total_shards,
+        "shards started"
+    );
+    if let Some(mut m) = resolved.rollback {
+        m.phase = envelope::ReshardPhase::Aborted;
+        let (sink, store, partitions) = (spawner.sink.clone(), store.clone(), cfg.amqp.partitions);
+        let record = generation::GenerationRecord {
+            total: cfg.sharder.total_shards,
+            configured,
+            reshard: None,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = publish_marker(&*sink, m, partitions, MARKER_WITHIN).await {
+                tracing::error!(error = %e, "cannot tell the workers the reshard was rolled back");
+            }
+            if let Err(e) = generation::save_record(&*store, &record).await {
+                tracing::error!(error = %e, "cannot record the rollback");
+            }
+        });
+    }
     admin.start(handles.clone(), scheduler.clone());
+    let (reshard_tx, mut reshard_rx) = mpsc::channel(4);
+    admin.set_reshard(reshard_tx.clone());
+    let mut resharder = Resharder {
+        spawner,
+        total: cfg.sharder.total_shards,
+        current: handles,
+        running: None,
+        partitions: cfg.amqp.partitions,
+        configured,
+        marker_within: MARKER_WITHIN,
+        stall_after: cfg.sharder.reshard.stall_after,
+    };
+    let running_total = Arc::new(AtomicU32::new(resharder.total));
+    let auto = (cfg.sharder.reshard.auto_factor > 0.0).then(|| {
+        tokio::spawn(reshard_triggers::poll_recommended(
+            resolver.clone(),
+            cfg.clone(),
+            token.clone(),
+            running_total.clone(),
+            reshard_tx.clone(),
+        ))
+    });
+    publish_generation(&admin, &resharder);
 
     let mut failure = None;
     let mut last_exit = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
+            Some(command) = reshard_rx.recv() => {
+                let mut current = cfg.clone();
+                current.sharder.total_shards = resharder.total;
+                let answer = reshard_triggers::admit(&resharder, &current, limit.max_concurrency, &scheduler, &command);
+                if let Ok(plan) = &answer {
+                    resharder.begin(plan.clone(), command.trigger);
+                } else if let Err(why) = &answer {
+                    tracing::warn!(trigger = command.trigger.label(), to = command.request.to_total, reason = %why, "reshard refused");
+                }
+                if let Some(reply) = command.reply {
+                    let _ = reply.send(answer);
+                }
+                publish_generation(&admin, &resharder);
+            }
+            done = resharder.next_step() => {
+                if resharder.advance(done, &mut tasks) {
+                    admin.set_shards(resharder.current.clone());
+                    running_total.store(resharder.total, Ordering::Relaxed);
+                }
+                publish_generation(&admin, &resharder);
+            }
             joined = tasks.join_next() => match joined {
                 None => {
                     if let Some((shard_id, exit)) = last_exit.take() {
@@ -499,19 +457,37 @@ async fn run_shards(
                     }
                     break;
                 }
-                Some(Ok((id, ShardExit::Fatal { authentication_failed: true, .. }))) => {
+                Some(Ok(ShardDone { total, id, exit })) if resharder.expected_end(total) => {
+                    tracing::info!(shard_id = id, total, ?exit, "shard of a closing generation ended");
+                }
+                Some(Ok(ShardDone { id, exit: ShardExit::Fatal { authentication_failed: true, .. }, .. })) => {
                     tracing::error!(shard_id = id, "authentication failed (4004): stopping every shard");
                     failure = Some(RunError::AuthenticationFailed { shard_id: id });
                     break;
                 }
-                Some(Ok((id, exit))) => {
+                Some(Ok(ShardDone { id, exit, .. })) => {
                     tracing::error!(shard_id = id, ?exit, "shard ended");
+                    if matches!(exit, ShardExit::Fatal { code: 4011, .. }) && !resharder.busy() {
+                        reshard_triggers::sharding_required(
+                            resolver.clone(), cfg.clone(), token.clone(), resharder.total, reshard_tx.clone(),
+                        );
+                    }
                     last_exit = Some((id, format!("{exit:?}")));
                 }
                 Some(Err(e)) => tracing::error!(error = %e, "shard task failed"),
             },
         }
     }
+    if let Some(task) = auto {
+        task.abort();
+    }
+    let mut handles = resharder.current.clone();
+    if let Some(r) = resharder.running.take() {
+        // Stopping mid-reshard: both generations close and save their
+        // sessions; the next start rolls the reshard back.
+        handles.extend(r.new);
+    }
+    drop(resharder);
 
     let deadline = Instant::now() + cfg.sharder.shutdown_grace;
     for (_, h) in &handles {
@@ -555,4 +531,32 @@ async fn run_shards(
         Some(e) => Err(e),
         None => Ok(RunReport { shards, drained }),
     }
+}
+
+/// How long the broker may take to confirm a reshard marker on every
+/// partition.
+const MARKER_WITHIN: Duration = Duration::from_secs(30);
+
+/// What `GET /admin/reshard` answers, and the gauges.
+fn publish_generation<K, S, C>(admin: &AdminState, r: &Resharder<K, S, C>) {
+    metrics::gauge!("sharder_reshard_total").set(f64::from(r.total));
+    let reshard = r.running.as_ref().map(|run| {
+        let loaded = run
+            .new
+            .iter()
+            .filter(|(_, h)| h.guilds_loading() == Some(0))
+            .count();
+        metrics::gauge!("sharder_reshard_new_shards_loaded").set(loaded as f64);
+        serde_json::json!({
+            "from": run.plan.from_total,
+            "to": run.plan.to_total,
+            "trigger": run.trigger.label(),
+            "id": run.marker.id,
+            "new_shards": run.new.len(),
+            "new_shards_loaded": loaded,
+            "seconds": run.since.elapsed().as_secs_f64(),
+            "floor_seconds": run.plan.cold_boot_floor.as_secs_f64(),
+        })
+    });
+    admin.set_generation(serde_json::json!({ "total": r.total, "reshard": reshard }));
 }

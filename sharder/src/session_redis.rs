@@ -54,6 +54,11 @@ impl RedisSessionStore {
         }
     }
 
+    /// The key of the generation record ([`crate::GenerationRecord`]).
+    pub fn generation_key(&self) -> String {
+        format!("{}:generation", self.prefix)
+    }
+
     /// The Redis key of `key`.
     pub fn redis_key(&self, key: SessionKey) -> String {
         match key {
@@ -94,6 +99,25 @@ impl SessionStore for RedisSessionStore {
         let mut conn = self.conn.clone();
         redis::cmd("DEL")
             .arg(self.redis_key(key))
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn load_generation(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("GET")
+            .arg(self.generation_key())
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Kept without expiry: it outlives every session.
+    async fn save_generation(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(self.generation_key())
+            .arg(bytes)
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())

@@ -113,6 +113,20 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         total_shards: u32,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// The bytes of the generation record (which shard total runs, and a
+    /// live reshard in progress: [`crate::GenerationRecord`]), if any. The
+    /// default keeps none.
+    fn load_generation(&self) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+    /// Replaces the generation record, atomically. The default keeps none.
+    fn save_generation(
+        &self,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = bytes;
+        async { Ok(()) }
+    }
 }
 
 /// Loads and checks `shard_id`'s session of `owner`'s generation (falling
@@ -219,6 +233,11 @@ impl FileSessionStore {
     /// A store in `dir` (created on the first save).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
+    }
+
+    /// The generation record's file.
+    pub fn generation_path(&self) -> PathBuf {
+        self.dir.join("generation.json")
     }
 
     /// The directory of the generation of `total_shards` shards.
@@ -332,6 +351,21 @@ impl SessionStore for FileSessionStore {
             _ => Ok(()),
         })
         .await
+    }
+
+    async fn load_generation(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.generation_path();
+        blocking(move || match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+            Ok(bytes) => Ok(Some(bytes)),
+        })
+        .await
+    }
+
+    async fn save_generation(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let path = self.generation_path();
+        blocking(move || write_atomically(&path, &bytes)).await
     }
 
     async fn retire_generation(&self, total_shards: u32) -> Result<u64, StoreError> {

@@ -60,6 +60,7 @@ use crate::session_store::{SessionKey, SessionStore, load_session, save_session}
 use crate::shard_config::ShardConfig;
 use crate::sink::EventSink;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 
 /// Where a shard is in its life. Published through [`ShardHandle::state`].
@@ -136,6 +137,8 @@ pub struct ShardHandle {
     /// (`None` before the first session).
     loading: watch::Receiver<Option<usize>>,
     shutdown: Arc<watch::Sender<bool>>,
+    /// Set before `shutdown` when the shard's generation is retired.
+    retire: Arc<AtomicBool>,
 }
 
 impl ShardHandle {
@@ -179,6 +182,14 @@ impl ShardHandle {
         }
     }
 
+    /// Asks the shard to end its session for good (close 1000: Discord
+    /// stops buffering for it) and stop: a live reshard retired its
+    /// generation, whose sessions are then deleted.
+    pub fn retire(&self) {
+        self.retire.store(true, Ordering::Relaxed);
+        self.shutdown();
+    }
+
     /// Asks the shard to close resumably, save its session and stop.
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -194,6 +205,8 @@ pub struct Shard<K: EventSink, S: SessionStore, C: Connector> {
     state: watch::Sender<ShardState>,
     loading: watch::Sender<Option<usize>>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// See [`ShardHandle::retire`].
+    pub(crate) retire: Arc<AtomicBool>,
     /// The session as it runs: frames, guilds, seqs, the sink.
     pub(crate) live: LiveSession<K>,
     backoff: Backoff,
@@ -218,6 +231,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
     ) -> (Self, ShardHandle) {
         let (state, state_rx) = watch::channel(ShardState::Disconnected);
         let (loading, loading_rx) = watch::channel(None);
+        let retire = Arc::new(AtomicBool::new(false));
         let (shutdown_tx, shutdown) = watch::channel(false);
         let backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
         let live = LiveSession::new(config.clone(), sink);
@@ -229,6 +243,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             state,
             loading,
             shutdown,
+            retire: retire.clone(),
             live,
             backoff,
             resume_via_gateway: false,
@@ -239,6 +254,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         let handle = ShardHandle {
             state: state_rx,
             loading: loading_rx,
+            retire,
             shutdown: Arc::new(shutdown_tx),
         };
         (shard, handle)

@@ -1,0 +1,441 @@
+//! Live resharding in one process: a new shard total serves before the old
+//! one stops, so the bot never goes dark (issue #17).
+//!
+//! # Algorithm
+//! A reshard is a small state machine the runtime's loop drives; each step
+//! runs as a task, so shutdown and shard exits are handled meanwhile:
+//!
+//! 1. **Plan** ([`crate::plan_reshard`]): the new total is validated (a
+//!    multiple of `max_concurrency`, `amqp.partitions` divides it, the
+//!    session start budget keeps `identify_reserve`) or refused with what
+//!    to do.
+//! 2. **Announce**: the generation record notes the reshard, then a
+//!    `started` marker goes to every partition and the broker confirms it
+//!    before any new shard identifies (`reshard_marker.rs`: the workers'
+//!    window must open ahead of every twin event).
+//! 3. **Load**: the new total's shards start, through the same identify
+//!    scheduler (its buckets, its Redis lock and budget), while the old
+//!    total keeps serving. The step ends when every new shard is READY and
+//!    has received the GUILD_CREATE of every guild it lists
+//!    ([`ShardHandle::wait_loaded`]); past `stall_after` the reshard is
+//!    reported stalled (log and `sharder_reshard_stalled`) and keeps
+//!    waiting. A new shard that stops for good aborts the reshard: the new
+//!    total closes, its sessions are retired and `aborted` is published.
+//! 4. **Retire**: the old shards close (their events drain into the sink
+//!    first), then `completed` goes to every partition (behind every old
+//!    event in each queue), the old total's sessions are retired, and the
+//!    record names the new total, so a restart resumes it.
+//!
+//! A process that dies during 2-3 rolls back at its next start
+//! ([`crate::generation`]): the old total's sessions were never touched.
+//! Old shards are never re-identified during the overlap (a new session's
+//! epoch would outrank the new total's versions in the workers' cache).
+
+use crate::connect::Connector;
+use crate::generation::{GenerationRecord, save_record};
+use crate::identify::IdentifyScheduler;
+use crate::reshard_marker::publish_marker;
+use crate::reshard_plan::ReshardPlan;
+use crate::session_store::SessionStore;
+use crate::shard::{Shard, ShardExit, ShardHandle, ShardState};
+use crate::shard_config::ShardConfig;
+use crate::sink::EventSink;
+use envelope::{ReshardMarker, ReshardPhase};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+/// What started a reshard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// `POST /admin/reshard`.
+    Operator,
+    /// `GET /gateway/bot` recommends more shards (`auto_factor`).
+    Recommended,
+    /// A shard was closed with 4011.
+    ShardingRequired,
+}
+
+impl Trigger {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Trigger::Operator => "operator",
+            Trigger::Recommended => "recommended",
+            Trigger::ShardingRequired => "sharding_required",
+        }
+    }
+}
+
+/// A request to reshard, answered with the plan or why it was refused.
+#[derive(Debug)]
+pub(crate) struct ReshardCommand {
+    pub request: crate::reshard_plan::ReshardRequest,
+    pub trigger: Trigger,
+    pub reply: Option<tokio::sync::oneshot::Sender<Result<ReshardPlan, String>>>,
+}
+
+/// One shard task's end, with its generation.
+#[derive(Debug)]
+pub(crate) struct ShardDone {
+    pub total: u32,
+    pub id: u32,
+    pub exit: ShardExit,
+}
+
+/// Starts shards of any total with the process's shared parts.
+pub(crate) struct Spawner<K, S, C> {
+    pub cfg: Arc<config::Config>,
+    pub gateway: String,
+    pub scheduler: IdentifyScheduler,
+    pub store: Arc<S>,
+    pub sink: Arc<K>,
+    pub connector: Arc<C>,
+}
+
+impl<K: EventSink, S: SessionStore, C: Connector> Spawner<K, S, C> {
+    /// Starts shards `ids` of `total` into `tasks`.
+    pub(crate) fn spawn(
+        &self,
+        total: u32,
+        ids: &[u32],
+        tasks: &mut JoinSet<ShardDone>,
+    ) -> Vec<(u32, ShardHandle)> {
+        ids.iter()
+            .map(|&id| {
+                let mut config = ShardConfig::from_config(&self.cfg, id, self.gateway.clone());
+                config.total_shards = total;
+                let (shard, handle) = Shard::new(
+                    config,
+                    self.scheduler.clone(),
+                    self.store.clone(),
+                    self.sink.clone(),
+                    self.connector.clone(),
+                );
+                tasks.spawn(async move {
+                    ShardDone {
+                        total,
+                        id,
+                        exit: shard.run().await,
+                    }
+                });
+                (id, handle)
+            })
+            .collect()
+    }
+}
+
+/// How a step of a reshard ended.
+#[derive(Debug)]
+pub(crate) enum StepDone {
+    /// `started` confirmed on every partition (or not).
+    Announced(Result<(), String>),
+    /// Every new shard loaded (`true`), or one stopped for good.
+    Loaded(bool),
+    /// The old total closed, `completed` published, sessions retired.
+    Retired(Result<(), String>),
+    /// The new total closed after an abort, `aborted` published.
+    RolledBack(Result<(), String>),
+}
+
+enum Stage {
+    Announcing,
+    Loading,
+    Retiring,
+    RollingBack,
+}
+
+/// A reshard in progress.
+pub(crate) struct Running {
+    pub plan: ReshardPlan,
+    pub marker: ReshardMarker,
+    pub trigger: Trigger,
+    /// The new total's shards of this process, once started.
+    pub new: Vec<(u32, ShardHandle)>,
+    stage: Stage,
+    step: JoinHandle<StepDone>,
+    pub since: Instant,
+    stalled: bool,
+}
+
+/// The process's generations: the one serving and a reshard, if any.
+pub(crate) struct Resharder<K, S, C> {
+    pub spawner: Spawner<K, S, C>,
+    pub total: u32,
+    pub current: Vec<(u32, ShardHandle)>,
+    pub running: Option<Running>,
+    pub partitions: u32,
+    pub configured: u32,
+    pub marker_within: Duration,
+    pub stall_after: Duration,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
+    /// Starts `plan`: step 2 (module docs).
+    pub(crate) fn begin(&mut self, plan: ReshardPlan, trigger: Trigger) {
+        let at = now_ms();
+        let marker = ReshardMarker {
+            id: at,
+            phase: ReshardPhase::Started,
+            from: plan.from_total,
+            to: plan.to_total,
+            at_ms: at,
+        };
+        tracing::info!(
+            from = plan.from_total,
+            to = plan.to_total,
+            trigger = trigger.label(),
+            identifies = plan.identifies,
+            floor_s = plan.cold_boot_floor.as_secs_f64(),
+            "live reshard starting"
+        );
+        metrics::counter!("sharder_reshards_started_total", "trigger" => trigger.label())
+            .increment(1);
+        metrics::gauge!("sharder_reshard_target_total").set(f64::from(plan.to_total));
+        metrics::gauge!("sharder_reshard_in_progress").set(1.0);
+        let (sink, store) = (self.spawner.sink.clone(), self.spawner.store.clone());
+        let (partitions, within) = (self.partitions, self.marker_within);
+        let record = GenerationRecord {
+            total: self.total,
+            configured: self.configured,
+            reshard: Some(marker),
+        };
+        let step = tokio::spawn(async move {
+            let announced = async {
+                save_record(&*store, &record)
+                    .await
+                    .map_err(|e| format!("cannot record the reshard: {e}"))?;
+                publish_marker(&*sink, marker, partitions, within)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            StepDone::Announced(announced.await)
+        });
+        self.running = Some(Running {
+            plan,
+            marker,
+            trigger,
+            new: Vec::new(),
+            stage: Stage::Announcing,
+            step,
+            since: Instant::now(),
+            stalled: false,
+        });
+    }
+
+    /// The running step's end; pending while there is none.
+    pub(crate) async fn next_step(&mut self) -> StepDone {
+        let Some(r) = self.running.as_mut() else {
+            return std::future::pending().await;
+        };
+        let stall_at = r.since + self.stall_after;
+        loop {
+            let watching = !r.stalled && matches!(r.stage, Stage::Loading);
+            tokio::select! {
+                done = &mut r.step => {
+                    return done.unwrap_or_else(|e| {
+                        let e = format!("reshard step task failed: {e}");
+                        match r.stage {
+                            Stage::Announcing => StepDone::Announced(Err(e)),
+                            Stage::Loading => StepDone::Loaded(false),
+                            Stage::Retiring => StepDone::Retired(Err(e)),
+                            Stage::RollingBack => StepDone::RolledBack(Err(e)),
+                        }
+                    });
+                }
+                () = tokio::time::sleep_until(stall_at), if watching => {
+                    r.stalled = true;
+                    let loaded = r.new.iter().filter(|(_, h)| h.guilds_loading() == Some(0)).count();
+                    tracing::error!(
+                        to = r.plan.to_total,
+                        loaded,
+                        shards = r.new.len(),
+                        after_s = self.stall_after.as_secs(),
+                        "live reshard stalled: new shards are not all loaded; check the identify \
+                         budget and the gateway, or stop the process to roll it back"
+                    );
+                    metrics::gauge!("sharder_reshard_stalled").set(1.0);
+                }
+            }
+        }
+    }
+
+    /// Moves the reshard on after `done`; new shards go into `tasks`.
+    /// Returns `true` when the serving generation changed.
+    pub(crate) fn advance(&mut self, done: StepDone, tasks: &mut JoinSet<ShardDone>) -> bool {
+        let Some(r) = self.running.as_ref() else {
+            return false;
+        };
+        let (to, marker, since) = (r.plan.to_total, r.marker, r.since);
+        let (stage, step) = match done {
+            StepDone::Announced(Ok(())) => {
+                let ids = r
+                    .plan
+                    .shards_per_process
+                    .first()
+                    .cloned()
+                    .unwrap_or_default();
+                let new = self.spawner.spawn(to, &ids, tasks);
+                metrics::gauge!("sharder_reshard_new_shards").set(new.len() as f64);
+                let handles: Vec<ShardHandle> = new.iter().map(|(_, h)| h.clone()).collect();
+                if let Some(r) = self.running.as_mut() {
+                    r.new = new;
+                }
+                let step = tokio::spawn(async move {
+                    for h in &handles {
+                        if !h.wait_loaded().await {
+                            return StepDone::Loaded(false);
+                        }
+                    }
+                    StepDone::Loaded(true)
+                });
+                (Stage::Loading, step)
+            }
+            StepDone::Announced(Err(e)) => {
+                tracing::error!(error = %e, "live reshard not started: the workers could not be told");
+                self.finish(false);
+                return false;
+            }
+            StepDone::Loaded(true) => {
+                tracing::info!(
+                    to,
+                    took_s = since.elapsed().as_secs_f64(),
+                    "every new shard is loaded: handing over, closing the old shards"
+                );
+                let old = self.current.iter().map(|(_, h)| h.clone()).collect();
+                let mut completed = marker;
+                completed.phase = ReshardPhase::Completed;
+                (Stage::Retiring, self.retire(old, completed, self.total, to))
+            }
+            StepDone::Loaded(false) => {
+                tracing::error!(
+                    to,
+                    "a new shard stopped for good: aborting the live reshard, the old shards keep serving"
+                );
+                let new = r.new.iter().map(|(_, h)| h.clone()).collect();
+                let mut aborted = marker;
+                aborted.phase = ReshardPhase::Aborted;
+                (
+                    Stage::RollingBack,
+                    self.retire(new, aborted, to, self.total),
+                )
+            }
+            StepDone::Retired(result) => {
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "the old shards closed, but finishing the reshard failed");
+                }
+                tracing::info!(
+                    from = self.total,
+                    to,
+                    took_s = since.elapsed().as_secs_f64(),
+                    "live reshard completed"
+                );
+                if let Some(r) = self.running.take() {
+                    self.current = r.new;
+                }
+                self.total = to;
+                metrics::counter!("sharder_reshards_completed_total").increment(1);
+                metrics::gauge!("sharder_reshard_total").set(f64::from(self.total));
+                self.finish(true);
+                return true;
+            }
+            StepDone::RolledBack(result) => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "rolling the reshard back failed part-way");
+                }
+                self.finish(false);
+                return false;
+            }
+        };
+        if let Some(r) = self.running.as_mut() {
+            r.stage = stage;
+            r.step = step;
+        }
+        false
+    }
+
+    fn finish(&mut self, completed: bool) {
+        if !completed {
+            metrics::counter!("sharder_reshards_aborted_total").increment(1);
+        }
+        self.running = None;
+        metrics::gauge!("sharder_reshard_in_progress").set(0.0);
+        metrics::gauge!("sharder_reshard_stalled").set(0.0);
+        metrics::gauge!("sharder_reshard_new_shards").set(0.0);
+    }
+
+    /// Closes `closing` (one total), waits until they stopped (their events
+    /// are then in the sink, ahead of the marker), publishes `marker`
+    /// (`completed` or `aborted`), retires `retired_total`'s sessions and
+    /// records `serving` as the running total.
+    fn retire(
+        &self,
+        closing: Vec<ShardHandle>,
+        marker: ReshardMarker,
+        retired_total: u32,
+        serving: u32,
+    ) -> JoinHandle<StepDone> {
+        let (sink, store) = (self.spawner.sink.clone(), self.spawner.store.clone());
+        let (partitions, within, configured) =
+            (self.partitions, self.marker_within, self.configured);
+        tokio::spawn(async move {
+            for h in &closing {
+                h.retire();
+            }
+            for h in &closing {
+                h.wait_for(|s| matches!(s, ShardState::Stopped(_))).await;
+            }
+            let finished = async {
+                let mut marker = marker;
+                marker.at_ms = now_ms();
+                publish_marker(&*sink, marker, partitions, within)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let retired = store
+                    .retire_generation(retired_total)
+                    .await
+                    .map_err(|e| format!("retiring the sessions of {retired_total} shards: {e}"))?;
+                tracing::info!(
+                    total = retired_total,
+                    sessions = retired,
+                    "sessions retired"
+                );
+                let record = GenerationRecord {
+                    total: serving,
+                    configured,
+                    reshard: None,
+                };
+                save_record(&*store, &record)
+                    .await
+                    .map_err(|e| format!("recording the running total: {e}"))
+            };
+            let result = finished.await;
+            match marker.phase {
+                ReshardPhase::Aborted => StepDone::RolledBack(result),
+                _ => StepDone::Retired(result),
+            }
+        })
+    }
+
+    /// Whether the end of a shard of `total` is part of a reshard (a
+    /// generation being closed, or a new shard whose failure aborts it)
+    /// rather than a failure of the serving generation.
+    pub(crate) fn expected_end(&self, total: u32) -> bool {
+        total != self.total
+            || self
+                .running
+                .as_ref()
+                .is_some_and(|r| matches!(r.stage, Stage::Retiring))
+    }
+
+    /// Whether a reshard is in progress.
+    pub(crate) fn busy(&self) -> bool {
+        self.running.is_some()
+    }
+}
