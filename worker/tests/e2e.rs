@@ -23,7 +23,6 @@
 
 mod common;
 
-use common::truth_views_of;
 use discord_sim::{SimConfig, SimHandle, Simulator};
 use serde_json::Value;
 use sharder::{AmqpTopology, RunOptions, SinkChoice};
@@ -190,62 +189,9 @@ fn real_joins(sim: &SimHandle, initial: &BTreeSet<u64>) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Waits until the worker's cache equals the simulator's truth (which no
-/// longer changes: the simulator only emits on request).
+/// [`common::converge`] within [`WAIT`].
 async fn converge<S: Store>(sim: &SimHandle, store: &S, what: &str) {
-    let truth = truth_views_of(sim.truth());
-    let known = known_guilds(sim);
-    let started = tokio::time::Instant::now();
-    loop {
-        let Some(last) = diff(store, &truth, &known).await else {
-            return;
-        };
-        assert!(
-            started.elapsed() < WAIT,
-            "{what}: the cache never matched the truth: {last}"
-        );
-        // Polling interval of the comparison, not a synchronisation sleep.
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Every guild the simulator ever dispatched about.
-fn known_guilds(sim: &SimHandle) -> BTreeSet<u64> {
-    sim.ledger()
-        .shards
-        .values()
-        .flatten()
-        .filter_map(|e| e.guild_id)
-        .collect()
-}
-
-/// The first difference between the cache and the truth, if any: every
-/// guild of the truth cached exactly, every other known guild absent.
-async fn diff<S: Store>(
-    store: &S,
-    truth: &BTreeMap<u64, Value>,
-    known: &BTreeSet<u64>,
-) -> Option<String> {
-    for gid in known.iter().filter(|g| !truth.contains_key(g)) {
-        let got = store.guild(*gid).await.unwrap();
-        if got.as_ref().is_some_and(|g| g.core.is_some()) {
-            return Some(format!("guild {gid} was removed but is cached"));
-        }
-    }
-    for (i, (gid, want)) in truth.iter().enumerate() {
-        // The memory store's futures are ready at once: without a yield,
-        // comparing 64,000 guilds holds a runtime thread for seconds (in a
-        // debug build), starving the simulator's and the sharder's tasks.
-        if i % 256 == 0 {
-            tokio::task::yield_now().await;
-        }
-        let got = store.guild(*gid).await.unwrap();
-        let got = got.as_ref().map(common::unversioned);
-        if got.as_ref() != Some(want) {
-            return Some(format!("guild {gid}: cached {got:?}, truth {want}"));
-        }
-    }
-    None
+    common::converge(sim, store, what, WAIT).await;
 }
 
 fn assert_joins<S: Store>(consumers: &[&Consumers<S>], real: &BTreeSet<u64>, what: &str) {

@@ -3,10 +3,11 @@
 //! way the sharder applies them), and the ground truth as a `GuildView`.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use discord_sim::{EventMix, World, WorldConfig};
+use discord_sim::{EventMix, SimHandle, World, WorldConfig};
 use envelope::{Event, GuildCreateKind};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 use testkit::owned_event::OwnedEvent;
 use worker::{GuildView, MemoryStore, Report, Store, Worker};
 
@@ -388,4 +389,63 @@ pub fn truth_views_of(truth: discord_sim::Truth) -> BTreeMap<u64, Value> {
         out.insert(gid, unversioned(&view));
     }
     out
+}
+
+/// Waits (at most `within`) until the worker's cache equals the
+/// simulator's truth (which no longer changes: the simulator only emits
+/// on request).
+pub async fn converge<S: Store>(sim: &SimHandle, store: &S, what: &str, within: Duration) {
+    let truth = truth_views_of(sim.truth());
+    let known = known_guilds(sim);
+    let started = tokio::time::Instant::now();
+    loop {
+        let Some(last) = diff(store, &truth, &known).await else {
+            return;
+        };
+        assert!(
+            started.elapsed() < within,
+            "{what}: the cache never matched the truth: {last}"
+        );
+        // Polling interval of the comparison, not a synchronisation sleep.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every guild the simulator ever dispatched about.
+pub fn known_guilds(sim: &SimHandle) -> BTreeSet<u64> {
+    sim.ledger()
+        .shards
+        .values()
+        .flatten()
+        .filter_map(|e| e.guild_id)
+        .collect()
+}
+
+/// The first difference between the cache and the truth, if any: every
+/// guild of the truth cached exactly, every other known guild absent.
+async fn diff<S: Store>(
+    store: &S,
+    truth: &BTreeMap<u64, Value>,
+    known: &BTreeSet<u64>,
+) -> Option<String> {
+    for gid in known.iter().filter(|g| !truth.contains_key(g)) {
+        let got = store.guild(*gid).await.unwrap();
+        if got.as_ref().is_some_and(|g| g.core.is_some()) {
+            return Some(format!("guild {gid} was removed but is cached"));
+        }
+    }
+    for (i, (gid, want)) in truth.iter().enumerate() {
+        // The memory store's futures are ready at once: without a yield,
+        // comparing 64,000 guilds holds a runtime thread for seconds (in a
+        // debug build), starving the simulator's and the sharder's tasks.
+        if i % 256 == 0 {
+            tokio::task::yield_now().await;
+        }
+        let got = store.guild(*gid).await.unwrap();
+        let got = got.as_ref().map(unversioned);
+        if got.as_ref() != Some(want) {
+            return Some(format!("guild {gid}: cached {got:?}, truth {want}"));
+        }
+    }
+    None
 }
