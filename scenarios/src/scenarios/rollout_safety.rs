@@ -118,10 +118,12 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     pod0.wait_ready(WAIT).await?;
     pod1.wait_ready(WAIT).await?;
     let sessions0 = env.dir.join("sessions-0");
+    // One directory per generation (shard total) in the file store.
+    let generation0 = sessions0.join(format!("total-{shards}"));
     wait_until("pod 0 sessions saved", WAIT, async || {
         shards0
             .iter()
-            .all(|s| sessions0.join(format!("shard-{s}.json")).exists())
+            .all(|s| generation0.join(format!("shard-{s}.json")).exists())
     })
     .await?;
 
