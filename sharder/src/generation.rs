@@ -12,11 +12,15 @@
 //! * no record, or one written under another configured total (the
 //!   operator changed `total_shards` since: their word wins): run the
 //!   configured total;
-//! * a record whose reshard was still in progress (the process died
-//!   mid-reshard): roll back. The old total's sessions are intact (its
-//!   shards kept running until the hand-over), so the old total resumes,
-//!   the new one's sessions are retired and the workers are told
-//!   `aborted`. A reshard is then started again by whatever started it;
+//! * a record whose reshard was still loading (`started`: the process
+//!   died before the hand-over): roll back. The old total's sessions are
+//!   intact (its shards kept serving), so the old total resumes, the new
+//!   one's sessions are retired and the workers are told `aborted`. A
+//!   reshard is then started again by whatever started it;
+//! * a record whose hand-over was committed (`completed`, written before
+//!   the first old shard closes, naming the new total): roll forward. The
+//!   new total resumes, the old one's sessions are retired and
+//!   `completed` is published (again: the workers announce a phase once);
 //! * otherwise run the record's total.
 
 use crate::session_store::{SessionStore, StoreError};
@@ -39,21 +43,24 @@ pub struct GenerationRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resolved {
     pub total: u32,
-    /// A reshard the previous process left half-done: retire `to`'s
-    /// sessions and publish `aborted`.
-    pub rollback: Option<ReshardMarker>,
+    /// A reshard the previous process left unfinished: `started` is rolled
+    /// back (retire `to`'s sessions, publish `aborted`), `completed` rolled
+    /// forward (retire `from`'s sessions, publish `completed`).
+    pub unfinished: Option<ReshardMarker>,
 }
 
-/// The record's decision for a process configured with `configured`.
-pub fn resolve(record: Option<GenerationRecord>, configured: u32) -> Resolved {
+/// The record's decision for a process configured with `configured` (the
+/// `total_shards` key; 0 for `"auto"`) that would otherwise run `total`
+/// (the configured or, for `"auto"`, Discord's recommended total).
+pub fn resolve(record: Option<GenerationRecord>, configured: u32, total: u32) -> Resolved {
     match record {
         Some(r) if r.configured == configured => Resolved {
             total: r.total,
-            rollback: r.reshard,
+            unfinished: r.reshard,
         },
         _ => Resolved {
-            total: configured,
-            rollback: None,
+            total,
+            unfinished: None,
         },
     }
 }
@@ -109,10 +116,11 @@ mod tests {
             configured: 4,
             reshard: None,
         };
-        assert_eq!(resolve(None, 4).total, 4);
-        assert_eq!(resolve(Some(done), 4).total, 8);
+        assert_eq!(resolve(None, 4, 4).total, 4);
+        assert_eq!(resolve(None, 0, 6).total, 6, "auto: the recommendation");
+        assert_eq!(resolve(Some(done), 4, 4).total, 8);
         assert_eq!(
-            resolve(Some(done), 16).total,
+            resolve(Some(done), 16, 16).total,
             16,
             "the operator's new word wins"
         );
@@ -122,10 +130,10 @@ mod tests {
             reshard: Some(marker()),
         };
         assert_eq!(
-            resolve(Some(midway), 4),
+            resolve(Some(midway), 4, 4),
             Resolved {
                 total: 4,
-                rollback: Some(marker())
+                unfinished: Some(marker())
             }
         );
     }
