@@ -136,6 +136,8 @@ pub(crate) enum StepDone {
     Retired(Result<(), String>),
     /// The new total closed after an abort, `aborted` published.
     RolledBack(Result<(), String>),
+    /// The hand-over could not be recorded: the old total still serves.
+    NotCommitted(String),
 }
 
 enum Stage {
@@ -158,6 +160,21 @@ pub(crate) struct Running {
     stalled: bool,
 }
 
+impl Running {
+    /// The hand-over is committed: the old total is closing.
+    pub(crate) fn handing_over(&self) -> bool {
+        matches!(self.stage, Stage::Retiring)
+    }
+}
+
+impl Drop for Running {
+    /// A reshard dropped mid-step (the process stops) leaves its record as
+    /// the last stage boundary wrote it; the step must not go on behind it.
+    fn drop(&mut self) {
+        self.step.abort();
+    }
+}
+
 /// The process's generations: the one serving and a reshard, if any.
 pub(crate) struct Resharder<K, S, C> {
     pub spawner: Spawner<K, S, C>,
@@ -170,7 +187,7 @@ pub(crate) struct Resharder<K, S, C> {
     pub stall_after: Duration,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -311,19 +328,33 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
                 let old = self.current.iter().map(|(_, h)| h.clone()).collect();
                 let mut completed = marker;
                 completed.phase = ReshardPhase::Completed;
-                (Stage::Retiring, self.retire(old, completed, self.total, to))
+                // Committed before the first old shard closes: a restart
+                // from here on rolls forward (`generation.rs`).
+                let commit = GenerationRecord {
+                    total: to,
+                    configured: self.configured,
+                    reshard: Some(completed),
+                };
+                (
+                    Stage::Retiring,
+                    self.retire(old, completed, self.total, to, Some(commit)),
+                )
             }
-            StepDone::Loaded(false) => {
-                tracing::error!(
-                    to,
-                    "a new shard stopped for good: aborting the live reshard, the old shards keep serving"
-                );
+            StepDone::Loaded(false) | StepDone::NotCommitted(_) => {
+                if let StepDone::NotCommitted(e) = &done {
+                    tracing::error!(to, error = %e, "aborting the live reshard, the old shards keep serving");
+                } else {
+                    tracing::error!(
+                        to,
+                        "a new shard stopped for good: aborting the live reshard, the old shards keep serving"
+                    );
+                }
                 let new = r.new.iter().map(|(_, h)| h.clone()).collect();
                 let mut aborted = marker;
                 aborted.phase = ReshardPhase::Aborted;
                 (
                     Stage::RollingBack,
-                    self.retire(new, aborted, to, self.total),
+                    self.retire(new, aborted, to, self.total, None),
                 )
             }
             StepDone::Retired(result) => {
@@ -336,8 +367,8 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
                     took_s = since.elapsed().as_secs_f64(),
                     "live reshard completed"
                 );
-                if let Some(r) = self.running.take() {
-                    self.current = r.new;
+                if let Some(mut r) = self.running.take() {
+                    self.current = std::mem::take(&mut r.new);
                 }
                 self.total = to;
                 metrics::counter!("sharder_reshards_completed_total").increment(1);
@@ -370,21 +401,30 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
         metrics::gauge!("sharder_reshard_new_shards").set(0.0);
     }
 
-    /// Closes `closing` (one total), waits until they stopped (their events
-    /// are then in the sink, ahead of the marker), publishes `marker`
-    /// (`completed` or `aborted`), retires `retired_total`'s sessions and
-    /// records `serving` as the running total.
+    /// Records `commit` (if any), closes `closing` (one total) and waits
+    /// until they stopped (their events are then in the sink, ahead of the
+    /// marker), publishes `marker` (`completed` or `aborted`), retires
+    /// `retired_total`'s sessions and records `serving` as the running
+    /// total.
     fn retire(
         &self,
         closing: Vec<ShardHandle>,
         marker: ReshardMarker,
         retired_total: u32,
         serving: u32,
+        commit: Option<GenerationRecord>,
     ) -> JoinHandle<StepDone> {
         let (sink, store) = (self.spawner.sink.clone(), self.spawner.store.clone());
         let (partitions, within, configured) =
             (self.partitions, self.marker_within, self.configured);
         tokio::spawn(async move {
+            if let Some(record) = commit
+                && let Err(e) = save_record(&*store, &record).await
+            {
+                // The old shards stay: nothing is lost, and the reshard is
+                // asked for again by whatever asked for it.
+                return StepDone::NotCommitted(format!("cannot commit the hand-over: {e}"));
+            }
             for h in &closing {
                 h.retire();
             }

@@ -256,7 +256,11 @@ async fn run_shards(
     } else {
         cfg.sharder.total_shards
     };
-    let resolved = generation::resolve(generation::load_record(&*store).await, configured);
+    let resolved = generation::resolve(
+        generation::load_record(&*store).await,
+        configured,
+        cfg.sharder.total_shards,
+    );
     if resolved.total != cfg.sharder.total_shards {
         tracing::warn!(
             configured = cfg.sharder.total_shards,
@@ -265,20 +269,46 @@ async fn run_shards(
         );
         cfg.sharder.total_shards = resolved.total;
     }
-    if let Some(m) = resolved.rollback {
+    // The totals whose sessions an unfinished reshard leaves behind, and
+    // the marker that tells the workers how it ended.
+    //
+    // Rolled back, *both* totals' sessions are retired and the old total
+    // identifies afresh: the new total wrote the cache with session epochs
+    // newer than the old total's, so a resumed old session's writes would
+    // lose to them for good (every entity the overlap touched would be
+    // stuck). Fresh sessions have the newest epochs and reload every guild
+    // by snapshot. That costs one identify per shard, once, after a crash
+    // mid-reshard; a resume would be cheaper and wrong.
+    let unfinished = resolved.unfinished.map(|mut m| {
+        let forward = m.phase == envelope::ReshardPhase::Completed;
+        m.phase = if forward {
+            envelope::ReshardPhase::Completed
+        } else {
+            envelope::ReshardPhase::Aborted
+        };
+        let stale = if forward {
+            vec![m.from]
+        } else {
+            vec![m.to, m.from]
+        };
+        (stale, m)
+    });
+    if let Some((stale, m)) = &unfinished {
         tracing::warn!(
             from = m.from,
             to = m.to,
-            "the last live reshard did not finish: rolling it back"
+            outcome = m.phase.event_name(),
+            "the last live reshard did not finish: completing what its record says"
         );
-        match store.retire_generation(m.to).await {
-            Ok(n) => tracing::info!(
-                total = m.to,
-                sessions = n,
-                "sessions of the unfinished reshard retired"
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot retire the unfinished reshard's sessions")
+        for &total in stale {
+            match store.retire_generation(total).await {
+                Ok(n) => tracing::info!(total, sessions = n, "sessions retired"),
+                Err(e) => tracing::error!(
+                    total,
+                    error = %e,
+                    "cannot retire the unfinished reshard's sessions; they are replaced \
+                     at their shard's next identify"
+                ),
             }
         }
     }
@@ -376,29 +406,37 @@ async fn run_shards(
         connector,
     };
     drop(sink);
+    // How the unfinished reshard ended goes to the workers before any shard
+    // publishes: rolled forward, the new total's events are on standby
+    // until they read `completed`. The record is cleared only once they
+    // were told; otherwise the next start tells them again.
+    if let Some((_, mut m)) = unfinished {
+        admin.set_phase("telling the workers how the last reshard ended");
+        m.at_ms = crate::resharder::now_ms();
+        match publish_marker(&*spawner.sink, m, cfg.amqp.partitions, MARKER_WITHIN).await {
+            Ok(()) => {
+                let record = generation::GenerationRecord {
+                    total: cfg.sharder.total_shards,
+                    configured,
+                    reshard: None,
+                };
+                if let Err(e) = generation::save_record(&*store, &record).await {
+                    tracing::error!(error = %e, "cannot record how the reshard ended");
+                }
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot tell the workers how the reshard ended; the next start tries again \
+                 (check the broker)"
+            ),
+        }
+    }
     let handles = spawner.spawn(cfg.sharder.total_shards, &shards, &mut tasks);
     tracing::info!(
         shards = shards.len(),
         total = cfg.sharder.total_shards,
         "shards started"
     );
-    if let Some(mut m) = resolved.rollback {
-        m.phase = envelope::ReshardPhase::Aborted;
-        let (sink, store, partitions) = (spawner.sink.clone(), store.clone(), cfg.amqp.partitions);
-        let record = generation::GenerationRecord {
-            total: cfg.sharder.total_shards,
-            configured,
-            reshard: None,
-        };
-        tokio::spawn(async move {
-            if let Err(e) = publish_marker(&*sink, m, partitions, MARKER_WITHIN).await {
-                tracing::error!(error = %e, "cannot tell the workers the reshard was rolled back");
-            }
-            if let Err(e) = generation::save_record(&*store, &record).await {
-                tracing::error!(error = %e, "cannot record the rollback");
-            }
-        });
-    }
     admin.start(handles.clone(), scheduler.clone());
     let (reshard_tx, mut reshard_rx) = mpsc::channel(4);
     admin.set_reshard(reshard_tx.clone());
@@ -482,16 +520,28 @@ async fn run_shards(
         task.abort();
     }
     let mut handles = resharder.current.clone();
+    // Stopping mid-reshard: before the hand-over the next start rolls it
+    // back, so the new total's sessions end for good (close 1000) while the
+    // old total's are saved. During the hand-over both are saved: the old
+    // shards already told to retire keep closing with 1000, and the record
+    // (committed or not) tells the next start which total's sessions to
+    // resume and which to retire.
+    let mut unfinished = Vec::new();
     if let Some(r) = resharder.running.take() {
-        // Stopping mid-reshard: both generations close and save their
-        // sessions; the next start rolls the reshard back.
-        handles.extend(r.new);
+        if r.handing_over() {
+            handles.extend(r.new.iter().cloned());
+        } else {
+            unfinished = r.new.clone();
+        }
     }
     drop(resharder);
 
     let deadline = Instant::now() + cfg.sharder.shutdown_grace;
     for (_, h) in &handles {
         h.shutdown();
+    }
+    for (_, h) in &unfinished {
+        h.retire();
     }
     let mut drained = tokio::time::timeout_at(deadline, async {
         while tasks.join_next().await.is_some() {}
