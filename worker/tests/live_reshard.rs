@@ -10,6 +10,11 @@
 //! * no GUILD_AVAILABLE beyond the boot's, no join but the real ones;
 //! * the reshard announced once per phase; the cache equals the truth;
 //! * 4 + 8 identifies, and every event had a live session (no guild dark).
+//!
+//! Then the restarts: after the reshard the sharder comes back at 8 shards
+//! and resumes them (no identify); stopped mid-reshard it rolls back at its
+//! next start (`RESHARD_ABORTED`, the 4 old shards identify afresh, and the
+//! cache is the truth again).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -36,15 +41,15 @@ const WAIT: Duration = Duration::from_secs(90);
 /// Every clean event: (guild, clean name, payload).
 type Seen = Arc<Mutex<Vec<(u64, String, Vec<u8>)>>>;
 
-async fn start_sim() -> SimHandle {
+async fn start_sim(identify_window: Duration, max_concurrency: u32) -> SimHandle {
     Simulator::start(SimConfig {
         shards: FROM,
         guilds: GUILDS,
         channels_per_guild: 2,
         roles_per_guild: 1,
         members_per_guild: 2,
-        identify_window: Duration::from_millis(200),
-        max_concurrency: 4,
+        identify_window,
+        max_concurrency,
         event_rate: 0.0,
         outage_events: u64::MAX / 4,
         event_mix: "GUILD_MEMBER_ADD=6,GUILD_MEMBER_UPDATE=5,GUILD_MEMBER_REMOVE=5,\
@@ -67,195 +72,341 @@ fn clean_name(event: &str) -> &str {
     }
 }
 
-/// Polls the admin endpoint until the reshard finished (a readiness
-/// signal with a deadline, not a synchronisation sleep).
-async fn wait_resharded(addr: SocketAddr) -> serde_json::Value {
+/// RabbitMQ, one worker over every partition recording the clean stream,
+/// and a session directory, around one simulator.
+struct Pipeline {
+    sim: SimHandle,
+    base: String,
+    topo: AmqpTopology,
+    _conn: lapin::Connection,
+    admin_ch: lapin::Channel,
+    worker: Arc<Worker<MemoryStore>>,
+    seen: Seen,
+    stop_consumers: CancellationToken,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+    dir: TempDir,
+}
+
+/// A sharder (`sharder::run_with` in this process) and its HTTP address.
+struct Sharder {
+    stop: CancellationToken,
+    run: tokio::task::JoinHandle<Result<sharder::RunReport, sharder::RunError>>,
+    addr: SocketAddr,
+}
+
+impl Sharder {
+    async fn stop(self) {
+        self.stop.cancel();
+        let report = tokio::time::timeout(WAIT, self.run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(report.drained);
+    }
+}
+
+impl Pipeline {
+    async fn start(sim: SimHandle) -> Self {
+        let base = unique_name("reshard");
+        let topo = AmqpTopology::named(&base, PARTITIONS);
+        let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let admin_ch = conn.create_channel().await.unwrap();
+        topo.declare(&admin_ch).await.unwrap();
+        let seen: Seen = Arc::default();
+        let s = seen.clone();
+        let worker = Arc::new(Worker::new(MemoryStore::new()).on_any(move |ev| {
+            let name = match ev.kind {
+                CleanKind::Dispatch if ev.t == "READY" || ev.t == "RESUMED" => return,
+                _ => ev.name().to_owned(),
+            };
+            s.lock()
+                .unwrap()
+                .push((ev.guild_id.unwrap_or_default(), name, ev.d.to_vec()));
+        }));
+        let stop_consumers = CancellationToken::new();
+        let mut consumers = Vec::new();
+        for p in 0..PARTITIONS {
+            let (w, ch, topo, stop) = (
+                worker.clone(),
+                conn.create_channel().await.unwrap(),
+                topo.clone(),
+                stop_consumers.clone(),
+            );
+            consumers.push(tokio::spawn(async move {
+                worker::consume_partition_with(w, ch, topo, p, 64, None, stop.cancelled_owned())
+                    .await
+                    .unwrap();
+            }));
+        }
+        Self {
+            sim,
+            base,
+            topo,
+            _conn: conn,
+            admin_ch,
+            worker,
+            seen,
+            stop_consumers,
+            consumers,
+            dir: TempDir::new("reshard-sessions").unwrap(),
+        }
+    }
+
+    /// A sharder configured with 4 shards (a record of a live reshard
+    /// overrides that).
+    async fn sharder(&self) -> Sharder {
+        let extra = format!(
+            "identify_window = \"{}ms\"\namqp_topology_base = \"{}\"\n\
+             [amqp]\npartitions = {PARTITIONS}\n",
+            self.sim.config().identify_window.as_millis() + 10,
+            self.base
+        );
+        let shape = SharderShape {
+            intents: CACHE_INTENTS,
+            shutdown_grace: "10s",
+            extra: &extra,
+        };
+        let cfg = testkit::sim_sharder::sharder_config(&self.sim, self.dir.path(), shape).unwrap();
+        let stop = CancellationToken::new();
+        let (tx, rx) = oneshot::channel();
+        let run = tokio::spawn(sharder::run_with(
+            cfg,
+            stop.clone(),
+            RunOptions {
+                sink: SinkChoice::Amqp,
+                on_listening: Some(tx),
+            },
+        ));
+        let addr = tokio::time::timeout(WAIT, rx).await.unwrap().unwrap();
+        Sharder { stop, run, addr }
+    }
+
+    async fn converge(&self, what: &str) {
+        common::converge(&self.sim, &**self.worker.store(), what, WAIT).await;
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, n, _)| n == name)
+            .count()
+    }
+
+    /// Every logical guild event of the ledger once in the clean stream
+    /// (per guild and clean name), no MESSAGE_CREATE payload twice, and no
+    /// guild without a live session. Returns (events, seen by both).
+    async fn assert_each_event_once(&self) -> (usize, usize) {
+        let ledger = self.sim.ledger();
+        let logical = ledger.logical_events();
+        let mut want: BTreeMap<(u64, String), usize> = BTreeMap::new();
+        for ev in logical.values() {
+            let Some(g) = ev.guild_id else { continue };
+            assert!(
+                !ev.deliveries.is_empty(),
+                "{} of guild {g} reached no session: the guild was dark",
+                ev.event
+            );
+            *want
+                .entry((g, clean_name(&ev.event).to_owned()))
+                .or_default() += 1;
+        }
+        let expected: usize = want.values().sum();
+        let both = logical
+            .values()
+            .filter(|e| e.deliveries_to(FROM) > 0 && e.deliveries_to(TO) > 0)
+            .count();
+        // The worker may still be emitting the last events: wait for the
+        // count (a readiness condition with a deadline).
+        let started = tokio::time::Instant::now();
+        let got = loop {
+            let mut got: BTreeMap<(u64, String), usize> = BTreeMap::new();
+            for (g, name, _) in self.seen.lock().unwrap().iter() {
+                if !name.starts_with("RESHARD_") && name != "GUILD_AVAILABLE" {
+                    *got.entry((*g, name.clone())).or_default() += 1;
+                }
+            }
+            if got.values().sum::<usize>() >= expected || started.elapsed() > WAIT {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let diffs: Vec<_> = want
+            .keys()
+            .chain(got.keys())
+            .filter(|k| want.get(*k) != got.get(*k))
+            .map(|k| format!("{k:?}: sent {:?}, emitted {:?}", want.get(k), got.get(k)))
+            .collect();
+        assert!(
+            diffs.is_empty(),
+            "clean stream != ledger ({} differences): {:?}",
+            diffs.len(),
+            &diffs[..diffs.len().min(10)]
+        );
+        let seen = self.seen.lock().unwrap();
+        let messages: Vec<&Vec<u8>> = seen
+            .iter()
+            .filter(|(_, n, _)| n == "MESSAGE_CREATE")
+            .map(|(_, _, d)| d)
+            .collect();
+        let unique: std::collections::BTreeSet<_> = messages.iter().collect();
+        assert_eq!(unique.len(), messages.len(), "a message emitted twice");
+        (expected, both)
+    }
+
+    async fn shutdown(self) {
+        self.stop_consumers.cancel();
+        for c in self.consumers {
+            tokio::time::timeout(WAIT, c).await.unwrap().unwrap();
+        }
+        self.topo.delete(&self.admin_ch).await.unwrap();
+        self.sim.shutdown().await;
+    }
+}
+
+/// Polls the admin endpoint until the running total is `total` with no
+/// reshard in progress (a readiness signal with a deadline).
+async fn wait_total(addr: SocketAddr, total: u32) -> serde_json::Value {
     let started = tokio::time::Instant::now();
     loop {
         let (status, body) = http(addr, "GET", "/admin/reshard", None, "").await;
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if v["total"] == TO && v["reshard"].is_null() {
+        if v["total"] == total && v["reshard"].is_null() {
             return v;
         }
-        assert!(started.elapsed() < WAIT, "the reshard never finished: {v}");
+        assert!(started.elapsed() < WAIT, "never at {total} shards: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_to_eight_shards_live_one_clean_stream() {
-    let sim = start_sim().await;
-    let base = unique_name("reshard");
-    let topo = AmqpTopology::named(&base, PARTITIONS);
-    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let admin_ch = conn.create_channel().await.unwrap();
-    topo.declare(&admin_ch).await.unwrap();
-
-    // One worker over every partition, recording the clean stream.
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    let worker = Arc::new(Worker::new(MemoryStore::new()).on_any(move |ev| {
-        let name = match ev.kind {
-            CleanKind::Dispatch if ev.t == "READY" => return,
-            _ => ev.name().to_owned(),
-        };
-        s.lock()
-            .unwrap()
-            .push((ev.guild_id.unwrap_or_default(), name, ev.d.to_vec()));
-    }));
-    let stop_consumers = CancellationToken::new();
-    let mut consumers = Vec::new();
-    for p in 0..PARTITIONS {
-        let (w, ch, topo, stop) = (
-            worker.clone(),
-            conn.create_channel().await.unwrap(),
-            topo.clone(),
-            stop_consumers.clone(),
-        );
-        consumers.push(tokio::spawn(async move {
-            worker::consume_partition_with(w, ch, topo, p, 64, None, stop.cancelled_owned())
-                .await
-                .unwrap();
-        }));
+/// Polls `/readyz` until every shard of the sharder is READY/RESUMED.
+async fn wait_ready(addr: SocketAddr) {
+    let started = tokio::time::Instant::now();
+    while http(addr, "GET", "/readyz", None, "").await.0 != 200 {
+        assert!(started.elapsed() < WAIT, "the sharder never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
 
-    // The sharder, at 4 shards.
-    let dir = TempDir::new("reshard-sessions").unwrap();
-    let extra = format!(
-        "identify_window = \"210ms\"\namqp_topology_base = \"{base}\"\n\
-         [amqp]\npartitions = {PARTITIONS}\n"
-    );
-    let shape = SharderShape {
-        intents: CACHE_INTENTS,
-        shutdown_grace: "10s",
-        extra: &extra,
-    };
-    let cfg = testkit::sim_sharder::sharder_config(&sim, dir.path(), shape).unwrap();
-    let stop = CancellationToken::new();
-    let (tx, rx) = oneshot::channel();
-    let run = tokio::spawn(sharder::run_with(
-        cfg,
-        stop.clone(),
-        RunOptions {
-            sink: SinkChoice::Amqp,
-            on_listening: Some(tx),
-        },
-    ));
-    let addr = tokio::time::timeout(WAIT, rx).await.unwrap().unwrap();
-    common::converge(&sim, &**worker.store(), "cold boot", WAIT).await;
+async fn request_reshard(addr: SocketAddr) {
+    let body = format!(r#"{{"total": {TO}}}"#);
+    let (status, body) = http(addr, "POST", "/admin/reshard", None, &body).await;
+    assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_to_eight_shards_live_one_clean_stream_then_a_restart_resumes_eight() {
+    let p = Pipeline::start(start_sim(Duration::from_millis(200), 4).await).await;
+    let sharder = p.sharder().await;
+    p.converge("cold boot").await;
 
     // Traffic on; reshard to 8 while it flows.
-    sim.set_event_rate(400.0).unwrap();
-    let (status, body) = http(
-        addr,
+    p.sim.set_event_rate(400.0).unwrap();
+    request_reshard(sharder.addr).await;
+    // A second request while one runs is refused as a conflict.
+    let (status, _) = http(
+        sharder.addr,
         "POST",
         "/admin/reshard",
         None,
-        &format!(r#"{{"total": {TO}}}"#),
+        r#"{"total": 16}"#,
     )
     .await;
-    assert_eq!(status, 202, "{body}");
-    // A second request while one runs is refused as a conflict.
-    let (status, _) = http(addr, "POST", "/admin/reshard", None, r#"{"total": 16}"#).await;
     assert_eq!(status, 409);
-    let done = wait_resharded(addr).await;
-    sim.set_event_rate(0.0).unwrap();
+    let done = wait_total(sharder.addr, TO).await;
+    p.sim.set_event_rate(0.0).unwrap();
     assert_eq!(
-        sim.connected_totals(),
+        p.sim.connected_totals(),
         vec![TO],
         "only the new total serves"
     );
-    common::converge(&sim, &**worker.store(), "after the reshard", WAIT).await;
-
-    // Every logical guild event once in the clean stream.
-    let ledger = sim.ledger();
-    let logical = ledger.logical_events();
-    let mut want: BTreeMap<(u64, String), usize> = BTreeMap::new();
-    for ev in logical.values() {
-        let Some(g) = ev.guild_id else { continue };
-        assert!(
-            !ev.deliveries.is_empty(),
-            "{} of guild {g} reached no session: the guild was dark",
-            ev.event
-        );
-        *want
-            .entry((g, clean_name(&ev.event).to_owned()))
-            .or_default() += 1;
-    }
-    let expected_events: usize = want.values().sum();
-    let overlap = logical
-        .values()
-        .filter(|e| e.deliveries_to(FROM) > 0 && e.deliveries_to(TO) > 0)
-        .count();
-    // The worker may still be emitting the last events: wait for the count.
-    let started = tokio::time::Instant::now();
-    let got = loop {
-        let got: BTreeMap<(u64, String), usize> = {
-            let mut m = BTreeMap::new();
-            for (g, name, _) in seen.lock().unwrap().iter() {
-                if !["GUILD_AVAILABLE", "RESHARD_STARTED", "RESHARD_COMPLETED"]
-                    .contains(&name.as_str())
-                {
-                    *m.entry((*g, name.clone())).or_default() += 1;
-                }
-            }
-            m
-        };
-        if got.values().sum::<usize>() >= expected_events || started.elapsed() > WAIT {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let diffs: Vec<_> = want
-        .keys()
-        .chain(got.keys())
-        .filter(|k| want.get(*k) != got.get(*k))
-        .map(|k| format!("{k:?}: sent {:?}, emitted {:?}", want.get(k), got.get(k)))
-        .collect();
-    assert!(
-        diffs.is_empty(),
-        "clean stream != ledger ({} differences): {:?}",
-        diffs.len(),
-        &diffs[..diffs.len().min(10)]
-    );
-    let seen = seen.lock().unwrap().clone();
-    let messages: Vec<&Vec<u8>> = seen
-        .iter()
-        .filter(|(_, n, _)| n == "MESSAGE_CREATE")
-        .map(|(_, _, d)| d)
-        .collect();
-    let unique: std::collections::BTreeSet<_> = messages.iter().collect();
-    assert_eq!(unique.len(), messages.len(), "a message emitted twice");
-    let count = |name: &str| seen.iter().filter(|(_, n, _)| n == name).count();
+    p.converge("after the reshard").await;
+    let (events, both) = p.assert_each_event_once().await;
     assert_eq!(
-        count("GUILD_AVAILABLE"),
+        p.count("GUILD_AVAILABLE"),
         GUILDS as usize,
         "only the boot's loads are announced"
     );
-    assert_eq!(count("RESHARD_STARTED"), 1);
-    assert_eq!(count("RESHARD_COMPLETED"), 1);
-    let c = sim.counters();
-    assert_eq!(c.identifies, u64::from(FROM + TO), "{c:?}");
+    assert_eq!(p.count("RESHARD_STARTED"), 1);
+    assert_eq!(p.count("RESHARD_COMPLETED"), 1);
+    assert_eq!(p.sim.counters().identifies, u64::from(FROM + TO));
     println!(
-        "live reshard {FROM} -> {TO}: {} logical guild events, {overlap} seen by both \
-         generations, each emitted once; {done}",
-        expected_events
+        "live reshard {FROM} -> {TO}: {events} logical guild events, {both} seen by both \
+         generations, each emitted once; {done}"
     );
 
-    stop.cancel();
-    let report = tokio::time::timeout(WAIT, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(report.drained);
-    stop_consumers.cancel();
-    for c in consumers {
-        tokio::time::timeout(WAIT, c).await.unwrap().unwrap();
+    // A restart comes back at 8 shards (the configuration still says 4)
+    // and resumes them.
+    sharder.stop().await;
+    p.sim.emit(200);
+    let sharder = p.sharder().await;
+    wait_ready(sharder.addr).await;
+    wait_total(sharder.addr, TO).await;
+    p.converge("after the restart").await;
+    let c = p.sim.counters();
+    assert_eq!(
+        c.identifies,
+        u64::from(FROM + TO),
+        "resumed, no identify: {c:?}"
+    );
+    assert_eq!(p.sim.connected_totals(), vec![TO]);
+    p.assert_each_event_once().await;
+    sharder.stop().await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharder_stopped_mid_reshard_rolls_back_at_its_next_start() {
+    // One identify per 300 ms window: the 8 new shards take 2.4 s.
+    let p = Pipeline::start(start_sim(Duration::from_millis(300), 1).await).await;
+    let sharder = p.sharder().await;
+    p.converge("cold boot").await;
+    p.sim.set_event_rate(300.0).unwrap();
+    request_reshard(sharder.addr).await;
+    // Stopped once the first new shard is connected, before the hand-over.
+    let all: Vec<u32> = (0..TO).collect();
+    let started = tokio::time::Instant::now();
+    while p.sim.connected_sessions_of(TO, &all) == 0 {
+        assert!(started.elapsed() < WAIT, "no new shard ever connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    topo.delete(&admin_ch).await.unwrap();
-    sim.shutdown().await;
+    sharder.stop().await;
+    let spent = p.sim.counters().identifies;
+    assert!(
+        spent < u64::from(FROM + TO),
+        "stopped before every new shard identified"
+    );
+
+    let sharder = p.sharder().await;
+    wait_ready(sharder.addr).await;
+    wait_total(sharder.addr, FROM).await;
+    p.sim.set_event_rate(0.0).unwrap();
+    p.converge("after the rollback").await;
+    assert_eq!(
+        p.sim.connected_totals(),
+        vec![FROM],
+        "the new total's sessions ended"
+    );
+    assert_eq!(
+        p.sim.counters().identifies,
+        spent + u64::from(FROM),
+        "the old total identified afresh (a resumed session's older epochs would lose to \
+         the aborted total's writes)"
+    );
+    // Not asserted here: every event once. The old total's sessions are
+    // not resumed (see above), so what Discord sent them while the
+    // sharder was down is not replayed; the cache is whole again by the
+    // fresh snapshots. An open item of the live-reshard issue.
+    // Not asserted yet: how many loads the fresh sessions announce (seen:
+    // 202 for 224 guilds). Open in the live-reshard issue.
+    assert_eq!(p.count("RESHARD_STARTED"), 1);
+    assert_eq!(p.count("RESHARD_ABORTED"), 1);
+    assert_eq!(p.count("RESHARD_COMPLETED"), 0);
+    sharder.stop().await;
+    p.shutdown().await;
 }
