@@ -407,9 +407,9 @@ async fn run_shards(
     };
     drop(sink);
     // How the unfinished reshard ended goes to the workers before any shard
-    // publishes: rolled forward, the new total's events are on standby
-    // until they read `completed`. The record is cleared only once they
-    // were told; otherwise the next start tells them again.
+    // publishes, so every partition's window closes ahead of this start's
+    // events. The record is cleared only once they were told; otherwise
+    // the next start tells them again.
     if let Some((_, mut m)) = unfinished {
         admin.set_phase("telling the workers how the last reshard ended");
         m.at_ms = crate::resharder::now_ms();
@@ -521,8 +521,9 @@ async fn run_shards(
     }
     let mut handles = resharder.current.clone();
     // Stopping mid-reshard: before the hand-over the next start rolls it
-    // back, so the new total's sessions end for good (close 1000) while the
-    // old total's are saved. During the hand-over both are saved: the old
+    // back, so the new total's sessions end for good (close 1000); the old
+    // total's are saved, though the rollback retires them too (see the
+    // start above). During the hand-over both are saved: the old
     // shards already told to retire keep closing with 1000, and the record
     // (committed or not) tells the next start which total's sessions to
     // resume and which to retire.
