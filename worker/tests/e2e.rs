@@ -130,21 +130,9 @@ impl<S: Store> Consumers<S> {
             .unwrap();
         let stop = CancellationToken::new();
         let unconfirmed = output.then(|| Arc::new(worker::output::Unconfirmed::default()));
-        let mut tasks = Vec::new();
-        for p in 0..PARTITIONS {
-            let (w, ch, topo, stop, out) = (
-                worker.clone(),
-                conn.create_channel().await.unwrap(),
-                topo.clone(),
-                stop.clone(),
-                unconfirmed.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                worker::consume_partition_with(w, ch, topo, p, 64, out, stop.cancelled_owned())
-                    .await
-                    .unwrap();
-            }));
-        }
+        let tasks =
+            common::consume_every_partition(&worker, &conn, topo, PARTITIONS, unconfirmed, &stop)
+                .await;
         Self {
             worker,
             joins,

@@ -449,3 +449,32 @@ async fn diff<S: Store>(
     }
     None
 }
+
+/// One consumer task per partition of `topo` (prefetch 64), each on its own
+/// channel of `conn`, applying with `worker` until `stop` is cancelled; a
+/// consumer error fails the test when its task is joined.
+pub async fn consume_every_partition<S: Store + 'static>(
+    worker: &std::sync::Arc<Worker<S>>,
+    conn: &lapin::Connection,
+    topo: &worker::AmqpTopology,
+    partitions: u32,
+    output: Option<std::sync::Arc<worker::output::Unconfirmed>>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for p in 0..partitions {
+        let (w, ch, topo, stop, out) = (
+            worker.clone(),
+            conn.create_channel().await.unwrap(),
+            topo.clone(),
+            stop.clone(),
+            output.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            worker::consume_partition_with(w, ch, topo, p, 64, out, stop.cancelled_owned())
+                .await
+                .unwrap();
+        }));
+    }
+    tasks
+}
