@@ -281,11 +281,9 @@ async fn run_shards(
     // mid-reshard; a resume would be cheaper and wrong.
     let unfinished = resolved.unfinished.map(|mut m| {
         let forward = m.phase == envelope::ReshardPhase::Completed;
-        m.phase = if forward {
-            envelope::ReshardPhase::Completed
-        } else {
-            envelope::ReshardPhase::Aborted
-        };
+        if !forward {
+            m.phase = envelope::ReshardPhase::Aborted;
+        }
         let stale = if forward {
             vec![m.from]
         } else {
