@@ -77,6 +77,7 @@ mod identify_budget;
 mod identify_lock;
 mod live_session;
 mod outcome;
+mod reshard_cluster;
 mod reshard_marker;
 mod reshard_plan;
 mod reshard_triggers;

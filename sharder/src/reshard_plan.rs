@@ -268,13 +268,9 @@ pub fn plan_reshard(
     if let ShardAssignment::Ranges(_) = context.current.assignment {
         return Err(ReshardRefused::ExplicitRanges { current });
     }
-    let next = ClusterLayout {
-        total_shards: requested,
-        ..context.current.clone()
-    };
-    let shards_per_process = plan_cluster(&next)?;
     let remaining = context.session_starts_remaining;
     let reserve = context.identify_reserve;
+    let plan = layout_plan(context, requested)?;
     if u64::from(remaining) < u64::from(requested) + u64::from(reserve) {
         return Err(ReshardRefused::Budget {
             needed: requested,
@@ -283,6 +279,28 @@ pub fn plan_reshard(
             reset_in: context.budget_reset_in,
         });
     }
+    Ok(plan)
+}
+
+/// The plan of a reshard another process admitted (`reshard_cluster.rs`):
+/// the same layout of `to` over the processes, without the admission
+/// checks (the budget was checked, and spent since, by the claimer).
+pub(crate) fn joined_plan(
+    context: &ReshardContext,
+    to: u32,
+) -> Result<ReshardPlan, ReshardRefused> {
+    layout_plan(context, to)
+}
+
+fn layout_plan(context: &ReshardContext, requested: u32) -> Result<ReshardPlan, ReshardRefused> {
+    let current = context.current.total_shards;
+    let mc = context.current.max_concurrency;
+    let remaining = context.session_starts_remaining;
+    let next = ClusterLayout {
+        total_shards: requested,
+        ..context.current.clone()
+    };
+    let shards_per_process = plan_cluster(&next)?;
     let keys = u32::from(mc.max(1));
     let identify_windows = requested.div_ceil(keys);
     let identify_window = context.identify_window.unwrap_or(DISCORD_IDENTIFY_WINDOW);
@@ -295,7 +313,7 @@ pub fn plan_reshard(
         identify_windows,
         identify_window,
         cold_boot_floor: identify_window.saturating_mul(identify_windows),
-        session_starts_after: remaining - requested,
+        session_starts_after: remaining.saturating_sub(requested),
     })
 }
 

@@ -37,12 +37,20 @@ pub(crate) fn admit<K, S, C>(
             r.plan.from_total, r.plan.to_total
         ));
     }
-    if cfg.sharder.process_count > 1 || cfg.sharder.process_shards.is_some() {
+    if cfg.sharder.process_shards.is_some() {
         return Err(
-            "live resharding across several sharder processes is not built yet (issue #17): \
-             reshard this cluster cold as docs/operations.md describes"
+            "live resharding is not built for processes started with --shards (explicit \
+             ranges): reshard this cluster cold as docs/operations.md describes"
                 .to_owned(),
         );
+    }
+    if cfg.sharder.process_count > 1 && resharder.cluster.is_none() {
+        return Err(format!(
+            "a live reshard across {} sharder processes keeps its state in Redis: set \
+             sharder.session_store = \"redis\" and [redis] (or reshard cold as \
+             docs/operations.md describes)",
+            cfg.sharder.process_count
+        ));
     }
     let context = ReshardContext::from_config(
         cfg,

@@ -30,10 +30,19 @@
 //! ([`crate::generation`]): the old total's sessions were never touched.
 //! Old shards are never re-identified during the overlap (a new session's
 //! epoch would outrank the new total's versions in the workers' cache).
+//!
+//! With several processes ([`crate::reshard_cluster`]) the same steps run
+//! in each, on its part of both totals, with barriers in Redis: the
+//! claimer alone announces; the hand-over is committed once every process
+//! has loaded (or aborted once, by the first whose new shard stopped); the
+//! end marker goes out once every process has closed its shards, from one
+//! elected finisher. A process restarted mid-reshard carries on instead of
+//! rolling back, since the others are still in it.
 
 use crate::connect::Connector;
 use crate::generation::{GenerationRecord, save_record};
 use crate::identify::IdentifyScheduler;
+use crate::reshard_cluster::{ClusterView, Decision, ReshardCluster};
 use crate::reshard_marker::publish_marker;
 use crate::reshard_plan::ReshardPlan;
 use crate::session_store::SessionStore;
@@ -55,6 +64,8 @@ pub(crate) enum Trigger {
     Recommended,
     /// A shard was closed with 4011.
     ShardingRequired,
+    /// Another process of the cluster admitted it.
+    Cluster,
 }
 
 impl Trigger {
@@ -63,6 +74,7 @@ impl Trigger {
             Trigger::Operator => "operator",
             Trigger::Recommended => "recommended",
             Trigger::ShardingRequired => "sharding_required",
+            Trigger::Cluster => "cluster",
         }
     }
 }
@@ -147,6 +159,17 @@ enum Stage {
     RollingBack,
 }
 
+impl Stage {
+    fn label(&self) -> &'static str {
+        match self {
+            Stage::Announcing => "announcing",
+            Stage::Loading => "loading",
+            Stage::Retiring => "handing_over",
+            Stage::RollingBack => "rolling_back",
+        }
+    }
+}
+
 /// A reshard in progress.
 pub(crate) struct Running {
     pub plan: ReshardPlan,
@@ -185,6 +208,10 @@ pub(crate) struct Resharder<K, S, C> {
     pub configured: u32,
     pub marker_within: Duration,
     pub stall_after: Duration,
+    /// The shared state when several processes run the bot.
+    pub cluster: Option<ReshardCluster>,
+    /// The last reshard this process ran or joined.
+    pub last_id: Option<u64>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -194,8 +221,20 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
-    /// Starts `plan`: step 2 (module docs).
-    pub(crate) fn begin(&mut self, plan: ReshardPlan, trigger: Trigger) {
+    /// This process's index in the plan's `shards_per_process`.
+    fn process(&self) -> usize {
+        self.cluster
+            .as_ref()
+            .map_or(0, |c| usize::try_from(c.process).unwrap_or(usize::MAX))
+    }
+
+    /// Starts `plan` (step 2, module docs), once the cluster, if any, is
+    /// claimed for it.
+    pub(crate) async fn start(
+        &mut self,
+        plan: ReshardPlan,
+        trigger: Trigger,
+    ) -> Result<(), String> {
         let at = now_ms();
         let marker = ReshardMarker {
             id: at,
@@ -204,6 +243,15 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
             to: plan.to_total,
             at_ms: at,
         };
+        if let Some(c) = &self.cluster {
+            c.claim(&marker).await.map_err(|e| e.to_string())?;
+        }
+        self.begin(plan, trigger, marker);
+        Ok(())
+    }
+
+    fn begin(&mut self, plan: ReshardPlan, trigger: Trigger, marker: ReshardMarker) {
+        self.last_id = Some(marker.id);
         tracing::info!(
             from = plan.from_total,
             to = plan.to_total,
@@ -223,6 +271,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
             configured: self.configured,
             reshard: Some(marker),
         };
+        let cluster = self.cluster.clone();
         let step = tokio::spawn(async move {
             let announced = async {
                 save_record(&*store, &record)
@@ -230,9 +279,30 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
                     .map_err(|e| format!("cannot record the reshard: {e}"))?;
                 publish_marker(&*sink, marker, partitions, within)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                if let Some(c) = &cluster {
+                    c.announce(marker.id).await.map_err(|e| e.to_string())?;
+                }
+                Ok::<(), String>(())
             };
-            StepDone::Announced(announced.await)
+            let result = announced.await;
+            if let Err(e) = &result {
+                // Not started: the record says so again (a restart would
+                // otherwise roll back a reshard that never ran), and the
+                // cluster may claim the next one. A `started` that did
+                // reach some partitions is closed by `aborted` there.
+                let mut record = record;
+                record.reshard = None;
+                let _ = save_record(&*store, &record).await;
+                let mut aborted = marker;
+                aborted.phase = ReshardPhase::Aborted;
+                aborted.at_ms = now_ms();
+                let _ = publish_marker(&*sink, aborted, partitions, within).await;
+                if let Some(c) = &cluster {
+                    let _ = c.give_up(marker.id, e).await;
+                }
+            }
+            StepDone::Announced(result)
         });
         self.running = Some(Running {
             plan,
@@ -253,7 +323,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
         };
         let stall_at = r.since + self.stall_after;
         loop {
-            let watching = !r.stalled && matches!(r.stage, Stage::Loading);
+            let watching = !r.stalled;
             tokio::select! {
                 done = &mut r.step => {
                     return done.unwrap_or_else(|e| {
@@ -271,11 +341,12 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
                     let loaded = r.new.iter().filter(|(_, h)| h.guilds_loading() == Some(0)).count();
                     tracing::error!(
                         to = r.plan.to_total,
+                        stage = r.stage.label(),
                         loaded,
                         shards = r.new.len(),
                         after_s = self.stall_after.as_secs(),
-                        "live reshard stalled: new shards are not all loaded; check the identify \
-                         budget and the gateway, or stop the process to roll it back"
+                        "live reshard stalled: check the identify budget, the gateway and, with \
+                         several processes, that every sharder pod runs (GET /admin/reshard on each)"
                     );
                     metrics::gauge!("sharder_reshard_stalled").set(1.0);
                 }
@@ -291,29 +362,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
         };
         let (to, marker, since) = (r.plan.to_total, r.marker, r.since);
         let (stage, step) = match done {
-            StepDone::Announced(Ok(())) => {
-                let ids = r
-                    .plan
-                    .shards_per_process
-                    .first()
-                    .cloned()
-                    .unwrap_or_default();
-                let new = self.spawner.spawn(to, &ids, tasks);
-                metrics::gauge!("sharder_reshard_new_shards").set(new.len() as f64);
-                let handles: Vec<ShardHandle> = new.iter().map(|(_, h)| h.clone()).collect();
-                if let Some(r) = self.running.as_mut() {
-                    r.new = new;
-                }
-                let step = tokio::spawn(async move {
-                    for h in &handles {
-                        if !h.wait_loaded().await {
-                            return StepDone::Loaded(false);
-                        }
-                    }
-                    StepDone::Loaded(true)
-                });
-                (Stage::Loading, step)
-            }
+            StepDone::Announced(Ok(())) => (Stage::Loading, self.load(tasks)),
             StepDone::Announced(Err(e)) => {
                 tracing::error!(error = %e, "live reshard not started: the workers could not be told");
                 self.finish(false);
@@ -391,6 +440,151 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
         false
     }
 
+    /// Starts this process's part of the new total and the step that
+    /// waits until it loaded (step 3). With a cluster, the step reports
+    /// it, and ends early when another process aborted the reshard; a new
+    /// shard of this process that stops for good aborts it.
+    fn load(&mut self, tasks: &mut JoinSet<ShardDone>) -> JoinHandle<StepDone> {
+        let process = self.process();
+        let Some(r) = self.running.as_mut() else {
+            return tokio::spawn(async { StepDone::Loaded(false) });
+        };
+        let (to, id) = (r.plan.to_total, r.marker.id);
+        let ids = r
+            .plan
+            .shards_per_process
+            .get(process)
+            .cloned()
+            .unwrap_or_default();
+        let new = self.spawner.spawn(to, &ids, tasks);
+        metrics::gauge!("sharder_reshard_new_shards").set(new.len() as f64);
+        let handles: Vec<ShardHandle> = new.iter().map(|(_, h)| h.clone()).collect();
+        r.new = new;
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            let own = async {
+                for h in &handles {
+                    if !h.wait_loaded().await {
+                        return false;
+                    }
+                }
+                true
+            };
+            let Some(c) = cluster else {
+                return StepDone::Loaded(own.await);
+            };
+            let aborted_elsewhere = c.wait(id, "an abort", |v| v.aborted.is_some());
+            tokio::select! {
+                loaded = own => {
+                    let reported = if loaded {
+                        c.report(id, "loaded").await
+                    } else {
+                        c.decide(id, Decision::Aborted, "a new shard stopped for good").await.map(|_| ())
+                    };
+                    if let Err(e) = reported {
+                        tracing::error!(error = %e, "cannot report this process's new shards to the cluster");
+                        return StepDone::Loaded(false);
+                    }
+                    StepDone::Loaded(loaded)
+                }
+                _ = aborted_elsewhere => {
+                    tracing::warn!(to, "another process aborted the live reshard");
+                    StepDone::Loaded(false)
+                }
+            }
+        })
+    }
+
+    /// Joins the reshard another process admitted and announced
+    /// (`view`), with `plan` for its layout: step 3 on.
+    pub(crate) fn join(
+        &mut self,
+        view: &ClusterView,
+        plan: ReshardPlan,
+        tasks: &mut JoinSet<ShardDone>,
+    ) {
+        let Some(marker) = view.marker() else { return };
+        tracing::info!(
+            from = marker.from,
+            to = marker.to,
+            id = marker.id,
+            "joining the cluster's live reshard"
+        );
+        self.last_id = Some(marker.id);
+        metrics::gauge!("sharder_reshard_target_total").set(f64::from(marker.to));
+        metrics::gauge!("sharder_reshard_in_progress").set(1.0);
+        self.running = Some(Running {
+            plan,
+            marker,
+            trigger: Trigger::Cluster,
+            new: Vec::new(),
+            stage: Stage::Loading,
+            step: tokio::spawn(std::future::pending()),
+            since: Instant::now(),
+            stalled: false,
+        });
+        let step = self.load(tasks);
+        if let Some(r) = self.running.as_mut() {
+            r.step = step;
+        }
+    }
+
+    /// Carries on with the reshard `view` after this process restarted in
+    /// the middle of it (`current` runs the old total, or nothing once the
+    /// hand-over was committed): its new shards start again (they resume),
+    /// and the step the cluster is at runs.
+    pub(crate) fn rejoin(
+        &mut self,
+        view: &ClusterView,
+        plan: ReshardPlan,
+        tasks: &mut JoinSet<ShardDone>,
+    ) {
+        let Some(marker) = view.marker() else { return };
+        tracing::warn!(
+            from = marker.from,
+            to = marker.to,
+            committed = view.committed,
+            aborted = view.aborted.is_some(),
+            "restarted in the middle of the cluster's live reshard: carrying on"
+        );
+        if view.aborted.is_some() {
+            // Its new shards are not started again; the old total serves.
+            let mut aborted = marker;
+            aborted.phase = ReshardPhase::Aborted;
+            let step = self.retire(Vec::new(), aborted, marker.to, marker.from, None);
+            self.running = Some(Running {
+                plan,
+                marker,
+                trigger: Trigger::Cluster,
+                new: Vec::new(),
+                stage: Stage::RollingBack,
+                step,
+                since: Instant::now(),
+                stalled: false,
+            });
+            return;
+        }
+        self.join(view, plan, tasks);
+        if view.committed {
+            // The old shards it ran ended with the process (the new
+            // generation had every guild loaded by then); the new ones
+            // resume, and the hand-over goes on.
+            let mut completed = marker;
+            completed.phase = ReshardPhase::Completed;
+            let commit = GenerationRecord {
+                total: marker.to,
+                configured: self.configured,
+                reshard: Some(completed),
+            };
+            let step = self.retire(Vec::new(), completed, marker.from, marker.to, Some(commit));
+            if let Some(r) = self.running.as_mut() {
+                r.step.abort();
+                r.stage = Stage::Retiring;
+                r.step = step;
+            }
+        }
+    }
+
     fn finish(&mut self, completed: bool) {
         if !completed {
             metrics::counter!("sharder_reshards_aborted_total").increment(1);
@@ -417,13 +611,26 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
         let (sink, store) = (self.spawner.sink.clone(), self.spawner.store.clone());
         let (partitions, within, configured) =
             (self.partitions, self.marker_within, self.configured);
+        let cluster = self.cluster.clone();
+        let forward = commit.is_some();
         tokio::spawn(async move {
+            if forward
+                && let Some(c) = &cluster
+                && let Err(e) = commit_in_cluster(c, marker.id).await
+            {
+                return StepDone::NotCommitted(e);
+            }
             if let Some(record) = commit
                 && let Err(e) = save_record(&*store, &record).await
             {
-                // The old shards stay: nothing is lost, and the reshard is
-                // asked for again by whatever asked for it.
-                return StepDone::NotCommitted(format!("cannot commit the hand-over: {e}"));
+                if cluster.is_none() {
+                    // The old shards stay: nothing is lost, and the
+                    // reshard is asked for again by whatever asked for it.
+                    return StepDone::NotCommitted(format!("cannot commit the hand-over: {e}"));
+                }
+                // Committed in Redis already: every process writes this
+                // record, and the finisher the final one.
+                tracing::error!(error = %e, "cannot record the committed hand-over; carrying on");
             }
             for h in &closing {
                 h.retire();
@@ -432,6 +639,27 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
                 h.wait_for(|s| matches!(s, ShardState::Stopped(_))).await;
             }
             let finished = async {
+                if let Some(c) = &cluster {
+                    let what = if forward { "retired" } else { "rolled_back" };
+                    c.report(marker.id, what).await.map_err(|e| e.to_string())?;
+                    let n = c.processes;
+                    c.wait(marker.id, "every process closing its shards", |v| {
+                        if forward {
+                            v.retired >= n
+                        } else {
+                            v.rolled_back >= n
+                        }
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    if !c
+                        .elect_finisher(marker.id)
+                        .await
+                        .map_err(|e| e.to_string())?
+                    {
+                        return Ok(());
+                    }
+                }
                 let mut marker = marker;
                 marker.at_ms = now_ms();
                 publish_marker(&*sink, marker, partitions, within)
@@ -453,7 +681,11 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
                 };
                 save_record(&*store, &record)
                     .await
-                    .map_err(|e| format!("recording the running total: {e}"))
+                    .map_err(|e| format!("recording the running total: {e}"))?;
+                if let Some(c) = &cluster {
+                    c.finish(marker.id).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
             };
             let result = finished.await;
             match marker.phase {
@@ -477,5 +709,29 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
     /// Whether a reshard is in progress.
     pub(crate) fn busy(&self) -> bool {
         self.running.is_some()
+    }
+}
+
+/// The cluster's barrier before the hand-over: every process loaded, then
+/// one decision. Redis errors are retried (a process that gave up here
+/// while the others committed would leave guilds dark); an abort, or the
+/// reshard replaced, is the error.
+async fn commit_in_cluster(c: &ReshardCluster, id: u64) -> Result<(), String> {
+    let n = c.processes;
+    c.wait(id, "every process loaded", |v| {
+        v.loaded >= n || v.committed || v.aborted.is_some()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    loop {
+        match c.decide(id, Decision::Committed, "").await {
+            Ok(Decision::Committed) => return Ok(()),
+            Ok(Decision::Aborted) => return Err("another process aborted the reshard".to_owned()),
+            Err(crate::reshard_cluster::ClusterError::Redis(e)) => {
+                tracing::warn!(error = %e, "cannot commit the hand-over in Redis; retrying");
+                tokio::time::sleep(crate::reshard_cluster::POLL).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }

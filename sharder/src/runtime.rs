@@ -51,7 +51,9 @@ use crate::identify::{IdentifyScheduler, IdentifySettings};
 use crate::identify_breaker::BreakerPolicy;
 use crate::identify_budget::SharedBudget;
 use crate::identify_lock::RedisIdentifyLock;
+use crate::reshard_cluster::{ClusterView, ReshardCluster};
 use crate::reshard_marker::publish_marker;
+use crate::reshard_plan::ReshardContext;
 use crate::reshard_triggers;
 use crate::resharder::{Resharder, ShardDone, Spawner};
 use crate::session_redis::RedisSessionStore;
@@ -256,11 +258,49 @@ async fn run_shards(
     } else {
         cfg.sharder.total_shards
     };
-    let resolved = generation::resolve(
-        generation::load_record(&*store).await,
-        configured,
-        cfg.sharder.total_shards,
-    );
+    let record = generation::load_record(&*store).await;
+    // Several processes share a reshard's state in Redis
+    // (`reshard_cluster.rs`); one restarted in the middle of one carries on
+    // with the others rather than rolling back.
+    let cluster = match &*store {
+        AnyStore::Redis(s)
+            if cfg.sharder.process_count > 1 && cfg.sharder.process_shards.is_none() =>
+        {
+            Some(ReshardCluster::new(
+                s.connection().clone(),
+                &cfg.redis.key_prefix,
+                cfg.sharder.process_index,
+                cfg.sharder.process_count,
+            ))
+        }
+        _ => None,
+    };
+    let view = match &cluster {
+        Some(c) => match c.view().await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the cluster's reshard state");
+                None
+            }
+        },
+        None => None,
+    };
+    let rejoin = view
+        .clone()
+        .filter(|v| v.running().is_some() && record.is_some_and(|r| r.configured == configured));
+    // Claimed, never announced: its claimer died while telling the
+    // workers; no process joined, so only the new total is stale.
+    let never_announced = view.as_ref().and_then(|v| {
+        let m = record.and_then(|r| r.reshard)?;
+        (v.id == Some(m.id) && !v.announced && !v.finished).then_some(m.id)
+    });
+    let mut resolved = generation::resolve(record, configured, cfg.sharder.total_shards);
+    if let Some(v) = &rejoin {
+        resolved = generation::Resolved {
+            total: v.from,
+            unfinished: None,
+        };
+    }
     if resolved.total != cfg.sharder.total_shards {
         tracing::warn!(
             configured = cfg.sharder.total_shards,
@@ -286,6 +326,8 @@ async fn run_shards(
         }
         let stale = if forward {
             vec![m.from]
+        } else if never_announced == Some(m.id) {
+            vec![m.to]
         } else {
             vec![m.to, m.from]
         };
@@ -421,6 +463,13 @@ async fn run_shards(
                 if let Err(e) = generation::save_record(&*store, &record).await {
                     tracing::error!(error = %e, "cannot record how the reshard ended");
                 }
+                if let (Some(c), Some(id)) = (&cluster, never_announced)
+                    && let Err(e) = c
+                        .give_up(id, "its claimer stopped before announcing it")
+                        .await
+                {
+                    tracing::error!(error = %e, "cannot release the cluster's reshard state");
+                }
             }
             Err(e) => tracing::error!(
                 error = %e,
@@ -429,7 +478,14 @@ async fn run_shards(
             ),
         }
     }
-    let handles = spawner.spawn(cfg.sharder.total_shards, &shards, &mut tasks);
+    // Restarted after the cluster committed a hand-over: this process's
+    // old shards are retired (the new ones start below).
+    let old = if rejoin.as_ref().is_some_and(|v| v.committed) {
+        &[][..]
+    } else {
+        &shards[..]
+    };
+    let handles = spawner.spawn(cfg.sharder.total_shards, old, &mut tasks);
     tracing::info!(
         shards = shards.len(),
         total = cfg.sharder.total_shards,
@@ -447,18 +503,46 @@ async fn run_shards(
         configured,
         marker_within: MARKER_WITHIN,
         stall_after: cfg.sharder.reshard.stall_after,
+        cluster: cluster.clone(),
+        last_id: None,
     };
+    let joined_plan = |from: u32, to: u32| {
+        let mut current = cfg.clone();
+        current.sharder.total_shards = from;
+        let context = ReshardContext::from_config(
+            &current,
+            limit.max_concurrency,
+            scheduler.remaining(),
+            scheduler.budget_reset_in(),
+        );
+        crate::reshard_plan::joined_plan(&context, to)
+    };
+    if let Some(v) = &rejoin {
+        match joined_plan(v.from, v.to) {
+            Ok(plan) => resharder.rejoin(v, plan, &mut tasks),
+            Err(e) => tracing::error!(error = %e, "cannot lay out the cluster's reshard"),
+        }
+    }
+    // Every process watches for a reshard another one announced.
+    let (view_tx, mut views) = mpsc::channel(1);
+    let watcher = cluster
+        .clone()
+        .map(|c| tokio::spawn(watch_cluster(c, view_tx)));
     let running_total = Arc::new(AtomicU32::new(resharder.total));
-    let auto = (cfg.sharder.reshard.auto_factor > 0.0).then(|| {
-        tokio::spawn(reshard_triggers::poll_recommended(
-            resolver.clone(),
-            cfg.clone(),
-            token.clone(),
-            running_total.clone(),
-            reshard_tx.clone(),
-        ))
-    });
-    publish_generation(&admin, &resharder);
+    // With several processes, the first alone polls Discord's
+    // recommendation (the others would only be refused as busy).
+    let auto =
+        (cfg.sharder.reshard.auto_factor > 0.0 && cfg.sharder.process_index == 0).then(|| {
+            tokio::spawn(reshard_triggers::poll_recommended(
+                resolver.clone(),
+                cfg.clone(),
+                token.clone(),
+                running_total.clone(),
+                reshard_tx.clone(),
+            ))
+        });
+    let mut cluster_view: Option<ClusterView> = None;
+    publish_generation(&admin, &resharder, None);
 
     let mut failure = None;
     let mut last_exit = None;
@@ -468,23 +552,42 @@ async fn run_shards(
             Some(command) = reshard_rx.recv() => {
                 let mut current = cfg.clone();
                 current.sharder.total_shards = resharder.total;
-                let answer = reshard_triggers::admit(&resharder, &current, limit.max_concurrency, &scheduler, &command);
-                if let Ok(plan) = &answer {
-                    resharder.begin(plan.clone(), command.trigger);
-                } else if let Err(why) = &answer {
+                let mut answer = reshard_triggers::admit(&resharder, &current, limit.max_concurrency, &scheduler, &command);
+                if let Ok(plan) = &answer
+                    && let Err(why) = resharder.start(plan.clone(), command.trigger).await
+                {
+                    answer = Err(why);
+                }
+                if let Err(why) = &answer {
                     tracing::warn!(trigger = command.trigger.label(), to = command.request.to_total, reason = %why, "reshard refused");
                 }
                 if let Some(reply) = command.reply {
                     let _ = reply.send(answer);
                 }
-                publish_generation(&admin, &resharder);
+                publish_generation(&admin, &resharder, cluster_view.as_ref());
+            }
+            Some(view) = views.recv() => {
+                cluster_view = Some(view.clone());
+                if let Some(id) = view.running()
+                    && !resharder.busy()
+                    && resharder.last_id != Some(id)
+                    && !view.committed
+                    && view.aborted.is_none()
+                    && view.from == resharder.total
+                {
+                    match joined_plan(view.from, view.to) {
+                        Ok(plan) => resharder.join(&view, plan, &mut tasks),
+                        Err(e) => tracing::error!(error = %e, to = view.to, "cannot lay out the cluster's reshard"),
+                    }
+                }
+                publish_generation(&admin, &resharder, cluster_view.as_ref());
             }
             done = resharder.next_step() => {
                 if resharder.advance(done, &mut tasks) {
                     admin.set_shards(resharder.current.clone());
                     running_total.store(resharder.total, Ordering::Relaxed);
                 }
-                publish_generation(&admin, &resharder);
+                publish_generation(&admin, &resharder, cluster_view.as_ref());
             }
             joined = tasks.join_next() => match joined {
                 None => {
@@ -517,6 +620,9 @@ async fn run_shards(
     if let Some(task) = auto {
         task.abort();
     }
+    if let Some(task) = watcher {
+        task.abort();
+    }
     let mut handles = resharder.current.clone();
     // Stopping mid-reshard: before the hand-over the next start rolls it
     // back, so the new total's sessions end for good (close 1000); the old
@@ -525,9 +631,13 @@ async fn run_shards(
     // shards already told to retire keep closing with 1000, and the record
     // (committed or not) tells the next start which total's sessions to
     // resume and which to retire.
+    //
+    // With several processes the next start carries on instead (the
+    // others are still in the reshard), so both totals' sessions are kept.
     let mut unfinished = Vec::new();
+    let carries_on = resharder.cluster.is_some();
     if let Some(r) = resharder.running.take() {
-        if r.handing_over() {
+        if r.handing_over() || carries_on {
             handles.extend(r.new.iter().cloned());
         } else {
             unfinished = r.new.clone();
@@ -582,12 +692,30 @@ async fn run_shards(
     }
 }
 
+/// Reads the cluster's reshard state every second for the runtime's loop.
+async fn watch_cluster(cluster: ReshardCluster, tx: mpsc::Sender<ClusterView>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Ok(view) = cluster.view().await
+            && tx.send(view).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// How long the broker may take to confirm a reshard marker on every
 /// partition.
 const MARKER_WITHIN: Duration = Duration::from_secs(30);
 
 /// What `GET /admin/reshard` answers, and the gauges.
-fn publish_generation<K, S, C>(admin: &AdminState, r: &Resharder<K, S, C>) {
+fn publish_generation<K, S, C>(
+    admin: &AdminState,
+    r: &Resharder<K, S, C>,
+    cluster: Option<&ClusterView>,
+) {
     metrics::gauge!("sharder_reshard_total").set(f64::from(r.total));
     let reshard = r.running.as_ref().map(|run| {
         let loaded = run
@@ -605,6 +733,18 @@ fn publish_generation<K, S, C>(admin: &AdminState, r: &Resharder<K, S, C>) {
             "new_shards_loaded": loaded,
             "seconds": run.since.elapsed().as_secs_f64(),
             "floor_seconds": run.plan.cold_boot_floor.as_secs_f64(),
+            "cluster": cluster.filter(|v| v.id == Some(run.marker.id)).map(|v| {
+                let processes = r.cluster.as_ref().map_or(1, |c| c.processes);
+                metrics::gauge!("sharder_reshard_processes_loaded").set(f64::from(v.loaded));
+                serde_json::json!({
+                    "processes": processes,
+                    "loaded": v.loaded,
+                    "committed": v.committed,
+                    "aborted": v.aborted,
+                    "retired": v.retired,
+                    "rolled_back": v.rolled_back,
+                })
+            }),
         })
     });
     admin.set_generation(serde_json::json!({ "total": r.total, "reshard": reshard }));

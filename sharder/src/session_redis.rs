@@ -54,6 +54,11 @@ impl RedisSessionStore {
         }
     }
 
+    /// The connection, shared with the cluster's reshard state.
+    pub(crate) fn connection(&self) -> &dnscache::RedisConnection {
+        &self.conn
+    }
+
     /// The key of the generation record ([`crate::GenerationRecord`]).
     pub fn generation_key(&self) -> String {
         format!("{}:generation", self.prefix)

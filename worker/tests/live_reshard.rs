@@ -153,8 +153,24 @@ impl Pipeline {
     /// A sharder configured with 4 shards (a record of a live reshard
     /// overrides that).
     async fn sharder(&self) -> Sharder {
+        self.sharder_process(None).await
+    }
+
+    /// Process `index` of two, with sessions and the reshard's state in
+    /// Redis (under this pipeline's unique prefix), or the only process,
+    /// with sessions in files.
+    async fn sharder_process(&self, index: Option<u32>) -> Sharder {
+        let cluster = match index {
+            Some(i) => format!(
+                "process_count = 2\nprocess_index = {i}\nsession_store = \"redis\"\n\
+                 [redis]\nurl = \"{}\"\nkey_prefix = \"{}\"\n",
+                testkit::services::REDIS_URL,
+                self.base
+            ),
+            None => String::new(),
+        };
         let extra = format!(
-            "identify_window = \"{}ms\"\namqp_topology_base = \"{}\"\n\
+            "identify_window = \"{}ms\"\namqp_topology_base = \"{}\"\n{cluster}\
              [amqp]\npartitions = {PARTITIONS}\n",
             self.sim.config().identify_window.as_millis() + 10,
             self.base
@@ -315,6 +331,16 @@ async fn request_reshard(addr: SocketAddr) {
     assert_eq!(status, 202, "{body}");
 }
 
+/// Waits until the simulator has a session of the new total attached.
+async fn wait_first_new_shard(sim: &SimHandle) {
+    let all: Vec<u32> = (0..TO).collect();
+    let started = tokio::time::Instant::now();
+    while sim.connected_sessions_of(TO, &all) == 0 {
+        assert!(started.elapsed() < WAIT, "no new shard ever connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_to_eight_shards_live_one_clean_stream_then_a_restart_resumes_eight() {
     let p = Pipeline::start(start_sim(Duration::from_millis(200), 4).await).await;
@@ -381,12 +407,7 @@ async fn a_sharder_stopped_mid_reshard_rolls_back_at_its_next_start() {
     p.sim.set_event_rate(300.0).unwrap();
     request_reshard(sharder.addr).await;
     // Stopped once the first new shard is connected, before the hand-over.
-    let all: Vec<u32> = (0..TO).collect();
-    let started = tokio::time::Instant::now();
-    while p.sim.connected_sessions_of(TO, &all) == 0 {
-        assert!(started.elapsed() < WAIT, "no new shard ever connected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_first_new_shard(&p.sim).await;
     sharder.stop().await;
     let joined_before = p.count("GUILD_JOINED");
     let spent = p.sim.counters().identifies;
@@ -431,5 +452,72 @@ async fn a_sharder_stopped_mid_reshard_rolls_back_at_its_next_start() {
     assert_eq!(p.count("RESHARD_ABORTED"), 1);
     assert_eq!(p.count("RESHARD_COMPLETED"), 0);
     sharder.stop().await;
+    p.shutdown().await;
+}
+
+/// Two sharder processes (StatefulSet pods 0 and 1), sessions and the
+/// reshard's state in Redis. Process 0 is asked; process 1 joins with its
+/// half of the new total. Process 1 is killed (its task dropped: no close,
+/// no session save) once the first new shard is up, and started again:
+/// it resumes its half of both totals and the reshard carries on to the
+/// hand-over. Against the ledger: every event once, the reshard announced
+/// once, no guild re-announced, the cache the truth, and only the new
+/// total serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_reshard_live_and_one_killed_midway_carries_on() {
+    let p = Pipeline::start(start_sim(Duration::from_millis(300), 1).await).await;
+    let zero = p.sharder_process(Some(0)).await;
+    let one = p.sharder_process(Some(1)).await;
+    p.converge("cold boot").await;
+    p.sim.set_event_rate(300.0).unwrap();
+    request_reshard(zero.addr).await;
+    // The cluster runs one reshard: process 1 refuses another.
+    let started = tokio::time::Instant::now();
+    loop {
+        let (status, body) =
+            http(one.addr, "POST", "/admin/reshard", None, r#"{"total": 16}"#).await;
+        if status == 409 {
+            break;
+        }
+        // 202 cannot be: the claim is taken before process 0 answers.
+        assert_ne!(status, 202, "{body}");
+        assert!(
+            started.elapsed() < WAIT,
+            "process 1 never saw the reshard: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_first_new_shard(&p.sim).await;
+    one.run.abort();
+    let _ = one.run.await;
+    // At most two of the 8 new shards identified yet (one per 300 ms):
+    // process 1 had not loaded its half, so the hand-over waits for it.
+    let (_, body) = http(zero.addr, "GET", "/admin/reshard", None, "").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["total"], FROM, "{v}");
+    assert_eq!(v["reshard"]["to"], TO, "still in the reshard: {v}");
+    let one = p.sharder_process(Some(1)).await;
+
+    wait_total(zero.addr, TO).await;
+    wait_total(one.addr, TO).await;
+    p.sim.set_event_rate(0.0).unwrap();
+    assert_serving(&p.sim, TO, FROM, "only the new total serves").await;
+    p.converge("after the reshard").await;
+    let (events, both) = p.assert_each_event_once().await;
+    assert_eq!(
+        p.count("GUILD_AVAILABLE"),
+        GUILDS as usize,
+        "only the boot's loads are announced"
+    );
+    assert_eq!(p.count("RESHARD_STARTED"), 1);
+    assert_eq!(p.count("RESHARD_COMPLETED"), 1);
+    assert_eq!(p.count("RESHARD_ABORTED"), 0);
+    println!(
+        "two processes, {FROM} -> {TO} with process 1 killed midway: {events} logical guild \
+         events, {both} seen by both generations, each emitted once; identifies {}",
+        p.sim.counters().identifies
+    );
+    zero.stop().await;
+    one.stop().await;
     p.shutdown().await;
 }
