@@ -77,6 +77,7 @@ mod identify_budget;
 mod identify_lock;
 mod live_session;
 mod outcome;
+mod reshard_cli;
 mod reshard_cluster;
 mod reshard_marker;
 mod reshard_plan;
@@ -109,6 +110,7 @@ pub use identify::{IdentifyScheduler, IdentifySettings, SessionStartLimit};
 pub use identify_breaker::BreakerPolicy;
 pub use identify_budget::{BudgetMark, SharedBudget};
 pub use identify_lock::RedisIdentifyLock;
+pub use reshard_cli::{ReshardCli, ReshardCliError, admin_url, reshard_command};
 pub use reshard_marker::{MarkerPublishError, publish_marker};
 pub use reshard_plan::{
     DISCORD_IDENTIFY_WINDOW, ReshardContext, ReshardPlan, ReshardRefused, ReshardRequest,

@@ -22,8 +22,10 @@ const EXIT_AUTH: i32 = 2;
 #[command(about = "Bulwark gateway sharder")]
 struct Args {
     /// TOML configuration file; BULWARK_* variables override it.
-    #[arg(long, env = "BULWARK_CONFIG")]
+    #[arg(long, env = "BULWARK_CONFIG", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
     /// This process's shards, a half-open range `start..end` (e.g. 0..36);
     /// overrides the layout keys of the configuration for this process.
     #[arg(long)]
@@ -34,10 +36,42 @@ struct Args {
     total: Option<u32>,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Ask a running sharder for a live reshard (`POST /admin/reshard`
+    /// with the configuration's admin token), or, without --total, show
+    /// the one in progress. Any pod of several will do.
+    Reshard {
+        /// The new shard total.
+        #[arg(long)]
+        total: Option<u32>,
+        /// Allow a total below the running one.
+        #[arg(long)]
+        force_shrink: bool,
+        /// Follow the reshard to its end (a line per second); fails if it
+        /// did not complete.
+        #[arg(long)]
+        wait: bool,
+        /// The sharder's admin URL (default: sharder.http_listen of the
+        /// configuration, on loopback).
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     bulwark_process::init_logging("info", LogTo::Stdout);
-    let args = Args::parse();
-    match serve(args) {
+    let mut args = Args::parse();
+    let result = match args.command.take() {
+        Some(Command::Reshard {
+            total,
+            force_shrink,
+            wait,
+            url,
+        }) => reshard(args.config.as_deref(), total, force_shrink, wait, url),
+        None => serve(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
     }
@@ -61,6 +95,41 @@ fn serve(args: Args) -> Result<(), Failure> {
         "bye"
     );
     Ok(())
+}
+
+fn reshard(
+    config: Option<&Path>,
+    total: Option<u32>,
+    force_shrink: bool,
+    wait: bool,
+    url: Option<String>,
+) -> Result<(), Failure> {
+    let cfg = load(config).map_err(Failure::config)?;
+    let cli = sharder::ReshardCli {
+        url: url.unwrap_or_else(|| sharder::admin_url(cfg.sharder.http_listen)),
+        admin_token: cfg.sharder.admin_token.clone(),
+        total,
+        force_shrink,
+        wait,
+        every: std::time::Duration::from_secs(1),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::from_error(EXIT_FAILURE, "sharder reshard", &e))?;
+    runtime.block_on(async {
+        let resolver = dnscache::Resolver::shared(&cfg.dns)
+            .map_err(|e| Failure::from_error(EXIT_FAILURE, "sharder reshard", &e))?;
+        sharder::reshard_command(&resolver, &cli, &mut std::io::stdout())
+            .await
+            .map_err(|e| {
+                let code = match e {
+                    sharder::ReshardCliError::Unauthorized { .. } => EXIT_AUTH,
+                    _ => EXIT_FAILURE,
+                };
+                Failure::from_error(code, "sharder reshard", &e)
+            })
+    })
 }
 
 /// 2 when Discord refused the token, 78 for a configuration error, else 1.

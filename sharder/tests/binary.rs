@@ -1,6 +1,6 @@
 //! The `sharder` binary: exit codes, and a `kill -9` mid-stream followed by
 //! a restart from the file session store, checked against the simulator's
-//! ledger and what reached RabbitMQ.
+//! ledger and what reached RabbitMQ; then `sharder reshard` against it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -195,6 +195,43 @@ async fn kill_9_then_restart_resumes_every_shard_and_loses_nothing() {
         "kill -9: {} events in the ledger, all in RabbitMQ; {} replayed on resume",
         expected.len(),
         counters.replayed_events
+    );
+
+    // `sharder reshard` with the same configuration: a refused total exits
+    // 1 with the sharder's reason; a valid one is followed to its end.
+    let reshard = |total: &str| {
+        let path = path.clone();
+        let total = total.to_owned();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_sharder"))
+                .env_remove("POD_NAME")
+                .env("RUST_LOG", "warn")
+                .args(["reshard", "--wait", "--total", &total, "--config"])
+                .arg(&path)
+                .output()
+                .unwrap()
+        })
+    };
+    let refused = reshard("5").await.unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("reshard refused (400)") && err.contains("amqp.partitions"),
+        "{err}"
+    );
+    let done = reshard("8").await.unwrap();
+    let out = String::from_utf8_lossy(&done.stdout);
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(out.contains("reshard 4 -> 8 shards started"), "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with("running 8 shards, no reshard in progress"),
+        "{out}"
     );
 
     // SIGTERM: a clean, drained exit.
