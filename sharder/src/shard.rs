@@ -262,11 +262,23 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
 
     pub(crate) fn set_state(&self, state: ShardState) {
         tracing::debug!(shard_id = self.config.shard_id, ?state, "shard state");
+        // Labelled with the total: during a live reshard shard 3 of 4 and
+        // shard 3 of 8 both run, and the old one stopping must not read as
+        // the new one stopped. A retired shard's series all go to 0 (it is
+        // no longer a shard of the bot, stopped or otherwise).
         let shard = self.config.shard_id.to_string();
+        let total = self.config.total_shards.to_string();
+        let retired =
+            matches!(state, ShardState::Stopped(_)) && self.retire.load(Ordering::Relaxed);
         let current = state.metric_label();
         for name in ShardState::METRIC_LABELS {
-            metrics::gauge!("sharder_shard_state", "shard" => shard.clone(), "state" => name)
-                .set(f64::from(u8::from(name == current)));
+            metrics::gauge!(
+                "sharder_shard_state",
+                "total" => total.clone(),
+                "shard" => shard.clone(),
+                "state" => name
+            )
+            .set(f64::from(u8::from(name == current && !retired)));
         }
         self.state.send_replace(state);
     }

@@ -110,7 +110,9 @@ async fn operational_series_after_every_shard_is_ready() {
             assert_eq!(
                 sample(
                     &body,
-                    &format!("sharder_shard_state{{shard=\"{shard}\",state=\"{state}\"}}")
+                    &format!(
+                        "sharder_shard_state{{total=\"3\",shard=\"{shard}\",state=\"{state}\"}}"
+                    )
                 ),
                 Some(want),
                 "shard {shard} state {state}: {body}"

@@ -363,6 +363,22 @@ async fn four_to_eight_shards_live_one_clean_stream_then_a_restart_resumes_eight
     let done = wait_total(sharder.addr, TO).await;
     p.sim.set_event_rate(0.0).unwrap();
     assert_serving(&p.sim, TO, FROM, "only the new total serves").await;
+    // The retired shards are not "stopped" shards of the bot (that pages
+    // someone: BulwarkShardStopped), and each new one is active.
+    let (_, metrics) = http(sharder.addr, "GET", "/metrics", None, "").await;
+    let states: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sharder_shard_state{") && l.ends_with(" 1"))
+        .collect();
+    assert!(
+        !states.iter().any(|l| l.contains("state=\"stopped\"")),
+        "{states:?}"
+    );
+    let active_new = states
+        .iter()
+        .filter(|l| l.contains(&format!("total=\"{TO}\"")) && l.contains("state=\"active\""))
+        .count();
+    assert_eq!(active_new, TO as usize, "{states:?}");
     p.converge("after the reshard").await;
     let (events, both) = p.assert_each_event_once().await;
     assert_eq!(
