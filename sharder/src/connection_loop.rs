@@ -41,6 +41,10 @@ use std::future::Future;
 use std::pin::Pin;
 use tokio::time::Instant;
 
+/// How long a retired shard's connection is read after its close, for
+/// what Discord sent before it saw the close.
+const RETIRE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Messages handled per wake-up of the connection loop, at most, before
 /// the heartbeat timer, the persist timer and shutdown are looked at again.
 /// At 300k events per CPU-second a burst is about 0.2 ms.
@@ -96,6 +100,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 _ = self.shutdown.changed() => {
                     if self.retire.load(std::sync::atomic::Ordering::Relaxed) {
                         conn.close(1000, "retired by a live reshard").await;
+                        self.drain_retired(&mut conn).await;
                     } else {
                         conn.close(RESUMABLE_CLOSE, "shutting down").await;
                     }
@@ -146,6 +151,33 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 }
             }
         }
+    }
+
+    /// After the close of a retired shard: what Discord wrote before it
+    /// read the close is still forwarded, up to its closing frame (within
+    /// [`RETIRE_DRAIN`]). Those are copies of events the new total also
+    /// got, and the workers pair copies by content: a copy dropped here
+    /// could leave its twin paired with an older event of identical
+    /// payload (two TYPING_STARTs of one user in one second), and that
+    /// event would be lost from the clean stream.
+    async fn drain_retired(&mut self, conn: &mut Connection<C>) {
+        let drained = tokio::time::timeout(RETIRE_DRAIN, async {
+            loop {
+                let msg = conn.next_message().await;
+                if self.on_message(conn, msg).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                shard_id = self.config.shard_id,
+                "a retired connection did not close within {RETIRE_DRAIN:?}; dropping it"
+            );
+        }
+        self.live.flush_counters();
+        self.live.drain_confirms();
     }
 
     /// Handles up to `max` messages that are ready without waiting (a
