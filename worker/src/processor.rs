@@ -422,13 +422,19 @@ impl<S: Store> Worker<S> {
         let writes = first..steps.len();
         // Recorded even when the event turns out stale: a stale event stays
         // stale (versions only grow), so its redelivery is dropped either way.
-        let delivery = (parsed.class == Some(Class::Other)).then(|| {
-            steps.push(Step::FirstDelivery {
-                shard,
-                version: event.version(),
+        // Lifecycle events are announced by their newest write, except in a
+        // reshard window, where the copy that pairs first announces (see
+        // `emit`): there a redelivery must be told from it too.
+        let in_pairing = parsed.guild_id.is_some() && reshard::pairing(window, at_ms);
+        let delivery = (parsed.class == Some(Class::Other)
+            || (parsed.class.is_some() && in_pairing))
+            .then(|| {
+                steps.push(Step::FirstDelivery {
+                    shard,
+                    version: event.version(),
+                });
+                steps.len() - 1
             });
-            steps.len() - 1
-        });
         let lifecycle = !matches!(parsed.class, Some(Class::Other) | None);
         let announced = parsed
             .guild_id
@@ -585,7 +591,14 @@ impl<S: Store> Worker<S> {
         // Not newest now, but applied as the newest by an earlier attempt
         // whose output may be lost: published again, handlers not called.
         let replayed = !last && at(plan.announced);
-        let lifecycle = last || replayed;
+        // In the window the copy that pairs first announces a guild's
+        // lifecycle event even when its write lost to the other total's
+        // newer epochs (the old total's GUILD_DELETE behind the new
+        // total's snapshot): the other copy, whose write may apply, pairs
+        // with it and is never announced, so this copy is the only one
+        // that can be.
+        let pair_first = in_window && at(plan.pair) && first;
+        let lifecycle = last || replayed || pair_first;
         let class = match plan.class {
             Some(Class::Available { .. }) if at(plan.gap_join) => Some(Class::Joined),
             c => c,

@@ -46,6 +46,25 @@
 //! snapshot is stale (the snapshot includes it) yet it is the only copy
 //! the new generation will never send: it is emitted.
 //!
+//! *Lifecycle events are announced by the copy that pairs first.* Outside
+//! the window a GUILD_DELETE or GUILD_CREATE is announced by its newest
+//! write (a state change). In the window the old total's copy of an
+//! outage usually loses its write to the new total's newer snapshot, and
+//! the new total's copy, whose write applies, pairs with it: so the copy
+//! that pairs first announces it, whatever its write did (a redelivery of
+//! it is told apart by its first delivery, as for any dispatch).
+//!
+//! *The limit of pairing by content.* Two distinct events of one guild
+//! with identical payloads (a guild removed, rejoined and removed again
+//! inside the window; two TYPING_STARTs of one user in one second), of
+//! which an earlier one reached only one generation, can pair across:
+//! the later event's first copy pairs with the earlier unmatched one and
+//! its other copy is then the only one left. The sharder narrows this by
+//! forwarding what a retired connection received up to its close
+//! (`connection_loop.rs`); what remains is measured, not assumed away (the
+//! `reshard-live` scenario and the demo's `--reshard-to` count every
+//! logical event).
+//!
 //! *Hand-over, not arrival.* The new total's GUILD_CREATEs listed by its
 //! READY (`initial`) load guilds the bot already has: in the window they
 //! update the cache and are counted as hand-overs, never announced as

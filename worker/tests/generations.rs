@@ -304,6 +304,48 @@ async fn one_clean_stream_through_a_reshard<S: Store>(store: S) {
     assert_eq!(a.channels[&77].value.name.as_deref(), Some("after"));
 }
 
+fn outage(total: u32, epoch: u64, seq: u64, guild: u64) -> Ev {
+    Ev {
+        shard: 1,
+        total,
+        epoch,
+        seq,
+        t: "GUILD_DELETE",
+        guild_id: Some(guild),
+        marker: None,
+        d: json!({"id": guild.to_string(), "unavailable": true}).to_string(),
+    }
+}
+
+/// A guild outage during the overlap, the old generation's copy first:
+/// its write loses to the new generation's newer snapshot, and the new
+/// copy pairs with it, yet the bot hears of the outage once (and not
+/// again on a redelivery).
+async fn an_outage_in_the_overlap_is_announced_once<S: Store>(store: S) {
+    let (w, seen) = worker(store);
+    let take = || std::mem::take(&mut *seen.lock().unwrap());
+    feed(&w, &[&ready(OLD, 100, &[A]), &create(OLD, 100, 2, A)]).await;
+    mark(&w, ReshardPhase::Started, 1_000).await;
+    feed(&w, &[&ready(NEW, 200, &[A]), &create(NEW, 200, 2, A)]).await;
+    take();
+    feed(&w, &[&outage(OLD, 100, 3, A), &outage(NEW, 200, 3, A)]).await;
+    assert_eq!(take(), vec![("GUILD_UNAVAILABLE".to_owned(), A)]);
+    feed(&w, &[&outage(OLD, 100, 3, A)]).await;
+    assert!(take().is_empty(), "a redelivery announced it again");
+    let a = w.store().guild(A).await.unwrap().unwrap();
+    assert!(!a.available);
+}
+
+#[tokio::test]
+async fn memory_an_outage_in_the_overlap_is_announced_once() {
+    an_outage_in_the_overlap_is_announced_once(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn redis_an_outage_in_the_overlap_is_announced_once() {
+    an_outage_in_the_overlap_is_announced_once(redis().await).await;
+}
+
 #[tokio::test]
 async fn memory_one_clean_stream_through_a_reshard() {
     one_clean_stream_through_a_reshard(MemoryStore::new()).await;
