@@ -168,6 +168,82 @@ impl Broker {
         })
     }
 
+    /// Starts copying every clean event the workers publish to `topo`'s
+    /// output exchange (`<base>.events`), deduplicated by `message_id`
+    /// (publication is at-least-once).
+    pub async fn clean_tap(&self, topo: &AmqpTopology) -> Result<CleanTap> {
+        let ch = self.conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        ch.queue_bind(
+            q.name().as_str().into(),
+            topo.output_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let mut consumer = ch
+            .basic_consume(
+                q.name().as_str().into(),
+                "scenario-clean-tap".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let e = events.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(m)) = consumer.next().await {
+                let id = m
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default();
+                if !seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
+                    continue;
+                }
+                let guild_id = m
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-bulwark-guild-id"))
+                    .and_then(|v| match v {
+                        lapin::types::AMQPValue::LongString(s) => {
+                            String::from_utf8_lossy(s.as_bytes()).parse().ok()
+                        }
+                        _ => None,
+                    });
+                e.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(CleanEvent {
+                        name: m.routing_key.as_str().to_owned(),
+                        guild_id,
+                        body: m.data,
+                    });
+            }
+        });
+        Ok(CleanTap {
+            _ch: ch,
+            events,
+            task,
+        })
+    }
+
     /// Deletes an exchange (best effort).
     pub async fn delete_exchange(&self, name: &str) {
         let _ = self
@@ -217,6 +293,56 @@ impl Tap {
 }
 
 impl Drop for Tap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One clean event off the output exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanEvent {
+    /// The clean name (the routing key): `GUILD_AVAILABLE`, `MESSAGE_CREATE`...
+    pub name: String,
+    pub guild_id: Option<u64>,
+    pub body: Vec<u8>,
+}
+
+/// A running copy of the clean stream, one event per `message_id`.
+pub struct CleanTap {
+    _ch: Channel,
+    events: Arc<Mutex<Vec<CleanEvent>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for CleanTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CleanTap")
+            .field("events", &self.events().len())
+            .finish()
+    }
+}
+
+impl CleanTap {
+    /// Every clean event so far, in arrival order.
+    pub fn events(&self) -> Vec<CleanEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Clean events named `name` so far.
+    pub fn count(&self, name: &str) -> usize {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e.name == name)
+            .count()
+    }
+}
+
+impl Drop for CleanTap {
     fn drop(&mut self) {
         self.task.abort();
     }

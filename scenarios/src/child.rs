@@ -81,6 +81,19 @@ impl ChildGuard {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// CPU time (user + system) in clock ticks from `/proc/<pid>/stat`
+    /// (None once gone); ticks are 1/100 s on Linux (`getconf CLK_TCK`).
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // The command name (field 2) may hold spaces: fields after its ')'.
+        let rest = text.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line: 12 and 13 here.
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(utime + stime)
+    }
+
     /// Sends `SIGTERM` (the Kubernetes stop signal) through `kill(1)`.
     pub fn terminate(&self) -> Result<()> {
         let pid = self.pid().to_string();

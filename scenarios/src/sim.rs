@@ -37,6 +37,8 @@ pub struct SimArgs {
     /// (Discord's default, 1,000, unless a scenario needs more).
     pub session_start_total: u32,
     pub seed: u64,
+    /// Guilds a shard may own before Discord closes it with 4011.
+    pub guild_cap: Option<u32>,
 }
 
 impl Default for SimArgs {
@@ -53,6 +55,7 @@ impl Default for SimArgs {
             session_expiry_ms: 180_000,
             session_start_total: 1000,
             seed: 7,
+            guild_cap: None,
         }
     }
 }
@@ -89,6 +92,13 @@ pub struct LedgerEntry {
     /// The guild, as a decimal string.
     #[serde(default)]
     pub guild_id: Option<String>,
+    /// The shard total of the session.
+    #[serde(default)]
+    pub shard_total: u32,
+    /// The world event this is a delivery of (`None` for what only this
+    /// session was sent: READY, its snapshots, RESUMED...).
+    #[serde(default)]
+    pub event_id: Option<u64>,
 }
 
 /// `GET /sim/ledger`.
@@ -141,6 +151,9 @@ impl SimProcess {
             .stderr(Stdio::piped());
         if let Some(mix) = &args.event_mix {
             cmd.arg(format!("--event-mix={mix}"));
+        }
+        if let Some(cap) = args.guild_cap {
+            cmd.arg(format!("--guild-cap={cap}"));
         }
         let mut child = cmd
             .spawn()
@@ -259,6 +272,19 @@ impl SimProcess {
         self.control("event-rate", &format!("{{\"events_per_sec\": {per_sec}}}"))
             .await
             .map(drop)
+    }
+
+    /// Connections attached now, per shard total (`GET /sim/attached`).
+    pub async fn attached_by_total(&self) -> Result<BTreeMap<u32, u64>> {
+        let v: serde_json::Value = self.get_json("/sim/attached").await?;
+        Ok(v["attached"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, n)| Some((k.parse().ok()?, n.as_u64()?)))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// Shards with a connection attached now (from the truth of sessions:

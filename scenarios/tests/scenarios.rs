@@ -67,16 +67,31 @@ fn rollout_safety() {
 }
 
 #[test]
+fn reshard_live() {
+    scenario("reshard-live");
+}
+
+#[test]
+fn reshard_4011() {
+    scenario("reshard-4011");
+}
+
+#[test]
+fn reshard_kill() {
+    scenario("reshard-kill");
+}
+
+#[test]
 fn list_names_every_scenario_once() {
     let names: Vec<&str> = bulwark_scenarios::SCENARIOS
         .iter()
         .map(|s| s.name)
         .collect();
-    assert_eq!(names.len(), 9);
+    assert_eq!(names.len(), 12);
     let mut sorted = names.clone();
     sorted.sort_unstable();
     sorted.dedup();
-    assert_eq!(sorted.len(), 9, "{names:?}");
+    assert_eq!(sorted.len(), 12, "{names:?}");
 }
 
 #[test]

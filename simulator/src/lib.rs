@@ -49,6 +49,8 @@
 //!   for READY, RESUMED and READY's GUILD_CREATE snapshots; see
 //!   [`Ledger::logical_events`]).
 //! - `GET /sim/counters` -> [`Counters`].
+//! - `GET /sim/attached` -> `{"attached": {"<total>": n}}`: connections
+//!   attached now, per shard total with a session (no session is touched).
 //! - `POST /sim/faults/<name>` with a JSON body `{"shards": [..]}` (empty or
 //!   absent = all shards; those shard ids in every connected total, or only
 //!   in `"total": n` when given): `reconnect`, `drop`, `zombie`, `heartbeat-request`,

@@ -122,6 +122,11 @@ async fn two_totals_at_once_each_guild_event_reaches_its_owner_in_each_total() {
         sessions.push(s);
     }
     assert_eq!(sim.connected_totals(), vec![2, 4]);
+    let (status, body) = http(sim.addr(), "GET", "/sim/attached", None, None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"attached":{"2":2,"4":4}}"#)
+    );
     assert_eq!(sim.connected_sessions(&[0]), 2, "shard 0 of either total");
     assert_eq!(sim.connected_sessions_of(4, &[]), 4);
     assert_eq!(sim.connected_sessions_of(2, &[1]), 1);
@@ -185,6 +190,9 @@ async fn two_totals_at_once_each_guild_event_reaches_its_owner_in_each_total() {
     )
     .await;
     assert_eq!((status, body.as_str()), (200, r#"{"affected":1}"#));
+    // Dropped: resumable, no longer attached.
+    let (_, body) = http(sim.addr(), "GET", "/sim/attached", None, None).await;
+    assert_eq!(body, r#"{"attached":{"4":3}}"#);
     sim.shutdown().await;
 }
 

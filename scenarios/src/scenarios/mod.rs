@@ -12,6 +12,7 @@ pub mod cold_boot;
 pub mod corrupt_data;
 pub mod dns_outage;
 pub mod dns_storm;
+pub mod reshard_live;
 pub mod rolling_restart;
 pub mod rollout_safety;
 pub mod runtime_controls;
@@ -49,6 +50,9 @@ pub const SCENARIOS: &[ScenarioInfo] = &[
     runtime_controls::INFO,
     rollout_safety::INFO,
     worker_scale_out::INFO,
+    reshard_live::INFO,
+    reshard_live::INFO_4011,
+    reshard_live::INFO_KILL,
 ];
 
 /// Measurements the runner runs by name only (not in `run all`, not in
@@ -75,6 +79,9 @@ pub async fn run_scenario(name: &str, size: Size) -> ScenarioReport {
             "runtime-controls" => runtime_controls::run(size).await,
             "rollout-safety" => rollout_safety::run(size).await,
             "worker-scale-out" => worker_scale_out::run(size).await,
+            "reshard-live" => reshard_live::run(size, reshard_live::Trigger::Operator).await,
+            "reshard-4011" => reshard_live::run(size, reshard_live::Trigger::GuildCap).await,
+            "reshard-kill" => reshard_live::run(size, reshard_live::Trigger::KillMidway).await,
             "worker-throughput" => worker_throughput::run(size).await,
             other => Err(ScenarioError::Setup(format!(
                 "unknown scenario {other:?}; see `bulwark-scenarios list`"

@@ -73,6 +73,17 @@ pub(crate) async fn handle(
             json_resp(StatusCode::OK, &shared.core_urgent().ledger.snapshot())
         }
         (Method::GET, "/sim/counters") => json_resp(StatusCode::OK, &shared.core_urgent().counters),
+        (Method::GET, "/sim/attached") => {
+            // Connections attached per shard total, read without touching
+            // a session (a heartbeat request would).
+            let core = shared.core_urgent();
+            let attached: std::collections::BTreeMap<String, usize> = core
+                .totals()
+                .into_iter()
+                .map(|t| (t.to_string(), core.attached(Target::of(t, &[]))))
+                .collect();
+            json_resp(StatusCode::OK, &json!({ "attached": attached }))
+        }
         (Method::POST, p) if p.starts_with("/sim/") => control(req, &shared, p).await,
         (_, "/" | "/resume") => error(StatusCode::BAD_REQUEST, "expected a websocket upgrade"),
         _ => error(StatusCode::NOT_FOUND, &format!("no route for {path}")),
