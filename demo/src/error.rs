@@ -25,6 +25,8 @@ pub enum DemoError {
     Store(#[from] worker::StoreError),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("live reshard: {0}")]
+    Reshard(#[from] sharder::ReshardCliError),
     #[error("interrupted")]
     Interrupted,
     #[error("{0}")]

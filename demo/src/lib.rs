@@ -31,7 +31,7 @@ pub mod verdict;
 pub use error::DemoError;
 pub use options::{Args, CacheKind, DemoOptions, MAX_CONCURRENCY, QueueKind};
 pub use progress::{CacheCounts, Phase, Progress, Snapshot};
-pub use summary::Summary;
+pub use summary::{ReshardFigures, Summary};
 
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;

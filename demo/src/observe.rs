@@ -26,6 +26,9 @@ use worker::{CleanEvent, CleanKind, Store, Worker};
 pub struct Observation {
     inner: Mutex<Seen>,
     available: AtomicU64,
+    /// GUILD_AVAILABLE announcements of a guild loading after READY
+    /// (`initial`), as opposed to one back from an outage.
+    initial: AtomicU64,
     unavailable: AtomicU64,
     removed: AtomicU64,
 }
@@ -41,6 +44,9 @@ struct Seen {
     ready_guilds: HashMap<String, HashSet<u64>>,
     /// Every `GUILD_JOINED`'s guild, in order (repeats kept).
     joins: Vec<u64>,
+    /// Clean events per guild and gateway name, READY-time loads left out
+    /// ([`crate::verdict::check_stream`]).
+    guild_events: HashMap<(u64, String), u64>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +71,7 @@ impl Observation {
         Self {
             inner: Mutex::new(Seen::default()),
             available: AtomicU64::new(0),
+            initial: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
             removed: AtomicU64::new(0),
         }
@@ -85,6 +92,16 @@ impl Observation {
                 }
             })
             .on_any(move |ev| {
+                if ev.kind == (CleanKind::GuildAvailable { initial: true }) {
+                    any.initial.fetch_add(1, Ordering::Relaxed);
+                } else if let Some(g) = ev.guild_id
+                    && !matches!(ev.kind, CleanKind::Reshard { .. })
+                {
+                    *any.seen()
+                        .guild_events
+                        .entry((g, ev.t.to_owned()))
+                        .or_default() += 1;
+                }
                 let counter = match ev.kind {
                     CleanKind::GuildAvailable { .. } => &any.available,
                     CleanKind::GuildUnavailable => &any.unavailable,
@@ -134,6 +151,17 @@ impl Observation {
         self.seen().joins.clone()
     }
 
+    /// GUILD_AVAILABLE announcements with `initial` so far: one per guild
+    /// a session loaded after READY that the bot did not have.
+    pub fn initial_loads(&self) -> u64 {
+        self.initial.load(Ordering::Relaxed)
+    }
+
+    /// Clean events per guild and gateway event name so far.
+    pub fn guild_events(&self) -> HashMap<(u64, String), u64> {
+        self.seen().guild_events.clone()
+    }
+
     /// (available, unavailable, removed) announcements so far.
     pub fn lifecycle(&self) -> (u64, u64, u64) {
         (
@@ -149,7 +177,8 @@ impl Observation {
 pub struct Counters {
     /// Dispatches the shards handed to the queue (`sharder_events_total`).
     pub forwarded: f64,
-    /// Events the worker processed: announced, deduplicated or invalid.
+    /// Events the worker processed: announced, deduplicated or invalid,
+    /// and during a live reshard the twins dropped and the hand-overs.
     pub processed: f64,
     /// Events whose writes changed the cache.
     pub applied: f64,
@@ -172,7 +201,9 @@ impl Counters {
             forwarded: m("sharder_events_total"),
             processed: m("worker_events_emitted_total")
                 + m("worker_events_dropped_total")
-                + m("worker_events_invalid_total"),
+                + m("worker_events_invalid_total")
+                + m("worker_reshard_twins_dropped_total")
+                + m("worker_reshard_handovers_total"),
             applied: m("worker_events_applied_total"),
             identifies: m("sharder_identify_wait_seconds_count"),
             identify_wait_sum: m("sharder_identify_wait_seconds_sum"),

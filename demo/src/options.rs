@@ -59,6 +59,8 @@ pub struct DemoOptions {
     /// Longest wait for the cold boot beyond twice the protocol floor, and
     /// for the worker to catch up at the end.
     pub patience: Duration,
+    /// Reshard live to this total half-way through the traffic.
+    pub reshard_to: Option<u32>,
 }
 
 impl Default for DemoOptions {
@@ -77,6 +79,7 @@ impl Default for DemoOptions {
             cache: CacheKind::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
             patience: Duration::from_secs(60),
+            reshard_to: None,
         }
     }
 }
@@ -138,6 +141,10 @@ pub struct Args {
     /// Redis URL (with --cache redis).
     #[arg(long, value_name = "URL")]
     pub redis_url: Option<String>,
+    /// Reshard live to N shards half-way through the traffic (a multiple
+    /// of 16 above --shards); the traffic goes on until it completed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub reshard_to: Option<u32>,
 }
 
 impl Args {
@@ -164,6 +171,21 @@ impl Args {
             ));
         }
         let defaults = DemoOptions::default();
+        if let Some(to) = self.reshard_to
+            && (to <= self.shards
+                || !to.is_multiple_of(MAX_CONCURRENCY)
+                || !to.is_multiple_of(defaults.partitions)
+                || !self.shards.is_multiple_of(defaults.partitions))
+        {
+            return Err(Args::command().error(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "--reshard-to {to}: must be above --shards {} and a multiple of {MAX_CONCURRENCY} \
+                     (max_concurrency), with --shards a multiple of the {} partitions",
+                    self.shards, defaults.partitions
+                ),
+            ));
+        }
         Ok(DemoOptions {
             shards: self.shards,
             guilds_per_shard: self.guilds_per_shard,
@@ -174,6 +196,7 @@ impl Args {
             amqp_url: self.amqp_url.unwrap_or(defaults.amqp_url.clone()),
             cache: self.cache,
             redis_url: self.redis_url.unwrap_or(defaults.redis_url.clone()),
+            reshard_to: self.reshard_to,
             ..defaults
         })
     }
@@ -227,6 +250,8 @@ mod tests {
             &["--amqp-url", "amqp://x"],
             &["--redis-url", "redis://x", "--queue", "rabbitmq"],
             &["--shards", "4096", "--guilds-per-shard", "2500"],
+            &["--reshard-to", "128"],
+            &["--reshard-to", "200"],
             &["--frobnicate"],
         ] {
             let e = parse(bad).unwrap_err();
@@ -248,5 +273,9 @@ mod tests {
         assert_eq!(o.window, Duration::from_millis(500));
         // 5 % of 500 ms is under the 50 ms the margin keeps at least.
         assert_eq!(o.sharder_window(), Duration::from_millis(550));
+        assert_eq!(
+            parse(&["--reshard-to", "256"]).unwrap().reshard_to,
+            Some(256)
+        );
     }
 }

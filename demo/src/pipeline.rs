@@ -10,7 +10,10 @@
 //! 3. **Cold boot**: every 250 ms, read the counters and the worker's
 //!    READYs, report each batch as it completes, until every shard is
 //!    READY (or the boot takes more than twice the floor plus the patience).
-//! 4. **Traffic**: events keep flowing for `traffic`.
+//! 4. **Traffic**: events keep flowing for `traffic`. With `--reshard-to`,
+//!    half-way through it the sharder is asked for a live reshard
+//!    (`POST /admin/reshard`, as an operator would), and the traffic goes
+//!    on until both totals have handed over.
 //! 5. **Drain**: stop the generator; once the worker has processed every
 //!    dispatch, end any outage still open (so every guild's data is
 //!    delivered, and compared) and wait again, until nothing is left.
@@ -22,8 +25,8 @@ use crate::observe::{Counters, Observation};
 use crate::options::{CacheKind, DemoOptions, MAX_CONCURRENCY, QueueKind};
 use crate::progress::{CacheCounts, Phase, Progress, Snapshot};
 use crate::queue::Queue;
-use crate::summary::Summary;
-use crate::verdict::{audit_joins, compare_cache, ledger_guilds};
+use crate::summary::{ReshardFigures, Summary};
+use crate::verdict::{audit_joins, check_stream, compare_cache, ledger_guilds};
 use discord_sim::{SimConfig, SimHandle, Simulator};
 use sharder::{RunOptions, RunReport};
 use std::path::PathBuf;
@@ -162,16 +165,31 @@ async fn with_simulator<S: Store + CacheSize>(
     let worker = Arc::new(observation.attach(Worker::with_shared_store(store.clone())));
     let sessions = SessionDir::new(base)?;
     let cfg = sharder_config(opts, sim, &sessions, base)?;
+    let dns = cfg.dns.clone();
     let (queue, sink) = Queue::start(opts, base, worker).await?;
     let stop = CancellationToken::new();
+    let (listening, admin) = tokio::sync::oneshot::channel();
     let sharder = tokio::spawn(sharder::run_with(
         cfg,
         stop.clone(),
         RunOptions {
             sink,
-            on_listening: None,
+            on_listening: Some(listening),
         },
     ));
+    let admin = match opts.reshard_to {
+        Some(_) => Some(Admin {
+            url: format!(
+                "http://{}",
+                admin
+                    .await
+                    .map_err(|_| DemoError::Timeout("the sharder never listened".into()))?
+            ),
+            resolver: dnscache::Resolver::shared(&dns)
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        }),
+        None => None,
+    };
     let watcher = Watcher {
         opts,
         sim,
@@ -179,8 +197,12 @@ async fn with_simulator<S: Store + CacheSize>(
         observation: &observation,
         baseline,
         started,
+        admin,
     };
-    let watched = watcher.watch(progress, interrupt, &sharder, &queue).await;
+    let mut reshard = None;
+    let watched = watcher
+        .watch(progress, interrupt, &sharder, &queue, &mut reshard)
+        .await;
     stop.cancel();
     let ended = match tokio::time::timeout(SHUTDOWN_GRACE * 2, sharder).await {
         Ok(Ok(r)) => r.map_err(DemoError::from),
@@ -192,7 +214,9 @@ async fn with_simulator<S: Store + CacheSize>(
     let outcome = async {
         watched?;
         let report = ended?;
-        verdict(opts, &*store, sim, &observation, &report, &baseline).await
+        let mut summary = verdict(opts, &*store, sim, &observation, &report, &baseline).await?;
+        summary.reshard = reshard;
+        Ok::<_, DemoError>(summary)
     }
     .await;
     let closed = queue.close().await;
@@ -244,6 +268,8 @@ async fn verdict<S: Store>(
         cache_check,
         drained: report.drained,
         elapsed: Duration::ZERO,
+        reshard: None,
+        stream: check_stream(&ledger, &observation.guild_events()),
     })
 }
 
@@ -255,6 +281,23 @@ struct Watcher<'a, S> {
     observation: &'a Observation,
     baseline: Counters,
     started: Instant,
+    /// The sharder's admin API, when a live reshard is to be asked for.
+    admin: Option<Admin>,
+}
+
+/// The sharder's admin endpoint, for `--reshard-to`.
+struct Admin {
+    url: String,
+    resolver: dnscache::Resolver,
+}
+
+/// A live reshard the demo asked for, as it runs.
+struct Resharding {
+    to: u32,
+    asked: Instant,
+    floor: Duration,
+    identifies_before: u64,
+    announced_before: u64,
 }
 
 impl<S: Store + CacheSize> Watcher<'_, S> {
@@ -264,6 +307,7 @@ impl<S: Store + CacheSize> Watcher<'_, S> {
         interrupt: &CancellationToken,
         sharder: &tokio::task::JoinHandle<Result<RunReport, sharder::RunError>>,
         queue: &Queue,
+        reshard_done: &mut Option<ReshardFigures>,
     ) -> Result<(), DemoError> {
         let opts = self.opts;
         let batches = opts.batches();
@@ -273,6 +317,7 @@ impl<S: Store + CacheSize> Watcher<'_, S> {
         let mut phase_end = boot_deadline;
         let mut announced = 0u32;
         let mut last = (Instant::now(), 0.0f64);
+        let mut resharding: Option<Resharding> = None;
         progress.note(&format!(
             "{} shards in {batches} identify batches of {MAX_CONCURRENCY}, window {:?}: \
              protocol floor {:?}",
@@ -337,6 +382,10 @@ impl<S: Store + CacheSize> Watcher<'_, S> {
                     removed,
                 ),
             });
+            let reshard_pending = phase == Phase::Traffic
+                && self
+                    .reshard_step(progress, now, phase_end, &mut resharding, reshard_done)
+                    .await?;
             match phase {
                 Phase::Booting if ready.len() as u32 >= opts.shards => {
                     let span = self.observation.ready_span().unwrap_or_default();
@@ -359,7 +408,7 @@ impl<S: Store + CacheSize> Watcher<'_, S> {
                         self.started.elapsed().as_secs_f64()
                     )));
                 }
-                Phase::Traffic if now >= phase_end => {
+                Phase::Traffic if now >= phase_end && !reshard_pending => {
                     self.sim.set_event_rate(0.0)?;
                     progress.note("events stopped; the worker catches up");
                     phase = Phase::Draining;
@@ -367,13 +416,35 @@ impl<S: Store + CacheSize> Watcher<'_, S> {
                 }
                 Phase::Draining => {
                     let dispatched = self.sim.counters().events_dispatched as f64;
-                    if counters.forwarded >= dispatched && counters.processed >= dispatched {
+                    // After a live reshard the retired sessions' unread
+                    // dispatches are never forwarded: wait for every
+                    // logical event in the clean stream instead.
+                    let caught_up = if self.opts.reshard_to.is_some() {
+                        counters.processed >= counters.forwarded
+                            && check_stream(&self.sim.ledger(), &self.observation.guild_events())
+                                .lost
+                                == 0
+                    } else {
+                        counters.forwarded >= dispatched && counters.processed >= dispatched
+                    };
+                    if caught_up {
                         if self.end_outages() == 0 {
                             return Ok(());
                         }
                     } else if now > phase_end {
+                        let stream = self
+                            .opts
+                            .reshard_to
+                            .map(|_| {
+                                let c = check_stream(&self.sim.ledger(), &self.observation.guild_events());
+                                format!(
+                                    " (forwarded {}; clean stream vs ledger: {} lost, {} twice of {}, e.g. {})",
+                                    counters.forwarded, c.lost, c.twice, c.events, c.examples.join("; ")
+                                )
+                            })
+                            .unwrap_or_default();
                         return Err(DemoError::Timeout(format!(
-                            "the worker processed {} of {dispatched} events",
+                            "the worker processed {} of {dispatched} events{stream}",
                             counters.processed
                         )));
                     }
@@ -381,6 +452,80 @@ impl<S: Store + CacheSize> Watcher<'_, S> {
                 Phase::Booting | Phase::Traffic => {}
             }
         }
+    }
+
+    /// Drives `--reshard-to` during the traffic (ending at `traffic_end`):
+    /// asks for it half-way, then follows it. Returns whether it is still
+    /// to ask for or running.
+    async fn reshard_step(
+        &self,
+        progress: &mut Progress,
+        now: Instant,
+        traffic_end: Instant,
+        resharding: &mut Option<Resharding>,
+        done: &mut Option<ReshardFigures>,
+    ) -> Result<bool, DemoError> {
+        let (Some(to), Some(admin)) = (self.opts.reshard_to, &self.admin) else {
+            return Ok(false);
+        };
+        if done.is_some() {
+            return Ok(false);
+        }
+        let token = config::Secret::default();
+        let Some(r) = resharding.as_ref() else {
+            if now + self.opts.traffic / 2 < traffic_end {
+                return Ok(true);
+            }
+            let plan =
+                sharder::request_reshard(&admin.resolver, &admin.url, &token, to, false).await?;
+            let floor = Duration::from_secs_f64(plan["cold_boot_floor_s"].as_f64().unwrap_or(0.0));
+            progress.note(&format!(
+                "live reshard {} -> {to} shards asked for: {} identifies, new total's floor \
+                 {:.2}s; the old shards serve until the new ones have every guild",
+                self.opts.shards,
+                plan["identifies"],
+                floor.as_secs_f64()
+            ));
+            *resharding = Some(Resharding {
+                to,
+                asked: now,
+                floor,
+                identifies_before: self.sim.counters().identifies,
+                announced_before: self.observation.initial_loads(),
+            });
+            return Ok(true);
+        };
+        let v = sharder::reshard_status(&admin.resolver, &admin.url, &token).await?;
+        if v["total"] == r.to && v["reshard"].is_null() {
+            let took = now.duration_since(r.asked);
+            let reannounced = self
+                .observation
+                .initial_loads()
+                .saturating_sub(r.announced_before);
+            progress.note(&format!(
+                "live reshard done: {} shards serve after {:.2}s (floor {:.2}s), \
+                 {reannounced} guilds announced again",
+                r.to,
+                took.as_secs_f64(),
+                r.floor.as_secs_f64()
+            ));
+            *done = Some(ReshardFigures {
+                from: self.opts.shards,
+                to: r.to,
+                took,
+                floor: r.floor,
+                identifies: self.sim.counters().identifies - r.identifies_before,
+                reannounced,
+            });
+            return Ok(false);
+        }
+        if now.duration_since(r.asked) > r.floor * 2 + self.opts.patience {
+            return Err(DemoError::Timeout(format!(
+                "the live reshard to {} shards did not complete: {v}",
+                r.to
+            )));
+        }
+        Ok(true)
     }
 
     /// Ends every open outage; returns how many there were.

@@ -1,7 +1,7 @@
 //! The demo's result: what ran, how fast against the protocol floor, what
 //! flowed, and the verdict, printed as a table.
 
-use crate::verdict::{Comparison, JoinAudit};
+use crate::verdict::{Comparison, JoinAudit, StreamCheck};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -38,6 +38,26 @@ pub struct Summary {
     pub drained: bool,
     /// The whole run.
     pub elapsed: Duration,
+    /// The live reshard of `--reshard-to`, if one ran.
+    pub reshard: Option<ReshardFigures>,
+    /// The clean stream against the ledger, for the whole run.
+    pub stream: StreamCheck,
+}
+
+/// What a live reshard cost and kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReshardFigures {
+    pub from: u32,
+    pub to: u32,
+    /// Request to both totals' hand-over done.
+    pub took: Duration,
+    /// `identify windows x window` of the new total (the plan's).
+    pub floor: Duration,
+    /// Identifies the simulator admitted from the request on.
+    pub identifies: u64,
+    /// GUILD_AVAILABLE `initial` announcements after the request: guilds
+    /// the bot had, announced as loading again.
+    pub reannounced: u64,
 }
 
 impl Summary {
@@ -46,9 +66,14 @@ impl Summary {
         (!self.floor.is_zero()).then(|| self.ready_span.as_secs_f64() / self.floor.as_secs_f64())
     }
 
-    /// No false join and a cache equal to the ground truth.
+    /// No false join and a cache equal to the ground truth (and, after a
+    /// live reshard, no guild announced again).
     pub fn passed(&self) -> bool {
-        self.joins.false_joins == 0 && self.cache_check.equal()
+        self.joins.false_joins == 0
+            && self.cache_check.equal()
+            && self.stream.lost == 0
+            && self.stream.twice == 0
+            && self.reshard.as_ref().is_none_or(|r| r.reannounced == 0)
     }
 
     /// The table printed at the end.
@@ -109,7 +134,14 @@ impl Summary {
                     "{} (simulator dispatched {})",
                     self.forwarded, self.dispatched
                 ),
-                ok(self.forwarded == self.dispatched),
+                // A live reshard closes the old total with dispatches still
+                // unread (their twins came through the new one): the row
+                // below checks each event instead.
+                if self.reshard.is_some() {
+                    ""
+                } else {
+                    ok(self.forwarded == self.dispatched)
+                },
             ),
             (
                 "events applied",
@@ -132,6 +164,34 @@ impl Summary {
             ),
             ("cache = ground truth", cache, ok(self.cache_check.equal())),
             (
+                "live reshard",
+                match &self.reshard {
+                    Some(r) => format!(
+                        "{} -> {} shards in {:.2}s (new total's floor {:.2}s), {} identifies, \
+                         {} guilds announced again",
+                        r.from,
+                        r.to,
+                        r.took.as_secs_f64(),
+                        r.floor.as_secs_f64(),
+                        r.identifies,
+                        r.reannounced
+                    ),
+                    None => "not asked (--reshard-to N)".into(),
+                },
+                match &self.reshard {
+                    Some(r) => ok(r.reannounced == 0),
+                    None => "",
+                },
+            ),
+            (
+                "each event once",
+                format!(
+                    "{} lost, {} twice of {} guild events in the clean stream ({} reached two totals)",
+                    self.stream.lost, self.stream.twice, self.stream.events, self.stream.both
+                ),
+                ok(self.stream.lost == 0 && self.stream.twice == 0),
+            ),
+            (
                 "total time",
                 format!(
                     "{:.1}s{}",
@@ -153,6 +213,9 @@ impl Summary {
             let _ = writeln!(out, "| {name:<w0$} | {value:<w1$} | {verdict:<4} |");
         }
         out.push_str(&rule);
+        for m in &self.stream.examples {
+            let _ = writeln!(out, "  stream: {m}");
+        }
         for m in &self.cache_check.mismatches {
             let _ = writeln!(out, "  mismatch: {m}");
         }

@@ -176,6 +176,63 @@ pub fn ledger_guilds(ledger: &Ledger) -> BTreeSet<u64> {
         .collect()
 }
 
+/// The clean stream against the ledger's logical events: what a live
+/// reshard must keep (each event once although both totals got it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamCheck {
+    /// Logical guild events some session received.
+    pub events: usize,
+    /// Of those, received by sessions of two totals.
+    pub both: usize,
+    /// Sent (per guild and event name) more often than emitted.
+    pub lost: usize,
+    /// Emitted more often than sent.
+    pub twice: usize,
+    /// The first few differences, for the table.
+    pub examples: Vec<String>,
+}
+
+/// Per guild and gateway event name, the logical events of `ledger` that
+/// reached a session against `emitted` (the worker's clean events by the
+/// same key, READY-time loads and markers left out). GUILD_CREATE is left
+/// to the join audit: a guild back from an outage that a session's READY
+/// listed as unavailable is announced as that session's load (`initial`),
+/// which READY-time loads share, so the two cannot be told apart here.
+pub fn check_stream(ledger: &Ledger, emitted: &HashMap<(u64, String), u64>) -> StreamCheck {
+    let mut out = StreamCheck::default();
+    let mut want: HashMap<(u64, String), u64> = HashMap::new();
+    for e in ledger.logical_events().into_values() {
+        let Some(g) = e.guild_id else { continue };
+        if e.deliveries.is_empty() || e.event == "GUILD_CREATE" {
+            continue;
+        }
+        out.events += 1;
+        let first = e.deliveries[0].shard_total;
+        if e.deliveries.iter().any(|d| d.shard_total != first) {
+            out.both += 1;
+        }
+        *want.entry((g, e.event)).or_default() += 1;
+    }
+    let keys: BTreeSet<&(u64, String)> = want
+        .keys()
+        .chain(emitted.keys())
+        .filter(|k| k.1 != "GUILD_CREATE")
+        .collect();
+    for k in keys {
+        let (w, got) = (
+            want.get(k).copied().unwrap_or(0),
+            emitted.get(k).copied().unwrap_or(0),
+        );
+        if w != got && out.examples.len() < 5 {
+            out.examples
+                .push(format!("guild {} {}: sent {w}, emitted {got}", k.0, k.1));
+        }
+        out.lost += usize::try_from(w.saturating_sub(got)).unwrap_or(usize::MAX);
+        out.twice += usize::try_from(got.saturating_sub(w)).unwrap_or(usize::MAX);
+    }
+    out
+}
+
 /// Joins, real and announced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JoinAudit {

@@ -30,6 +30,6 @@ async fn in_process_demo_ends_with_the_truth_and_no_false_join() {
     .await
     .unwrap()
     .unwrap();
-    common::assert_clean(&summary, &opts);
+    common::assert_clean(&summary, &opts, true);
     assert_eq!(summary.queue, "in-process channel");
 }

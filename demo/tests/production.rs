@@ -38,7 +38,7 @@ async fn rabbitmq_and_redis_demo_ends_with_the_truth_and_cleans_up() {
     .await
     .unwrap()
     .unwrap();
-    common::assert_clean(&summary, &opts);
+    common::assert_clean(&summary, &opts, true);
     assert_eq!(summary.queue, "RabbitMQ (4 partitions)");
     assert_eq!(summary.cache, "Redis");
 

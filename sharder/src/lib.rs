@@ -110,7 +110,9 @@ pub use identify::{IdentifyScheduler, IdentifySettings, SessionStartLimit};
 pub use identify_breaker::BreakerPolicy;
 pub use identify_budget::{BudgetMark, SharedBudget};
 pub use identify_lock::RedisIdentifyLock;
-pub use reshard_cli::{ReshardCli, ReshardCliError, admin_url, reshard_command};
+pub use reshard_cli::{
+    ReshardCli, ReshardCliError, admin_url, request_reshard, reshard_command, reshard_status,
+};
 pub use reshard_marker::{MarkerPublishError, publish_marker};
 pub use reshard_plan::{
     DISCORD_IDENTIFY_WINDOW, ReshardContext, ReshardPlan, ReshardRefused, ReshardRequest,

@@ -67,12 +67,14 @@ pub async fn reshard_command(
 ) -> Result<(), ReshardCliError> {
     let mut waiting_for = None;
     if let Some(total) = cli.total {
-        let body = serde_json::json!({ "total": total, "force_shrink": cli.force_shrink });
-        let (status, v) = exchange(resolver, cli, "POST", body.to_string()).await?;
-        if status != 202 {
-            let reason = v["error"].as_str().unwrap_or("no reason given").to_owned();
-            return Err(ReshardCliError::Refused { status, reason });
-        }
+        let v = request_reshard(
+            resolver,
+            &cli.url,
+            &cli.admin_token,
+            total,
+            cli.force_shrink,
+        )
+        .await?;
         let _ = writeln!(
             out,
             "reshard {} -> {} shards started: {} identifies, cold-boot floor {:.0} s, {} session starts left after",
@@ -85,13 +87,7 @@ pub async fn reshard_command(
         waiting_for = Some(total);
     }
     loop {
-        let (status, v) = exchange(resolver, cli, "GET", String::new()).await?;
-        if status != 200 {
-            return Err(ReshardCliError::Answer {
-                url: cli.url.clone(),
-                reason: format!("GET /admin/reshard answered {status}"),
-            });
-        }
+        let v = reshard_status(resolver, &cli.url, &cli.admin_token).await?;
         let line = progress_line(&v);
         let _ = writeln!(out, "{line}");
         let running = !v["reshard"].is_null();
@@ -140,22 +136,54 @@ pub fn progress_line(v: &serde_json::Value) -> String {
     line
 }
 
+/// `POST /admin/reshard` on the sharder at `url`: the plan it answered.
+pub async fn request_reshard(
+    resolver: &dnscache::Resolver,
+    url: &str,
+    admin_token: &Secret,
+    total: u32,
+    force_shrink: bool,
+) -> Result<serde_json::Value, ReshardCliError> {
+    let body = serde_json::json!({ "total": total, "force_shrink": force_shrink });
+    let (status, v) = exchange(resolver, url, admin_token, "POST", body.to_string()).await?;
+    if status != 202 {
+        let reason = v["error"].as_str().unwrap_or("no reason given").to_owned();
+        return Err(ReshardCliError::Refused { status, reason });
+    }
+    Ok(v)
+}
+
+/// `GET /admin/reshard` on the sharder at `url`: the running total and the
+/// reshard in progress, if any.
+pub async fn reshard_status(
+    resolver: &dnscache::Resolver,
+    url: &str,
+    admin_token: &Secret,
+) -> Result<serde_json::Value, ReshardCliError> {
+    let (status, v) = exchange(resolver, url, admin_token, "GET", String::new()).await?;
+    if status != 200 {
+        return Err(ReshardCliError::Answer {
+            url: url.to_owned(),
+            reason: format!("GET /admin/reshard answered {status}"),
+        });
+    }
+    Ok(v)
+}
+
 async fn exchange(
     resolver: &dnscache::Resolver,
-    cli: &ReshardCli,
+    base: &str,
+    admin_token: &Secret,
     method: &str,
     body: String,
 ) -> Result<(u16, serde_json::Value), ReshardCliError> {
-    let url = format!("{}/admin/reshard", cli.url.trim_end_matches('/'));
+    let url = format!("{}/admin/reshard", base.trim_end_matches('/'));
     let mut request = axum::http::Request::builder()
         .method(method)
         .uri(&url)
         .header("content-type", "application/json");
-    if !cli.admin_token.expose().is_empty() {
-        request = request.header(
-            "authorization",
-            format!("Bearer {}", cli.admin_token.expose()),
-        );
+    if !admin_token.expose().is_empty() {
+        request = request.header("authorization", format!("Bearer {}", admin_token.expose()));
     }
     let request =
         request
