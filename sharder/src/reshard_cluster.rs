@@ -52,15 +52,15 @@ pub(crate) const POLL: Duration = Duration::from_millis(200);
 const RUNNING_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 const FINISHED_TTL_MS: u64 = 3600 * 1000;
 
-/// KEYS[1] the hash; ARGV id, from, to, ttl. Returns {1} when claimed,
-/// else {0, id, from, to} of the reshard that runs.
+/// KEYS[1] the hash; ARGV id, from, to, ttl, processes. Returns {1} when
+/// claimed, else {0, id, from, to} of the reshard that runs.
 const CLAIM: &str = r"
 local running = redis.call('HGET', KEYS[1], 'id')
 if running and redis.call('HEXISTS', KEYS[1], 'finished') == 0 then
   return {0, running, redis.call('HGET', KEYS[1], 'from'), redis.call('HGET', KEYS[1], 'to')}
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'from', ARGV[2], 'to', ARGV[3])
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'from', ARGV[2], 'to', ARGV[3], 'processes', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {1}
 ";
@@ -122,6 +122,8 @@ pub(crate) struct ClusterView {
     pub id: Option<u64>,
     pub from: u32,
     pub to: u32,
+    /// The process count both totals were laid out for.
+    pub processes: u32,
     pub announced: bool,
     pub loaded: u32,
     pub committed: bool,
@@ -142,6 +144,7 @@ impl ClusterView {
             id: h.get("id").and_then(|v| v.parse().ok()),
             from: num("from"),
             to: num("to"),
+            processes: num("processes"),
             announced: h.contains_key("announced"),
             loaded: count("loaded:"),
             committed: h.contains_key("committed"),
@@ -214,6 +217,7 @@ impl ReshardCluster {
             .arg(marker.from)
             .arg(marker.to)
             .arg(RUNNING_TTL_MS)
+            .arg(self.processes)
             .query_async(&mut self.conn.clone())
             .await?;
         let int = |i: usize| {
@@ -387,7 +391,8 @@ mod tests {
         ));
         assert_eq!(a.view().await.unwrap().running(), None, "not announced");
         a.announce(1).await.unwrap();
-        assert_eq!(b.view().await.unwrap().running(), Some(1));
+        let v = b.view().await.unwrap();
+        assert_eq!((v.running(), v.processes), (Some(1), 2));
         // Writes for another reshard are ignored.
         assert!(matches!(
             b.report(2, "loaded").await,

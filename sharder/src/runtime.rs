@@ -285,6 +285,20 @@ async fn run_shards(
         },
         None => None,
     };
+    // Both totals' layouts depend on the process count: a pod of a
+    // StatefulSet scaled mid-reshard would run the wrong shards.
+    if let (Some(c), Some(v)) = (&cluster, &view)
+        && v.running().is_some()
+        && v.processes != 0
+        && v.processes != c.processes
+    {
+        return Err(RunError::Config(format!(
+            "a live reshard from {} to {} shards laid out for {} sharder processes is in \
+             progress, and this one runs with process_count {}: scale the StatefulSet back to \
+             {} replicas until it finishes (GET /admin/reshard)",
+            v.from, v.to, v.processes, c.processes, v.processes
+        )));
+    }
     let rejoin = view
         .clone()
         .filter(|v| v.running().is_some() && record.is_some_and(|r| r.configured == configured));
@@ -574,6 +588,7 @@ async fn run_shards(
                     && !view.committed
                     && view.aborted.is_none()
                     && view.from == resharder.total
+                    && resharder.cluster.as_ref().is_some_and(|c| view.processes == 0 || view.processes == c.processes)
                 {
                     match joined_plan(view.from, view.to) {
                         Ok(plan) => resharder.join(&view, plan, &mut tasks),

@@ -129,6 +129,21 @@ pub enum ShardExit {
     SinkClosed,
 }
 
+/// Sets `sharder_shard_state` of shard `id` of `total`: 1 for `current`,
+/// 0 for the other states (all 0 for `None`: a retired shard).
+fn state_series(id: u32, total: u32, current: Option<&'static str>) {
+    let (shard, total) = (id.to_string(), total.to_string());
+    for name in ShardState::METRIC_LABELS {
+        metrics::gauge!(
+            "sharder_shard_state",
+            "total" => total.clone(),
+            "shard" => shard.clone(),
+            "state" => name
+        )
+        .set(f64::from(u8::from(current == Some(name))));
+    }
+}
+
 /// Controls a running shard.
 #[derive(Debug, Clone)]
 pub struct ShardHandle {
@@ -139,6 +154,8 @@ pub struct ShardHandle {
     shutdown: Arc<watch::Sender<bool>>,
     /// Set before `shutdown` when the shard's generation is retired.
     retire: Arc<AtomicBool>,
+    /// `(shard_id, total_shards)`, for its metric series.
+    ids: (u32, u32),
 }
 
 impl ShardHandle {
@@ -187,6 +204,10 @@ impl ShardHandle {
     /// generation, whose sessions are then deleted.
     pub fn retire(&self) {
         self.retire.store(true, Ordering::Relaxed);
+        if matches!(self.state(), ShardState::Stopped(_)) {
+            // Stopped before (a 4011, say): no state change will clear it.
+            state_series(self.ids.0, self.ids.1, None);
+        }
         self.shutdown();
     }
 
@@ -232,6 +253,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         let (state, state_rx) = watch::channel(ShardState::Disconnected);
         let (loading, loading_rx) = watch::channel(None);
         let retire = Arc::new(AtomicBool::new(false));
+        let ids = (config.shard_id, config.total_shards);
         let (shutdown_tx, shutdown) = watch::channel(false);
         let backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
         let live = LiveSession::new(config.clone(), sink);
@@ -256,6 +278,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             loading: loading_rx,
             retire,
             shutdown: Arc::new(shutdown_tx),
+            ids,
         };
         (shard, handle)
     }
@@ -266,20 +289,10 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         // shard 3 of 8 both run, and the old one stopping must not read as
         // the new one stopped. A retired shard's series all go to 0 (it is
         // no longer a shard of the bot, stopped or otherwise).
-        let shard = self.config.shard_id.to_string();
-        let total = self.config.total_shards.to_string();
         let retired =
             matches!(state, ShardState::Stopped(_)) && self.retire.load(Ordering::Relaxed);
-        let current = state.metric_label();
-        for name in ShardState::METRIC_LABELS {
-            metrics::gauge!(
-                "sharder_shard_state",
-                "total" => total.clone(),
-                "shard" => shard.clone(),
-                "state" => name
-            )
-            .set(f64::from(u8::from(name == current && !retired)));
-        }
+        let current = (!retired).then(|| state.metric_label());
+        state_series(self.config.shard_id, self.config.total_shards, current);
         self.state.send_replace(state);
     }
 

@@ -341,6 +341,37 @@ async fn body(env: &mut Env, size: Size, trigger: Trigger) -> Result<()> {
             format!("{:.2}", cpu_after.saturating_sub(cpu_before) as f64 / 100.0),
         );
     }
+    // The retired shards are not "stopped" shards of the bot (that pages
+    // someone: BulwarkShardStopped), and each new one is active: read off
+    // each pod's own registry (the in-process tests share one).
+    let mut stopped = 0;
+    let mut active_new = 0;
+    for pod in [&pod0, &pod1] {
+        let text = pod.metrics().await;
+        for sample in prometheus::samples(&text) {
+            if sample.name != "sharder_shard_state" || sample.value != 1.0 {
+                continue;
+            }
+            let label = |k: &str| {
+                sample
+                    .labels
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+            };
+            match label("state").as_deref() {
+                Some("stopped") => stopped += 1,
+                Some("active") if label("total") == Some(to.to_string()) => active_new += 1,
+                _ => {}
+            }
+        }
+    }
+    env.checks
+        .expect_eq("shards reported stopped after the hand-over", stopped, 0);
+    if trigger != Trigger::GuildCap {
+        env.checks
+            .expect_eq("new shards reported active", active_new, to);
+    }
     let dark = longest_dark.load(Ordering::Relaxed);
     env.checks
         .figure("longest time neither total fully attached (ms)", dark);
