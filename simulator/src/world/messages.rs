@@ -78,13 +78,29 @@ impl World {
     pub(super) fn typing_start(&mut self, slot: usize) -> Option<Dispatch> {
         let secs = self.clock.unix_secs();
         let World {
-            guilds, rng, buf, ..
+            guilds,
+            rng,
+            buf,
+            typing,
+            ..
         } = self;
         let g = guilds.at(slot)?;
         let gid = g.fields.id;
         let channel = *pick(rng, &g.text_channels)?;
         let idx = pick_index(rng, g.member_ids.len())?;
         let (uid, m) = (g.member_ids[idx], g.members.get(idx)?);
+        // Still typing there (the indicator has not run out): Discord
+        // sends nothing; the caller picks another event.
+        if typing
+            .get(&(uid, channel))
+            .is_some_and(|&at| secs < at + super::TYPING_INDICATOR_SECS)
+        {
+            return None;
+        }
+        if typing.len() >= 4096 {
+            typing.retain(|_, at| secs < *at + super::TYPING_INDICATOR_SECS);
+        }
+        typing.insert((uid, channel), secs);
         buf.clear();
         buf.push_str("{\"user_id\":");
         push_id(buf, uid);

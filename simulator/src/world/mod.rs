@@ -142,7 +142,15 @@ pub struct World {
     /// Reused text buffer payloads are written into before being copied
     /// into their `Arc<str>`.
     buf: String,
+    /// When each (user, channel) last started typing (Unix seconds): as on
+    /// Discord, one TYPING_START per indicator ([`TYPING_INDICATOR_SECS`]).
+    typing: std::collections::HashMap<(u64, u64), u64>,
 }
+
+/// How long Discord's typing indicator lasts: a client triggers it again
+/// only once it ran out, so one user never starts typing twice in one
+/// channel within it (and two TYPING_STARTs never carry the same payload).
+pub(crate) const TYPING_INDICATOR_SECS: u64 = 10;
 
 impl World {
     /// Generates the initial guilds for `seed`.
@@ -155,6 +163,7 @@ impl World {
             auto_restore: VecDeque::new(),
             events: 0,
             buf: String::with_capacity(4096),
+            typing: std::collections::HashMap::new(),
             cfg,
         };
         for i in 0..w.cfg.guilds {

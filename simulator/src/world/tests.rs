@@ -342,7 +342,8 @@ fn fnv(hash: &mut u64, bytes: &[u8]) {
 
 /// Every byte of the stream for a seed, as the world produced it before
 /// the payload writers were optimised: optimisations must not change what
-/// a seed produces, not even the order of keys.
+/// a seed produces, not even the order of keys. (Changed on purpose once:
+/// one TYPING_START per typing indicator, as Discord sends them.)
 #[test]
 fn the_stream_for_a_seed_is_byte_for_byte_unchanged() {
     let mut w = World::new(
@@ -371,5 +372,39 @@ fn the_stream_for_a_seed_is_byte_for_byte_unchanged() {
         &mut hash,
         serde_json::to_string(&w.truth()).unwrap().as_bytes(),
     );
-    assert_eq!(hash, 0xa5ce_730c_6a6a_88e5, "stream digest {hash:#018x}");
+    assert_eq!(hash, 0x2853_1ff6_8d9d_3442, "stream digest {hash:#018x}");
+}
+
+/// Discord sends one TYPING_START per typing indicator (10 s): a user never
+/// starts typing twice in one channel within it, so no two TYPING_STARTs
+/// carry the same payload (the workers pair a live reshard's copies of
+/// one event by payload). A small world at a high rate would repeat them.
+#[test]
+fn one_typing_start_per_user_and_channel_per_indicator() {
+    let mut w = World::new(
+        5,
+        WorldConfig {
+            shards: 1,
+            guilds: 2,
+            members_per_guild: 2,
+            ..WorldConfig::default()
+        },
+    )
+    .unwrap();
+    let mut last: std::collections::HashMap<(String, String), u64> = Default::default();
+    let mut typing = 0;
+    for _ in 0..20_000 {
+        let d = w.next_dispatch();
+        if d.event != "TYPING_START" {
+            continue;
+        }
+        typing += 1;
+        let v: serde_json::Value = serde_json::from_str(&d.payload).unwrap();
+        let key = (v["user_id"].to_string(), v["channel_id"].to_string());
+        let at = v["timestamp"].as_u64().unwrap();
+        if let Some(prev) = last.insert(key.clone(), at) {
+            assert!(at >= prev + 10, "{key:?} typed at {prev} and again at {at}");
+        }
+    }
+    assert!(typing > 0, "the mix makes TYPING_STARTs");
 }
