@@ -359,6 +359,12 @@ impl IdentifyScheduler {
         if let Some(m) = self.inner.sent.get(usize::from(permit.bucket)) {
             *m.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         }
+        // The cluster-wide window, too, runs from the IDENTIFY's departure
+        // (`identify_lock.rs`).
+        if let Some(lock) = self.inner.lock.clone() {
+            let (mc, window) = (self.max_concurrency(), self.inner.settings.window);
+            tokio::spawn(async move { lock.sent(permit.bucket, mc, window).await });
+        }
     }
 
     /// When the last identify window this process opened closes, if one

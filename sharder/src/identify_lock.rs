@@ -15,6 +15,13 @@
 //! backoff: identifying without the lock could violate the limit, and
 //! waiting is what a rate limit asks for anyway. The maximum concurrency is
 //! part of the key so a change of Discord's value never mixes two layouts.
+//!
+//! Discord's window runs from the IDENTIFY it receives, not from the claim:
+//! a shard that claims the key and then takes a while to connect (a busy
+//! pod mid-reshard) would let the next pod's IDENTIFY in less than a window
+//! after its own. So when the IDENTIFY has left, its owner restarts the
+//! key's expiry at a whole window ([`RedisIdentifyLock::sent`], a
+//! compare-and-`PEXPIRE` script: only while it still holds the key).
 
 use std::time::Duration;
 
@@ -50,6 +57,30 @@ impl RedisIdentifyLock {
             conn,
             prefix: prefix.into(),
             owner: owner.into(),
+        }
+    }
+
+    /// The IDENTIFY on key `bucket` has left: the key is held for `window`
+    /// from now, if this process still holds it (module docs). Errors are
+    /// logged: the claim's own expiry still bounds the window.
+    pub async fn sent(&self, bucket: u16, max_concurrency: u16, window: Duration) {
+        const REFRESH: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+        let px = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let r: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(REFRESH)
+            .arg(1)
+            .arg(self.key(bucket, max_concurrency))
+            .arg(&self.owner)
+            .arg(px)
+            .query_async(&mut self.conn.clone())
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(bucket, error = %e, "cannot restart the identify key's window in Redis");
         }
     }
 
@@ -140,6 +171,35 @@ mod tests {
             },
             Some(lock),
         )
+    }
+
+    /// Discord's window runs from the IDENTIFY it receives: a pod that
+    /// claims the key and sends its IDENTIFY 200 ms later (a slow connect)
+    /// holds the key a whole window from the send, so the other pod's turn
+    /// comes no sooner than that. The 200 ms stand for the connect; no
+    /// readiness is waited on.
+    #[tokio::test]
+    async fn the_shared_window_runs_from_the_identify_sent() {
+        let prefix = unique_prefix("lock-sent");
+        let window = Duration::from_millis(400);
+        let a = scheduler(
+            RedisIdentifyLock::new(conn().await, &prefix, "pod-a"),
+            window,
+        );
+        let b = scheduler(
+            RedisIdentifyLock::new(conn().await, &prefix, "pod-b"),
+            window,
+        );
+        let permit = a.acquire(0).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        a.identify_sent(permit);
+        let sent = Instant::now();
+        b.acquire(4).await;
+        let gap = sent.elapsed();
+        assert!(
+            gap >= window - Duration::from_millis(20),
+            "pod b identified {gap:?} after pod a's IDENTIFY left"
+        );
     }
 
     /// Two "processes" (two schedulers, two connections) share key 0 through
