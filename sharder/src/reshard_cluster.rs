@@ -266,6 +266,44 @@ impl ReshardCluster {
         self.mark(id, &field, "1", RUNNING_TTL_MS).await
     }
 
+    /// [`Self::report`], retrying while Redis is unreachable: the other
+    /// processes wait on this report, so giving up would stall them (and a
+    /// process that went on alone would leave the cluster split).
+    pub(crate) async fn report_surely(&self, id: u64, what: &str) -> Result<(), ClusterError> {
+        self.surely(what, || self.report(id, what)).await
+    }
+
+    /// [`Self::decide`], retrying while Redis is unreachable.
+    pub(crate) async fn decide_surely(
+        &self,
+        id: u64,
+        wanted: Decision,
+        reason: &str,
+    ) -> Result<Decision, ClusterError> {
+        self.surely("the hand-over decision", || self.decide(id, wanted, reason))
+            .await
+    }
+
+    async fn surely<T, F: Future<Output = Result<T, ClusterError>>>(
+        &self,
+        what: &str,
+        attempt: impl Fn() -> F,
+    ) -> Result<T, ClusterError> {
+        let mut warned = false;
+        loop {
+            match attempt().await {
+                Err(ClusterError::Redis(e)) => {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(error = %e, step = what, "cannot write the reshard state in Redis; retrying");
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Ends a reshard that never got going (its `started` could not be
     /// published), so the next one may be claimed.
     pub(crate) async fn give_up(&self, id: u64, reason: &str) -> Result<(), ClusterError> {

@@ -477,9 +477,9 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
             tokio::select! {
                 loaded = own => {
                     let reported = if loaded {
-                        c.report(id, "loaded").await
+                        c.report_surely(id, "loaded").await
                     } else {
-                        c.decide(id, Decision::Aborted, "a new shard stopped for good").await.map(|_| ())
+                        c.decide_surely(id, Decision::Aborted, "a new shard stopped for good").await.map(|_| ())
                     };
                     if let Err(e) = reported {
                         tracing::error!(error = %e, "cannot report this process's new shards to the cluster");
@@ -641,7 +641,9 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
             let finished = async {
                 if let Some(c) = &cluster {
                     let what = if forward { "retired" } else { "rolled_back" };
-                    c.report(marker.id, what).await.map_err(|e| e.to_string())?;
+                    c.report_surely(marker.id, what)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     let n = c.processes;
                     c.wait(marker.id, "every process closing its shards", |v| {
                         if forward {
@@ -723,15 +725,9 @@ async fn commit_in_cluster(c: &ReshardCluster, id: u64) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())?;
-    loop {
-        match c.decide(id, Decision::Committed, "").await {
-            Ok(Decision::Committed) => return Ok(()),
-            Ok(Decision::Aborted) => return Err("another process aborted the reshard".to_owned()),
-            Err(crate::reshard_cluster::ClusterError::Redis(e)) => {
-                tracing::warn!(error = %e, "cannot commit the hand-over in Redis; retrying");
-                tokio::time::sleep(crate::reshard_cluster::POLL).await;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+    match c.decide_surely(id, Decision::Committed, "").await {
+        Ok(Decision::Committed) => Ok(()),
+        Ok(Decision::Aborted) => Err("another process aborted the reshard".to_owned()),
+        Err(e) => Err(e.to_string()),
     }
 }
