@@ -187,6 +187,19 @@ async fn body(env: &mut Env, size: Size, trigger: Trigger) -> Result<()> {
     };
     let w1 = worker(env, "worker-1")?;
     let w2 = worker(env, "worker-2")?;
+    // The workers split the partitions before any event: a partition
+    // moving between them mid-boot is the scale-out scenario's subject,
+    // not this one's.
+    let held = async |w: &Process| {
+        prometheus::samples(&w.metrics().await)
+            .iter()
+            .filter(|s| s.name == "worker_partition_held" && s.value == 1.0)
+            .count()
+    };
+    wait_until("the two workers split the partitions", WAIT, async || {
+        held(&w1).await == PARTITIONS as usize / 2 && held(&w2).await == PARTITIONS as usize / 2
+    })
+    .await?;
     let cfg0 = pod_config(env, &sim, 0)?;
     let cfg1 = pod_config(env, &sim, 1)?;
     let mut pod0 = env.start_sharder("sharder-0", &cfg0, &[])?;
