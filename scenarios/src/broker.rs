@@ -105,37 +105,7 @@ impl Broker {
 
     /// Starts copying every message of `topo`'s exchange.
     pub async fn tap(&self, topo: &AmqpTopology) -> Result<Tap> {
-        let ch = self.conn.create_channel().await?;
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        ch.queue_bind(
-            q.name().as_str().into(),
-            topo.exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-        let mut consumer = ch
-            .basic_consume(
-                q.name().as_str().into(),
-                "scenario-tap".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let (ch, mut consumer) = self.copy_of(&topo.exchange, "scenario-tap").await?;
         let events = Arc::new(Mutex::new(Vec::new()));
         let undecodable = Arc::new(Mutex::new(0u64));
         let (e, u) = (events.clone(), undecodable.clone());
@@ -172,36 +142,8 @@ impl Broker {
     /// output exchange (`<base>.events`), deduplicated by `message_id`
     /// (publication is at-least-once).
     pub async fn clean_tap(&self, topo: &AmqpTopology) -> Result<CleanTap> {
-        let ch = self.conn.create_channel().await?;
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        ch.queue_bind(
-            q.name().as_str().into(),
-            topo.output_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-        let mut consumer = ch
-            .basic_consume(
-                q.name().as_str().into(),
-                "scenario-clean-tap".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let (ch, mut consumer) = self
+            .copy_of(&topo.output_exchange, "scenario-clean-tap")
             .await?;
         let events = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
@@ -242,6 +184,43 @@ impl Broker {
             events,
             task,
         })
+    }
+
+    /// An exclusive, auto-deleted queue bound to `exchange` with `#`, and
+    /// its consumer (no acks): a copy of every message published there.
+    async fn copy_of(&self, exchange: &str, tag: &str) -> Result<(Channel, lapin::Consumer)> {
+        let ch = self.conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        ch.queue_bind(
+            q.name().as_str().into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let consumer = ch
+            .basic_consume(
+                q.name().as_str().into(),
+                tag.into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((ch, consumer))
     }
 
     /// Deletes an exchange (best effort).

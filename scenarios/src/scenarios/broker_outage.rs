@@ -20,7 +20,6 @@
 //! (capped exponential, equal jitter: no storm), and zero process exits.
 
 use super::{Env, ScenarioInfo};
-use crate::cache_check;
 use crate::prometheus;
 use crate::report::{ScenarioReport, Size};
 use crate::sim::{STEADY_MIX, SimArgs};
@@ -210,17 +209,9 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     // Redis is back; the cache is compared once the partition queues are
     // drained, and the catch-up time is reported.
     let catch_up = Instant::now();
-    let drained = wait_until(
-        "worker drained its partition queues",
-        Duration::from_secs(size.pick(30, 240)),
-        async || {
-            env.broker
-                .backlog(&env.topo)
-                .await
-                .is_ok_and(|b| b.iter().all(|&n| n == 0))
-        },
-    )
-    .await;
+    let drained = env
+        .wait_drained(Duration::from_secs(size.pick(30, 240)))
+        .await;
     env.checks.expect(
         "worker drains its partition queues",
         drained.is_ok(),
@@ -231,30 +222,8 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
         format!("{:.1}", catch_up.elapsed().as_secs_f64()),
     );
     let truth = sim.truth().await?;
-    let mut diff = cache_check::CacheDiff::default();
-    let _ = wait_until(
-        "worker cache equal to the truth",
-        Duration::from_secs(30),
-        async || match cache_check::compare(worker.http, &truth).await {
-            Ok(d) => {
-                let eq = d.equal();
-                diff = d;
-                eq
-            }
-            Err(_) => false,
-        },
-    )
-    .await;
-    env.checks.expect(
-        "worker cache == truth",
-        diff.equal(),
-        format!(
-            "{}/{} guilds equal; {}",
-            diff.matching,
-            diff.guilds,
-            diff.differences.join(" | ")
-        ),
-    );
+    env.expect_cache_equal(worker.http, &truth, Duration::from_secs(30))
+        .await;
     env.checks.expect(
         "no process exited",
         sharder.child.running() && worker.child.running(),

@@ -19,7 +19,6 @@
 //! store retries (the burst absorbed), and the cache equal to the truth.
 
 use super::{Env, ScenarioInfo};
-use crate::cache_check;
 use crate::report::{ScenarioReport, Size};
 use crate::sim::{STEADY_MIX, SimArgs};
 use crate::{Result, wait_until};
@@ -136,32 +135,8 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     let lost = expected.difference(&seen(&tap)).count();
     env.checks.figure("ledger events", expected.len());
     env.checks.expect_eq("events lost before RabbitMQ", lost, 0);
-    let mut diff = cache_check::CacheDiff::default();
-    let _ =
-        wait_until(
-            "worker cache equal to the truth",
-            SETTLE,
-            async || match cache_check::compare(worker.http, &truth).await {
-                Ok(d) => {
-                    let eq = d.equal();
-                    diff = d;
-                    eq
-                }
-                Err(_) => false,
-            },
-        )
-        .await;
+    let diff = env.expect_cache_equal(worker.http, &truth, SETTLE).await;
     env.checks.figure("guilds", diff.guilds);
-    env.checks.expect(
-        "worker cache == truth",
-        diff.equal(),
-        format!(
-            "{}/{} guilds equal; {}",
-            diff.matching,
-            diff.guilds,
-            diff.differences.join(" | ")
-        ),
-    );
     env.checks.figure("guilds equal", diff.matching);
     if !diff.equal() {
         // Whether the world moved after the events were stopped (the truth

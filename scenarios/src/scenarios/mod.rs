@@ -188,6 +188,52 @@ impl Env {
         Process::start(&self.bins.worker, name, &self.dir.0, cfg, http, &[])
     }
 
+    /// Waits (at most `within`) until every partition queue of the run is
+    /// empty.
+    pub async fn wait_drained(&self, within: Duration) -> Result<()> {
+        crate::wait_until("every partition queue drained", within, async || {
+            self.broker
+                .backlog(&self.topo)
+                .await
+                .is_ok_and(|b| b.iter().all(|&n| n == 0))
+        })
+        .await
+    }
+
+    /// Waits (at most `within`) until the cache behind `worker`'s read API
+    /// equals `truth`, records the check "worker cache == truth" with the
+    /// differences, and returns the last comparison.
+    pub async fn expect_cache_equal(
+        &mut self,
+        worker: std::net::SocketAddr,
+        truth: &serde_json::Value,
+        within: Duration,
+    ) -> crate::cache_check::CacheDiff {
+        let mut diff = crate::cache_check::CacheDiff::default();
+        let _ = crate::wait_until("worker cache equal to the truth", within, async || {
+            match crate::cache_check::compare(worker, truth).await {
+                Ok(d) => {
+                    let eq = d.equal();
+                    diff = d;
+                    eq
+                }
+                Err(_) => false,
+            }
+        })
+        .await;
+        self.checks.expect(
+            "worker cache == truth",
+            diff.equal(),
+            format!(
+                "{}/{} guilds equal; {}",
+                diff.matching,
+                diff.guilds,
+                diff.differences.join(" | ")
+            ),
+        );
+        diff
+    }
+
     /// Removes the topology and the Redis keys, then turns the outcome of
     /// the scenario body into its report.
     pub async fn finish(self, outcome: Result<()>) -> Result<ScenarioReport> {

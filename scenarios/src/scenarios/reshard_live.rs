@@ -394,43 +394,15 @@ async fn body(env: &mut Env, size: Size, trigger: Trigger) -> Result<()> {
     }
 
     // Drained, then the truth.
-    let drained = wait_until("every partition queue drained", WAIT, async || {
-        env.broker
-            .backlog(&env.topo)
-            .await
-            .is_ok_and(|b| b.iter().all(|&n| n == 0))
-    })
-    .await;
+    let drained = env.wait_drained(WAIT).await;
     env.checks.expect(
         "partition queues drained",
         drained.is_ok(),
         format!("{drained:?}"),
     );
     let truth = sim.truth().await?;
-    let mut diff = cache_check::CacheDiff::default();
-    let _ = wait_until(
-        "worker cache equal to the truth",
-        Duration::from_secs(30),
-        async || match cache_check::compare(w1.http, &truth).await {
-            Ok(d) => {
-                let eq = d.equal();
-                diff = d;
-                eq
-            }
-            Err(_) => false,
-        },
-    )
-    .await;
-    env.checks.expect(
-        "worker cache == truth",
-        diff.equal(),
-        format!(
-            "{}/{} guilds equal; {}",
-            diff.matching,
-            diff.guilds,
-            diff.differences.join(" | ")
-        ),
-    );
+    env.expect_cache_equal(w1.http, &truth, Duration::from_secs(30))
+        .await;
 
     let ledger = sim.ledger().await?;
     let stream = compare_stream(&ledger, &tap, WAIT).await;

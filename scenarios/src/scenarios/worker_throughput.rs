@@ -90,13 +90,7 @@ async fn measure(env: &mut Env, size: Size, replicas: usize) -> Result<()> {
         }
         n
     };
-    let drained = wait_until("every partition queue drained", WAIT, async || {
-        env.broker
-            .backlog(&env.topo)
-            .await
-            .is_ok_and(|b| b.iter().all(|&n| n == 0))
-    })
-    .await;
+    let drained = env.wait_drained(WAIT).await;
     // What was delivered last is applied once the counters stop moving.
     let mut before = u64::MAX;
     let mut done = started.elapsed();
