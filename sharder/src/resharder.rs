@@ -184,6 +184,26 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// A reshard at `stage`, its step running, from now.
+    fn new(
+        plan: ReshardPlan,
+        marker: ReshardMarker,
+        trigger: Trigger,
+        stage: Stage,
+        step: JoinHandle<StepDone>,
+    ) -> Self {
+        Self {
+            plan,
+            marker,
+            trigger,
+            new: Vec::new(),
+            stage,
+            step,
+            since: Instant::now(),
+            stalled: false,
+        }
+    }
+
     /// The hand-over is committed: the old total is closing.
     pub(crate) fn handing_over(&self) -> bool {
         matches!(self.stage, Stage::Retiring)
@@ -304,16 +324,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
             }
             StepDone::Announced(result)
         });
-        self.running = Some(Running {
-            plan,
-            marker,
-            trigger,
-            new: Vec::new(),
-            stage: Stage::Announcing,
-            step,
-            since: Instant::now(),
-            stalled: false,
-        });
+        self.running = Some(Running::new(plan, marker, trigger, Stage::Announcing, step));
     }
 
     /// The running step's end; pending while there is none.
@@ -362,7 +373,13 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
         };
         let (to, marker, since) = (r.plan.to_total, r.marker, r.since);
         let (stage, step) = match done {
-            StepDone::Announced(Ok(())) => (Stage::Loading, self.load(tasks)),
+            StepDone::Announced(Ok(())) => {
+                let (new, step) = self.load(&r.plan, r.marker.id, tasks);
+                if let Some(r) = self.running.as_mut() {
+                    r.new = new;
+                }
+                (Stage::Loading, step)
+            }
             StepDone::Announced(Err(e)) => {
                 tracing::error!(error = %e, "live reshard not started: the workers could not be told");
                 self.finish(false);
@@ -444,24 +461,23 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
     /// waits until it loaded (step 3). With a cluster, the step reports
     /// it, and ends early when another process aborted the reshard; a new
     /// shard of this process that stops for good aborts it.
-    fn load(&mut self, tasks: &mut JoinSet<ShardDone>) -> JoinHandle<StepDone> {
-        let process = self.process();
-        let Some(r) = self.running.as_mut() else {
-            return tokio::spawn(async { StepDone::Loaded(false) });
-        };
-        let (to, id) = (r.plan.to_total, r.marker.id);
-        let ids = r
-            .plan
+    fn load(
+        &self,
+        plan: &ReshardPlan,
+        id: u64,
+        tasks: &mut JoinSet<ShardDone>,
+    ) -> (Vec<(u32, ShardHandle)>, JoinHandle<StepDone>) {
+        let to = plan.to_total;
+        let ids = plan
             .shards_per_process
-            .get(process)
+            .get(self.process())
             .cloned()
             .unwrap_or_default();
         let new = self.spawner.spawn(to, &ids, tasks);
         metrics::gauge!("sharder_reshard_new_shards").set(new.len() as f64);
         let handles: Vec<ShardHandle> = new.iter().map(|(_, h)| h.clone()).collect();
-        r.new = new;
         let cluster = self.cluster.clone();
-        tokio::spawn(async move {
+        let step = tokio::spawn(async move {
             let own = async {
                 for h in &handles {
                     if !h.wait_loaded().await {
@@ -492,7 +508,8 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
                     StepDone::Loaded(false)
                 }
             }
-        })
+        });
+        (new, step)
     }
 
     /// Joins the reshard another process admitted and announced
@@ -513,20 +530,10 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
         self.last_id = Some(marker.id);
         metrics::gauge!("sharder_reshard_target_total").set(f64::from(marker.to));
         metrics::gauge!("sharder_reshard_in_progress").set(1.0);
-        self.running = Some(Running {
-            plan,
-            marker,
-            trigger: Trigger::Cluster,
-            new: Vec::new(),
-            stage: Stage::Loading,
-            step: tokio::spawn(std::future::pending()),
-            since: Instant::now(),
-            stalled: false,
-        });
-        let step = self.load(tasks);
-        if let Some(r) = self.running.as_mut() {
-            r.step = step;
-        }
+        let (new, step) = self.load(&plan, marker.id, tasks);
+        let mut running = Running::new(plan, marker, Trigger::Cluster, Stage::Loading, step);
+        running.new = new;
+        self.running = Some(running);
     }
 
     /// Carries on with the reshard `view` after this process restarted in
@@ -552,16 +559,13 @@ impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {
             let mut aborted = marker;
             aborted.phase = ReshardPhase::Aborted;
             let step = self.retire(Vec::new(), aborted, marker.to, marker.from, None);
-            self.running = Some(Running {
+            self.running = Some(Running::new(
                 plan,
                 marker,
-                trigger: Trigger::Cluster,
-                new: Vec::new(),
-                stage: Stage::RollingBack,
+                Trigger::Cluster,
+                Stage::RollingBack,
                 step,
-                since: Instant::now(),
-                stalled: false,
-            });
+            ));
             return;
         }
         self.join(view, plan, tasks);
