@@ -8,8 +8,7 @@
 
 mod common;
 
-use bulwark_demo::{DemoOptions, Progress, run, unique_name};
-use tokio_util::sync::CancellationToken;
+use bulwark_demo::{DemoOptions, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_demo_ends_with_the_truth_and_no_false_join() {
@@ -18,18 +17,7 @@ async fn in_process_demo_ends_with_the_truth_and_no_false_join() {
         guilds_per_shard: 8,
         ..common::small()
     };
-    let summary = tokio::time::timeout(
-        common::BOUND,
-        run(
-            &opts,
-            &unique_name(),
-            &mut Progress::Quiet,
-            &CancellationToken::new(),
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let summary = common::run_quiet(&opts, &unique_name()).await;
     common::assert_clean(&summary, &opts, true);
     assert_eq!(summary.queue, "in-process channel");
 }

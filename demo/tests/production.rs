@@ -7,8 +7,7 @@
 
 mod common;
 
-use bulwark_demo::{CacheKind, DemoOptions, Progress, QueueKind, run, unique_name};
-use tokio_util::sync::CancellationToken;
+use bulwark_demo::{CacheKind, DemoOptions, QueueKind, unique_name};
 use worker::{AmqpTopology, RedisStore};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -26,18 +25,7 @@ async fn rabbitmq_and_redis_demo_ends_with_the_truth_and_cleans_up() {
         ..common::small()
     };
     let base = unique_name();
-    let summary = tokio::time::timeout(
-        common::BOUND,
-        run(
-            &opts,
-            &base,
-            &mut Progress::Quiet,
-            &CancellationToken::new(),
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let summary = common::run_quiet(&opts, &base).await;
     common::assert_clean(&summary, &opts, true);
     assert_eq!(summary.queue, "RabbitMQ (4 partitions)");
     assert_eq!(summary.cache, "Redis");

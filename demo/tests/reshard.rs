@@ -9,9 +9,8 @@
 
 mod common;
 
-use bulwark_demo::{DemoOptions, Progress, run, unique_name};
+use bulwark_demo::{DemoOptions, unique_name};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_reshard_half_way_keeps_the_truth_and_announces_no_guild_again() {
@@ -27,18 +26,7 @@ async fn a_live_reshard_half_way_keeps_the_truth_and_announces_no_guild_again() 
         event_mix: discord_sim::EventMix::default(),
         ..common::small()
     };
-    let summary = tokio::time::timeout(
-        common::BOUND,
-        run(
-            &opts,
-            &unique_name(),
-            &mut Progress::Quiet,
-            &CancellationToken::new(),
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let summary = common::run_quiet(&opts, &unique_name()).await;
     common::assert_clean(&summary, &opts, false);
     let table = summary.table();
     let r = summary.reshard.as_ref().expect("the reshard ran");

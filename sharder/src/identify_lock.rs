@@ -173,6 +173,15 @@ mod tests {
         )
     }
 
+    /// Schedulers of two pods, each with its own connection, sharing keys
+    /// under `prefix`.
+    async fn two_pods(prefix: &str, window: Duration) -> (IdentifyScheduler, IdentifyScheduler) {
+        let pod = async |owner: &str| {
+            scheduler(RedisIdentifyLock::new(conn().await, prefix, owner), window)
+        };
+        (pod("pod-a").await, pod("pod-b").await)
+    }
+
     /// Discord's window runs from the IDENTIFY it receives: a pod that
     /// claims the key and sends its IDENTIFY 200 ms later (a slow connect)
     /// holds the key a whole window from the send, so the other pod's turn
@@ -182,14 +191,7 @@ mod tests {
     async fn the_shared_window_runs_from_the_identify_sent() {
         let prefix = unique_prefix("lock-sent");
         let window = Duration::from_millis(400);
-        let a = scheduler(
-            RedisIdentifyLock::new(conn().await, &prefix, "pod-a"),
-            window,
-        );
-        let b = scheduler(
-            RedisIdentifyLock::new(conn().await, &prefix, "pod-b"),
-            window,
-        );
+        let (a, b) = two_pods(&prefix, window).await;
         let permit = a.acquire(0).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         a.identify_sent(permit);
@@ -210,14 +212,7 @@ mod tests {
     async fn processes_sharing_a_key_take_turns() {
         let prefix = unique_prefix("lock");
         let window = Duration::from_millis(400);
-        let a = scheduler(
-            RedisIdentifyLock::new(conn().await, &prefix, "pod-a"),
-            window,
-        );
-        let b = scheduler(
-            RedisIdentifyLock::new(conn().await, &prefix, "pod-b"),
-            window,
-        );
+        let (a, b) = two_pods(&prefix, window).await;
         let start = Instant::now();
         a.acquire(0).await;
         let first = start.elapsed();

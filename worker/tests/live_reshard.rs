@@ -275,6 +275,26 @@ impl Pipeline {
         (expected, both)
     }
 
+    /// Once the reshard to `TO` is done: traffic off, only the new total
+    /// attached, the cache the truth, every event once, no guild announced
+    /// again, and the reshard announced started and completed once.
+    /// Returns (events, seen by both).
+    async fn assert_completed_once(&self) -> (usize, usize) {
+        self.sim.set_event_rate(0.0).unwrap();
+        assert_serving(&self.sim, TO, FROM, "only the new total serves").await;
+        self.converge("after the reshard").await;
+        let counts = self.assert_each_event_once().await;
+        assert_eq!(
+            self.count("GUILD_AVAILABLE"),
+            GUILDS as usize,
+            "only the boot's loads are announced"
+        );
+        assert_eq!(self.count("RESHARD_STARTED"), 1);
+        assert_eq!(self.count("RESHARD_COMPLETED"), 1);
+        assert_eq!(self.count("RESHARD_ABORTED"), 0);
+        counts
+    }
+
     async fn shutdown(self) {
         self.stop_consumers.cancel();
         for c in self.consumers {
@@ -367,17 +387,7 @@ async fn four_to_eight_shards_live_one_clean_stream_then_a_restart_resumes_eight
     .await;
     assert_eq!(status, 409);
     let done = wait_total(sharder.addr, TO).await;
-    p.sim.set_event_rate(0.0).unwrap();
-    assert_serving(&p.sim, TO, FROM, "only the new total serves").await;
-    p.converge("after the reshard").await;
-    let (events, both) = p.assert_each_event_once().await;
-    assert_eq!(
-        p.count("GUILD_AVAILABLE"),
-        GUILDS as usize,
-        "only the boot's loads are announced"
-    );
-    assert_eq!(p.count("RESHARD_STARTED"), 1);
-    assert_eq!(p.count("RESHARD_COMPLETED"), 1);
+    let (events, both) = p.assert_completed_once().await;
     assert_eq!(p.sim.counters().identifies, u64::from(FROM + TO));
     println!(
         "live reshard {FROM} -> {TO}: {events} logical guild events, {both} seen by both \
@@ -517,18 +527,7 @@ async fn two_processes_reshard_live_and_one_killed_midway_carries_on() {
 
     wait_total(zero.addr, TO).await;
     wait_total(one.addr, TO).await;
-    p.sim.set_event_rate(0.0).unwrap();
-    assert_serving(&p.sim, TO, FROM, "only the new total serves").await;
-    p.converge("after the reshard").await;
-    let (events, both) = p.assert_each_event_once().await;
-    assert_eq!(
-        p.count("GUILD_AVAILABLE"),
-        GUILDS as usize,
-        "only the boot's loads are announced"
-    );
-    assert_eq!(p.count("RESHARD_STARTED"), 1);
-    assert_eq!(p.count("RESHARD_COMPLETED"), 1);
-    assert_eq!(p.count("RESHARD_ABORTED"), 0);
+    let (events, both) = p.assert_completed_once().await;
     println!(
         "two processes, {FROM} -> {TO} with process 1 killed midway: {events} logical guild \
          events, {both} seen by both generations, each emitted once; identifies {}",

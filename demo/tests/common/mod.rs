@@ -29,6 +29,23 @@ pub fn small() -> DemoOptions {
     }
 }
 
+/// Runs the demo once under `base` within [`BOUND`], quietly; panics if
+/// it fails or overruns.
+pub async fn run_quiet(opts: &DemoOptions, base: &str) -> Summary {
+    tokio::time::timeout(
+        BOUND,
+        bulwark_demo::run(
+            opts,
+            base,
+            &mut bulwark_demo::Progress::Quiet,
+            &tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 /// What every passing run shows.
 /// `joins`: the mix makes joins (a real one is announced).
 pub fn assert_clean(s: &Summary, opts: &DemoOptions, joins: bool) {
