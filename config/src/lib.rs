@@ -20,6 +20,7 @@ mod redis;
 mod secret;
 mod sharder;
 mod source;
+mod tls;
 mod worker;
 
 pub use amqp::AmqpConfig;
@@ -33,7 +34,8 @@ pub use sharder::{
     SharderConfig,
 };
 pub use source::{CONFIG_PATH_ENV, ENV_PREFIX};
-pub use worker::{WorkerConfig, WorkerStoreKind};
+pub use tls::TlsConfig;
+pub use worker::{ReadApiAuth, WorkerConfig, WorkerStoreKind};
 
 use serde::Deserialize;
 use std::path::Path;
@@ -53,6 +55,7 @@ pub struct Config {
     pub sharder: SharderConfig,
     pub amqp: AmqpConfig,
     pub worker: WorkerConfig,
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -107,6 +110,7 @@ impl Config {
         self.sharder.validate()?;
         self.amqp.validate()?;
         self.worker.validate(self.amqp.partitions)?;
+        self.tls.validate()?;
         Ok(())
     }
 }

@@ -28,6 +28,33 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.trim().is_empty()
     }
+
+    /// True when `given` equals the value, compared in time that depends
+    /// only on the value's length, never on where the two differ. An empty
+    /// secret matches nothing.
+    pub fn matches(&self, given: &str) -> bool {
+        let want = self.0.as_bytes();
+        let got = given.as_bytes();
+        if want.is_empty() {
+            return false;
+        }
+        let mut diff = u8::from(want.len() != got.len());
+        for (i, w) in want.iter().enumerate() {
+            diff |= w ^ got.get(i).copied().unwrap_or(0);
+        }
+        std::hint::black_box(diff) == 0
+    }
+
+    /// True when an HTTP `Authorization` header value is `Bearer <value>`
+    /// (the scheme is case-insensitive, RFC 7235), compared as in
+    /// [`Secret::matches`].
+    pub fn matches_bearer(&self, authorization: Option<&str>) -> bool {
+        let token = authorization
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
+        self.matches(token)
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -85,6 +112,35 @@ mod tests {
         assert!(!shown.contains("very-secret"), "{shown}");
         assert_eq!(shown, "Secret(<redacted>)");
         assert_eq!(format!("{:?}", Secret::default()), "Secret(<empty>)");
+    }
+
+    #[test]
+    fn matches_only_the_whole_value() {
+        let s = Secret::new("s3cret-token");
+        assert!(s.matches("s3cret-token"));
+        for wrong in [
+            "",
+            "s3cret",
+            "s3cret-token2",
+            "S3cret-token",
+            "x3cret-token",
+        ] {
+            assert!(!s.matches(wrong), "{wrong}");
+        }
+        assert!(!Secret::default().matches(""));
+        assert!(s.matches_bearer(Some("Bearer s3cret-token")));
+        assert!(s.matches_bearer(Some("bearer s3cret-token")));
+        for wrong in [
+            None,
+            Some(""),
+            Some("s3cret-token"),
+            Some("Basic s3cret-token"),
+            Some("Bearer "),
+            Some("Bearer s3cret"),
+        ] {
+            assert!(!s.matches_bearer(wrong), "{wrong:?}");
+        }
+        assert!(!Secret::default().matches_bearer(Some("Bearer ")));
     }
 
     #[test]

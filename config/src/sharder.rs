@@ -129,8 +129,13 @@ pub struct SharderConfig {
     /// How long to wait for HELLO after connecting.
     #[serde(with = "humantime_serde")]
     pub hello_timeout: Duration,
-    /// `/metrics`, `/healthz`, `/readyz` and the admin endpoints.
+    /// `/healthz`, `/readyz`, the admin endpoints (and `/metrics` unless
+    /// `metrics_listen` is set).
     pub http_listen: SocketAddr,
+    /// A second listener serving only `/metrics`, so a network policy can
+    /// admit Prometheus to it and not to the admin endpoints; unset:
+    /// `/metrics` is on `http_listen`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Bearer token of the admin endpoints. Empty: admin only answers when
     /// `http_listen` is a loopback address.
     pub admin_token: Secret,
@@ -187,6 +192,7 @@ impl Default for SharderConfig {
             max_connects_per_second: 20,
             hello_timeout: Duration::from_secs(20),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            metrics_listen: None,
             admin_token: Secret::default(),
             shed_events: Vec::new(),
             shutdown_grace: Duration::from_secs(20),
@@ -283,6 +289,15 @@ impl SharderConfig {
         }
         if self.process_count == 0 {
             return bad("process_count", "must be at least 1".into());
+        }
+        if self.metrics_listen == Some(self.http_listen) {
+            return bad(
+                "metrics_listen",
+                format!(
+                    "{} is also sharder.http_listen; use another port, or remove the key",
+                    self.http_listen
+                ),
+            );
         }
         if self.total_shards_auto
             && (self.process_count > 1 || self.assignment == ShardAssignmentKind::Ranges)
@@ -559,12 +574,21 @@ mod tests {
         );
         let c = Config::from_toml_str(
             "[sharder]\nhttp_listen = \"127.0.0.1:0\"\nshed_events = [\"TYPING_START\"]\n\
-             shutdown_grace = \"5s\"\nadmin_token = \"adm1n\"\n",
+             shutdown_grace = \"5s\"\nadmin_token = \"adm1n\"\nmetrics_listen = \"127.0.0.1:9090\"\n",
             "t",
             Vec::new(),
         )
         .unwrap();
         assert!(c.sharder.http_listen.ip().is_loopback());
+        assert_eq!(c.sharder.metrics_listen.unwrap().port(), 9090);
+        let e = Config::from_toml_str(
+            "[sharder]\nhttp_listen = \"0.0.0.0:8080\"\nmetrics_listen = \"0.0.0.0:8080\"\n",
+            "t",
+            Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sharder.metrics_listen"), "{e}");
         assert_eq!(c.sharder.shed_events, ["TYPING_START"]);
         assert_eq!(c.sharder.shutdown_grace, std::time::Duration::from_secs(5));
         assert_eq!(c.sharder.admin_token.expose(), "adm1n");

@@ -3,8 +3,8 @@
 //! The broker URL and the partition count live in `[amqp]`, shared with the
 //! sharder; this section holds what only the worker needs.
 
-use crate::ConfigError;
 use crate::error::check_duration;
+use crate::{ConfigError, Secret};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +18,20 @@ pub enum WorkerStoreKind {
     Memory,
     /// Shared Redis (`[redis]`): survives restarts, shared by replicas.
     Redis,
+}
+
+/// Who may read the cache through `/v1/*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadApiAuth {
+    /// `Authorization: Bearer <worker.read_token>` on every `/v1/*`
+    /// request. Without a token the read API answers only on a loopback
+    /// listener; a non-loopback listener without one is a start-up error.
+    #[default]
+    Token,
+    /// Anyone who reaches the port reads member names, roles and avatars:
+    /// only for a dev cluster whose network is trusted.
+    Open,
 }
 
 /// Settings of the cache worker.
@@ -43,8 +57,18 @@ pub struct WorkerConfig {
     /// Publish the clean events to the output exchange
     /// (`bulwark.events`, at-least-once with a dedup `message_id`).
     pub publish_events: bool,
-    /// Address of the HTTP read API, `/metrics`, `/healthz`, `/readyz`.
+    /// Address of the HTTP read API, `/healthz`, `/readyz` (and `/metrics`
+    /// unless `metrics_listen` is set).
     pub http_listen: SocketAddr,
+    /// A second listener serving only `/metrics`, so a network policy can
+    /// admit Prometheus to it and nothing else; unset: `/metrics` is on
+    /// `http_listen`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How `/v1/*` is protected.
+    pub read_api: ReadApiAuth,
+    /// Bearer token of `/v1/*` (`BULWARK_WORKER__READ_TOKEN`, from a
+    /// Secret); the bot's pods get the same value.
+    pub read_token: Secret,
     /// `/readyz` answers ready once every consumed partition queue holds
     /// fewer messages than this (the cache has caught up).
     pub ready_backlog: u32,
@@ -68,6 +92,9 @@ impl Default for WorkerConfig {
             cache_voice_states: false,
             publish_events: true,
             http_listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            metrics_listen: None,
+            read_api: ReadApiAuth::Token,
+            read_token: Secret::default(),
             ready_backlog: 1000,
             amqp_topology_base: "bulwark.gateway".into(),
         }
@@ -75,6 +102,29 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The token `/v1/*` requires, `None` when it is open. Fails when the
+    /// read API would be open by accident: `read_api = "token"` with no
+    /// token on a non-loopback listener. Called by the worker at start-up
+    /// rather than in [`crate::Config::validate`], because the defaults
+    /// (`0.0.0.0:8081`, no token) are a valid file for every other binary.
+    pub fn read_token(&self) -> Result<Option<&Secret>, ConfigError> {
+        match self.read_api {
+            ReadApiAuth::Open => Ok(None),
+            ReadApiAuth::Token if !self.read_token.is_empty() => Ok(Some(&self.read_token)),
+            ReadApiAuth::Token if self.http_listen.ip().is_loopback() => Ok(None),
+            ReadApiAuth::Token => Err(ConfigError::invalid(
+                "worker.read_token",
+                format!(
+                    "is empty and worker.http_listen {} is not a loopback address: set \
+                     BULWARK_WORKER__READ_TOKEN from a Secret (the bot's pods get the same \
+                     value), or set worker.read_api = \"open\" to let anyone who reaches the \
+                     port read the cache",
+                    self.http_listen
+                ),
+            )),
+        }
+    }
+
     pub(crate) fn validate(&self, partitions: u32) -> Result<(), ConfigError> {
         let bad = |key: &str, msg: String| Err(ConfigError::invalid(format!("worker.{key}"), msg));
         if let Some(p) = self.consume.iter().find(|&&p| p >= partitions) {
@@ -109,6 +159,15 @@ impl WorkerConfig {
             return bad(
                 "amqp_topology_base",
                 "must be 1-200 characters of a-z, A-Z, 0-9, '.', '_', '-'".into(),
+            );
+        }
+        if self.metrics_listen == Some(self.http_listen) {
+            return bad(
+                "metrics_listen",
+                format!(
+                    "{} is also worker.http_listen; use another port, or remove the key",
+                    self.http_listen
+                ),
             );
         }
         if self.ready_backlog == 0 {
@@ -159,6 +218,26 @@ mod tests {
     }
 
     #[test]
+    fn read_api_needs_a_token_off_loopback() {
+        let c = parse("").unwrap();
+        let e = c.worker.read_token().unwrap_err().to_string();
+        assert!(e.contains("BULWARK_WORKER__READ_TOKEN"), "{e}");
+        let c = parse("[worker]\nhttp_listen = \"127.0.0.1:0\"\n").unwrap();
+        assert!(c.worker.read_token().unwrap().is_none());
+        let c = parse("[worker]\nread_api = \"open\"\n").unwrap();
+        assert!(c.worker.read_token().unwrap().is_none());
+        let c = Config::from_toml_str(
+            "[worker]\nmetrics_listen = \"0.0.0.0:9091\"\n",
+            "t",
+            vec![("BULWARK_WORKER__READ_TOKEN".into(), "r3ad".into())],
+        )
+        .unwrap();
+        assert!(c.worker.read_token().unwrap().unwrap().matches("r3ad"));
+        assert_eq!(c.worker.metrics_listen.unwrap().port(), 9091);
+        assert!(!format!("{c:?}").contains("r3ad"));
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         for (text, key) in [
             ("[amqp]\npartitions = 0\n", "amqp.partitions"),
@@ -181,6 +260,11 @@ mod tests {
                 "worker.amqp_topology_base",
             ),
             ("[worker]\nhttp_listen = \"nowhere\"\n", "http_listen"),
+            ("[worker]\nread_api = \"public\"\n", "read_api"),
+            (
+                "[worker]\nmetrics_listen = \"0.0.0.0:8081\"\n",
+                "worker.metrics_listen",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(key), "{text} -> {e}");
