@@ -8,9 +8,10 @@
 //! through [`Resolver`] (fresh, refreshed or stale answer; no getaddrinfo)
 //! and hands lapin's reactor the resolved addresses, which it tries in turn.
 //! For `amqps://` the stream is upgraded with the original host name for SNI
-//! and the certificate check; that needs one of lapin's TLS features, which
-//! this workspace does not enable (the cluster broker speaks plain AMQP), so
-//! `amqps://` fails with lapin's "no TLS backend" error until one is.
+//! and the certificate check, by rustls with the resolver's services trust
+//! (`[tls]`: the operator's CA bundle and client certificate, see
+//! [`crate::Trust`]), never lapin's own root selection. A failed handshake
+//! names the broker and the CA it was checked against.
 //! We did not rewrite the URI to an IP literal: that would lose the name for
 //! TLS and for lapin's own error messages.
 
@@ -35,6 +36,7 @@ impl Resolver {
         })?;
         let runtime = lapin::runtime::default_runtime()?;
         let resolver = self.clone();
+        let connector = tcp_stream::RustlsConnector::from(self.trust.services.clone());
         Connection::connector(
             parsed,
             runtime,
@@ -48,7 +50,19 @@ impl Resolver {
                 let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
                 Ok(match uri.scheme {
                     AMQPScheme::AMQP => stream,
-                    AMQPScheme::AMQPS => stream.into_tls(&host, Default::default()).await?,
+                    AMQPScheme::AMQPS => {
+                        let name = host.trim_start_matches('[').trim_end_matches(']');
+                        stream.into_rustls(&connector, name).await.map_err(|e| {
+                            std::io::Error::new(
+                                e.kind(),
+                                format!(
+                                    "TLS to the broker {host}:{} failed: {e}; {}",
+                                    uri.authority.port,
+                                    resolver.trust.describe()
+                                ),
+                            )
+                        })?
+                    }
                 })
             },
             properties,

@@ -45,6 +45,7 @@ mod store;
 mod stream;
 mod tcp;
 mod tls;
+mod trust;
 mod upstream;
 mod websocket;
 
@@ -54,4 +55,5 @@ pub use redis_connection::RedisConnection;
 pub use resolver::{Resolved, Resolver, Served};
 pub use stream::MaybeTls;
 pub use tcp::STAGGER;
+pub use trust::{Trust, TrustError};
 pub use websocket::WebSocket;

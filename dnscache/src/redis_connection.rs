@@ -43,6 +43,9 @@ struct Shared {
     client: redis::Client,
     config: redis::AsyncConnectionConfig,
     slot: Mutex<Slot>,
+    /// For `rediss://`: what the server's certificate is checked against,
+    /// added to dial errors.
+    tls_trust: Option<String>,
 }
 
 struct Slot {
@@ -75,10 +78,20 @@ impl RedisConnection {
         self.current().await.map(|_| ())
     }
 
-    /// A connection to `url` through `resolver`, dialled on first use.
+    /// A connection to `url` through `resolver`, dialled on first use. A
+    /// `rediss://` URL trusts the resolver's services CA and presents its
+    /// client certificate ([`crate::Trust`]).
     pub fn lazy(resolver: &Resolver, url: &str) -> Result<Self, RedisError> {
-        let client = redis::Client::open(url)?;
-        Ok(Self::with_client(client, resolver.redis_config()))
+        let tls = url.starts_with("rediss://");
+        let client = match resolver.trust.redis_certificates() {
+            Some(certs) if tls => redis::Client::build_with_tls(url, certs)?,
+            _ => redis::Client::open(url)?,
+        };
+        let mut conn = Self::with_client(client, resolver.redis_config());
+        if tls && let Some(shared) = Arc::get_mut(&mut conn.shared) {
+            shared.tls_trust = Some(resolver.trust.describe());
+        }
+        Ok(conn)
     }
 
     /// A connection from a client and a connection config of the caller's.
@@ -94,6 +107,7 @@ impl RedisConnection {
                     next_dial: None,
                     delay: FIRST_REDIAL,
                 }),
+                tls_trust: None,
             }),
         }
     }
@@ -140,9 +154,22 @@ impl RedisConnection {
             Err(e) => {
                 slot.next_dial = Some(Instant::now() + slot.delay);
                 slot.delay = (slot.delay * 2).min(MAX_REDIAL);
-                Err(e)
+                Err(match &self.shared.tls_trust {
+                    Some(trust) => self.tls_context(e, trust),
+                    None => e,
+                })
             }
         }
+    }
+
+    /// A `rediss://` dial error that names the server and the CA its
+    /// certificate was checked against (the password stays out).
+    fn tls_context(&self, e: RedisError, trust: &str) -> RedisError {
+        let addr = &self.shared.client.get_connection_info().addr();
+        RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("connecting to Redis at {addr} (rediss) failed: {e}; {trust}"),
+        ))
     }
 
     /// Forgets connection `generation` after an error that means it is gone.

@@ -94,6 +94,7 @@ pub(crate) struct Inner {
 pub struct Resolver {
     pub(crate) inner: Arc<Inner>,
     pub(crate) tls: Arc<rustls::ClientConfig>,
+    pub(crate) trust: Arc<crate::Trust>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -134,6 +135,7 @@ impl Resolver {
         Ok(Self {
             inner: Arc::new(inner),
             tls: crate::tls::default_client_config(),
+            trust: crate::Trust::public(),
         })
     }
 
@@ -155,6 +157,20 @@ impl Resolver {
         Self {
             inner: self.inner.clone(),
             tls,
+            trust: self.trust.clone(),
+        }
+    }
+
+    /// The same cache trusting `trust` (from `[tls]`, see [`crate::Trust`]):
+    /// its services configuration for `amqps://` and `rediss://`, its
+    /// Discord configuration for [`Resolver::connect_tls`] and the URL
+    /// connectors.
+    #[must_use]
+    pub fn with_trust(&self, trust: Arc<crate::Trust>) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            tls: trust.discord.clone(),
+            trust,
         }
     }
 

@@ -19,37 +19,14 @@ use tokio_rustls::client::TlsStream;
 pub(crate) fn default_client_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-            .unwrap_or_else(|e| {
-                // The ring provider supports the safe defaults; this branch
-                // is unreachable in practice but must not panic.
-                tracing::error!(error = %e, "dnscache: rustls defaults rejected");
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .map(|b| {
-                    b.with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                })
-                .unwrap_or_else(|_| unreachable_config())
-            });
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Arc::new(config)
-        })
+        .get_or_init(|| crate::trust::build(crate::trust::webpki_roots(), None, true))
         .clone()
 }
 
+/// The ring provider supports the safe default protocol versions; this is
+/// unreachable in practice.
 #[allow(clippy::panic)]
-fn unreachable_config() -> rustls::ClientConfig {
+pub(crate) fn unreachable_builder() -> ! {
     panic!("rustls ring provider supports no TLS version")
 }
 

@@ -7,7 +7,6 @@ use tokio::net::TcpStream;
 
 /// One HTTP/1.1 request; returns the status and the body. Panics when the
 /// server cannot be reached (a test failure).
-#[allow(clippy::unwrap_used)]
 pub async fn http(
     addr: SocketAddr,
     method: &str,
@@ -15,12 +14,31 @@ pub async fn http(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    http_with(addr, method, path, &headers, body).await
+}
+
+/// [`http`] with any request headers (e.g. another `Authorization` scheme).
+#[allow(clippy::unwrap_used)]
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );

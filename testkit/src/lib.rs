@@ -35,6 +35,8 @@
 //!   [`sim_sharder`], a sharder configured against a running simulator.
 //! - With the `envelope` feature: [`owned_event`], an envelope event that
 //!   owns its bytes.
+//! - With the `tls` feature: [`tls`], a private CA made in the test, a TLS
+//!   terminator in front of RabbitMQ and a TLS-only `redis-server`.
 
 pub mod bench_report;
 pub mod cut_proxy;
@@ -50,10 +52,12 @@ pub mod services;
 #[cfg(feature = "simulator")]
 pub mod sim_sharder;
 pub mod temp_dir;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use cut_proxy::CutProxy;
 pub use dnsmasq::{Dnsmasq, DnsmasqError};
-pub use http_client::http;
+pub use http_client::{http, http_with};
 pub use mutation::{Mutation, Mutations, mutated};
 pub use services::unique_name;
 pub use temp_dir::TempDir;
