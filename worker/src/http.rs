@@ -14,6 +14,15 @@
 //!   ignores RabbitMQ and Redis: a liveness failure restarts the pod, and a
 //!   restart empties the in-memory cache, so a broker outage must never
 //!   fail it (restarts should wait for warm caches, not cause cold ones).
+//! * Who may read: `/v1/*` needs `Authorization: Bearer <worker.read_token>`
+//!   when a token is configured (the production overlay requires one; see
+//!   [`config::WorkerConfig::read_token`]); anything else gets 401 with one
+//!   message, whatever was wrong, and counts in
+//!   `worker_read_api_unauthorized_total`. The token is compared in
+//!   constant time ([`config::Secret::matches_bearer`]). The probes stay
+//!   open, and `/metrics` carries no cache data; with `worker.metrics_listen`
+//!   it moves to a listener of its own ([`metrics_router`]), so a network
+//!   policy can admit Prometheus there and bots to the API.
 //! * `GET /readyz`: 200 once a partition consumer runs and the cache has
 //!   caught up: the backlog of every partition this replica holds now is under
 //!   `worker.ready_backlog` (see [`crate::readiness`]), so a rolling update
@@ -25,8 +34,9 @@ use crate::model::{GuildView, ImageHash};
 use crate::store::Store;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -85,6 +95,8 @@ pub struct ApiState<S> {
     pub metrics: Option<PrometheusHandle>,
     /// Cache sizes, when the store can count cheaply.
     pub stats: Option<StatsFn>,
+    /// Bearer token `/v1/*` requires; `None`: open.
+    pub read_token: Option<config::Secret>,
 }
 
 impl<S> Clone for ApiState<S> {
@@ -94,6 +106,7 @@ impl<S> Clone for ApiState<S> {
             health: self.health.clone(),
             metrics: self.metrics.clone(),
             stats: self.stats.clone(),
+            read_token: self.read_token.clone(),
         }
     }
 }
@@ -297,17 +310,67 @@ async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())
 }
 
-/// The worker's HTTP routes over `state`.
-pub fn router<S: Store>(state: ApiState<S>) -> Router {
-    Router::new()
-        .route("/v1/guilds/{id}", get(guild::<S>))
-        .route("/v1/guilds/{id}/channels", get(channels::<S>))
-        .route("/v1/guilds/{id}/roles", get(roles::<S>))
-        .route("/v1/guilds/{id}/members/{user_id}", get(member::<S>))
-        .route("/v1/stats", get(stats::<S>))
-        .route("/metrics", get(prometheus::<S>))
+/// Lets a `/v1/*` request through only with the read token, when one is
+/// set. One answer for a missing header, another scheme and a wrong token.
+async fn require_token<S: Store>(
+    State(st): State<ApiState<S>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &st.read_token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !token.matches_bearer(given) {
+            metrics::counter!("worker_read_api_unauthorized_total").increment(1);
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"bulwark-worker\"")],
+                Json(json!({ "error": "missing or wrong bearer token" })),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn routes<S: Store>(state: ApiState<S>, with_metrics: bool) -> Router {
+    let v1 = Router::new()
+        .route("/guilds/{id}", get(guild::<S>))
+        .route("/guilds/{id}/channels", get(channels::<S>))
+        .route("/guilds/{id}/roles", get(roles::<S>))
+        .route("/guilds/{id}/members/{user_id}", get(member::<S>))
+        .route("/stats", get(stats::<S>))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token::<S>,
+        ));
+    let mut router = Router::new()
+        .nest("/v1", v1)
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<S>))
+        .route("/readyz", get(readyz::<S>));
+    if with_metrics {
+        router = router.route("/metrics", get(prometheus::<S>));
+    }
+    router.fallback(not_found).with_state(state)
+}
+
+/// The worker's HTTP routes over `state`, `/metrics` included.
+pub fn router<S: Store>(state: ApiState<S>) -> Router {
+    routes(state, true)
+}
+
+/// The routes of `http_listen` when `/metrics` has a listener of its own.
+pub fn api_router<S: Store>(state: ApiState<S>) -> Router {
+    routes(state, false)
+}
+
+/// `/metrics` alone, for `worker.metrics_listen`.
+pub fn metrics_router<S: Store>(state: ApiState<S>) -> Router {
+    Router::new()
+        .route("/metrics", get(prometheus::<S>))
         .fallback(not_found)
         .with_state(state)
 }

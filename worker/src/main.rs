@@ -1,7 +1,8 @@
 //! `worker`: consumes the partition queues into the cache.
 //!
 //! Thin on purpose: set up logging, load and validate the configuration
-//! (exit 78 on a bad value), and run [`worker::run`] until SIGTERM or
+//! (exit 78 on a bad value, also one found at start-up: a read API
+//! without its token, an unreadable `[tls]` file), and run [`worker::run`] until SIGTERM or
 //! SIGINT, which drains within [`worker::DRAIN_GRACE`]. Exit codes: 0 after
 //! a clean shutdown, 78 for a configuration error, 1 for any other error
 //! (including `worker.store = "redis"` without `redis.url`).
@@ -32,7 +33,14 @@ fn main() -> ExitCode {
 fn serve(args: Args) -> Result<(), Failure> {
     let cfg = bulwark_process::load_config(args.config.as_deref())?;
     let report = bulwark_process::run_until_signal(|shutdown| worker::run(cfg, shutdown))?
-        .map_err(|e| Failure::from_error(EXIT_FAILURE, "worker", &e))?;
+        .map_err(|e| {
+            let code = if e.is_config() {
+                config::EXIT_CONFIG
+            } else {
+                EXIT_FAILURE
+            };
+            Failure::from_error(code, "worker", &e)
+        })?;
     tracing::info!(
         partitions = report.partitions.len(),
         drained = report.drained,

@@ -141,19 +141,17 @@ pub struct RedisStore {
 impl RedisStore {
     /// Connects to `url` and keeps every key under `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        Self::connect_with(url, prefix, &redis::AsyncConnectionConfig::new()).await
+        let client = redis::Client::open(url)?;
+        let con =
+            dnscache::RedisConnection::with_client(client, redis::AsyncConnectionConfig::new());
+        Self::over(con, prefix).await
     }
 
-    /// [`RedisStore::connect`] with a connection config, e.g.
-    /// `dnscache::Resolver::redis_config()` so the host name is resolved by
-    /// the process's caching resolver.
-    pub async fn connect_with(
-        url: &str,
-        prefix: &str,
-        config: &redis::AsyncConnectionConfig,
-    ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let con = dnscache::RedisConnection::with_client(client, config.clone());
+    /// A store on `con`, e.g. `dnscache::RedisConnection::lazy(&resolver,
+    /// url)`, so the host name is resolved by the process's caching
+    /// resolver and `rediss://` trusts `[tls]`; dials now, so an
+    /// unreachable Redis is an error at start-up.
+    pub async fn over(con: dnscache::RedisConnection, prefix: &str) -> Result<Self, StoreError> {
         con.ready().await?;
         Ok(Self {
             con,

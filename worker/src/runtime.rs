@@ -26,7 +26,7 @@
 //! so the others take its partitions at their next tick.
 
 use crate::gate::PartitionGate;
-use crate::http::{ApiState, Health, router};
+use crate::http::{ApiState, Health, api_router, metrics_router, router};
 use crate::membership::Membership;
 use crate::memory::MemoryStore;
 use crate::output::Unconfirmed;
@@ -61,6 +61,12 @@ pub enum RunError {
     Metrics(String),
     #[error("building the DNS resolver")]
     Dns(#[source] dnscache::DnsError),
+    /// A bad value found at start-up (exit 78).
+    #[error(transparent)]
+    Config(config::ConfigError),
+    /// `[tls]` files missing or unusable (exit 78).
+    #[error(transparent)]
+    Tls(dnscache::TrustError),
     #[error("binding worker.http_listen {addr}")]
     Http {
         addr: SocketAddr,
@@ -74,6 +80,14 @@ pub enum RunError {
         #[source]
         source: StoreError,
     },
+}
+
+impl RunError {
+    /// True for a configuration error (exit 78): fix the config, not the
+    /// cluster.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::Tls(_))
+    }
 }
 
 /// How a run ended without error.
@@ -95,12 +109,33 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<RunReport, 
     // The recorder first: the resolver binds its metric handles at
     // construction, and handles taken before the recorder exists go nowhere.
     let metrics = prometheus()?;
-    let resolver = Resolver::shared(&cfg.dns).map_err(RunError::Dns)?;
+    let read_token = cfg.worker.read_token().map_err(RunError::Config)?.cloned();
+    let trust = dnscache::Trust::load(&cfg.tls, &[cfg.amqp.url.expose(), cfg.redis.url.expose()])
+        .map_err(RunError::Tls)?;
+    let resolver = Resolver::shared(&cfg.dns)
+        .map_err(RunError::Dns)?
+        .with_trust(trust);
     let addr = cfg.worker.http_listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Http { addr, source })?;
     tracing::info!(%addr, "HTTP API listening");
+    if read_token.is_none() {
+        tracing::warn!(
+            %addr,
+            "the read API (/v1) needs no token: anyone who reaches this port reads the cache"
+        );
+    }
+    let metrics_listener = match cfg.worker.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Http { addr, source })?;
+            tracing::info!(%addr, "metrics listening");
+            Some(l)
+        }
+        None => None,
+    };
     let health = Arc::new(Health::default());
     let horizon = cfg.worker.tombstone_horizon;
     let process = Process {
@@ -108,6 +143,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<RunReport, 
         resolver,
         health: health.clone(),
         listener,
+        metrics_listener,
         shutdown,
     };
     match cfg.worker.store {
@@ -120,21 +156,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<RunReport, 
                 health,
                 metrics: Some(metrics),
                 stats: Some(Arc::new(move || counted.stats())),
+                read_token,
             };
             Ok(process.serve(api, sweep, None).await)
         }
         WorkerStoreKind::Redis => {
             let url = cfg.redis.url.expose();
-            let store = RedisStore::connect_with(
-                url,
-                &cfg.redis.key_prefix,
-                &process.resolver.redis_config(),
-            )
-            .await
-            .map_err(|source| RunError::Redis {
+            let redis = |source: StoreError| RunError::Redis {
                 url: redact_url(url),
                 source,
-            })?;
+            };
+            let con = RedisConnection::lazy(&process.resolver, url).map_err(|e| redis(e.into()))?;
+            let store = RedisStore::over(con, &cfg.redis.key_prefix)
+                .await
+                .map_err(redis)?;
             let store = Arc::new(store);
             let sweep = tokio::spawn(crate::sweep::sweep_shared(store.clone(), horizon));
             let coordination =
@@ -147,6 +182,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<RunReport, 
                 health,
                 metrics: Some(metrics),
                 stats: None,
+                read_token,
             };
             Ok(process.serve(api, sweep, Some(coordination)).await)
         }
@@ -159,6 +195,7 @@ struct Process<'a> {
     resolver: Resolver,
     health: Arc<Health>,
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 }
 
@@ -184,7 +221,12 @@ impl Process<'_> {
                 voice_states: cfg.worker.cache_voice_states,
             },
         ));
-        let http = tokio::spawn(serve_http(self.listener, api, self.shutdown.clone()));
+        let http = tokio::spawn(serve_http(
+            self.listener,
+            self.metrics_listener,
+            api,
+            self.shutdown.clone(),
+        ));
         let supervisor = Supervisor {
             cfg,
             resolver: self.resolver,
@@ -276,17 +318,30 @@ fn share(
     }
 }
 
-/// Serves the HTTP API until `stop`, then finishes the requests in flight.
+/// Serves the HTTP API (and `/metrics` on its own listener, when there is
+/// one) until `stop`, then finishes the requests in flight.
 async fn serve_http<S: Store>(
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
     api: ApiState<S>,
     stop: CancellationToken,
 ) {
-    if let Err(e) = axum::serve(listener, router(api))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "HTTP API stopped");
+    let serve = |listener, app, stop: CancellationToken| async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "HTTP listener stopped");
+        }
+    };
+    match metrics_listener {
+        None => serve(listener, router(api), stop).await,
+        Some(m) => {
+            tokio::join!(
+                serve(listener, api_router(api.clone()), stop.clone()),
+                serve(m, metrics_router(api), stop),
+            );
+        }
     }
 }
 

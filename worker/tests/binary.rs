@@ -35,9 +35,47 @@ fn redis_store_without_url_is_refused() {
     assert!(err.contains("redis.url"), "{err}");
 }
 
+/// A read API that would be open to the network by accident, and a `[tls]`
+/// file that is not there, stop the worker at start-up with exit 78 and a
+/// message naming the key, the file and the endpoint (never a password).
+#[test]
+fn open_read_api_and_missing_ca_exit_78() {
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .env_remove("BULWARK_CONFIG")
+        .env_remove("BULWARK_WORKER__READ_TOKEN")
+        .env("BULWARK_WORKER__HTTP_LISTEN", "0.0.0.0:0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("BULWARK_WORKER__READ_TOKEN"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .env_remove("BULWARK_CONFIG")
+        .env("BULWARK_WORKER__HTTP_LISTEN", "127.0.0.1:0")
+        .env("BULWARK_TLS__CA_FILE", "/nonexistent/bulwark/ca.crt")
+        .env(
+            "BULWARK_AMQP__URL",
+            "amqps://guest:hunter2@rabbit.bulwark.svc:5671/%2f",
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    for part in [
+        "tls.ca_file",
+        "/nonexistent/bulwark/ca.crt",
+        "amqps://rabbit.bulwark.svc:5671",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
 /// The binary end to end: it dials RabbitMQ by host name through its
-/// resolver, serves the probes and the read API, publishes a real join to
-/// its output exchange exactly once, and stops cleanly on SIGTERM.
+/// resolver, serves the probes, the read API behind its token and the
+/// metrics on their own listener, publishes a real join to its output
+/// exchange exactly once, and stops cleanly on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_consumes_publishes_serves_and_stops_on_sigterm() {
     use envelope::{BatchEncoder, Event, GuildCreateKind};
@@ -59,16 +97,35 @@ async fn binary_consumes_publishes_serves_and_stops_on_sigterm() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"))
         .env_remove("BULWARK_CONFIG")
         .env("BULWARK_AMQP__URL", "amqp://guest:guest@localhost:5672/%2f")
         .env("BULWARK_AMQP__PARTITIONS", "1")
         .env("BULWARK_WORKER__AMQP_TOPOLOGY_BASE", &base)
         .env("BULWARK_WORKER__HTTP_LISTEN", &addr)
+        .env("BULWARK_WORKER__METRICS_LISTEN", &metrics_addr)
+        .env("BULWARK_WORKER__READ_TOKEN", "r3ad-t0ken")
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let get_from = |addr: String, path: String, auth: &'static str| async move {
+        let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+            return (0u16, String::new());
+        };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.unwrap();
+        let status = raw.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, raw)
+    };
     let get = |path: String| {
         let addr = addr.clone();
         async move {
@@ -177,13 +234,33 @@ async fn binary_consumes_publishes_serves_and_stops_on_sigterm() {
     );
     let body = wait_for("/readyz").await;
     assert!(body.contains("ready"), "{body}");
-    let (_, guild) = get(format!("/v1/guilds/{G}")).await;
+    // The read API only with the token; one answer for every wrong try.
+    let guild_path = format!("/v1/guilds/{G}");
+    for auth in [
+        "",
+        "Authorization: Bearer wrong\r\n",
+        "Authorization: Basic r3ad-t0ken\r\n",
+    ] {
+        let (status, body) = get_from(addr.clone(), guild_path.clone(), auth).await;
+        assert_eq!(status, 401, "{auth:?}: {body}");
+        assert!(body.contains("missing or wrong bearer token"), "{body}");
+        assert!(!body.contains("\"name\":\"bin\""), "{body}");
+    }
+    let (status, guild) = get_from(
+        addr.clone(),
+        guild_path,
+        "Authorization: Bearer r3ad-t0ken\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{guild}");
     assert!(guild.contains("\"name\":\"bin\""), "{guild}");
+    // /metrics lives on its own listener only.
+    assert_eq!(get("/metrics".into()).await.0, 404);
     // Both copies were processed (the backlog is empty and nothing is in
     // flight once the metric says two messages were handled).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, metrics) = get("/metrics".into()).await;
+        let (_, metrics) = get_from(metrics_addr.clone(), "/metrics".into(), "").await;
         if metrics.contains("worker_events_dropped_total{delivery=\"first\"} 1") {
             assert!(
                 metrics.contains("worker_joins_emitted_total 1"),
@@ -193,6 +270,11 @@ async fn binary_consumes_publishes_serves_and_stops_on_sigterm() {
                 metrics.contains("worker_events_published_total 1"),
                 "{metrics}"
             );
+            assert!(
+                metrics.contains("worker_read_api_unauthorized_total 3"),
+                "{metrics}"
+            );
+            assert!(!metrics.contains("r3ad-t0ken"), "{metrics}");
             break;
         }
         assert!(

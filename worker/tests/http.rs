@@ -119,6 +119,7 @@ async fn read_api_probes_and_metrics_over_http() {
         health: health.clone(),
         metrics: Some(handle),
         stats: Some(Arc::new(move || counted.stats())),
+        read_token: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
