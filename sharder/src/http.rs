@@ -215,32 +215,42 @@ impl AdminState {
         }
         let given = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            .and_then(|v| v.to_str().ok());
+        if self.inner.token.matches_bearer(given) {
             None
         } else {
-            Some(error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token",
-            ))
+            Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer realm=\"bulwark-admin\"")],
+                    axum::Json(json!({ "error": "missing or wrong bearer token" })),
+                )
+                    .into_response(),
+            )
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, msg: &str) -> Response {
     (status, axum::Json(json!({ "error": msg }))).into_response()
 }
 
-/// The router over `state`.
+/// The router over `state`, `/metrics` included.
 pub fn router(state: AdminState) -> Router {
+    admin_router(state.clone()).merge(metrics_router(state))
+}
+
+/// `/metrics` alone, for `sharder.metrics_listen`: a network policy can
+/// then admit Prometheus to it and not to the admin endpoints.
+pub fn metrics_router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+/// Probes and admin endpoints, without `/metrics`.
+pub fn admin_router(state: AdminState) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/admin/shards", get(shards))
@@ -252,7 +262,11 @@ pub fn router(state: AdminState) -> Router {
 
 /// Serves `router(state)` on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
-    let app = router(state);
+    serve_app(listener, router(state), stop).await;
+}
+
+/// Serves `app` on `listener` until `stop`.
+pub(crate) async fn serve_app(listener: TcpListener, app: Router, stop: CancellationToken) {
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

@@ -46,7 +46,7 @@ use crate::connect::ResolverConnector;
 use crate::connect_rate::{ConnectRate, PacedConnector};
 use crate::gateway_bot::GatewayBotError;
 use crate::generation;
-use crate::http::{AdminState, serve};
+use crate::http::{AdminState, admin_router, metrics_router, serve, serve_app};
 use crate::identify::{IdentifyScheduler, IdentifySettings};
 use crate::identify_breaker::BreakerPolicy;
 use crate::identify_budget::SharedBudget;
@@ -150,8 +150,11 @@ pub async fn run_with(
     // handles at construction, and handles taken before the recorder exists
     // go nowhere.
     crate::http::prometheus();
-    let resolver =
-        dnscache::Resolver::shared(&cfg.dns).map_err(|e| RunError::Dns(e.to_string()))?;
+    let trust = dnscache::Trust::load(&cfg.tls, &[cfg.amqp.url.expose(), cfg.redis.url.expose()])
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let resolver = dnscache::Resolver::shared(&cfg.dns)
+        .map_err(|e| RunError::Dns(e.to_string()))?
+        .with_trust(trust);
     let token = cfg
         .discord
         .require_token()
@@ -174,7 +177,27 @@ pub async fn run_with(
         let _ = tx.send(addr);
     }
     let http_stop = CancellationToken::new();
-    let http = tokio::spawn(serve(listener, admin.clone(), http_stop.clone()));
+    let http = match cfg.sharder.metrics_listen {
+        None => tokio::spawn(serve(listener, admin.clone(), http_stop.clone())),
+        Some(metrics_addr) => {
+            let metrics = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .map_err(|source| RunError::Http {
+                    addr: metrics_addr,
+                    source,
+                })?;
+            tracing::info!(addr = %metrics_addr, "metrics listening");
+            let (admin_app, metrics_app) =
+                (admin_router(admin.clone()), metrics_router(admin.clone()));
+            let stop = http_stop.clone();
+            tokio::spawn(async move {
+                tokio::join!(
+                    serve_app(listener, admin_app, stop.clone()),
+                    serve_app(metrics, metrics_app, stop),
+                );
+            })
+        }
+    };
     let started = Started {
         resolver,
         token,

@@ -29,6 +29,32 @@ fn a_bad_config_exits_78_naming_the_key() {
 }
 
 #[test]
+fn a_missing_ca_file_exits_78_naming_file_and_broker() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sharder"))
+        .env_remove("POD_NAME")
+        .env_remove("BULWARK_CONFIG")
+        .env("BULWARK_DISCORD__TOKEN", "placeholder.bot.token")
+        .env("BULWARK_SHARDER__HTTP_LISTEN", "127.0.0.1:0")
+        .env("BULWARK_TLS__CA_FILE", "/nonexistent/bulwark/ca.crt")
+        .env(
+            "BULWARK_AMQP__URL",
+            "amqps://bulwark:hunter2@rabbit.bulwark.svc:5671/%2f",
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(config::EXIT_CONFIG), "{err}");
+    for part in [
+        "tls.ca_file",
+        "/nonexistent/bulwark/ca.crt",
+        "amqps://rabbit.bulwark.svc:5671",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
 fn a_bad_shards_flag_exits_78_naming_the_flag() {
     for (shards, says) in [("36..36", "empty"), ("0..300", "beyond")] {
         let out = Command::new(env!("CARGO_BIN_EXE_sharder"))
@@ -91,13 +117,15 @@ async fn kill_9_then_restart_resumes_every_shard_and_loses_nothing() {
     let topo = AmqpTopology::named(&base, 2);
     let (_conn, mut queue) = consume(&topo).await;
     let http = free_port();
+    let metrics_at = free_port();
     let path = dir.0.join("sharder.toml");
     std::fs::write(
         &path,
         format!(
             "[discord]\napi_base = \"{api}/api/v10\"\nintents = {intents}\n\
              [sharder]\ntotal_shards = {SHARDS}\ngateway_url = \"{gw}\"\n\
-             http_listen = \"{http}\"\nsession_dir = \"{dir}\"\nidentify_window = \"120ms\"\n\
+             http_listen = \"{http}\"\nmetrics_listen = \"{metrics_at}\"\n\
+             session_dir = \"{dir}\"\nidentify_window = \"120ms\"\n\
              persist_interval = \"100ms\"\nshutdown_grace = \"5s\"\ncompression = \"none\"\n\
              amqp_topology_base = \"{base}\"\n[amqp]\npartitions = 2\n",
             api = sim.http_url(),
@@ -153,7 +181,9 @@ async fn kill_9_then_restart_resumes_every_shard_and_loses_nothing() {
     .await;
     // The restarted process counts its resumes, and its shards are active
     // by the state gauge (RESUMED is counted before the shard turns active).
-    let (_, metrics) = common::http(http, "GET", "/metrics", None, "").await;
+    // Its metrics are on their own listener (sharder.metrics_listen) only.
+    assert_eq!(status(http, "/metrics").await, Some(404));
+    let (_, metrics) = common::http(metrics_at, "GET", "/metrics", None, "").await;
     assert!(
         metrics.contains(&format!(
             "sharder_resumes_total{{result=\"resumed\"}} {SHARDS}\n"

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{TempDir, consume, delete, http, now_ms, run_config, unique, until};
+use common::{TempDir, consume, delete, http, http_with, now_ms, run_config, unique, until};
 use discord_sim::{EventKind, EventMix, SimConfig, Simulator};
 use sharder::{AmqpTopology, ChannelSink, RunOptions, SinkChoice};
 use std::net::SocketAddr;
@@ -68,6 +68,40 @@ async fn http_endpoints_and_shedding_at_runtime() {
             .0,
         401
     );
+    // Every admin route, every wrong credential: one 401, the same body,
+    // nothing done (the shed list below is still empty).
+    let mut bodies = std::collections::BTreeSet::new();
+    for (method, path, body) in [
+        ("GET", "/admin/shards", ""),
+        (
+            "POST",
+            "/admin/identify-throttle",
+            r#"{"min_interval_ms": 1}"#,
+        ),
+        ("GET", "/admin/shed", ""),
+        ("POST", "/admin/shed", r#"{"events": ["MESSAGE_CREATE"]}"#),
+        ("GET", "/admin/reshard", ""),
+        ("POST", "/admin/reshard", r#"{"total": 4}"#),
+    ] {
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Bearer s3cret-admi"),
+            Some("Basic s3cret-admin"),
+            Some("s3cret-admin"),
+        ] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("Authorization", a)).into_iter().collect();
+            let (status, answer) = http_with(addr, method, path, &headers, body).await;
+            assert_eq!(status, 401, "{method} {path} {auth:?}: {answer}");
+            assert!(!answer.contains("s3cret"), "{answer}");
+            bodies.insert(answer);
+        }
+    }
+    assert_eq!(bodies.len(), 1, "401 bodies differ: {bodies:?}");
+    let (status, body) = http(addr, "GET", "/admin/shed", Some("s3cret-admin"), "").await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("MESSAGE_CREATE"), "{body}");
     let (status, body) = http(addr, "GET", "/admin/shards", Some("s3cret-admin"), "").await;
     assert_eq!(status, 200);
     assert_eq!(body.matches("\"Active\"").count(), 2, "{body}");

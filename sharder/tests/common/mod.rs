@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 
 pub use testkit::TempDir;
 // Not every test binary calls the admin endpoints.
-#[allow(unused_imports)]
-pub use testkit::http;
 pub use testkit::services::AMQP_URL as AMQP;
 use testkit::sim_sharder::{MESSAGE_INTENTS, SharderShape, sharder_config};
+#[allow(unused_imports)]
+pub use testkit::{http, http_with};
 // Not every test binary names a resource.
 #[allow(unused_imports)]
 pub use testkit::unique_name as unique;
