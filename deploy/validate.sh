@@ -22,10 +22,21 @@
 #     PriorityClass and node + zone topology spread for the sharder; DNS
 #     egress to kube-dns pods, one autoscaler per workload and a worker
 #     ScaledObject within the partition count on the partition queues, NodeLocal DNSCache and a ClusterIP /32;
-#     container/Service/scrape ports == http_listen,
+#     container and Service port http == http_listen's port; metrics_listen
+#     set, and container and Service port metrics, prometheus.io/port and
+#     the ServiceMonitor's endpoints == metrics_listen's port;
+#     NetworkPolicy ingress names its sources (no rule without `from`, no
+#     peer `namespaceSelector: {}` without a podSelector, no ipBlock /0),
+#     the sharder's and worker's restrict Ingress, name existing container
+#     ports and open the metrics port;
+#     worker.read_api "token" off loopback => BULWARK_WORKER__READ_TOKEN
+#     from a required secretKeyRef (production: read_api must be "token");
+#     every [tls] *_file on a mounted volume (production: both binaries set
+#     tls.ca_file, its directory is Secret bulwark-ca, required, read-only);
 #     terminationGracePeriodSeconds > preStop + sharder.shutdown_grace,
-#     no Secret rendered, secrets only by secretKeyRef, hardened
-#     securityContext, resources, probes on /readyz and /healthz, ndots 1.
+#     no Secret rendered, secrets only by secretKeyRef (none in the TOML),
+#     hardened securityContext, resources, probes on /readyz and /healthz,
+#     ndots 1.
 #  5. every metric name in grafana/bulwark-dashboard.json's PromQL and in the
 #     production alert rules is emitted by the Rust sources (sharder/src,
 #     worker/src, dnscache/src, protocol/src); every alert has a runbook
@@ -147,6 +158,73 @@ assert "  - path: worker-hpa-delete.yaml\n" in s, "self-test: the HPA deletion i
 open(p, "w").write(s.replace("  - path: worker-hpa-delete.yaml\n", ""))
 PY
   expect two-autoscalers 1 "both scale worker"
+  # The security review's finding (issue #24): an ingress peer that admits
+  # every namespace to the worker's read API.
+  copy open-networkpolicy
+  python3 - "$st/open-networkpolicy/deploy/base/worker-networkpolicy.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+old = '        - podSelector:\n            matchLabels:\n              bulwark.dev/cache-reader: "true"\n'
+assert old in s, "self-test: the cache-reader peer is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace(old, "        - namespaceSelector: {}\n"))
+PY
+  expect open-networkpolicy 1 "admits every namespace"
+  # Production's read API left open.
+  copy open-read-api
+  python3 - "$st/open-read-api/deploy/overlays/production/worker.toml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert 'read_api = "token"' in s, "self-test: read_api is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace('read_api = "token"', 'read_api = "open"'))
+PY
+  expect open-read-api 1 "worker.read_api is 'open'"
+  # The read token made optional: a Secret without read-token would start
+  # workers that then refuse to run, instead of waiting for the key.
+  copy optional-read-token
+  python3 - "$st/optional-read-token/deploy/base/worker-deployment.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+old = "key: read-token\n                  optional: false"
+assert old in s, "self-test: the read-token secretKeyRef is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace(old, "key: read-token\n                  optional: true"))
+PY
+  expect optional-read-token 1 "BULWARK_WORKER__READ_TOKEN's secretKeyRef"
+  # tls.ca_file set but the CA Secret not mounted: the binaries would fail
+  # to connect to the broker and Redis.
+  copy no-ca-mount
+  python3 - "$st/no-ca-mount/deploy/overlays/production/kustomization.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert "  - path: tls-ca.yaml\n" in s, "self-test: the CA mount patch is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace("  - path: tls-ca.yaml\n", ""))
+PY
+  expect no-ca-mount 1 "tls.ca_file /etc/bulwark/tls/ca.crt: no volume"
+  # metrics_listen moved without the manifests: Prometheus would scrape a
+  # closed port.
+  copy metrics-port-drift
+  python3 - "$st/metrics-port-drift/deploy/overlays/production/sharder.toml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert 'metrics_listen = "0.0.0.0:9090"' in s, "self-test: metrics_listen is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace('metrics_listen = "0.0.0.0:9090"', 'metrics_listen = "0.0.0.0:9095"'))
+PY
+  expect metrics-port-drift 1 "sharder.metrics_listen port 9095"
+  # The ServiceMonitor left on the http port: the NetworkPolicy refuses
+  # Prometheus there (and /admin is there).
+  copy servicemonitor-http
+  python3 - "$st/servicemonitor-http/deploy/overlays/production/servicemonitor.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert "    - port: metrics\n" in s, "self-test: the ServiceMonitor port is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace("    - port: metrics\n", "    - port: http\n"))
+PY
+  expect servicemonitor-http 1 "not its metrics port"
   echo "deploy/validate.sh --self-test: ok"
   exit 0
 fi
@@ -168,10 +246,13 @@ for o in "${overlays[@]}"; do
     continue
   fi
   # Steps 3 and 4; writes the built-in kinds to $tmp/$o.builtin.yaml.
-  if ! python3 - "$tmp/$o.yaml" "$tmp/$o.builtin.yaml" "$tmp/$o" <<'PY'
-import re, sys, tomllib, yaml
+  if ! python3 - "$tmp/$o.yaml" "$tmp/$o.builtin.yaml" "$tmp/$o" "$o" <<'PY'
+import posixpath, re, sys, tomllib, yaml
 
-src, out, rules_prefix = sys.argv[1], sys.argv[2], sys.argv[3]
+src, out, rules_prefix, overlay = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+# The production overlay carries extra duties: TLS to the broker and Redis,
+# and a token on the worker's read API.
+PRODUCTION = overlay == "production"
 docs = [d for d in yaml.safe_load_all(open(src)) if d]
 errors = []
 def err(msg): errors.append(msg)
@@ -190,6 +271,7 @@ CRDS = {
 DURATION = re.compile(r"^(\d+(ms|s|m|h))+$")
 builtin = []
 scaled = []
+monitors = []
 rule_files = 0
 for d in docs:
     kind, api = d.get("kind"), d.get("apiVersion")
@@ -245,6 +327,7 @@ for d in docs:
         if kind == "ScaledObject":
             scaled.append(d)
         if kind == "ServiceMonitor":
+            monitors.append(d)
             if not (spec.get("selector") or {}).get("matchLabels"):
                 err(f"{kind}/{name}: spec.selector.matchLabels missing")
             eps = spec.get("endpoints")
@@ -267,9 +350,16 @@ def duration_s(text):
         total += int(num) * units[unit]
     return total
 
-def listen_port(section, default):
-    addr = (cfg if section == "sharder" else wcfg).get(section, {}).get("http_listen", default)
+def listen(section, key, default):
+    """A listen address of [sharder] or [worker] (each in its own file)."""
+    return (cfg if section == "sharder" else wcfg).get(section, {}).get(key, default)
+
+def addr_port(addr):
     return int(addr.rsplit(":", 1)[1])
+
+def is_loopback(addr):
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 # One config file per binary: bulwark-sharder-config for the sharder,
 # bulwark-worker-config for the worker, so a worker-only change does not
@@ -286,7 +376,8 @@ worker_cm, wcfg = config_map("bulwark-worker-config")
 if [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("bulwark-config")]:
     err("a shared bulwark-config ConfigMap is rendered: each binary has its own (bulwark-sharder-config, bulwark-worker-config)")
 for which, c in (("sharder", cfg), ("worker", wcfg)):
-    for section, key in [("discord", "token"), ("amqp", "url"), ("redis", "url"), ("sharder", "admin_token")]:
+    for section, key in [("discord", "token"), ("amqp", "url"), ("redis", "url"), ("sharder", "admin_token"),
+                         ("worker", "read_token")]:
         if key in c.get(section, {}):
             err(f"{which} bulwark.toml sets {section}.{key}: it is a secret, set it from the Secret")
 # What both binaries read must agree: the partition count and queue layout
@@ -426,7 +517,7 @@ for d in docs:
             err(f"{ref}/{c['name']}: needs resource requests and limits")
         for e in c.get("env", []):
             if e["name"] in ("BULWARK_DISCORD__TOKEN", "BULWARK_AMQP__URL", "BULWARK_REDIS__URL",
-                             "BULWARK_SHARDER__ADMIN_TOKEN") \
+                             "BULWARK_SHARDER__ADMIN_TOKEN", "BULWARK_WORKER__READ_TOKEN") \
                     and "secretKeyRef" not in e.get("valueFrom", {}):
                 err(f"{ref}/{c['name']}: {e['name']} must come from a secretKeyRef")
         if d["metadata"]["name"] in ("sharder", "worker"):
@@ -434,22 +525,167 @@ for d in docs:
             if paths != {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}:
                 err(f"{ref}: readiness must probe /readyz and liveness /healthz, got {paths}")
 
-# The HTTP port the binary binds (http_listen) is the one the probes,
-# Services and scrape annotations use.
-for n, section, default in (("sharder", "sharder", "0.0.0.0:8080"), ("worker", "worker", "0.0.0.0:8081")):
-    port = listen_port(section, default)
+# The ports the binary binds are the ones the manifests use. http_listen
+# (probes, /admin, the read API): container and Service port `http`.
+# metrics_listen (/metrics only): container and Service port `metrics`,
+# the prometheus.io/port annotations and the ServiceMonitor's endpoints.
+# metrics_listen must be set: without it /metrics is served on http, which
+# the NetworkPolicies do not open to Prometheus.
+metrics_ports = {}   # workload -> (port name, port number) /metrics is on
+for n, section, default, mdefault in (("sharder", "sharder", "0.0.0.0:8080", "0.0.0.0:9090"),
+                                     ("worker", "worker", "0.0.0.0:8081", "0.0.0.0:9091")):
+    port = addr_port(listen(section, "http_listen", default))
+    maddr = listen(section, "metrics_listen", None)
+    if not maddr:
+        err(f"{n}: {section}.metrics_listen is not set: /metrics would be served on http_listen ({port}), "
+            f"which the NetworkPolicy does not open to Prometheus; set it (\"{mdefault}\")")
+        mname, mport = "http", port
+    else:
+        mname, mport = "metrics", addr_port(maddr)
+        if mport == port:
+            err(f"{n}: {section}.metrics_listen port {mport} is also http_listen's")
+    metrics_ports[n] = (mname, mport)
     wl = by.get(("StatefulSet", n)) or by.get(("Deployment", n))
     if wl:
         c = wl["spec"]["template"]["spec"]["containers"][0]
         cports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
         if cports.get("http") != port:
             err(f"{n}: containerPort http {cports.get('http')} but {section}.http_listen port {port}")
+        if maddr and cports.get("metrics") != mport:
+            err(f"{n}: containerPort metrics {cports.get('metrics')} but {section}.metrics_listen port {mport}")
         ann = wl["spec"]["template"]["metadata"].get("annotations", {})
-        if ann.get("prometheus.io/port") != str(port):
-            err(f"{n}: prometheus.io/port {ann.get('prometheus.io/port')} but http_listen port {port}")
+        if ann.get("prometheus.io/port") != str(mport):
+            err(f"{n}: pod annotation prometheus.io/port {ann.get('prometheus.io/port')} but {section}.metrics_listen port {mport}")
     svc = by.get(("Service", n))
-    if svc and not any(p.get("name") == "http" and p.get("port") == port for p in svc["spec"]["ports"]):
-        err(f"Service {n}: no port http = {port}")
+    if svc:
+        sports = {p.get("name"): p for p in svc["spec"]["ports"]}
+        for pname, want, key in (("http", port, "http_listen"), ("metrics", mport, "metrics_listen")):
+            if pname == "metrics" and not maddr:
+                continue
+            sp = sports.get(pname)
+            if not sp or sp.get("port") != want or sp.get("targetPort", sp.get("port")) not in (pname, want):
+                err(f"Service {n}: needs port {pname} = {want} with targetPort {pname} ({section}.{key} port), "
+                    f"got {sp}")
+        sann = svc["metadata"].get("annotations", {})
+        if "prometheus.io/port" in sann and sann["prometheus.io/port"] != str(mport):
+            err(f"Service {n}: annotation prometheus.io/port {sann['prometheus.io/port']} but {section}.metrics_listen port {mport}")
+# Every endpoint of a ServiceMonitor scrapes the metrics port of each
+# Bulwark Service it selects.
+for sm in monitors:
+    smn = sm["metadata"]["name"]
+    sel = sm["spec"]["selector"].get("matchLabels", {})
+    chosen = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] in metrics_ports
+              and all((d["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items())]
+    if not chosen:
+        err(f"ServiceMonitor/{smn}: selects neither the sharder's nor the worker's Service")
+    for svc in chosen:
+        n = svc["metadata"]["name"]
+        mname, mport = metrics_ports[n]
+        sports = {p.get("name"): p.get("port") for p in svc["spec"]["ports"]}
+        for ep in sm["spec"]["endpoints"]:
+            if ep.get("port") != mname or sports.get(ep.get("port")) != mport:
+                err(f"ServiceMonitor/{smn}: endpoint port {ep.get('port')!r} is {sports.get(ep.get('port'))} on Service {n}, "
+                    f"not its metrics port {mname} = {mport} ({n}.metrics_listen port)")
+            if ep.get("path", "/metrics") != "/metrics":
+                err(f"ServiceMonitor/{smn}: endpoint path {ep.get('path')!r}, the binaries serve /metrics")
+
+# The worker's read API (/v1/*): with read_api = "token" (the default) on a
+# non-loopback listener the worker needs BULWARK_WORKER__READ_TOKEN, from a
+# Secret and required (a pod without it waits in CreateContainerConfigError
+# instead of failing later). Production never opens it.
+read_api = wcfg.get("worker", {}).get("read_api", "token")
+if PRODUCTION and read_api != "token":
+    err(f"production: worker.read_api is {read_api!r}: it must be \"token\" (anyone who reaches the port "
+        f"would read member names, roles and avatars)")
+wdep = by.get(("Deployment", "worker"))
+if wdep and read_api == "token" and not is_loopback(listen("worker", "http_listen", "0.0.0.0:8081")):
+    c = wdep["spec"]["template"]["spec"]["containers"][0]
+    e = next((e for e in c.get("env", []) if e["name"] == "BULWARK_WORKER__READ_TOKEN"), {})
+    ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+    if not ref:
+        err("worker: worker.read_api is \"token\" but BULWARK_WORKER__READ_TOKEN does not come from a secretKeyRef "
+            "(the worker refuses to start without a token on a non-loopback http_listen)")
+    elif ref.get("optional") is True:
+        err(f"worker: BULWARK_WORKER__READ_TOKEN's secretKeyRef ({ref.get('name')}/{ref.get('key')}) is optional: "
+            f"with worker.read_api = \"token\" it must be required")
+
+# TLS files ([tls] ca_file, client_cert_file, client_key_file) must be on a
+# mounted volume; in production both binaries trust the CA of Secret
+# bulwark-ca (key ca.crt), required and read-only.
+for which, c, kind in (("sharder", cfg, "StatefulSet"), ("worker", wcfg, "Deployment")):
+    tls = c.get("tls", {})
+    if PRODUCTION and not tls.get("ca_file"):
+        err(f"production: the {which}'s bulwark.toml sets no tls.ca_file: amqps:// and rediss:// need the CA "
+            f"of Secret bulwark-ca (mounted at /etc/bulwark/tls)")
+    wl = by.get((kind, which))
+    if not wl:
+        continue
+    pod = wl["spec"]["template"]["spec"]
+    ctr = pod["containers"][0]
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    for key in ("ca_file", "client_cert_file", "client_key_file"):
+        path = tls.get(key)
+        if not path:
+            continue
+        d, f = posixpath.split(posixpath.normpath(path))
+        m = next((m for m in ctr.get("volumeMounts", []) if posixpath.normpath(m["mountPath"]) == d), None)
+        if not m:
+            err(f"{which}: tls.{key} {path}: no volume of {kind}/{which} is mounted at {d}")
+            continue
+        v = vols.get(m["name"], {})
+        sec = v.get("secret")
+        if PRODUCTION and key == "ca_file":
+            if not sec or sec.get("secretName") != "bulwark-ca":
+                err(f"{which}: tls.ca_file {path}: the volume at {d} must be Secret bulwark-ca, got {v}")
+                continue
+            if sec.get("optional") is True:
+                err(f"{which}: tls.ca_file {path}: Secret bulwark-ca is mounted optional: production requires it")
+            if m.get("readOnly") is not True:
+                err(f"{which}: tls.ca_file {path}: mount {d} read-only")
+        if sec and sec.get("items") is not None:
+            if not any(i.get("path") == f for i in sec["items"]):
+                err(f"{which}: tls.{key} {path}: Secret {sec.get('secretName')} at {d} projects no file {f} (items)")
+        elif sec and PRODUCTION and key == "ca_file" and f != "ca.crt":
+            err(f"{which}: tls.ca_file {path}: Secret bulwark-ca's key is ca.crt")
+
+# NetworkPolicy ingress names its sources: no rule without `from` (every
+# source), no peer `namespaceSelector: {}` without a podSelector (every pod
+# of every namespace), no ipBlock /0. The sharder's and worker's policies
+# restrict ingress at all (policyTypes), name only ports their pods have,
+# and open the metrics port (Prometheus).
+def empty_selector(sel):
+    return not (sel.get("matchLabels") or sel.get("matchExpressions"))
+for np in (d for d in docs if d["kind"] == "NetworkPolicy"):
+    n = np["metadata"]["name"]
+    for i, rule in enumerate(np["spec"].get("ingress") or []):
+        peers = rule.get("from")
+        if not peers:
+            err(f"NetworkPolicy {n}: ingress rule {i} has no `from`: it admits every namespace and every address")
+            continue
+        for peer in peers:
+            ns, pods, ipb = peer.get("namespaceSelector"), peer.get("podSelector"), peer.get("ipBlock")
+            if ns is not None and empty_selector(ns) and (pods is None or empty_selector(pods)):
+                err(f"NetworkPolicy {n}: ingress rule {i} admits every namespace (namespaceSelector {{}} "
+                    f"without a podSelector): name the namespace (kubernetes.io/metadata.name) and pods")
+            if ipb and str(ipb.get("cidr", "")).endswith("/0"):
+                err(f"NetworkPolicy {n}: ingress rule {i} admits every namespace and address (ipBlock {ipb['cidr']})")
+for n in ("sharder", "worker"):
+    np = by.get(("NetworkPolicy", n))
+    wl = by.get(("StatefulSet", n)) or by.get(("Deployment", n))
+    if not np or not wl:
+        continue
+    if "Ingress" not in (np["spec"].get("policyTypes") or ["Ingress"]):
+        err(f"NetworkPolicy {n}: policyTypes lacks Ingress: every source could reach the pods")
+    names = {p.get("name") for p in wl["spec"]["template"]["spec"]["containers"][0].get("ports", [])}
+    opened = set()
+    for rule in np["spec"].get("ingress") or []:
+        for p in rule.get("ports") or []:
+            opened.add(p.get("port"))
+            if isinstance(p.get("port"), str) and p["port"] not in names:
+                err(f"NetworkPolicy {n}: ingress port {p['port']!r} is no container port of {n} (it matches nothing)")
+    mname, mport = metrics_ports.get(n, ("metrics", None))
+    if mname not in opened and mport not in opened:
+        err(f"NetworkPolicy {n}: no ingress rule opens the metrics port {mname} ({mport}): Prometheus cannot scrape")
 
 if ("HorizontalPodAutoscaler", "worker") not in by and \
         not any(so["spec"]["scaleTargetRef"]["name"] == "worker" for so in scaled):

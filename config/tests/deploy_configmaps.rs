@@ -58,6 +58,10 @@ fn manifest_env(process_index: u32, process_count: u32) -> Vec<(String, String)>
             "BULWARK_SHARDER__ADMIN_TOKEN",
             "placeholder-admin-token".to_owned(),
         ),
+        (
+            "BULWARK_WORKER__READ_TOKEN",
+            "placeholder-read-token".to_owned(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -159,11 +163,28 @@ fn every_worker_toml_loads_and_agrees_with_its_sharder_toml() {
         let text = read(path);
         let env: Vec<(String, String)> = manifest_env(0, 1)
             .into_iter()
-            .filter(|(k, _)| k == "BULWARK_AMQP__URL" || k == "BULWARK_REDIS__URL")
+            .filter(|(k, _)| k.starts_with("BULWARK_AMQP__") || k.starts_with("BULWARK_REDIS__"))
             .collect();
-        let cfg =
-            Config::from_toml_str(&text, &origin, env).unwrap_or_else(|e| panic!("{origin}: {e}"));
+        let cfg = Config::from_toml_str(&text, &origin, env.clone())
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
         assert!(cfg.redis.enabled(), "{origin}");
+        // The worker's start-up check of its read API, with and without
+        // the Secret's token: production must refuse to start without it.
+        let with_token = manifest_env(0, 1)
+            .into_iter()
+            .filter(|(k, _)| k == "BULWARK_WORKER__READ_TOKEN")
+            .chain(env);
+        let full = Config::from_toml_str(&text, &origin, with_token)
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        full.worker
+            .read_token()
+            .unwrap_or_else(|e| panic!("{origin} with the Secret's token: {e}"));
+        if origin.contains("production") {
+            assert!(
+                cfg.worker.read_token().is_err(),
+                "{origin}: the production worker must not start without worker.read_token"
+            );
+        }
 
         let sharder_path = path.with_file_name("sharder.toml");
         let sharder: toml::Table = read(&sharder_path)
