@@ -10,6 +10,7 @@
 //!   routing keys in one validating pass), on the JSON [`Lexer`] that the
 //!   worker's payload readers use too;
 //! - dispatch names as a closed set ([`EventName`], [`KNOWN_EVENTS`]);
+//! - which dispatches a session's intents cover ([`intents`]);
 //! - a connection's send budget, 120 commands per 60 s with a share kept
 //!   for heartbeats ([`SendLimiter`]).
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ mod event_names;
 mod frame;
 mod frame_scan;
 mod inflate;
+pub mod intents;
 mod lexer;
 pub mod op;
 mod send_limiter;

@@ -9,14 +9,11 @@ use crate::world::{EventMix, WorldConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Intent bits Discord treats as privileged: GUILD_MEMBERS (1),
-/// GUILD_PRESENCES (8) and MESSAGE_CONTENT (15).
-pub const PRIVILEGED_INTENTS: u64 = (1 << 1) | (1 << 8) | (1 << 15);
-
-/// Every intent bit Discord defines (see PROTOCOL.md); any other bit is
-/// rejected with 4013.
-pub const VALID_INTENTS: u64 =
-    (((1 << 22) - 1) & !((1 << 17) | (1 << 18) | (1 << 19))) | (1 << 24) | (1 << 25);
+/// Intent bits Discord treats as privileged (GUILD_MEMBERS, GUILD_PRESENCES,
+/// MESSAGE_CONTENT), and every bit it defines (see PROTOCOL.md; any other
+/// is rejected with 4013): the protocol crate's table, shared with the
+/// relay.
+pub use gateway_protocol::intents::{PRIVILEGED_INTENTS, VALID_INTENTS};
 
 /// The largest shard total IDENTIFY may ask for (4010 above it), and the
 /// largest `shards`. Not a rule Discord publishes: the simulator keeps a

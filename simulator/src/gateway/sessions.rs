@@ -612,18 +612,10 @@ fn push_frame(
     }
 }
 
-/// The intent a dispatch needs, if any.
+/// The intent a dispatch needs, if any (every simulated dispatch that
+/// needs one is a guild's).
 fn required_intent(event: &str) -> Option<u64> {
-    let bit = match event {
-        "GUILD_MEMBER_ADD" | "GUILD_MEMBER_UPDATE" | "GUILD_MEMBER_REMOVE" => 1,
-        "PRESENCE_UPDATE" => 8,
-        "MESSAGE_CREATE" => 9,
-        "TYPING_START" => 11,
-        "GUILD_EMOJIS_UPDATE" => 3,
-        "READY" | "RESUMED" | "GUILD_MEMBERS_CHUNK" | "RATE_LIMITED" => return None,
-        _ => 0,
-    };
-    Some(1 << bit)
+    gateway_protocol::intents::required_intent(event, true)
 }
 
 /// The intent without which a session gets a dispatch's restricted payload.
