@@ -17,6 +17,7 @@ mod discord;
 mod dns;
 mod error;
 mod redis;
+mod relay;
 mod secret;
 mod sharder;
 mod source;
@@ -28,6 +29,7 @@ pub use discord::DiscordConfig;
 pub use dns::DnsConfig;
 pub use error::ConfigError;
 pub use redis::RedisConfig;
+pub use relay::RelayConfig;
 pub use secret::{Secret, redact_url};
 pub use sharder::{
     GatewayCompression, MAX_TOTAL_SHARDS, ReshardConfig, SessionStoreKind, ShardAssignmentKind,
@@ -55,6 +57,7 @@ pub struct Config {
     pub sharder: SharderConfig,
     pub amqp: AmqpConfig,
     pub worker: WorkerConfig,
+    pub relay: RelayConfig,
     pub tls: TlsConfig,
 }
 
@@ -110,6 +113,7 @@ impl Config {
         self.sharder.validate()?;
         self.amqp.validate()?;
         self.worker.validate(self.amqp.partitions)?;
+        self.relay.validate()?;
         self.tls.validate()?;
         Ok(())
     }
