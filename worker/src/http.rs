@@ -133,14 +133,7 @@ fn snowflake(what: &str, raw: &str) -> Result<u64, ApiError> {
 }
 
 fn hash_hex(h: &ImageHash) -> String {
-    let mut s = String::with_capacity(34);
-    if h.animated {
-        s.push_str("a_");
-    }
-    for b in h.bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    h.to_hex()
 }
 
 async fn load<S: Store>(st: &ApiState<S>, raw: &str) -> Result<(u64, GuildView), ApiError> {

@@ -143,6 +143,18 @@ impl ImageHash {
         }
         Some(Self { animated, bytes })
     }
+
+    /// Discord's text form: 32 hex digits, `a_` first when animated.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(34);
+        if self.animated {
+            s.push_str("a_");
+        }
+        for b in self.bytes {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
 }
 
 /// One cached entity of a guild collection.

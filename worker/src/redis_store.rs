@@ -161,6 +161,50 @@ impl RedisStore {
         })
     }
 
+    /// Every guild admitted from any shard of any total (the union of
+    /// `P:shard:*:guilds`), ascending: what a reader of the whole cache (the
+    /// relay) lists. A guild the bot left is in no set any more.
+    pub async fn guild_ids(&self) -> Result<Vec<u64>, StoreError> {
+        let mut con = self.con.clone();
+        let pattern = format!("{}:shard:*:guilds", self.prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<u64> = redis::cmd("SUNION")
+            .arg(&keys)
+            .query_async(&mut con)
+            .await?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The bot's own user id, from the READYs seen (`P:bots`).
+    pub async fn bot_user_id(&self) -> Result<Option<u64>, StoreError> {
+        let mut con = self.con.clone();
+        let ids: Vec<u64> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:bots", self.prefix))
+            .query_async(&mut con)
+            .await?;
+        Ok(ids.into_iter().min())
+    }
+
     /// How long a session's delivery window outlives its last event.
     pub fn with_window_ttl_ms(mut self, ttl_ms: u64) -> Self {
         self.window_ttl_ms = ttl_ms.max(1);

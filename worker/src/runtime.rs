@@ -154,7 +154,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<RunReport, 
             let api = ApiState {
                 store,
                 health,
-                metrics: Some(metrics),
+                metrics: metrics.clone(),
                 stats: Some(Arc::new(move || counted.stats())),
                 read_token,
             };
@@ -180,7 +180,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<RunReport, 
             let api = ApiState {
                 store,
                 health,
-                metrics: Some(metrics),
+                metrics: metrics.clone(),
                 stats: None,
                 read_token,
             };
@@ -347,11 +347,11 @@ async fn serve_http<S: Store>(
 
 /// The process's Prometheus recorder, installed by the first run (so a
 /// second run in the same process, as in tests, reuses it).
-fn prometheus() -> Result<PrometheusHandle, RunError> {
+fn prometheus() -> Result<Option<PrometheusHandle>, RunError> {
     static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
     let mut handle = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(h) = &*handle {
-        return Ok(h.clone());
+        return Ok(Some(h.clone()));
     }
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -364,7 +364,12 @@ fn prometheus() -> Result<PrometheusHandle, RunError> {
         .map_err(|e| RunError::Metrics(format!("histogram buckets: {e}")))?
         .build_recorder();
     let h = recorder.handle();
-    metrics::set_global_recorder(recorder).map_err(|e| RunError::Metrics(e.to_string()))?;
+    // Embedded beside another binary's library in one process (the relay's
+    // and the demo's tests), the first recorder wins; /metrics is then off.
+    if let Err(e) = metrics::set_global_recorder(recorder) {
+        tracing::warn!(error = %e, "another metrics recorder is installed in this process; /metrics is off");
+        return Ok(None);
+    }
     *handle = Some(h.clone());
-    Ok(h)
+    Ok(Some(h))
 }
