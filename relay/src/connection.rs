@@ -1,0 +1,425 @@
+//! One bot connection, the gateway protocol from Discord's side.
+//!
+//! HELLO first; then IDENTIFY (a new session, its snapshot from the cache)
+//! or RESUME (an existing session, the dispatches after the client's `seq`,
+//! then RESUMED), within `relay.identify_timeout`. Heartbeats are answered
+//! with ACKs, and a client that stops heartbeating for 1.5 intervals is
+//! closed with 4000 (resumable), as Discord closes a zombie. Commands count
+//! against Discord's limit of 120 per 60 s per connection (4008 above it).
+//! Refusals use Discord's close codes: 4004 for a token that is not the
+//! bot's, 4010 for a bad shard, 4013 for unknown intent bits, 4014 for
+//! intents the relay's bot does not receive, 4005 for a second IDENTIFY,
+//! 4003 for a command before it, 4002 for a payload that is not JSON.
+
+use crate::Ctx;
+use crate::compression::Compression;
+use crate::session::{ClientShard, Session};
+use futures_util::{SinkExt, StreamExt};
+use gateway_protocol::close;
+use gateway_protocol::intents::{PRIVILEGED_INTENTS, VALID_INTENTS};
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Discord's command limit per connection.
+const SEND_LIMIT: usize = 120;
+const SEND_WINDOW: Duration = Duration::from_secs(60);
+
+static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Deserialize)]
+struct Payload<'a> {
+    op: u8,
+    #[serde(borrow, default)]
+    d: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Identify {
+    token: String,
+    #[serde(default)]
+    intents: u64,
+    #[serde(default)]
+    shard: Option<[u32; 2]>,
+}
+
+#[derive(Deserialize)]
+struct Resume {
+    token: String,
+    session_id: String,
+    seq: u64,
+}
+
+#[derive(Deserialize)]
+struct RequestMembers {
+    guild_id: serde_json::Value,
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    limit: usize,
+    #[serde(default)]
+    user_ids: Option<serde_json::Value>,
+    #[serde(default)]
+    nonce: Option<String>,
+}
+
+fn snowflake(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+/// Why the connection ends.
+struct Close(u16, String);
+
+impl Close {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self(code, reason.into())
+    }
+}
+
+struct Conn<S> {
+    ws: WebSocketStream<S>,
+    compression: Compression,
+    ctx: Arc<Ctx>,
+    id: u64,
+    session: Option<Arc<Session>>,
+    sent: u64,
+    commands: VecDeque<Instant>,
+}
+
+/// Serves one upgraded connection until it ends.
+pub async fn serve<S>(ws: WebSocketStream<S>, ctx: Arc<Ctx>, compression: Compression)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut c = Conn {
+        ws,
+        compression,
+        ctx,
+        id: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
+        session: None,
+        sent: 0,
+        commands: VecDeque::new(),
+    };
+    metrics::gauge!("relay_connections").increment(1.0);
+    let end = c.run().await;
+    metrics::gauge!("relay_connections").decrement(1.0);
+    if let Some(s) = &c.session {
+        s.detach(c.id, Instant::now());
+    }
+    if let Err(Close(code, reason)) = end {
+        tracing::debug!(code, %reason, "closing a bot connection");
+        metrics::counter!("relay_closes_total", "code" => code.to_string()).increment(1);
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = c.ws.close(Some(frame)).await;
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    async fn send(&mut self, text: &str) -> Result<(), Close> {
+        let msg = self
+            .compression
+            .encode(text)
+            .map_err(|e| Close::new(close::UNKNOWN_ERROR, format!("compression: {e}")))?;
+        self.ws
+            .send(msg)
+            .await
+            .map_err(|e| Close::new(close::UNKNOWN_ERROR, e.to_string()))
+    }
+
+    /// `Ok` when the client went away by itself.
+    async fn run(&mut self) -> Result<(), Close> {
+        let interval = self.ctx.cfg.heartbeat_interval;
+        let hello = format!(
+            "{{\"op\":10,\"d\":{{\"heartbeat_interval\":{}}}}}",
+            interval.as_millis()
+        );
+        self.send(&hello).await?;
+        let zombie_after = interval + interval / 2;
+        let mut heartbeat_due = Instant::now() + zombie_after;
+        let identify_due = Instant::now() + self.ctx.cfg.identify_timeout;
+        loop {
+            let session = self.session.clone();
+            let woken = async {
+                match &session {
+                    Some(s) => s.notify.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = self.ws.next() => match msg {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Ok(Message::Text(t))) => {
+                        if self.command(t.as_bytes(), &mut heartbeat_due, zombie_after).await? {
+                            self.flush().await?;
+                        }
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        if self.command(&b, &mut heartbeat_due, zombie_after).await? {
+                            self.flush().await?;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                },
+                () = woken => self.flush().await?,
+                () = self.ctx.stop.cancelled() => {
+                    return Err(Close::new(close::UNKNOWN_ERROR, "the relay is restarting; resume"));
+                }
+                () = sleep_until(heartbeat_due) => {
+                    return Err(Close::new(close::UNKNOWN_ERROR, "no heartbeat"));
+                }
+                () = sleep_until(identify_due), if self.session.is_none() => {
+                    return Err(Close::new(close::SESSION_TIMED_OUT, "no IDENTIFY or RESUME in time"));
+                }
+            }
+        }
+    }
+
+    /// Sends what the session wrote since the last send.
+    async fn flush(&mut self) -> Result<(), Close> {
+        let Some(s) = self.session.clone() else {
+            return Ok(());
+        };
+        if !s.is_attached(self.id) {
+            return Err(Close::new(
+                close::UNKNOWN_ERROR,
+                "the session was resumed elsewhere",
+            ));
+        }
+        let pending = s
+            .after(self.sent)
+            .map_err(|_| Close::new(close::UNKNOWN_ERROR, "fell behind the session buffer"))?;
+        for (seq, text) in pending {
+            self.send(&text).await?;
+            self.sent = seq;
+            metrics::counter!("relay_dispatches_sent_total").increment(1);
+        }
+        Ok(())
+    }
+
+    /// Handles one command; true when the session has something to send.
+    async fn command(
+        &mut self,
+        raw: &[u8],
+        heartbeat_due: &mut Instant,
+        zombie_after: Duration,
+    ) -> Result<bool, Close> {
+        let now = Instant::now();
+        while self
+            .commands
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= SEND_WINDOW)
+        {
+            self.commands.pop_front();
+        }
+        self.commands.push_back(now);
+        if self.commands.len() > SEND_LIMIT {
+            return Err(Close::new(
+                close::RATE_LIMITED,
+                "more than 120 commands in 60 s",
+            ));
+        }
+        let p: Payload<'_> = serde_json::from_slice(raw)
+            .map_err(|e| Close::new(close::DECODE_ERROR, format!("not a gateway payload: {e}")))?;
+        let d = p.d.map_or("null", |d| d.get());
+        match p.op {
+            1 => {
+                *heartbeat_due = Instant::now() + zombie_after;
+                self.send("{\"op\":11}").await?;
+                Ok(false)
+            }
+            2 => {
+                if self.session.is_some() {
+                    return Err(Close::new(
+                        close::ALREADY_AUTHENTICATED,
+                        "already identified",
+                    ));
+                }
+                let id: Identify = serde_json::from_str(d)
+                    .map_err(|e| Close::new(close::DECODE_ERROR, format!("IDENTIFY: {e}")))?;
+                self.identify(id).await?;
+                *heartbeat_due = Instant::now() + zombie_after;
+                Ok(true)
+            }
+            6 => {
+                if self.session.is_some() {
+                    return Err(Close::new(
+                        close::ALREADY_AUTHENTICATED,
+                        "already identified",
+                    ));
+                }
+                let r: Resume = serde_json::from_str(d)
+                    .map_err(|e| Close::new(close::DECODE_ERROR, format!("RESUME: {e}")))?;
+                self.resume(r).await?;
+                *heartbeat_due = Instant::now() + zombie_after;
+                Ok(true)
+            }
+            8 => {
+                let Some(s) = self.session.clone() else {
+                    return Err(Close::new(close::NOT_AUTHENTICATED, "op 8 before IDENTIFY"));
+                };
+                let r: RequestMembers = serde_json::from_str(d)
+                    .map_err(|e| Close::new(close::DECODE_ERROR, format!("op 8: {e}")))?;
+                self.request_members(&s, r).await?;
+                Ok(true)
+            }
+            3 | 4 => {
+                if self.session.is_none() {
+                    return Err(Close::new(
+                        close::NOT_AUTHENTICATED,
+                        "command before IDENTIFY",
+                    ));
+                }
+                // Presence and voice commands are not forwarded to the real
+                // shards yet (issue 19); accepted and dropped.
+                metrics::counter!("relay_commands_dropped_total", "op" => p.op.to_string())
+                    .increment(1);
+                Ok(false)
+            }
+            op => Err(Close::new(
+                close::UNKNOWN_OPCODE,
+                format!("unknown opcode {op}"),
+            )),
+        }
+    }
+
+    fn check_token(&self, token: &str) -> Result<(), Close> {
+        let token = token.strip_prefix("Bot ").unwrap_or(token);
+        if self.ctx.token.matches(token) {
+            Ok(())
+        } else {
+            Err(Close::new(
+                close::AUTHENTICATION_FAILED,
+                "authentication failed",
+            ))
+        }
+    }
+
+    async fn identify(&mut self, id: Identify) -> Result<(), Close> {
+        self.check_token(&id.token)?;
+        let [shard_id, count] = id.shard.unwrap_or([0, 1]);
+        if count == 0 || shard_id >= count || count > config::MAX_TOTAL_SHARDS {
+            return Err(Close::new(
+                close::INVALID_SHARD,
+                format!("invalid shard [{shard_id}, {count}]"),
+            ));
+        }
+        if id.intents & !VALID_INTENTS != 0 {
+            return Err(Close::new(close::INVALID_INTENTS, "invalid intents"));
+        }
+        let missing = id.intents & PRIVILEGED_INTENTS & !self.ctx.intents;
+        if missing != 0 {
+            return Err(Close::new(
+                close::DISALLOWED_INTENTS,
+                format!("intents {missing:#x} are not the relay's bot's (discord.intents)"),
+            ));
+        }
+        let shard = ClientShard {
+            id: shard_id,
+            count,
+        };
+        let session_id: Arc<str> = crate::new_session_id().into();
+        let s = Arc::new(Session::loading(
+            session_id.clone(),
+            shard,
+            id.intents,
+            self.ctx.cfg.session_buffer,
+            self.id,
+        ));
+        self.ctx.hub.insert(s.clone());
+        self.session = Some(s.clone());
+        let started = Instant::now();
+        let snapshot = crate::snapshot::load(
+            &self.ctx.store,
+            shard,
+            id.intents,
+            &session_id,
+            &self.ctx.resume_url,
+        )
+        .await
+        .map_err(|e| {
+            self.ctx.hub.remove(&session_id);
+            tracing::warn!(error = %e, "loading a session's snapshot failed");
+            Close::new(close::UNKNOWN_ERROR, "the cache is unavailable; reconnect")
+        })?;
+        let guilds = snapshot.guilds.len();
+        if !s.finish_loading(&snapshot.ready, snapshot.guilds, &snapshot.floors) {
+            self.ctx.hub.remove(&session_id);
+            return Err(Close::new(
+                close::UNKNOWN_ERROR,
+                "too many events while loading; reconnect",
+            ));
+        }
+        metrics::counter!("relay_identifies_total").increment(1);
+        metrics::histogram!("relay_snapshot_seconds").record(started.elapsed().as_secs_f64());
+        tracing::info!(shard = shard_id, count, guilds, session = %session_id, "bot session started");
+        Ok(())
+    }
+
+    async fn resume(&mut self, r: Resume) -> Result<(), Close> {
+        self.check_token(&r.token)?;
+        let Some(s) = self.ctx.hub.get(&r.session_id) else {
+            metrics::counter!("relay_resumes_total", "result" => "invalid").increment(1);
+            self.send("{\"op\":9,\"d\":false}").await?;
+            return Err(Close::new(close::UNKNOWN_ERROR, "unknown session"));
+        };
+        if s.is_loading() || s.after(r.seq).is_err() {
+            metrics::counter!("relay_resumes_total", "result" => "invalid").increment(1);
+            self.send("{\"op\":9,\"d\":false}").await?;
+            return Err(Close::new(
+                close::UNKNOWN_ERROR,
+                "the session cannot resume from that seq",
+            ));
+        }
+        s.attach(self.id);
+        self.sent = r.seq;
+        self.session = Some(s.clone());
+        self.flush().await?;
+        s.push("RESUMED", "{}");
+        metrics::counter!("relay_resumes_total", "result" => "resumed").increment(1);
+        Ok(())
+    }
+
+    async fn request_members(&mut self, s: &Session, r: RequestMembers) -> Result<(), Close> {
+        let Some(guild) = snowflake(&r.guild_id) else {
+            return Err(Close::new(close::DECODE_ERROR, "op 8: guild_id"));
+        };
+        if !s.shard.owns(Some(guild)) {
+            return Ok(());
+        }
+        let user_ids: Vec<u64> = match &r.user_ids {
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(snowflake).collect(),
+            Some(v) => snowflake(v).into_iter().collect(),
+            None => Vec::new(),
+        };
+        let d = crate::snapshot::member_chunk(
+            &self.ctx.store,
+            guild,
+            r.query.as_deref(),
+            &user_ids,
+            r.limit,
+            r.nonce.as_deref(),
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "answering op 8 from the cache failed");
+            Close::new(close::UNKNOWN_ERROR, "the cache is unavailable; reconnect")
+        })?;
+        s.push("GUILD_MEMBERS_CHUNK", &d);
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! The clean stream into the hub: one exclusive queue per relay process,
+//! bound to the workers' output exchange for every event.
+//!
+//! The queue lives as long as the connection; after a broker outage the
+//! relay declares a new one and goes on (what was published meanwhile
+//! did not reach this relay: its sessions miss it, counted in
+//! `relay_feed_reconnects_total`). Messages are acked once offered to the
+//! sessions, which hold them in memory for RESUME.
+
+use crate::Ctx;
+use crate::incoming::Incoming;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{ConnectionProperties, ExchangeKind};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Messages unacked at once.
+const PREFETCH: u16 = 512;
+
+/// Consumes until `stop`, reconnecting with a capped delay.
+pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match consume(&ctx, &stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                ctx.feed_up
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("relay_feed_reconnects_total").increment(1);
+                tracing::warn!(error = %e, ?delay, "relay feed lost the broker; reconnecting");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn consume(ctx: &Ctx, stop: &CancellationToken) -> Result<(), lapin::Error> {
+    let conn = ctx
+        .resolver
+        .amqp_connect(ctx.amqp_url.expose(), ConnectionProperties::default())
+        .await?;
+    let ch = conn.create_channel().await?;
+    ch.exchange_declare(
+        ctx.exchange.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        q.name().as_str().into(),
+        ctx.exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            q.name().as_str().into(),
+            "relay".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    ctx.feed_up
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(exchange = %ctx.exchange, queue = %q.name(), "relay feed consuming");
+    loop {
+        let delivery = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            d = consumer.next() => d,
+        };
+        let Some(delivery) = delivery else {
+            return Err(lapin::Error::from(std::io::Error::other(
+                "the consumer ended",
+            )));
+        };
+        let delivery = delivery?;
+        let props = &delivery.properties;
+        match Incoming::parse(
+            delivery.routing_key.as_str(),
+            props.message_id().as_ref().map(|s| s.as_str()),
+            props.headers().as_ref(),
+            &delivery.data,
+        ) {
+            Ok(ev) => {
+                if ctx.hub.dispatch(ev) {
+                    metrics::counter!("relay_events_total").increment(1);
+                } else {
+                    metrics::counter!("relay_events_duplicate_total").increment(1);
+                }
+            }
+            Err(e) => {
+                metrics::counter!("relay_events_skipped_total").increment(1);
+                tracing::warn!(error = %e, key = %delivery.routing_key, "skipping an output message");
+            }
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+}

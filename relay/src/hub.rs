@@ -1,0 +1,138 @@
+//! Every session of this relay, and the fan-out of the clean stream to
+//! them.
+//!
+//! # Algorithm
+//! Each clean event is offered to every session; a session takes those of
+//! its shard's guilds (`(guild_id >> 22) % count == id`) that its intents
+//! cover. Copies of one event (a redelivery, a reshard's two totals) share
+//! a `message_id` and are offered once: the hub remembers the last
+//! [`DEDUP`] ids. Sessions nobody resumed within the window are dropped by
+//! [`Hub::reap`].
+
+use crate::incoming::Incoming;
+use crate::session::Session;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How many recent message ids are remembered for deduplication.
+pub const DEDUP: usize = 200_000;
+
+/// The relay's sessions.
+#[derive(Default)]
+pub struct Hub {
+    sessions: RwLock<HashMap<Arc<str>, Arc<Session>>>,
+    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+impl Hub {
+    /// Offers one clean event to every session, once per `message_id`.
+    /// False for a copy already offered.
+    pub fn dispatch(&self, ev: Incoming) -> bool {
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            if !seen.0.insert(ev.message_id.clone()) {
+                return false;
+            }
+            seen.1.push_back(ev.message_id.clone());
+            while seen.1.len() > DEDUP {
+                if let Some(old) = seen.1.pop_front() {
+                    seen.0.remove(&old);
+                }
+            }
+        }
+        let ev = Arc::new(ev);
+        for s in self.read().values() {
+            s.offer(&ev);
+        }
+        true
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.sessions.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new session.
+    pub fn insert(&self, s: Arc<Session>) {
+        self.sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(s.id.clone(), s);
+        metrics::gauge!("relay_sessions").set(self.len() as f64);
+    }
+
+    /// The session `id`, if it is still resumable.
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.read().get(id).cloned()
+    }
+
+    /// Forgets session `id`.
+    pub fn remove(&self, id: &str) {
+        self.sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        metrics::gauge!("relay_sessions").set(self.len() as f64);
+    }
+
+    /// Sessions held.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Drops the sessions nobody resumed within `window`; returns how many.
+    pub fn reap(&self, now: Instant, window: Duration) -> usize {
+        let mut sessions = self
+            .sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = sessions.len();
+        sessions.retain(|_, s| !s.expired(now, window));
+        let gone = before - sessions.len();
+        metrics::gauge!("relay_sessions").set(sessions.len() as f64);
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::ClientShard;
+    use bytes::Bytes;
+    use envelope::Version;
+
+    #[test]
+    fn copies_are_offered_once_and_expired_sessions_go() {
+        let hub = Hub::default();
+        let s = Arc::new(Session::loading(
+            "a".into(),
+            ClientShard { id: 0, count: 1 },
+            1 << 9,
+            100,
+            1,
+        ));
+        hub.insert(s.clone());
+        s.finish_loading("{}", Vec::new(), &HashMap::new());
+        let ev = Incoming {
+            message_id: "0:1:1".into(),
+            clean: "MESSAGE_CREATE".into(),
+            event: "MESSAGE_CREATE".into(),
+            guild_id: Some(1 << 22),
+            version: Version { epoch: 1, seq: 1 },
+            initial: false,
+            body: Bytes::from_static(b"{}"),
+        };
+        assert!(hub.dispatch(ev.clone()));
+        assert!(!hub.dispatch(ev));
+        assert_eq!(s.seq(), 2, "READY and one message");
+        let now = Instant::now();
+        assert_eq!(hub.reap(now, Duration::from_secs(1)), 0);
+        s.detach(1, now);
+        assert_eq!(
+            hub.reap(now + Duration::from_secs(2), Duration::from_secs(1)),
+            1
+        );
+        assert!(hub.get("a").is_none());
+    }
+}

@@ -1,0 +1,188 @@
+//! [`run`]: the relay as a process, until its shutdown token fires.
+//!
+//! Start-up checks what the configuration alone cannot (the bot token,
+//! a Redis URL: the relay reads the workers' Redis store), dials Redis
+//! through the caching resolver with `[tls]`, binds the port, then runs the
+//! feed and the port until shutdown. Every second, sessions nobody resumed
+//! within the window are dropped. At shutdown connections are closed with
+//! 4000, which libraries answer with a RESUME.
+
+use crate::Ctx;
+use crate::hub::Hub;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// Why the relay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A value found wrong at start-up (exit 78).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// `[tls]` files missing or unusable (exit 78).
+    #[error(transparent)]
+    Tls(#[from] dnscache::TrustError),
+    #[error("building the DNS resolver")]
+    Dns(#[source] dnscache::DnsError),
+    #[error("connecting to Redis at {url}; the relay reads the workers' cache there")]
+    Redis {
+        url: String,
+        #[source]
+        source: worker::StoreError,
+    },
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RelayError {
+    /// True for a configuration error (exit 78).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::Tls(_))
+    }
+}
+
+fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut handle = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(h) = &*handle {
+        return Some(h.clone());
+    }
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let h = recorder.handle();
+    if let Err(e) = metrics::set_global_recorder(recorder) {
+        tracing::warn!(error = %e, "another metrics recorder is installed in this process; /metrics is off");
+        return None;
+    }
+    *handle = Some(h.clone());
+    Some(h)
+}
+
+/// Runs the relay until `shutdown`.
+pub async fn run(cfg: config::Config, shutdown: CancellationToken) -> Result<(), RelayError> {
+    run_with(cfg, shutdown, None).await
+}
+
+/// [`run`], telling `on_listening` the gateway's address once bound.
+pub async fn run_with(
+    cfg: config::Config,
+    shutdown: CancellationToken,
+    on_listening: Option<oneshot::Sender<SocketAddr>>,
+) -> Result<(), RelayError> {
+    let token = cfg.discord.require_token()?.clone();
+    if !cfg.redis.enabled() {
+        return Err(config::ConfigError::invalid(
+            "redis.url",
+            "the relay reads the workers' Redis store; set BULWARK_REDIS__URL (and worker.store = \"redis\")",
+        )
+        .into());
+    }
+    let metrics = prometheus();
+    let trust = dnscache::Trust::load(&cfg.tls, &[cfg.amqp.url.expose(), cfg.redis.url.expose()])?;
+    let resolver = dnscache::Resolver::shared(&cfg.dns)
+        .map_err(RelayError::Dns)?
+        .with_trust(trust);
+    let url = cfg.redis.url.expose();
+    let redis_error = |source| RelayError::Redis {
+        url: config::redact_url(url),
+        source,
+    };
+    let con = dnscache::RedisConnection::lazy(&resolver, url).map_err(|e| redis_error(e.into()))?;
+    let store = worker::RedisStore::over(con, &cfg.redis.key_prefix)
+        .await
+        .map_err(redis_error)?;
+    let listener = tokio::net::TcpListener::bind(cfg.relay.listen)
+        .await
+        .map_err(|source| RelayError::Bind {
+            addr: cfg.relay.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| RelayError::Bind {
+        addr: cfg.relay.listen,
+        source,
+    })?;
+    let metrics_listener = match cfg.relay.metrics_listen {
+        Some(m) => Some(
+            tokio::net::TcpListener::bind(m)
+                .await
+                .map_err(|source| RelayError::Bind { addr: m, source })?,
+        ),
+        None => None,
+    };
+    let resume_url = if cfg.relay.public_url.is_empty() {
+        format!("ws://{addr}")
+    } else {
+        cfg.relay.public_url.clone()
+    };
+    let exchange =
+        envelope::topology::AmqpTopology::named(&cfg.relay.amqp_topology_base, 1).output_exchange;
+    let stop = CancellationToken::new();
+    let ctx = Arc::new(Ctx {
+        token,
+        intents: cfg.discord.intents,
+        hub: Hub::default(),
+        store,
+        resolver,
+        amqp_url: cfg.amqp.url.clone(),
+        exchange,
+        resume_url,
+        feed_up: AtomicBool::new(false),
+        metrics,
+        stop: stop.clone(),
+        cfg: cfg.relay.clone(),
+    });
+    tracing::info!(%addr, exchange = %ctx.exchange, "relay listening");
+    if let Some(tx) = on_listening {
+        let _ = tx.send(addr);
+    }
+    let feed = tokio::spawn(crate::feed::run(ctx.clone(), stop.clone()));
+    let reaper = {
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        let gone = ctx.hub.reap(tokio::time::Instant::now(), ctx.cfg.resume_window);
+                        if gone > 0 {
+                            tracing::info!(gone, "sessions not resumed in time dropped");
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let serve = |l: tokio::net::TcpListener, app: axum::Router| {
+        let shutdown = shutdown.clone();
+        async move {
+            if let Err(e) = axum::serve(l, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "relay listener stopped");
+            }
+        }
+    };
+    match metrics_listener {
+        None => serve(listener, crate::http::router(ctx.clone(), true)).await,
+        Some(m) => {
+            tokio::join!(
+                serve(listener, crate::http::router(ctx.clone(), false)),
+                serve(m, crate::http::metrics_router(ctx.clone())),
+            );
+        }
+    }
+    stop.cancel();
+    let _ = feed.await;
+    let _ = reaper.await;
+    Ok(())
+}
