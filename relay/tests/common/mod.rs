@@ -1,0 +1,297 @@
+//! The pipeline the relay's client tests run against, each part a library
+//! in this process and RabbitMQ and Redis real: simulator -> sharder ->
+//! RabbitMQ -> worker (Redis store) -> relay; and the checks of what a
+//! client shard received against the simulator's truth and ledger.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use discord_sim::{SimConfig, SimHandle, Simulator};
+use serde_json::Value;
+use sharder::{RunOptions, SinkChoice};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+use testkit::sim_sharder::{CACHE_INTENTS, SharderShape};
+use testkit::{TempDir, unique_name};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+const PARTITIONS: u32 = 2;
+/// What the real shards and the test clients identify with.
+pub const INTENTS: u64 = CACHE_INTENTS;
+
+/// One dispatch a client received: `(t, s, d)`.
+pub type Dispatch = (String, u64, Value);
+
+fn common_toml(base: &str) -> String {
+    format!(
+        "[redis]\nurl = \"redis://127.0.0.1:6379/\"\nkey_prefix = \"{base}\"\n\
+         [amqp]\npartitions = {PARTITIONS}\n"
+    )
+}
+
+/// A sharder (`sharder::run_with` in this process).
+pub struct Sharder {
+    stop: CancellationToken,
+    run: JoinHandle<Result<sharder::RunReport, sharder::RunError>>,
+}
+
+impl Sharder {
+    pub fn start(sim: &SimHandle, dir: &TempDir, base: &str) -> Self {
+        let extra = format!(
+            "identify_window = \"150ms\"\namqp_topology_base = \"{base}\"\n{}",
+            common_toml(base)
+        );
+        let shape = SharderShape {
+            intents: INTENTS,
+            shutdown_grace: "10s",
+            extra: &extra,
+        };
+        let cfg = testkit::sim_sharder::sharder_config(sim, dir.path(), shape).unwrap();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(sharder::run_with(
+            cfg,
+            stop.clone(),
+            RunOptions {
+                sink: SinkChoice::Amqp,
+                on_listening: None,
+            },
+        ));
+        Self { stop, run }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let report = tokio::time::timeout(WAIT, self.run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(report.drained, "the sharder drained its sink");
+    }
+}
+
+/// The whole pipeline, the cache warm.
+pub struct Pipeline {
+    pub sim: SimHandle,
+    pub base: String,
+    pub dir: TempDir,
+    pub sharder: Option<Sharder>,
+    pub relay_addr: SocketAddr,
+    shutdown: CancellationToken,
+    worker: JoinHandle<Result<worker::RunReport, worker::RunError>>,
+    relay: JoinHandle<Result<(), relay::RelayError>>,
+}
+
+impl Pipeline {
+    /// Starts a simulator of `shards` real shards and `guilds` guilds and
+    /// everything behind it; returns once the cache holds every guild.
+    pub async fn start(name: &str, shards: u32, guilds: u32) -> Self {
+        let sim = Simulator::start(SimConfig {
+            shards,
+            guilds,
+            identify_window: Duration::from_millis(100),
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let base = unique_name(name);
+        let dir = TempDir::new(name).unwrap();
+        let shutdown = CancellationToken::new();
+        let env = || vec![("BULWARK_DISCORD__TOKEN".into(), sim.config().token.clone())];
+        let sharder = Sharder::start(&sim, &dir, &base);
+        let worker_cfg = config::Config::from_toml_str(
+            &format!(
+                "[worker]\nstore = \"redis\"\nhttp_listen = \"127.0.0.1:0\"\n\
+                 amqp_topology_base = \"{base}\"\nready_backlog = 10\n{}",
+                common_toml(&base)
+            ),
+            "test",
+            env(),
+        )
+        .unwrap();
+        let worker = tokio::spawn(worker::run(worker_cfg, shutdown.clone()));
+        let relay_cfg = config::Config::from_toml_str(
+            &format!(
+                "[discord]\nintents = {INTENTS}\n\
+                 [relay]\nlisten = \"127.0.0.1:0\"\nshards = 3\nheartbeat_interval = \"5s\"\n\
+                 amqp_topology_base = \"{base}\"\n{}",
+                common_toml(&base)
+            ),
+            "test",
+            env(),
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let relay = tokio::spawn(relay::run_with(relay_cfg, shutdown.clone(), Some(tx)));
+        let relay_addr = tokio::time::timeout(WAIT, rx).await.unwrap().unwrap();
+        let store = worker::RedisStore::connect("redis://127.0.0.1:6379/", &base)
+            .await
+            .unwrap();
+        let want = sim.truth().guilds.len();
+        let deadline = Instant::now() + WAIT;
+        while store.guild_ids().await.unwrap().len() < want {
+            assert!(
+                Instant::now() < deadline,
+                "the cache never held every guild"
+            );
+            // Polling the shared store's contents, not a synchronisation sleep.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            sim,
+            base,
+            dir,
+            sharder: Some(sharder),
+            relay_addr,
+            shutdown,
+            worker,
+            relay,
+        }
+    }
+
+    /// Stops the sharder and starts another on its sessions (every shard
+    /// resumes); returns once both shards are connected again.
+    pub async fn restart_sharder(&mut self) {
+        if let Some(s) = self.sharder.take() {
+            s.stop().await;
+        }
+        self.sharder = Some(Sharder::start(&self.sim, &self.dir, &self.base));
+        let shards: Vec<u32> = (0..self.sim.config().shards).collect();
+        let deadline = Instant::now() + WAIT;
+        while self.sim.connected_sessions(&shards) < shards.len() {
+            assert!(Instant::now() < deadline, "the sharder never reconnected");
+            // Polling the simulator's session table, not a synchronisation sleep.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The id of the newest world event so far.
+    pub fn mark(&self) -> u64 {
+        self.sim
+            .ledger()
+            .logical_events()
+            .keys()
+            .max()
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The guilds of client shard `[id, count]`.
+    pub fn guilds_of(&self, id: u32, count: u32) -> BTreeSet<u64> {
+        self.sim
+            .truth()
+            .guilds
+            .keys()
+            .copied()
+            .filter(|g| (g >> 22) % u64::from(count) == u64::from(id))
+            .collect()
+    }
+
+    /// The world events after `mark` of the guilds of `[id, count]`, per
+    /// guild, in order.
+    pub fn expected(&self, id: u32, count: u32, mark: u64) -> BTreeMap<u64, Vec<String>> {
+        let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for (eid, e) in self.sim.ledger().logical_events() {
+            if eid <= mark {
+                continue;
+            }
+            if let Some(g) = e.guild_id
+                && (g >> 22) % u64::from(count) == u64::from(id)
+            {
+                out.entry(g).or_default().push(e.event);
+            }
+        }
+        out
+    }
+
+    /// Checks a snapshot: READY for `[id, count]`, then one GUILD_CREATE per
+    /// guild of the split, each equal to the truth; `s` from 1, gapless.
+    pub fn check_snapshot(&self, id: u32, count: u32, got: &[Dispatch]) {
+        let truth = self.sim.truth();
+        assert_eq!(got[0].0, "READY");
+        assert_eq!(got[0].2["shard"], serde_json::json!([id, count]));
+        let creates: BTreeSet<u64> = got[1..]
+            .iter()
+            .map(|(t, _, d)| {
+                assert_eq!(t, "GUILD_CREATE");
+                gid(d)
+            })
+            .collect();
+        assert_eq!(
+            creates,
+            self.guilds_of(id, count),
+            "client shard {id}: its guilds"
+        );
+        for (_, _, d) in &got[1..] {
+            let t = &truth.guilds[&gid(d)];
+            assert_eq!(d["name"], t.guild["name"]);
+            assert_eq!(d["owner_id"], t.guild["owner_id"]);
+            assert_eq!(d["member_count"].as_u64(), Some(t.member_count));
+            let ids = |key: &str| -> BTreeSet<u64> {
+                d[key].as_array().unwrap().iter().map(gid).collect()
+            };
+            assert_eq!(ids("channels"), t.channels.keys().copied().collect());
+            assert_eq!(ids("roles"), t.roles.keys().copied().collect());
+        }
+        let seqs: Vec<u64> = got.iter().map(|(_, s, _)| *s).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(s) = self.sharder.take() {
+            s.stop().await;
+        }
+        tokio::time::timeout(WAIT, self.worker)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(WAIT, self.relay)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        self.sim.shutdown().await;
+    }
+}
+
+pub fn gid(d: &Value) -> u64 {
+    d["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// What a client received per guild, in order (event names).
+pub fn per_guild(got: &[Dispatch]) -> BTreeMap<u64, Vec<String>> {
+    let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (t, _, d) in got {
+        let g = match t.as_str() {
+            "GUILD_CREATE" | "GUILD_DELETE" | "GUILD_UPDATE" => Some(gid(d)),
+            _ => d["guild_id"].as_str().and_then(|g| g.parse().ok()),
+        };
+        if let Some(g) = g {
+            out.entry(g).or_default().push(t.clone());
+        }
+    }
+    out
+}
+
+pub fn total(m: &BTreeMap<u64, Vec<String>>) -> usize {
+    m.values().map(Vec::len).sum()
+}
+
+/// Checks what arrived after `start` against `want`: every event once, in
+/// the guild's order; and `s` gapless over everything received.
+pub fn check_events(got: &[Dispatch], start: usize, want: &BTreeMap<u64, Vec<String>>, what: &str) {
+    assert!(
+        total(want) > 10,
+        "{what}: too few events to check: {want:?}"
+    );
+    assert_eq!(&per_guild(&got[start..]), want, "{what}");
+    let seqs: Vec<u64> = got.iter().map(|(_, s, _)| *s).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "{what}: s has gaps: {seqs:?}"
+    );
+}
