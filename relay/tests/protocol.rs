@@ -1,0 +1,257 @@
+//! The gateway protocol toward a bot, from Discord's side, with a raw
+//! websocket client: every refusal has Discord's close code, bad input is
+//! a close with a reason (never a panic, never a stuck connection), and
+//! heartbeats, RESUME and op 8 behave as Discord's do. No simulator or
+//! sharder: the relay's cache (Redis) is empty, its feed consumes an
+//! exchange nobody publishes to.
+#![allow(clippy::unwrap_used)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "relay.protocol.token";
+/// GUILDS | GUILD_MESSAGES: what the relay's bot receives in this test.
+const INTENTS: u64 = 1 | (1 << 9);
+const WAIT: Duration = Duration::from_secs(10);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A relay on an empty cache and an exchange of its own; stopping it
+/// deletes the exchange.
+struct Relay {
+    addr: SocketAddr,
+    base: String,
+    stop: CancellationToken,
+    run: tokio::task::JoinHandle<Result<(), relay::RelayError>>,
+}
+
+impl Relay {
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let conn = lapin::Connection::connect(
+            testkit::services::AMQP_URL,
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.exchange_delete(
+            format!("{}.events", self.base).as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn relay(heartbeat_ms: u64) -> Relay {
+    let base = testkit::unique_name("relay-protocol");
+    let cfg = config::Config::from_toml_str(
+        &format!(
+            "[discord]\nintents = {INTENTS}\n[redis]\nurl = \"redis://127.0.0.1:6379/\"\n\
+             key_prefix = \"{base}\"\n[relay]\nlisten = \"127.0.0.1:0\"\n\
+             heartbeat_interval = \"{heartbeat_ms}ms\"\nidentify_timeout = \"1s\"\n\
+             resume_window = \"30s\"\namqp_topology_base = \"{base}\"\n"
+        ),
+        "test",
+        vec![("BULWARK_DISCORD__TOKEN".into(), TOKEN.into())],
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let run = tokio::spawn(relay::run_with(cfg, stop.clone(), Some(tx)));
+    let addr = tokio::time::timeout(WAIT, rx).await.unwrap().unwrap();
+    Relay {
+        addr,
+        base,
+        stop,
+        run,
+    }
+}
+
+async fn connect(addr: SocketAddr) -> (Ws, Value) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/?v=10&encoding=json"))
+        .await
+        .unwrap();
+    let hello = next_payload(&mut ws).await.expect("HELLO");
+    assert_eq!(hello["op"], 10);
+    (ws, hello)
+}
+
+/// The next payload, or `Err(close code)` when the relay closed.
+async fn next(ws: &mut Ws) -> Result<Value, u16> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the relay answers")
+        {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(frame))) => {
+                return Err(frame.map_or(1005, |f| u16::from(f.code)));
+            }
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return Err(1006),
+        }
+    }
+}
+
+async fn next_payload(ws: &mut Ws) -> Option<Value> {
+    next(ws).await.ok()
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+fn identify(token: &str, shard: [u32; 2], intents: u64) -> Value {
+    json!({"op": 2, "d": {"token": token, "intents": intents, "shard": shard,
+        "properties": {"os": "linux", "browser": "t", "device": "t"}}})
+}
+
+/// What the relay answers to `payload` sent first: the close code.
+async fn closes_with(addr: SocketAddr, payload: Message) -> u16 {
+    let (mut ws, _) = connect(addr).await;
+    ws.send(payload).await.unwrap();
+    loop {
+        match next(&mut ws).await {
+            Ok(_) => {}
+            Err(code) => return code,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_use_discords_close_codes_and_bad_input_is_closed_not_fatal() {
+    let r = relay(45_000).await;
+    let addr = r.addr;
+    let text = |v: Value| Message::Text(v.to_string().into());
+    for (what, payload, code) in [
+        ("wrong token", text(identify("nope", [0, 1], INTENTS)), 4004),
+        (
+            "shard >= count",
+            text(identify(TOKEN, [2, 2], INTENTS)),
+            4010,
+        ),
+        ("zero shards", text(identify(TOKEN, [0, 0], INTENTS)), 4010),
+        (
+            "undefined intent bit",
+            text(identify(TOKEN, [0, 1], 1 << 17)),
+            4013,
+        ),
+        (
+            "privileged intent the bot lacks",
+            text(identify(TOKEN, [0, 1], 1 << 1)),
+            4014,
+        ),
+        ("not JSON", Message::Text("{nope".into()), 4002),
+        (
+            "binary garbage",
+            Message::Binary(vec![0xff, 0x00, 0x13].into()),
+            4002,
+        ),
+        ("unknown opcode", text(json!({"op": 42, "d": null})), 4001),
+        (
+            "op 8 before IDENTIFY",
+            text(json!({"op": 8, "d": {"guild_id": "1"}})),
+            4003,
+        ),
+        (
+            "IDENTIFY without a token",
+            text(json!({"op": 2, "d": {"intents": 1}})),
+            4002,
+        ),
+        (
+            "resume with a wrong token",
+            text(json!({"op": 6, "d": {"token": "x", "session_id": "s", "seq": 0}})),
+            4004,
+        ),
+    ] {
+        assert_eq!(closes_with(addr, payload).await, code, "{what}");
+    }
+    // A huge frame is refused by the websocket layer, and the relay lives on.
+    let (mut ws, _) = connect(addr).await;
+    let _ = ws.send(Message::Text("x".repeat(2 << 20).into())).await;
+    assert!(next(&mut ws).await.is_err());
+    // An unknown session gets op 9 (not resumable), as on Discord.
+    let (mut ws, _) = connect(addr).await;
+    send(
+        &mut ws,
+        json!({"op": 6, "d": {"token": TOKEN, "session_id": "gone", "seq": 3}}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await.unwrap(), json!({"op": 9, "d": false}));
+    // No IDENTIFY in time: 4009.
+    let (mut ws, _) = connect(addr).await;
+    assert_eq!(next(&mut ws).await, Err(4009));
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_resume_and_member_requests_work_and_zombies_are_closed() {
+    let r = relay(300).await;
+    let addr = r.addr;
+    let (mut ws, hello) = connect(addr).await;
+    assert_eq!(hello["d"]["heartbeat_interval"], 300);
+    send(&mut ws, json!({"op": 1, "d": null})).await;
+    assert_eq!(next(&mut ws).await.unwrap(), json!({"op": 11}));
+    send(&mut ws, identify(&format!("Bot {TOKEN}"), [0, 1], INTENTS)).await;
+    let ready = next(&mut ws).await.unwrap();
+    assert_eq!(
+        (
+            ready["op"].as_u64(),
+            ready["t"].as_str(),
+            ready["s"].as_u64()
+        ),
+        (Some(0), Some("READY"), Some(1))
+    );
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(session.len(), 32);
+    assert_eq!(ready["d"]["resume_gateway_url"], format!("ws://{addr}"));
+    // op 8 is answered from the cache, to this client only, with its nonce.
+    send(&mut ws, json!({"op": 8, "d": {"guild_id": "81384788765712384", "query": "", "limit": 0, "nonce": "n1"}})).await;
+    let chunk = next(&mut ws).await.unwrap();
+    assert_eq!(chunk["t"], "GUILD_MEMBERS_CHUNK");
+    assert_eq!(chunk["d"]["nonce"], "n1");
+    assert_eq!(chunk["s"], 2);
+    // A second IDENTIFY on the connection: 4005.
+    send(&mut ws, identify(TOKEN, [0, 1], INTENTS)).await;
+    assert_eq!(next(&mut ws).await, Err(4005));
+
+    // RESUME from s = 1: the chunk again, then RESUMED.
+    let (mut ws, _) = connect(addr).await;
+    send(
+        &mut ws,
+        json!({"op": 6, "d": {"token": TOKEN, "session_id": session, "seq": 1}}),
+    )
+    .await;
+    let replay = next(&mut ws).await.unwrap();
+    assert_eq!(
+        (replay["t"].as_str(), replay["s"].as_u64()),
+        (Some("GUILD_MEMBERS_CHUNK"), Some(2))
+    );
+    let resumed = next(&mut ws).await.unwrap();
+    assert_eq!(
+        (resumed["t"].as_str(), resumed["s"].as_u64()),
+        (Some("RESUMED"), Some(3))
+    );
+    // A client that stops heartbeating is closed (resumable 4000) after
+    // 1.5 intervals.
+    let started = tokio::time::Instant::now();
+    assert_eq!(next(&mut ws).await, Err(4000));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed too early"
+    );
+    r.stop().await;
+}
