@@ -97,7 +97,10 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
                 return;
             }
         };
+        // Bots send small payloads; tungstenite zero-fills its read buffer
+        // up to this size on every read, and keeps it per connection.
         let config = WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
             .max_message_size(Some(1 << 20))
             .max_frame_size(Some(1 << 20));
         let mut ws =
