@@ -89,7 +89,8 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
     };
     let version_ok = matches!(query_param(&query, "v"), None | Some("10"));
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
+    let tracker = ctx.connections.clone();
+    tracker.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -128,15 +129,15 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
 }
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
-    if ctx.feed_up.load(std::sync::atomic::Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not consuming the output exchange\n",
-        )
-            .into_response()
+    if !ctx.feed_up.load(std::sync::atomic::Ordering::Relaxed) {
+        let msg = "not consuming the output exchange\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
     }
+    if let Err(e) = ctx.redis.ready().await {
+        let msg = format!("the cache (Redis) is unreachable: {e}\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 async fn metrics_text(State(ctx): State<Arc<Ctx>>) -> Response {

@@ -42,6 +42,10 @@ pub(crate) struct Ctx {
     pub intents: u64,
     pub hub: hub::Hub,
     pub store: worker::RedisStore,
+    /// The store's connection, for readiness.
+    pub redis: dnscache::RedisConnection,
+    /// Every bot connection, so shutdown can let them send their close.
+    pub connections: tokio_util::task::TaskTracker,
     pub resolver: dnscache::Resolver,
     pub amqp_url: config::Secret,
     /// The workers' output exchange.

@@ -1,9 +1,10 @@
 //! [`run`]: the relay as a process, until its shutdown token fires.
 //!
 //! Start-up checks what the configuration alone cannot (the bot token,
-//! a Redis URL: the relay reads the workers' Redis store), dials Redis
-//! through the caching resolver with `[tls]`, binds the port, then runs the
-//! feed and the port until shutdown. Every second, sessions nobody resumed
+//! a Redis URL: the relay reads the workers' Redis store), sets up Redis
+//! through the caching resolver with `[tls]` (dialled on first use, so an
+//! unreachable Redis is "not ready", not an exit), binds the port, then
+//! runs the feed and the port until shutdown. Every second, sessions nobody resumed
 //! within the window are dropped. At shutdown connections are closed with
 //! 4000, which libraries answer with a RESUME.
 
@@ -16,6 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for the bot connections' close frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the relay could not run.
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +98,11 @@ pub async fn run_with(
         url: config::redact_url(url),
         source,
     };
+    // Dialled on first use: while Redis is down the relay runs, reports
+    // not ready and refuses IDENTIFY (4000), instead of exiting and
+    // crash-looping.
     let con = dnscache::RedisConnection::lazy(&resolver, url).map_err(|e| redis_error(e.into()))?;
-    let store = worker::RedisStore::over(con, &cfg.redis.key_prefix)
-        .await
-        .map_err(redis_error)?;
+    let store = worker::RedisStore::lazy(con.clone(), &cfg.redis.key_prefix);
     let listener = tokio::net::TcpListener::bind(cfg.relay.listen)
         .await
         .map_err(|source| RelayError::Bind {
@@ -129,6 +134,8 @@ pub async fn run_with(
         intents: cfg.discord.intents,
         hub: Hub::default(),
         store,
+        redis: con,
+        connections: tokio_util::task::TaskTracker::new(),
         resolver,
         amqp_url: cfg.amqp.url.clone(),
         exchange,
@@ -182,6 +189,10 @@ pub async fn run_with(
         }
     }
     stop.cancel();
+    // Connections close with 4000 (resumable); give them a moment to send
+    // it before the process goes.
+    ctx.connections.close();
+    let _ = tokio::time::timeout(CLOSE_GRACE, ctx.connections.wait()).await;
     let _ = feed.await;
     let _ = reaper.await;
     Ok(())

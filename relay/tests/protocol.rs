@@ -56,10 +56,14 @@ impl Relay {
 }
 
 async fn relay(heartbeat_ms: u64) -> Relay {
+    relay_on("redis://127.0.0.1:6379/", heartbeat_ms).await
+}
+
+async fn relay_on(redis_url: &str, heartbeat_ms: u64) -> Relay {
     let base = testkit::unique_name("relay-protocol");
     let cfg = config::Config::from_toml_str(
         &format!(
-            "[discord]\nintents = {INTENTS}\n[redis]\nurl = \"redis://127.0.0.1:6379/\"\n\
+            "[discord]\nintents = {INTENTS}\n[redis]\nurl = \"{redis_url}\"\n\
              key_prefix = \"{base}\"\n[relay]\nlisten = \"127.0.0.1:0\"\n\
              heartbeat_interval = \"{heartbeat_ms}ms\"\nidentify_timeout = \"1s\"\n\
              resume_window = \"30s\"\namqp_topology_base = \"{base}\"\n"
@@ -253,5 +257,30 @@ async fn heartbeats_resume_and_member_requests_work_and_zombies_are_closed() {
         started.elapsed() >= Duration::from_millis(300),
         "closed too early"
     );
+    r.stop().await;
+}
+
+/// Redis down: the relay still starts (no crash loop), says it is not
+/// ready, and refuses IDENTIFY with a resumable 4000 instead of READY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_cache_the_relay_runs_not_ready_and_refuses_identify() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let r = relay_on(&format!("redis://127.0.0.1:{port}/"), 45_000).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let s = testkit::http(r.addr, "GET", "/readyz", None, "").await;
+        if s.1.contains("Redis") || tokio::time::Instant::now() > deadline {
+            break s;
+        }
+        // Polling the probe until the feed is up, not a synchronisation sleep.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.0, 503, "{}", status.1);
+    assert!(status.1.contains("unreachable"), "{}", status.1);
+    let (mut ws, _) = connect(r.addr).await;
+    send(&mut ws, identify(TOKEN, [0, 1], INTENTS)).await;
+    assert_eq!(next(&mut ws).await, Err(4000));
     r.stop().await;
 }

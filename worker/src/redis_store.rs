@@ -153,12 +153,18 @@ impl RedisStore {
     /// unreachable Redis is an error at start-up.
     pub async fn over(con: dnscache::RedisConnection, prefix: &str) -> Result<Self, StoreError> {
         con.ready().await?;
-        Ok(Self {
+        Ok(Self::lazy(con, prefix))
+    }
+
+    /// A store on `con` that dials on first use: for a reader that must
+    /// start (and report not ready) while Redis is down, not exit.
+    pub fn lazy(con: dnscache::RedisConnection, prefix: &str) -> Self {
+        Self {
             con,
             prefix: prefix.to_owned(),
             window_ttl_ms: 24 * 3600 * 1000,
             pipelined: true,
-        })
+        }
     }
 
     /// Every guild admitted from any shard of any total (the union of
