@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# Both binaries in one image; the manifests pick one with `command:`
-# (/usr/local/bin/sharder or /usr/local/bin/worker, each with --config).
+# The three binaries in one image; the manifests pick one with `command:`
+# (/usr/local/bin/sharder, /usr/local/bin/worker or /usr/local/bin/relay,
+# each with --config).
 #   docker build -t bulwark:dev .
 
 # Build and runtime are both Debian 12 (bookworm), so the binaries link
@@ -8,16 +9,16 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
-# --bins: every binary of the two packages (the sharder's binary is not
-# written yet; when it is, it is picked up without changing this file).
+# --bins: every binary of the three packages. Each one the manifests run
+# must be there: a missing binary fails the build, not a pod at start-up.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins -p sharder -p worker \
+    cargo build --release --locked --bins -p sharder -p worker -p relay \
  && mkdir -p /out \
- && for bin in sharder worker; do \
-      if [ -f "target/release/$bin" ]; then cp "target/release/$bin" /out/; fi; \
-    done \
- && test -f /out/worker
+ && for bin in sharder worker relay; do \
+      test -f "target/release/$bin" || { echo "missing binary $bin" >&2; exit 1; }; \
+      cp "target/release/$bin" /out/; \
+    done
 
 # glibc + libgcc, CA certificates, no shell, user 65532 (nonroot).
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -15,32 +15,42 @@
 #     and checked by `promtool check rules` (Debian's prometheus package):
 #     a broken PromQL expression fails;
 #  4. Bulwark's own invariants, read from the rendered ConfigMaps' TOML:
-#     one ConfigMap per binary, mounted by its own workload, [amqp] and
-#     [redis] equal in both; sharder replicas == BULWARK_SHARDER__PROCESS_COUNT
-#     (kustomize replacement) and no process_count in the TOML;
+#     one ConfigMap per binary (sharder, worker, relay), mounted by its own
+#     workload, [amqp] and [redis] equal in all three; sharder replicas ==
+#     BULWARK_SHARDER__PROCESS_COUNT (kustomize replacement) and no
+#     process_count in the TOML;
 #     PROCESS_INDEX from the pod-index label; Guaranteed QoS, a shipped
 #     PriorityClass and node + zone topology spread for the sharder; DNS
 #     egress to kube-dns pods, one autoscaler per workload and a worker
 #     ScaledObject within the partition count on the partition queues, NodeLocal DNSCache and a ClusterIP /32;
-#     container and Service port http == http_listen's port; metrics_listen
-#     set, and container and Service port metrics, prometheus.io/port and
-#     the ServiceMonitor's endpoints == metrics_listen's port;
+#     container and Service port http == http_listen's (relay: listen's)
+#     port; metrics_listen set, and container and Service port metrics,
+#     prometheus.io/port and the ServiceMonitor's endpoints ==
+#     metrics_listen's port;
 #     NetworkPolicy ingress names its sources (no rule without `from`, no
 #     peer `namespaceSelector: {}` without a podSelector, no ipBlock /0),
-#     the sharder's and worker's restrict Ingress, name existing container
-#     ports and open the metrics port;
+#     the sharder's, worker's and relay's restrict Ingress, name existing
+#     container ports and open the metrics port; the worker's and relay's
+#     restrict Egress and reach no /0 (no internet);
 #     worker.read_api "token" off loopback => BULWARK_WORKER__READ_TOKEN
 #     from a required secretKeyRef (production: read_api must be "token");
-#     every [tls] *_file on a mounted volume (production: both binaries set
+#     the relay reads what the workers write: relay.amqp_topology_base ==
+#     worker.amqp_topology_base, worker.store "redis", worker.publish_events
+#     on, and its discord.intents == the sharder's; its token, AMQP and
+#     Redis URLs from required secretKeyRefs, a PDB, ClientIP affinity on
+#     its Service with several replicas, and a ws:// relay.public_url
+#     naming that Service in the rendered namespace on its http port;
+#     every [tls] *_file on a mounted volume (production: every binary sets
 #     tls.ca_file, its directory is Secret bulwark-ca, required, read-only);
-#     terminationGracePeriodSeconds > preStop + sharder.shutdown_grace,
+#     terminationGracePeriodSeconds > preStop + sharder.shutdown_grace
+#     (relay: preStop + 10 s),
 #     no Secret rendered, secrets only by secretKeyRef (none in the TOML),
 #     hardened securityContext, resources, probes on /readyz and /healthz,
 #     ndots 1.
 #  5. every metric name in grafana/bulwark-dashboard.json's PromQL and in the
 #     production alert rules is emitted by the Rust sources (sharder/src,
-#     worker/src, dnscache/src, protocol/src); every alert has a runbook
-#     section.
+#     worker/src, relay/src, dnscache/src, protocol/src); every alert has a
+#     runbook section.
 # Usage: deploy/validate.sh [overlay...]   (default: every overlay)
 #        deploy/validate.sh --self-test    (broken copies must fail, see below)
 set -euo pipefail
@@ -50,7 +60,7 @@ cd "$(dirname "$0")"
 # default from 1.30) and the newest schemas the tool bundles.
 K8S_VERSIONS=(1.31.0 1.37.0)
 # The crates whose sources emit the metrics the dashboard and alerts use.
-METRIC_SOURCES=(sharder worker dnscache protocol)
+METRIC_SOURCES=(sharder worker relay dnscache protocol)
 
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "FATAL: kubectl not found; install kubectl (1.27+, with built-in kustomize) to render deploy/" >&2
@@ -225,6 +235,111 @@ assert "    - port: metrics\n" in s, "self-test: the ServiceMonitor port is gone
 open(p, "w").write(s.replace("    - port: metrics\n", "    - port: http\n"))
 PY
   expect servicemonitor-http 1 "not its metrics port"
+  # The relay on another output exchange than the workers publish to: it
+  # would be Ready (it consumes) and its bots would get no events.
+  copy relay-topology-drift
+  python3 - "$st/relay-topology-drift/deploy/overlays/production/relay.toml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+old = 'amqp_topology_base = "bulwark.gateway"'
+assert old in s, "self-test: relay.amqp_topology_base is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace(old, 'amqp_topology_base = "bulwark.staging"'))
+PY
+  expect relay-topology-drift 1 "relay.amqp_topology_base 'bulwark.staging' is not the worker's"
+  # The relay's intents with a privileged bit the shards do not have
+  # (MESSAGE_CONTENT): bots would be admitted to content that never comes.
+  copy relay-intents-drift
+  python3 - "$st/relay-intents-drift/deploy/overlays/production/relay.toml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert "intents" not in s.replace("discord.intents", ""), "self-test: relay.toml sets intents now; update validate.sh --self-test"
+if "[discord]\n" in s:
+    s = s.replace("[discord]\n", "[discord]\nintents = 33295\n")
+else:
+    s += "\n[discord]\nintents = 33295\n"
+open(p, "w").write(s)
+PY
+  expect relay-intents-drift 1 "the relay's discord.intents 33295 is not the sharder's"
+  # The relay reading other Redis keys than the workers write: empty READY.
+  copy relay-redis-drift
+  python3 - "$st/relay-redis-drift/deploy/overlays/production/relay.toml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert 'key_prefix = "bulwark"\n' in s, "self-test: the relay's key_prefix is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace('key_prefix = "bulwark"\n', 'key_prefix = "bulwark-relay"\n'))
+PY
+  expect relay-redis-drift 1 "[redis] differs between the relay's and the worker's"
+  # Workers back on the in-memory store: nothing in Redis for the relay.
+  copy relay-memory-store
+  python3 - "$st/relay-memory-store/deploy/overlays/production/worker.toml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert 'store = "redis"' in s, "self-test: worker.store is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace('store = "redis"', 'store = "memory"'))
+PY
+  expect relay-memory-store 1 "relay: worker.store is 'memory'"
+  # Dev's public_url copied into production: bots would be sent to the
+  # dev namespace's relay.
+  copy relay-public-url
+  python3 - "$st/relay-public-url/deploy/overlays/production/relay.toml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+old = 'public_url = "ws://relay.bulwark.svc.cluster.local:8082"'
+assert old in s, "self-test: relay.public_url is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace(old, 'public_url = "ws://relay.bulwark-dev.svc.cluster.local:8082"'))
+PY
+  expect relay-public-url 1 "not the Service relay in namespace bulwark"
+  # No session affinity: a RESUME lands on a random relay pod (op 9).
+  copy relay-no-affinity
+  python3 - "$st/relay-no-affinity/deploy/base/relay-service.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+old = "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 10800\n"
+assert old in s, "self-test: the relay's session affinity is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace(old, ""))
+PY
+  expect relay-no-affinity 1 "Service relay: sessionAffinity None with 2 relay replicas"
+  # The CA mounted in the sharder and worker but not the relay.
+  copy relay-no-ca-mount
+  python3 - "$st/relay-no-ca-mount/deploy/overlays/production/tls-ca.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+docs = s.split("\n---\n")
+keep = [d for d in docs if "  name: relay\n" not in d]
+assert len(keep) == len(docs) - 1, "self-test: the relay's CA mount is gone; update validate.sh --self-test"
+open(p, "w").write("\n---\n".join(keep) + "\n")
+PY
+  expect relay-no-ca-mount 1 "relay: tls.ca_file /etc/bulwark/tls/ca.crt: no volume"
+  # relay.metrics_listen moved without the manifests.
+  copy relay-metrics-port-drift
+  python3 - "$st/relay-metrics-port-drift/deploy/overlays/production/relay.toml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert 'metrics_listen = "0.0.0.0:9092"' in s, "self-test: relay.metrics_listen is gone; update validate.sh --self-test"
+open(p, "w").write(s.replace('metrics_listen = "0.0.0.0:9092"', 'metrics_listen = "0.0.0.0:9093"'))
+PY
+  expect relay-metrics-port-drift 1 "relay.metrics_listen port 9093"
+  # The relay given the sharder's way to the internet: with the bot token
+  # it could then talk to Discord (or anything else).
+  copy relay-internet-egress
+  python3 - "$st/relay-internet-egress/deploy/base/relay-networkpolicy.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+assert s.endswith("        - port: 6380\n          protocol: TCP\n"), "self-test: the relay's last egress rule moved; update validate.sh --self-test"
+s += ("    - to:\n        - ipBlock:\n            cidr: 0.0.0.0/0\n"
+      "      ports:\n        - port: 443\n          protocol: TCP\n")
+open(p, "w").write(s)
+PY
+  expect relay-internet-egress 1 "NetworkPolicy relay: egress rule 4 reaches every address"
   echo "deploy/validate.sh --self-test: ok"
   exit 0
 fi
@@ -351,8 +466,8 @@ def duration_s(text):
     return total
 
 def listen(section, key, default):
-    """A listen address of [sharder] or [worker] (each in its own file)."""
-    return (cfg if section == "sharder" else wcfg).get(section, {}).get(key, default)
+    """A listen address of [sharder], [worker] or [relay] (each in its own file)."""
+    return CFG[section].get(section, {}).get(key, default)
 
 def addr_port(addr):
     return int(addr.rsplit(":", 1)[1])
@@ -362,8 +477,9 @@ def is_loopback(addr):
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 # One config file per binary: bulwark-sharder-config for the sharder,
-# bulwark-worker-config for the worker, so a worker-only change does not
-# roll the sharders. Each workload must mount its own.
+# bulwark-worker-config for the worker, bulwark-relay-config for the relay,
+# so a worker-only change does not roll the sharders (or the relays). Each
+# workload must mount its own.
 def config_map(prefix):
     found = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(prefix + "-")
              or d["kind"] == "ConfigMap" and d["metadata"]["name"] == prefix]
@@ -373,9 +489,12 @@ def config_map(prefix):
     return found[0]["metadata"]["name"], tomllib.loads(found[0]["data"]["bulwark.toml"])
 sharder_cm, cfg = config_map("bulwark-sharder-config")
 worker_cm, wcfg = config_map("bulwark-worker-config")
+relay_cm, rcfg = config_map("bulwark-relay-config")
+CFG = {"sharder": cfg, "worker": wcfg, "relay": rcfg}
 if [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("bulwark-config")]:
-    err("a shared bulwark-config ConfigMap is rendered: each binary has its own (bulwark-sharder-config, bulwark-worker-config)")
-for which, c in (("sharder", cfg), ("worker", wcfg)):
+    err("a shared bulwark-config ConfigMap is rendered: each binary has its own (bulwark-sharder-config, "
+        "bulwark-worker-config, bulwark-relay-config)")
+for which, c in (("sharder", cfg), ("worker", wcfg), ("relay", rcfg)):
     for section, key in [("discord", "token"), ("amqp", "url"), ("redis", "url"), ("sharder", "admin_token"),
                          ("worker", "read_token")]:
         if key in c.get(section, {}):
@@ -386,10 +505,41 @@ for section in ("amqp", "redis"):
     if cfg.get(section, {}) != wcfg.get(section, {}):
         err(f"[{section}] differs between the sharder's and the worker's bulwark.toml: "
             f"{cfg.get(section, {})} vs {wcfg.get(section, {})}; keep them equal")
+# The relay reads what the workers write: the same broker layout and Redis
+# keys ([amqp], [redis]), the workers' output exchange
+# (relay.amqp_topology_base = worker.amqp_topology_base, both defaulting to
+# bulwark.gateway), their Redis store (worker.store = "redis"), published
+# (worker.publish_events, default on). It admits a bot's privileged intents
+# only when discord.intents has them, so its discord.intents must be the
+# sharder's (the default when unset: config/src/discord.rs).
+TOPOLOGY_DEFAULT = "bulwark.gateway"
+INTENTS_DEFAULT = 0b10_0000_1111
+if relay_cm:
+    for section in ("amqp", "redis"):
+        if rcfg.get(section, {}) != wcfg.get(section, {}):
+            err(f"[{section}] differs between the relay's and the worker's bulwark.toml: "
+                f"{rcfg.get(section, {})} vs {wcfg.get(section, {})}; the relay reads what the workers write, keep them equal")
+    rbase = rcfg.get("relay", {}).get("amqp_topology_base", TOPOLOGY_DEFAULT)
+    wbase = wcfg.get("worker", {}).get("amqp_topology_base", TOPOLOGY_DEFAULT)
+    if rbase != wbase:
+        err(f"relay.amqp_topology_base {rbase!r} is not the worker's worker.amqp_topology_base {wbase!r}: "
+            f"the relay would consume another output exchange and its bots get no events")
+    rint = rcfg.get("discord", {}).get("intents", INTENTS_DEFAULT)
+    sint = cfg.get("discord", {}).get("intents", INTENTS_DEFAULT)
+    if rint != sint:
+        err(f"the relay's discord.intents {rint} is not the sharder's discord.intents {sint}: the relay would "
+            f"admit bots to privileged intents whose events the shards never receive, or refuse (4014) ones they do")
+    wstore = wcfg.get("worker", {}).get("store", "memory")
+    if wstore != "redis":
+        err(f"relay: worker.store is {wstore!r}: the relay builds READY and GUILD_CREATE from the workers' Redis "
+            f"store, set worker.store = \"redis\"")
+    if wcfg.get("worker", {}).get("publish_events", True) is not True:
+        err("relay: worker.publish_events is off: the workers publish nothing to the output exchange the relay consumes")
 if "process_count" in cfg.get("sharder", {}):
     err("the sharder's bulwark.toml sets sharder.process_count: it comes from the StatefulSet's replicas "
         "(BULWARK_SHARDER__PROCESS_COUNT), the one place to edit")
-for kind, wl_name, cm in (("StatefulSet", "sharder", sharder_cm), ("Deployment", "worker", worker_cm)):
+for kind, wl_name, cm in (("StatefulSet", "sharder", sharder_cm), ("Deployment", "worker", worker_cm),
+                          ("Deployment", "relay", relay_cm)):
     wl = next((d for d in docs if d["kind"] == kind and d["metadata"]["name"] == wl_name), None)
     if wl and cm:
         mounted = {(v.get("configMap") or {}).get("name") for v in wl["spec"]["template"]["spec"].get("volumes", [])}
@@ -502,7 +652,7 @@ for d in docs:
     ref = f'{d["kind"]}/{d["metadata"]["name"]}'
     pod = d["spec"]["template"]["spec"]
     opts = {o["name"]: o.get("value") for o in (pod.get("dnsConfig") or {}).get("options", [])}
-    if d["metadata"]["name"] in ("sharder", "worker") and opts.get("ndots") != "1":
+    if d["metadata"]["name"] in ("sharder", "worker", "relay") and opts.get("ndots") != "1":
         err(f"{ref}: dnsConfig ndots must be \"1\"")
     psc = pod.get("securityContext", {})
     if psc.get("runAsNonRoot") is not True or psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
@@ -520,7 +670,7 @@ for d in docs:
                              "BULWARK_SHARDER__ADMIN_TOKEN", "BULWARK_WORKER__READ_TOKEN") \
                     and "secretKeyRef" not in e.get("valueFrom", {}):
                 err(f"{ref}/{c['name']}: {e['name']} must come from a secretKeyRef")
-        if d["metadata"]["name"] in ("sharder", "worker"):
+        if d["metadata"]["name"] in ("sharder", "worker", "relay"):
             paths = {p: (c.get(p) or {}).get("httpGet", {}).get("path") for p in ("readinessProbe", "livenessProbe")}
             if paths != {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}:
                 err(f"{ref}: readiness must probe /readyz and liveness /healthz, got {paths}")
@@ -532,25 +682,26 @@ for d in docs:
 # metrics_listen must be set: without it /metrics is served on http, which
 # the NetworkPolicies do not open to Prometheus.
 metrics_ports = {}   # workload -> (port name, port number) /metrics is on
-for n, section, default, mdefault in (("sharder", "sharder", "0.0.0.0:8080", "0.0.0.0:9090"),
-                                     ("worker", "worker", "0.0.0.0:8081", "0.0.0.0:9091")):
-    port = addr_port(listen(section, "http_listen", default))
+for n, section, key, default, mdefault in (("sharder", "sharder", "http_listen", "0.0.0.0:8080", "0.0.0.0:9090"),
+                                          ("worker", "worker", "http_listen", "0.0.0.0:8081", "0.0.0.0:9091"),
+                                          ("relay", "relay", "listen", "0.0.0.0:8082", "0.0.0.0:9092")):
+    port = addr_port(listen(section, key, default))
     maddr = listen(section, "metrics_listen", None)
     if not maddr:
-        err(f"{n}: {section}.metrics_listen is not set: /metrics would be served on http_listen ({port}), "
+        err(f"{n}: {section}.metrics_listen is not set: /metrics would be served on {key} ({port}), "
             f"which the NetworkPolicy does not open to Prometheus; set it (\"{mdefault}\")")
         mname, mport = "http", port
     else:
         mname, mport = "metrics", addr_port(maddr)
         if mport == port:
-            err(f"{n}: {section}.metrics_listen port {mport} is also http_listen's")
+            err(f"{n}: {section}.metrics_listen port {mport} is also {key}'s")
     metrics_ports[n] = (mname, mport)
     wl = by.get(("StatefulSet", n)) or by.get(("Deployment", n))
     if wl:
         c = wl["spec"]["template"]["spec"]["containers"][0]
         cports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
         if cports.get("http") != port:
-            err(f"{n}: containerPort http {cports.get('http')} but {section}.http_listen port {port}")
+            err(f"{n}: containerPort http {cports.get('http')} but {section}.{key} port {port}")
         if maddr and cports.get("metrics") != mport:
             err(f"{n}: containerPort metrics {cports.get('metrics')} but {section}.metrics_listen port {mport}")
         ann = wl["spec"]["template"]["metadata"].get("annotations", {})
@@ -559,12 +710,12 @@ for n, section, default, mdefault in (("sharder", "sharder", "0.0.0.0:8080", "0.
     svc = by.get(("Service", n))
     if svc:
         sports = {p.get("name"): p for p in svc["spec"]["ports"]}
-        for pname, want, key in (("http", port, "http_listen"), ("metrics", mport, "metrics_listen")):
+        for pname, want, pkey in (("http", port, key), ("metrics", mport, "metrics_listen")):
             if pname == "metrics" and not maddr:
                 continue
             sp = sports.get(pname)
             if not sp or sp.get("port") != want or sp.get("targetPort", sp.get("port")) not in (pname, want):
-                err(f"Service {n}: needs port {pname} = {want} with targetPort {pname} ({section}.{key} port), "
+                err(f"Service {n}: needs port {pname} = {want} with targetPort {pname} ({section}.{pkey} port), "
                     f"got {sp}")
         sann = svc["metadata"].get("annotations", {})
         if "prometheus.io/port" in sann and sann["prometheus.io/port"] != str(mport):
@@ -577,7 +728,7 @@ for sm in monitors:
     chosen = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] in metrics_ports
               and all((d["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items())]
     if not chosen:
-        err(f"ServiceMonitor/{smn}: selects neither the sharder's nor the worker's Service")
+        err(f"ServiceMonitor/{smn}: selects none of the sharder's, worker's and relay's Services")
     for svc in chosen:
         n = svc["metadata"]["name"]
         mname, mport = metrics_ports[n]
@@ -588,6 +739,53 @@ for sm in monitors:
                     f"not its metrics port {mname} = {mport} ({n}.metrics_listen port)")
             if ep.get("path", "/metrics") != "/metrics":
                 err(f"ServiceMonitor/{smn}: endpoint path {ep.get('path')!r}, the binaries serve /metrics")
+
+# The relay: the three secrets it does not start without, each from a
+# required secretKeyRef; a PodDisruptionBudget; time after preStop to close
+# its bots' connections; with several replicas, ClientIP affinity on its
+# Service (a session lives in one pod's memory and a bot RESUMEs at the same
+# URL); a ws:// relay.public_url (what bots are told to connect and resume
+# to) names that Service, in this namespace, on its http port.
+rdep = by.get(("Deployment", "relay"))
+if not rdep:
+    err("no Deployment relay")
+else:
+    pod = rdep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e for e in c.get("env", [])}
+    for var in ("BULWARK_DISCORD__TOKEN", "BULWARK_AMQP__URL", "BULWARK_REDIS__URL"):
+        ref = ((env.get(var) or {}).get("valueFrom") or {}).get("secretKeyRef")
+        if not ref:
+            err(f"relay: {var} does not come from a secretKeyRef (the relay does not start without it)")
+        elif ref.get("optional") is True:
+            err(f"relay: {var}'s secretKeyRef ({ref.get('name')}/{ref.get('key')}) is optional: the relay needs it")
+    if ("PodDisruptionBudget", "relay") not in by:
+        err("no PodDisruptionBudget relay")
+    pre = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if grace < pre + 10:
+        err(f"relay: terminationGracePeriodSeconds {grace} leaves under 10 s after preStop ({pre} s) "
+            f"to close the bots' connections")
+    replicas = rdep["spec"].get("replicas", 1)
+    rsvc = by.get(("Service", "relay"))
+    if not rsvc:
+        err("no Service relay")
+    else:
+        if replicas > 1 and rsvc["spec"].get("sessionAffinity") != "ClientIP":
+            err(f"Service relay: sessionAffinity {rsvc['spec'].get('sessionAffinity', 'None')} with {replicas} relay "
+                f"replicas: a bot's RESUME would reach any pod, and every pod but the session's answers op 9; "
+                f"set ClientIP")
+        url = rcfg.get("relay", {}).get("public_url", "")
+        if url.startswith("ws://"):
+            ns = rdep["metadata"].get("namespace", "default")
+            m = re.fullmatch(r"ws://([^/:?#]+)(?::(\d+))?/?", url)
+            hosts = {"relay", f"relay.{ns}", f"relay.{ns}.svc", f"relay.{ns}.svc.cluster.local"}
+            http = next((p.get("port") for p in rsvc["spec"]["ports"] if p.get("name") == "http"), None)
+            if not m or m.group(1) not in hosts:
+                err(f"relay.public_url {url}: not the Service relay in namespace {ns} "
+                    f"(ws://relay.{ns}.svc.cluster.local:{http}): bots would connect and resume elsewhere")
+            elif int(m.group(2) or 80) != http:
+                err(f"relay.public_url {url}: port {m.group(2) or 80} is not the Service relay's port http {http}")
 
 # The worker's read API (/v1/*): with read_api = "token" (the default) on a
 # non-loopback listener the worker needs BULWARK_WORKER__READ_TOKEN, from a
@@ -610,9 +808,9 @@ if wdep and read_api == "token" and not is_loopback(listen("worker", "http_liste
             f"with worker.read_api = \"token\" it must be required")
 
 # TLS files ([tls] ca_file, client_cert_file, client_key_file) must be on a
-# mounted volume; in production both binaries trust the CA of Secret
+# mounted volume; in production every binary trusts the CA of Secret
 # bulwark-ca (key ca.crt), required and read-only.
-for which, c, kind in (("sharder", cfg, "StatefulSet"), ("worker", wcfg, "Deployment")):
+for which, c, kind in (("sharder", cfg, "StatefulSet"), ("worker", wcfg, "Deployment"), ("relay", rcfg, "Deployment")):
     tls = c.get("tls", {})
     if PRODUCTION and not tls.get("ca_file"):
         err(f"production: the {which}'s bulwark.toml sets no tls.ca_file: amqps:// and rediss:// need the CA "
@@ -652,7 +850,9 @@ for which, c, kind in (("sharder", cfg, "StatefulSet"), ("worker", wcfg, "Deploy
 # source), no peer `namespaceSelector: {}` without a podSelector (every pod
 # of every namespace), no ipBlock /0. The sharder's and worker's policies
 # restrict ingress at all (policyTypes), name only ports their pods have,
-# and open the metrics port (Prometheus).
+# and open the metrics port (Prometheus); so do the relay's. The worker and
+# the relay have no internet egress (the relay holds the bot token and never
+# talks to Discord): Egress restricted, no rule to every address.
 def empty_selector(sel):
     return not (sel.get("matchLabels") or sel.get("matchExpressions"))
 for np in (d for d in docs if d["kind"] == "NetworkPolicy"):
@@ -669,7 +869,7 @@ for np in (d for d in docs if d["kind"] == "NetworkPolicy"):
                     f"without a podSelector): name the namespace (kubernetes.io/metadata.name) and pods")
             if ipb and str(ipb.get("cidr", "")).endswith("/0"):
                 err(f"NetworkPolicy {n}: ingress rule {i} admits every namespace and address (ipBlock {ipb['cidr']})")
-for n in ("sharder", "worker"):
+for n in ("sharder", "worker", "relay"):
     np = by.get(("NetworkPolicy", n))
     wl = by.get(("StatefulSet", n)) or by.get(("Deployment", n))
     if not np or not wl:
@@ -686,6 +886,19 @@ for n in ("sharder", "worker"):
     mname, mport = metrics_ports.get(n, ("metrics", None))
     if mname not in opened and mport not in opened:
         err(f"NetworkPolicy {n}: no ingress rule opens the metrics port {mname} ({mport}): Prometheus cannot scrape")
+for n in ("worker", "relay"):
+    np = by.get(("NetworkPolicy", n))
+    if not np:
+        continue
+    if "Egress" not in (np["spec"].get("policyTypes") or []):
+        err(f"NetworkPolicy {n}: policyTypes lacks Egress: the {n} could reach every address (it needs no internet)")
+    for i, rule in enumerate(np["spec"].get("egress") or []):
+        if not rule.get("to"):
+            err(f"NetworkPolicy {n}: egress rule {i} has no `to`: it reaches every address (the {n} needs no internet)")
+        for peer in rule.get("to") or []:
+            cidr = str((peer.get("ipBlock") or {}).get("cidr", ""))
+            if cidr.endswith("/0"):
+                err(f"NetworkPolicy {n}: egress rule {i} reaches every address (ipBlock {cidr}): the {n} needs no internet")
 
 if ("HorizontalPodAutoscaler", "worker") not in by and \
         not any(so["spec"]["scaleTargetRef"]["name"] == "worker" for so in scaled):
@@ -697,7 +910,7 @@ if ("HorizontalPodAutoscaler", "worker") not in by and \
 def dns_ports(rule):
     got = {(p.get("port"), p.get("protocol", "TCP")) for p in rule.get("ports", [])}
     return {(53, "UDP"), (53, "TCP")} <= got
-for n in ("sharder", "worker"):
+for n in ("sharder", "worker", "relay"):
     np = by.get(("NetworkPolicy", n))
     if not np:
         err(f"no NetworkPolicy {n}")

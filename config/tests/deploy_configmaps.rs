@@ -305,3 +305,73 @@ fn token_shape_check_catches_a_token() {
     assert!(!looks_like_token("bulwark.svc.cluster"));
     assert!(!looks_like_token("\"6h\""));
 }
+
+#[test]
+fn every_relay_toml_loads_and_agrees_with_its_worker_and_sharder() {
+    let tomls = tomls_of("relay");
+    assert!(
+        tomls.len() >= 3,
+        "expected base, dev and production relay.toml under deploy/, found {tomls:?}"
+    );
+    for path in &tomls {
+        let origin = path.display().to_string();
+        let text = read(path);
+        let env: Vec<(String, String)> = manifest_env(0, 1)
+            .into_iter()
+            .filter(|(k, _)| {
+                k == "BULWARK_DISCORD__TOKEN"
+                    || k.starts_with("BULWARK_AMQP__")
+                    || k.starts_with("BULWARK_REDIS__")
+            })
+            .collect();
+        let relay = Config::from_toml_str(&text, &origin, env.clone())
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        relay
+            .discord
+            .require_token()
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        assert!(
+            relay.redis.enabled(),
+            "{origin}: the relay reads the workers' Redis"
+        );
+        assert!(
+            relay.relay.metrics_listen.is_some(),
+            "{origin}: metrics_listen"
+        );
+        let load = |name: &str| {
+            let p = path.with_file_name(name);
+            Config::from_toml_str(&read(&p), &p.display().to_string(), env.clone())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        let worker = load("worker.toml");
+        let sharder = load("sharder.toml");
+        assert_eq!(
+            relay.amqp, worker.amqp,
+            "{origin}: [amqp] differs from worker.toml"
+        );
+        assert_eq!(
+            relay.redis, worker.redis,
+            "{origin}: [redis] differs from worker.toml"
+        );
+        assert_eq!(
+            relay.relay.amqp_topology_base, worker.worker.amqp_topology_base,
+            "{origin}: the relay must read the workers' output exchange"
+        );
+        assert_eq!(
+            relay.discord.intents, sharder.discord.intents,
+            "{origin}: the relay's intents must be the real shards'"
+        );
+        assert_eq!(
+            worker.worker.store,
+            config::WorkerStoreKind::Redis,
+            "{origin}: the relay needs the Redis store"
+        );
+        assert!(
+            worker.worker.publish_events,
+            "{origin}: the workers must publish"
+        );
+        if origin.contains("production") {
+            assert!(relay.tls.ca_file.is_some(), "{origin}: tls.ca_file");
+        }
+    }
+}
