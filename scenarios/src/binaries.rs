@@ -1,4 +1,4 @@
-//! Finding the built `sharder`, `worker` and `discord-sim` executables.
+//! Finding the built `sharder`, `worker`, `relay` and `discord-sim` executables.
 //!
 //! The scenarios run the real binaries, never an in-process copy: a crash
 //! loop, an exit code or a signal handler only exists in a process. They
@@ -57,20 +57,22 @@ pub fn locate(name: &str) -> Result<PathBuf> {
     })
 }
 
-/// The three executables a scenario needs.
+/// The executables a scenario needs.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub sharder: PathBuf,
     pub worker: PathBuf,
+    pub relay: PathBuf,
     pub sim: PathBuf,
 }
 
 impl Binaries {
-    /// Locates all three, failing on the first missing one.
+    /// Locates all four, failing on the first missing one.
     pub fn locate() -> Result<Self> {
         Ok(Self {
             sharder: locate("sharder")?,
             worker: locate("worker")?,
+            relay: locate("relay")?,
             sim: locate("discord-sim")?,
         })
     }

@@ -1,7 +1,8 @@
 //! Every incident scenario at its fast size, one test each so a failure is
-//! named. The scenarios run the built `sharder`, `worker` and `discord-sim`
-//! (`cargo test --workspace` builds them first; with `-p bulwark-scenarios`
-//! alone, run `cargo build -p sharder -p worker -p discord-sim --bins`
+//! named. The scenarios run the built `sharder`, `worker`, `relay` and
+//! `discord-sim` (`cargo test --workspace` builds them first; with
+//! `-p bulwark-scenarios` alone, run
+//! `cargo build -p sharder -p worker -p relay -p discord-sim --bins`
 //! before) against RabbitMQ, Redis and dnsmasq on 127.0.0.1.
 //!
 //! They run one at a time (a process-wide lock): each one measures timing
@@ -97,4 +98,9 @@ fn list_names_every_scenario_once() {
 #[test]
 fn worker_scale_out() {
     scenario("worker-scale-out");
+}
+
+#[test]
+fn relay_clients() {
+    scenario("relay-clients");
 }

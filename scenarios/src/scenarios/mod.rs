@@ -12,6 +12,7 @@ pub mod cold_boot;
 pub mod corrupt_data;
 pub mod dns_outage;
 pub mod dns_storm;
+pub mod relay_clients;
 pub mod reshard_live;
 pub mod rolling_restart;
 pub mod rollout_safety;
@@ -53,6 +54,7 @@ pub const SCENARIOS: &[ScenarioInfo] = &[
     reshard_live::INFO,
     reshard_live::INFO_4011,
     reshard_live::INFO_KILL,
+    relay_clients::INFO,
 ];
 
 /// Measurements the runner runs by name only (not in `run all`, not in
@@ -82,6 +84,7 @@ pub async fn run_scenario(name: &str, size: Size) -> ScenarioReport {
             "reshard-live" => reshard_live::run(size, reshard_live::Trigger::Operator).await,
             "reshard-4011" => reshard_live::run(size, reshard_live::Trigger::GuildCap).await,
             "reshard-kill" => reshard_live::run(size, reshard_live::Trigger::KillMidway).await,
+            "relay-clients" => relay_clients::run(size).await,
             "worker-throughput" => worker_throughput::run(size).await,
             other => Err(ScenarioError::Setup(format!(
                 "unknown scenario {other:?}; see `bulwark-scenarios list`"
