@@ -39,6 +39,18 @@ pub struct RelayConfig {
     /// HELLO's `heartbeat_interval`.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// Identify buckets (`shard_id % max_concurrency`), as `/gateway/bot`
+    /// tells bots: each bucket may IDENTIFY once per `identify_window`; a
+    /// faster one gets op 9. Generous next to Discord's 16, since an
+    /// IDENTIFY here costs a cache read, not a Discord session.
+    pub max_concurrency: u32,
+    /// The window of one IDENTIFY per bucket.
+    #[serde(with = "humantime_serde")]
+    pub identify_window: Duration,
+    /// Session starts allowed per 24 h (told as `session_start_limit`);
+    /// past it, IDENTIFY gets op 9 until the day rolls over. Stops a bot
+    /// fleet crash-looping on IDENTIFY from reloading the cache forever.
+    pub session_start_total: u32,
     /// How long a connection may stay before IDENTIFY or RESUME.
     #[serde(with = "humantime_serde")]
     pub identify_timeout: Duration,
@@ -58,6 +70,9 @@ impl Default for RelayConfig {
             session_buffer: 20_000,
             heartbeat_interval: Duration::from_millis(41_250),
             identify_timeout: Duration::from_secs(20),
+            max_concurrency: 64,
+            identify_window: Duration::from_secs(5),
+            session_start_total: 100_000,
             amqp_topology_base: "bulwark.gateway".into(),
         }
     }
@@ -70,6 +85,7 @@ impl RelayConfig {
             ("relay.resume_window", self.resume_window),
             ("relay.heartbeat_interval", self.heartbeat_interval),
             ("relay.identify_timeout", self.identify_timeout),
+            ("relay.identify_window", self.identify_window),
         ] {
             check_duration(key, d)?;
         }
@@ -83,6 +99,18 @@ impl RelayConfig {
             return bad(
                 "heartbeat_interval",
                 format!("{:?} is below 100ms", self.heartbeat_interval),
+            );
+        }
+        if !(1..=1024).contains(&self.max_concurrency) {
+            return bad(
+                "max_concurrency",
+                format!("{} is outside 1..=1024", self.max_concurrency),
+            );
+        }
+        if self.session_start_total == 0 {
+            return bad(
+                "session_start_total",
+                "0 would refuse every bot; use at least 1".into(),
             );
         }
         if self.session_buffer < 100 {
@@ -130,6 +158,11 @@ mod tests {
         for (text, key) in [
             ("[relay]\nshards = 0\n", "relay.shards"),
             ("[relay]\nsession_buffer = 5\n", "relay.session_buffer"),
+            ("[relay]\nmax_concurrency = 0\n", "relay.max_concurrency"),
+            (
+                "[relay]\nsession_start_total = 0\n",
+                "relay.session_start_total",
+            ),
             ("[relay]\npublic_url = \"http://x\"\n", "relay.public_url"),
             (
                 "[relay]\nheartbeat_interval = \"1ms\"\n",

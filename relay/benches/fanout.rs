@@ -148,6 +148,7 @@ async fn run(f: &Flags, table: &mut Table, run_no: usize) {
         format!(
             "[discord]\nintents = {INTENTS}\n[redis]\nurl = \"redis://127.0.0.1:6379/\"\n\
              key_prefix = \"{base}\"\n[relay]\nlisten = \"{addr}\"\nsession_buffer = 200000\n\
+             identify_window = \"1ms\"\n\
              amqp_topology_base = \"{base}\"\n"
         ),
     )

@@ -6,7 +6,9 @@
 //! with ACKs, and a client that stops heartbeating for 1.5 intervals is
 //! closed with 4000 (resumable), as Discord closes a zombie. Commands count
 //! against Discord's limit of 120 per 60 s per connection (4008 above it).
-//! Refusals use Discord's close codes: 4004 for a token that is not the
+//! An IDENTIFY above the relay's own limits (one per bucket per window, a
+//! daily budget: [`crate::identify_limit`]) gets op 9 and may be sent
+//! again on the same connection. Refusals use Discord's close codes: 4004 for a token that is not the
 //! bot's, 4010 for a bad shard, 4013 for unknown intent bits, 4014 for
 //! intents the relay's bot does not receive, 4005 for a second IDENTIFY,
 //! 4003 for a command before it, 4002 for a payload that is not JSON.
@@ -251,9 +253,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 let id: Identify = serde_json::from_str(d)
                     .map_err(|e| Close::new(close::DECODE_ERROR, format!("IDENTIFY: {e}")))?;
-                self.identify(id).await?;
+                let started = self.identify(id).await?;
                 *heartbeat_due = Instant::now() + zombie_after;
-                Ok(true)
+                Ok(started)
             }
             6 => {
                 if self.session.is_some() {
@@ -309,7 +311,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    async fn identify(&mut self, id: Identify) -> Result<(), Close> {
+    /// True when a session started; false when the limits refused it (op 9
+    /// sent, the connection stays for another IDENTIFY).
+    async fn identify(&mut self, id: Identify) -> Result<bool, Close> {
         self.check_token(&id.token)?;
         let [shard_id, count] = id.shard.unwrap_or([0, 1]);
         if count == 0 || shard_id >= count || count > config::MAX_TOTAL_SHARDS {
@@ -327,6 +331,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 close::DISALLOWED_INTENTS,
                 format!("intents {missing:#x} are not the relay's bot's (discord.intents)"),
             ));
+        }
+        if let Err(why) = self.ctx.identify_limit.admit(shard_id, Instant::now()) {
+            let why = match why {
+                crate::identify_limit::Refused::Bucket => "bucket",
+                crate::identify_limit::Refused::Budget => "budget",
+            };
+            metrics::counter!("relay_identifies_refused_total", "reason" => why).increment(1);
+            self.send("{\"op\":9,\"d\":false}").await?;
+            return Ok(false);
         }
         let shard = ClientShard {
             id: shard_id,
@@ -367,7 +380,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         metrics::counter!("relay_identifies_total").increment(1);
         metrics::histogram!("relay_snapshot_seconds").record(started.elapsed().as_secs_f64());
         tracing::info!(shard = shard_id, count, guilds, session = %session_id, "bot session started");
-        Ok(())
+        Ok(true)
     }
 
     async fn resume(&mut self, r: Resume) -> Result<(), Close> {

@@ -55,10 +55,8 @@ async fn gateway_bot(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     axum::Json(json!({
         "url": gateway_url(&ctx, &req),
         "shards": ctx.cfg.shards,
-        // The relay has no daily session budget of its own: a bot's
-        // identifies are served from the cache, never reach Discord.
-        "session_start_limit": {"total": 1_000_000, "remaining": 1_000_000,
-            "reset_after": 0, "max_concurrency": 16},
+        // The relay's own limits (its identifies never reach Discord).
+        "session_start_limit": ctx.identify_limit.limit_json(tokio::time::Instant::now()),
     }))
     .into_response()
 }

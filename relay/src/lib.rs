@@ -23,6 +23,7 @@ mod connection;
 mod feed;
 mod http;
 mod hub;
+mod identify_limit;
 mod incoming;
 mod runtime;
 mod session;
@@ -41,6 +42,8 @@ pub(crate) struct Ctx {
     /// `discord.intents`: what the real shards receive.
     pub intents: u64,
     pub hub: hub::Hub,
+    /// Identify buckets and the daily session start budget.
+    pub identify_limit: identify_limit::IdentifyLimit,
     pub store: worker::RedisStore,
     /// The store's connection, for readiness.
     pub redis: dnscache::RedisConnection,

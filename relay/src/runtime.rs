@@ -133,6 +133,12 @@ pub async fn run_with(
         token,
         intents: cfg.discord.intents,
         hub: Hub::default(),
+        identify_limit: crate::identify_limit::IdentifyLimit::new(
+            cfg.relay.max_concurrency,
+            cfg.relay.identify_window,
+            cfg.relay.session_start_total,
+            tokio::time::Instant::now(),
+        ),
         store,
         redis: con,
         connections: tokio_util::task::TaskTracker::new(),

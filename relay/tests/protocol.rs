@@ -284,3 +284,53 @@ async fn without_its_cache_the_relay_runs_not_ready_and_refuses_identify() {
     assert_eq!(next(&mut ws).await, Err(4000));
     r.stop().await;
 }
+
+/// The relay's own limits: a second IDENTIFY of one bucket within the
+/// window gets op 9 and the connection stays; `/gateway/bot` tells the
+/// budget and the buckets, and only with the bot token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identify_buckets_and_budget_are_told_and_enforced() {
+    let r = relay(45_000).await;
+    let (mut first, _) = connect(r.addr).await;
+    send(&mut first, identify(TOKEN, [0, 2], INTENTS)).await;
+    assert_eq!(next(&mut first).await.unwrap()["t"], "READY");
+    let (mut again, _) = connect(r.addr).await;
+    send(&mut again, identify(TOKEN, [64, 128], INTENTS)).await;
+    assert_eq!(
+        next(&mut again).await.unwrap(),
+        json!({"op": 9, "d": false})
+    );
+    send(&mut again, json!({"op": 1, "d": null})).await;
+    assert_eq!(
+        next(&mut again).await.unwrap(),
+        json!({"op": 11}),
+        "still connected"
+    );
+    let (mut other, _) = connect(r.addr).await;
+    send(&mut other, identify(TOKEN, [1, 2], INTENTS)).await;
+    assert_eq!(
+        next(&mut other).await.unwrap()["t"],
+        "READY",
+        "bucket 1 is free"
+    );
+
+    let (status, _) = testkit::http(r.addr, "GET", "/api/v10/gateway/bot", None, "").await;
+    assert_eq!(status, 401);
+    let (status, body) = testkit::http_with(
+        r.addr,
+        "GET",
+        "/api/v10/gateway/bot",
+        &[("Authorization", &format!("Bot {TOKEN}"))],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    // Without relay.public_url, the host the bot asked for (the client
+    // sends `Host: x`).
+    assert_eq!(v["url"], "ws://x");
+    assert_eq!(v["session_start_limit"]["max_concurrency"], 64);
+    assert_eq!(v["session_start_limit"]["total"], 100_000);
+    assert_eq!(v["session_start_limit"]["remaining"], 100_000 - 2);
+    r.stop().await;
+}
