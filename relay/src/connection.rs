@@ -205,10 +205,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let pending = s
             .after(self.sent)
             .map_err(|_| Close::new(close::UNKNOWN_ERROR, "fell behind the session buffer"))?;
+        // Queued, then written in one flush: one write for a burst, not
+        // one per dispatch.
+        let n = pending.len();
         for (seq, text) in pending {
-            self.send(&text).await?;
+            let msg = self
+                .compression
+                .encode(&text)
+                .map_err(|e| Close::new(close::UNKNOWN_ERROR, format!("compression: {e}")))?;
+            self.ws
+                .feed(msg)
+                .await
+                .map_err(|e| Close::new(close::UNKNOWN_ERROR, e.to_string()))?;
             self.sent = seq;
-            metrics::counter!("relay_dispatches_sent_total").increment(1);
+        }
+        if n > 0 {
+            self.ws
+                .flush()
+                .await
+                .map_err(|e| Close::new(close::UNKNOWN_ERROR, e.to_string()))?;
+            metrics::counter!("relay_dispatches_sent_total").increment(n as u64);
         }
         Ok(())
     }

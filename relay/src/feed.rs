@@ -5,7 +5,8 @@
 //! relay declares a new one and goes on (what was published meanwhile
 //! did not reach this relay: its sessions miss it, counted in
 //! `relay_feed_reconnects_total`). Messages are acked once offered to the
-//! sessions, which hold them in memory for RESUME.
+//! sessions, which hold them in memory for RESUME, in groups of up to
+//! [`ACK_EVERY`] (one `multiple` ack), the rest after [`ACK_LINGER`].
 
 use crate::Ctx;
 use crate::incoming::Incoming;
@@ -22,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Messages unacked at once.
 const PREFETCH: u16 = 512;
+/// Deliveries acked together.
+const ACK_EVERY: u32 = 64;
+/// How long the last deliveries of a burst wait for their ack.
+const ACK_LINGER: Duration = Duration::from_millis(20);
 
 /// Consumes until `stop`, reconnecting with a capped delay.
 pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
@@ -91,10 +96,25 @@ async fn consume(ctx: &Ctx, stop: &CancellationToken) -> Result<(), lapin::Error
     ctx.feed_up
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(exchange = %ctx.exchange, queue = %q.name(), "relay feed consuming");
+    // Acks go in groups (`multiple`): every ACK_EVERY deliveries, and
+    // whatever is left once the queue pauses.
+    let mut unacked: Option<u64> = None;
+    let mut since_ack = 0u32;
     loop {
-        let delivery = tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            d = consumer.next() => d,
+        let delivery = if unacked.is_some() {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                d = consumer.next() => d,
+                () = tokio::time::sleep(ACK_LINGER) => {
+                    ack_up_to(&ch, &mut unacked, &mut since_ack).await?;
+                    continue;
+                }
+            }
+        } else {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                d = consumer.next() => d,
+            }
         };
         let Some(delivery) = delivery else {
             return Err(lapin::Error::from(std::io::Error::other(
@@ -121,6 +141,23 @@ async fn consume(ctx: &Ctx, stop: &CancellationToken) -> Result<(), lapin::Error
                 tracing::warn!(error = %e, key = %delivery.routing_key, "skipping an output message");
             }
         }
-        delivery.ack(BasicAckOptions::default()).await?;
+        unacked = Some(delivery.delivery_tag);
+        since_ack += 1;
+        if since_ack >= ACK_EVERY {
+            ack_up_to(&ch, &mut unacked, &mut since_ack).await?;
+        }
     }
+}
+
+async fn ack_up_to(
+    ch: &lapin::Channel,
+    unacked: &mut Option<u64>,
+    since_ack: &mut u32,
+) -> Result<(), lapin::Error> {
+    if let Some(tag) = unacked.take() {
+        ch.basic_ack(tag, BasicAckOptions { multiple: true })
+            .await?;
+    }
+    *since_ack = 0;
+    Ok(())
 }
