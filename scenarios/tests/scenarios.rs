@@ -88,11 +88,11 @@ fn list_names_every_scenario_once() {
         .iter()
         .map(|s| s.name)
         .collect();
-    assert_eq!(names.len(), 12);
+    assert_eq!(names.len(), 13);
     let mut sorted = names.clone();
     sorted.sort_unstable();
     sorted.dedup();
-    assert_eq!(sorted.len(), 12, "{names:?}");
+    assert_eq!(sorted.len(), 13, "{names:?}");
 }
 
 #[test]
