@@ -197,6 +197,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Ok(());
         };
         if !s.is_attached(self.id) {
+            // The wake-up may have been meant for the connection that took
+            // the session over: pass it on.
+            s.notify.notify_one();
             return Err(Close::new(
                 close::UNKNOWN_ERROR,
                 "the session was resumed elsewhere",
