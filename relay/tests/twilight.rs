@@ -9,7 +9,9 @@
 //! 3. a client that drops its connection RESUMEs and misses nothing (one
 //!    RESUMED, no second READY);
 //! 4. a sharder restart (every real shard resumes) is invisible: no READY,
-//!    no GUILD_CREATE again, and the events after it arrive.
+//!    no GUILD_CREATE again, and the events after it arrive;
+//! 5. so is a worker restart with events in flight (redeliveries and
+//!    republished output are deduplicated).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -144,6 +146,21 @@ async fn twilight_shards_get_the_truth_every_event_once_and_survive_restarts() {
         after.identifies, counters.identifies,
         "no real shard identified again"
     );
+    for (i, c) in clients.iter().enumerate() {
+        let again = c.got[before[i]..]
+            .iter()
+            .filter(|(t, _, _)| t == "READY")
+            .count();
+        assert_eq!(again, 0, "client {i} got READY again");
+    }
+
+    // 5. The worker restarts while events flow: invisible too.
+    let before: Vec<usize> = clients.iter().map(|c| c.got.len()).collect();
+    let mark = p.mark();
+    p.sim.emit(150);
+    p.restart_worker().await;
+    p.sim.emit(150);
+    phase(&p, &mut clients, mark, "across a worker restart").await;
     for (i, c) in clients.iter().enumerate() {
         let again = c.got[before[i]..]
             .iter()

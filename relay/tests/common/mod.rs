@@ -80,6 +80,8 @@ pub struct Pipeline {
     pub sharder: Option<Sharder>,
     pub relay_addr: SocketAddr,
     shutdown: CancellationToken,
+    worker_stop: CancellationToken,
+    worker_cfg: config::Config,
     worker: JoinHandle<Result<worker::RunReport, worker::RunError>>,
     relay: JoinHandle<Result<(), relay::RelayError>>,
 }
@@ -111,7 +113,8 @@ impl Pipeline {
             env(),
         )
         .unwrap();
-        let worker = tokio::spawn(worker::run(worker_cfg, shutdown.clone()));
+        let worker_stop = CancellationToken::new();
+        let worker = tokio::spawn(worker::run(worker_cfg.clone(), worker_stop.clone()));
         let relay_cfg = config::Config::from_toml_str(
             &format!(
                 "[discord]\nintents = {INTENTS}\n\
@@ -146,6 +149,8 @@ impl Pipeline {
             sharder: Some(sharder),
             relay_addr,
             shutdown,
+            worker_stop,
+            worker_cfg,
             worker,
             relay,
         }
@@ -165,6 +170,24 @@ impl Pipeline {
             // Polling the simulator's session table, not a synchronisation sleep.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Stops the worker (it drains) and starts another on the same
+    /// partitions and store.
+    pub async fn restart_worker(&mut self) {
+        self.worker_stop.cancel();
+        let old = std::mem::replace(&mut self.worker, tokio::spawn(std::future::pending()));
+        tokio::time::timeout(WAIT, old)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        self.worker.abort();
+        self.worker_stop = CancellationToken::new();
+        self.worker = tokio::spawn(worker::run(
+            self.worker_cfg.clone(),
+            self.worker_stop.clone(),
+        ));
     }
 
     /// The id of the newest world event so far.
@@ -241,6 +264,7 @@ impl Pipeline {
 
     pub async fn stop(mut self) {
         self.shutdown.cancel();
+        self.worker_stop.cancel();
         if let Some(s) = self.sharder.take() {
             s.stop().await;
         }
