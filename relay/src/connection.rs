@@ -51,6 +51,10 @@ struct Identify {
     intents: u64,
     #[serde(default)]
     shard: Option<[u32; 2]>,
+    /// Members above which a guild's GUILD_CREATE lists only the online
+    /// ones (Discord: 50..=250, default 50).
+    #[serde(default)]
+    large_threshold: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +345,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 format!("invalid shard [{shard_id}, {count}]"),
             ));
         }
+        let large_threshold = id.large_threshold.unwrap_or(50);
+        if !(50..=250).contains(&large_threshold) {
+            return Err(Close::new(
+                close::DECODE_ERROR,
+                format!("large_threshold {large_threshold} is outside 50..=250"),
+            ));
+        }
         if id.intents & !VALID_INTENTS != 0 {
             return Err(Close::new(close::INVALID_INTENTS, "invalid intents"));
         }
@@ -379,6 +390,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             &self.ctx.store,
             shard,
             id.intents,
+            large_threshold,
             &session_id,
             &self.ctx.resume_url,
         )
@@ -451,7 +463,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             tracing::warn!(error = %e, "answering op 8 from the cache failed");
             Close::new(close::UNKNOWN_ERROR, "the cache is unavailable; reconnect")
         })?;
-        s.push("GUILD_MEMBERS_CHUNK", &d);
+        for chunk in &d {
+            s.push("GUILD_MEMBERS_CHUNK", chunk);
+        }
         Ok(())
     }
 }

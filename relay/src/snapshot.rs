@@ -61,15 +61,28 @@ async fn member_json(
     }))
 }
 
+/// What a session's GUILD_CREATEs may hold: its intents, its IDENTIFY's
+/// `large_threshold` and the bot's own user id.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub intents: u64,
+    pub large_threshold: u64,
+    pub bot_id: u64,
+}
+
 /// GUILD_CREATE's `d` for `guild_id` and its floor, or `None` when the
-/// cache has no usable guild (never loaded, removed). Members only with
-/// GUILD_MEMBERS, presences only with GUILD_PRESENCES, as Discord sends
-/// them.
+/// cache has no usable guild (never loaded, removed). Members as Discord
+/// sends them: the bot's own always; every member only with GUILD_MEMBERS
+/// and at most `large_threshold` members; in a larger guild only those
+/// online (a cached presence not offline, with GUILD_PRESENCES). So a
+/// guild of 100,000 members is not one multi-megabyte payload; bots load
+/// the rest with op 8, in chunks. Presences only with GUILD_PRESENCES.
 pub async fn guild_create(
     store: &RedisStore,
     guild_id: u64,
-    intents: u64,
+    shape: Shape,
 ) -> Result<Option<(String, Version)>, StoreError> {
+    let intents = shape.intents;
     use gateway_protocol::intents::intent;
     let Some(view) = store.guild(guild_id).await? else {
         return Ok(None);
@@ -109,9 +122,18 @@ pub async fn guild_create(
                 "animated": e.value.animated, "available": true})
         })
         .collect();
+    let large = u64::try_from(view.member_count).unwrap_or(0) > shape.large_threshold;
+    let every = intents & intent::GUILD_MEMBERS != 0 && !large;
+    let online = |uid: &u64| {
+        intents & intent::GUILD_PRESENCES != 0
+            && view
+                .presences
+                .get(uid)
+                .is_some_and(|p| p.value.status != worker::Status::Offline)
+    };
     let mut members = Vec::new();
-    if intents & intent::GUILD_MEMBERS != 0 {
-        for (uid, m) in &view.members {
+    for (uid, m) in &view.members {
+        if every || *uid == shape.bot_id || (large && online(uid)) {
             members.push(member_json(store, *uid, &m.value).await?);
         }
     }
@@ -155,7 +177,7 @@ pub async fn guild_create(
     let cached = json!({
         "id": id(guild_id), "name": core.name.as_str(), "icon": core.icon.map(|h| h.to_hex()),
         "owner_id": id(core.owner_id), "roles": roles, "emojis": emojis,
-        "large": view.member_count > 250, "unavailable": !view.available,
+        "large": large, "unavailable": !view.available,
         "member_count": view.member_count.max(0), "members": members, "channels": channels,
         "presences": presences, "voice_states": voice_states,
     });
@@ -177,6 +199,7 @@ pub async fn load(
     store: &RedisStore,
     shard: crate::session::ClientShard,
     intents: u64,
+    large_threshold: u64,
     session_id: &str,
     resume_url: &str,
 ) -> Result<Snapshot, StoreError> {
@@ -184,13 +207,18 @@ pub async fn load(
         Some(b) => Some((b, store.user(b).await?)),
         None => None,
     };
+    let shape = Shape {
+        intents,
+        large_threshold,
+        bot_id: bot.as_ref().map_or(0, |(b, _)| *b),
+    };
     let mut guilds = Vec::new();
     let mut floors = HashMap::new();
     for g in store.guild_ids().await? {
         if !shard.owns(Some(g)) {
             continue;
         }
-        if let Some((d, v)) = guild_create(store, g, intents).await? {
+        if let Some((d, v)) = guild_create(store, g, shape).await? {
             guilds.push((g, d));
             floors.insert(g, v);
         }
@@ -216,9 +244,12 @@ pub async fn load(
     })
 }
 
-/// GUILD_MEMBERS_CHUNK's `d` answering op 8 from the cache: members whose
-/// name starts with `query` (every one for `""`), or those of `user_ids`,
-/// at most `limit` (0: no limit).
+/// Members per GUILD_MEMBERS_CHUNK, as Discord splits them.
+const CHUNK: usize = 1000;
+
+/// The GUILD_MEMBERS_CHUNKs' `d` answering op 8 from the cache, [`CHUNK`]
+/// members each: members whose name starts with `query` (every one for
+/// `""`), or those of `user_ids`, at most `limit` (0: no limit).
 pub async fn member_chunk(
     store: &RedisStore,
     guild_id: u64,
@@ -226,7 +257,7 @@ pub async fn member_chunk(
     user_ids: &[u64],
     limit: usize,
     nonce: Option<&str>,
-) -> Result<String, StoreError> {
+) -> Result<Vec<String>, StoreError> {
     let view = store.guild(guild_id).await?.unwrap_or_default();
     let mut members = Vec::new();
     let mut not_found = Vec::new();
@@ -257,13 +288,23 @@ pub async fn member_chunk(
             }
         }
     }
-    let mut d = json!({"guild_id": id(guild_id), "members": members, "chunk_index": 0,
-        "chunk_count": 1});
-    if !not_found.is_empty() {
-        d["not_found"] = Value::Array(not_found);
+    let parts: Vec<Vec<Value>> = if members.is_empty() {
+        vec![Vec::new()]
+    } else {
+        members.chunks(CHUNK).map(<[Value]>::to_vec).collect()
+    };
+    let count = parts.len();
+    let mut out = Vec::with_capacity(count);
+    for (i, part) in parts.into_iter().enumerate() {
+        let mut d = json!({"guild_id": id(guild_id), "members": part, "chunk_index": i,
+            "chunk_count": count});
+        if i == 0 && !not_found.is_empty() {
+            d["not_found"] = Value::Array(std::mem::take(&mut not_found));
+        }
+        if let Some(n) = nonce {
+            d["nonce"] = Value::String(n.to_owned());
+        }
+        out.push(d.to_string());
     }
-    if let Some(n) = nonce {
-        d["nonce"] = Value::String(n.to_owned());
-    }
-    Ok(d.to_string())
+    Ok(out)
 }

@@ -60,10 +60,20 @@ async fn relay(heartbeat_ms: u64) -> Relay {
 }
 
 async fn relay_on(redis_url: &str, heartbeat_ms: u64) -> Relay {
-    let base = testkit::unique_name("relay-protocol");
+    relay_with(
+        redis_url,
+        heartbeat_ms,
+        INTENTS,
+        &testkit::unique_name("relay-protocol"),
+    )
+    .await
+}
+
+async fn relay_with(redis_url: &str, heartbeat_ms: u64, intents: u64, base: &str) -> Relay {
+    let base = base.to_owned();
     let cfg = config::Config::from_toml_str(
         &format!(
-            "[discord]\nintents = {INTENTS}\n[redis]\nurl = \"{redis_url}\"\n\
+            "[discord]\nintents = {intents}\n[redis]\nurl = \"{redis_url}\"\n\
              key_prefix = \"{base}\"\n[relay]\nlisten = \"127.0.0.1:0\"\n\
              heartbeat_interval = \"{heartbeat_ms}ms\"\nidentify_timeout = \"1s\"\n\
              resume_window = \"30s\"\namqp_topology_base = \"{base}\"\n"
@@ -333,4 +343,106 @@ async fn identify_buckets_and_budget_are_told_and_enforced() {
     assert_eq!(v["session_start_limit"]["total"], 100_000);
     assert_eq!(v["session_start_limit"]["remaining"], 100_000 - 2);
     r.stop().await;
+}
+
+/// A large guild's GUILD_CREATE lists only the bot (no presences cached),
+/// as Discord's `large_threshold` says, and op 8 returns its members in
+/// chunks of 1,000; a small guild lists every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_guilds_list_few_members_and_op_8_answers_in_chunks() {
+    const LARGE: u64 = 81384788765712384; // (G >> 22) even
+    const SMALL: u64 = LARGE + (2 << 22);
+    let intents = 1 | (1 << 1) | (1 << 9);
+    let base = testkit::unique_name("relay-large");
+    let store = std::sync::Arc::new(
+        worker::RedisStore::connect("redis://127.0.0.1:6379/", &base)
+            .await
+            .unwrap(),
+    );
+    let w = worker::Worker::with_shared_store(store.clone());
+    for (guild, members, seq) in [(LARGE, 1200u64, 1u64), (SMALL, 10, 2)] {
+        let list: Vec<Value> = (0..members)
+            .map(|i| {
+                json!({"user": {"id": (90_000_000_000_000_000u64 + i).to_string(),
+                "username": format!("m{i}")}, "roles": []})
+            })
+            .collect();
+        let d = json!({"id": guild.to_string(), "name": "g", "owner_id": "1",
+            "member_count": members, "channels": [], "roles": [], "members": list});
+        let mut report = worker::Report::default();
+        w.process_event(
+            envelope::ShardRef::new(0, 1),
+            &envelope::Event {
+                epoch: 1,
+                seq,
+                received_at: 0,
+                t: "GUILD_CREATE",
+                guild_id: Some(guild),
+                guild_create: Some(envelope::GuildCreateKind::Joined),
+                d: d.to_string().as_bytes(),
+            },
+            &mut report,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(store.guild_ids().await.unwrap(), vec![LARGE, SMALL]);
+    let r = relay_with("redis://127.0.0.1:6379/", 45_000, intents, &base).await;
+    let (mut ws, _) = connect(r.addr).await;
+    send(&mut ws, identify(TOKEN, [0, 1], intents)).await;
+    assert_eq!(next(&mut ws).await.unwrap()["t"], "READY");
+    let mut creates = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let c = next(&mut ws).await.unwrap();
+        assert_eq!(c["t"], "GUILD_CREATE");
+        creates.insert(c["d"]["id"].as_str().unwrap().to_owned(), c["d"].clone());
+    }
+    let large = &creates[&LARGE.to_string()];
+    assert_eq!(large["large"], true);
+    assert_eq!(large["member_count"], 1200);
+    assert_eq!(
+        large["members"].as_array().unwrap().len(),
+        0,
+        "offline members of a large guild"
+    );
+    let small = &creates[&SMALL.to_string()];
+    assert_eq!(small["large"], false);
+    assert_eq!(small["members"].as_array().unwrap().len(), 10);
+
+    send(
+        &mut ws,
+        json!({"op": 8, "d": {"guild_id": LARGE.to_string(), "query": "",
+        "limit": 0, "nonce": "all"}}),
+    )
+    .await;
+    let mut got = 0;
+    for i in 0..2u64 {
+        let c = next(&mut ws).await.unwrap();
+        assert_eq!(c["t"], "GUILD_MEMBERS_CHUNK");
+        assert_eq!(
+            (
+                c["d"]["chunk_index"].as_u64(),
+                c["d"]["chunk_count"].as_u64()
+            ),
+            (Some(i), Some(2))
+        );
+        assert_eq!(c["d"]["nonce"], "all");
+        got += c["d"]["members"].as_array().unwrap().len();
+    }
+    assert_eq!(got, 1200);
+    r.stop().await;
+    let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{base}:*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
 }
