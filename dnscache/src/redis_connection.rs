@@ -87,15 +87,20 @@ impl RedisConnection {
             Some(certs) if tls => redis::Client::build_with_tls(url, certs)?,
             _ => redis::Client::open(url)?,
         };
-        let mut conn = Self::with_client(client, resolver.redis_config());
-        if tls && let Some(shared) = Arc::get_mut(&mut conn.shared) {
-            shared.tls_trust = Some(resolver.trust.describe());
-        }
-        Ok(conn)
+        let tls_trust = tls.then(|| resolver.trust.describe());
+        Ok(Self::build(client, resolver.redis_config(), tls_trust))
     }
 
     /// A connection from a client and a connection config of the caller's.
     pub fn with_client(client: redis::Client, config: redis::AsyncConnectionConfig) -> Self {
+        Self::build(client, config, None)
+    }
+
+    fn build(
+        client: redis::Client,
+        config: redis::AsyncConnectionConfig,
+        tls_trust: Option<String>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 client,
@@ -107,7 +112,7 @@ impl RedisConnection {
                     next_dial: None,
                     delay: FIRST_REDIAL,
                 }),
-                tls_trust: None,
+                tls_trust,
             }),
         }
     }

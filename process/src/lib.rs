@@ -13,6 +13,7 @@
 //!   [`CancellationToken`](tokio_util::sync::CancellationToken) cancelled on
 //!   the first SIGTERM or SIGINT ([`cancel_on_signal`]), which the binary
 //!   hands to its library's `run` to drain and return.
+//! * [`prometheus()`]: the process's one Prometheus recorder.
 //!
 //! A crate of its own, not a module of `config`: `config` is plain data
 //! that tests, the demo and the scenario runner read without a runtime,
@@ -21,10 +22,12 @@
 
 mod failure;
 mod logging;
+mod prometheus;
 mod runtime;
 mod signal;
 
 pub use failure::{EXIT_FAILURE, Failure, load_config};
 pub use logging::{LogTo, init_logging};
+pub use prometheus::prometheus;
 pub use runtime::run_until_signal;
 pub use signal::{StopSignal, StopSignals, cancel_on_signal};

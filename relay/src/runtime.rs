@@ -10,10 +10,10 @@
 
 use crate::Ctx;
 use crate::hub::Hub;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -53,22 +53,6 @@ impl RelayError {
     }
 }
 
-fn prometheus() -> Option<PrometheusHandle> {
-    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
-    let mut handle = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(h) = &*handle {
-        return Some(h.clone());
-    }
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let h = recorder.handle();
-    if let Err(e) = metrics::set_global_recorder(recorder) {
-        tracing::warn!(error = %e, "another metrics recorder is installed in this process; /metrics is off");
-        return None;
-    }
-    *handle = Some(h.clone());
-    Some(h)
-}
-
 /// Runs the relay until `shutdown`.
 pub async fn run(cfg: config::Config, shutdown: CancellationToken) -> Result<(), RelayError> {
     run_with(cfg, shutdown, None).await
@@ -88,7 +72,10 @@ pub async fn run_with(
         )
         .into());
     }
-    let metrics = prometheus();
+    // The default builder cannot fail; a failure would only lose /metrics.
+    let metrics = bulwark_process::prometheus(|| Ok(PrometheusBuilder::new()))
+        .ok()
+        .flatten();
     let trust = dnscache::Trust::load(&cfg.tls, &[cfg.amqp.url.expose(), cfg.redis.url.expose()])?;
     let resolver = dnscache::Resolver::shared(&cfg.dns)
         .map_err(RelayError::Dns)?

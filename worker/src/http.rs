@@ -132,10 +132,6 @@ fn snowflake(what: &str, raw: &str) -> Result<u64, ApiError> {
     })
 }
 
-fn hash_hex(h: &ImageHash) -> String {
-    h.to_hex()
-}
-
 async fn load<S: Store>(st: &ApiState<S>, raw: &str) -> Result<(u64, GuildView), ApiError> {
     let id = snowflake("guild id", raw)?;
     match st.store.guild(id).await {
@@ -161,7 +157,7 @@ async fn guild<S: Store>(State(st): State<ApiState<S>>, Path(id): Path<String>) 
         "id": id.to_string(),
         "name": core.map(|c| c.name.as_str()),
         "owner_id": core.map(|c| c.owner_id.to_string()),
-        "icon": core.and_then(|c| c.icon.as_ref()).map(hash_hex),
+        "icon": core.and_then(|c| c.icon.as_ref()).map(ImageHash::to_hex),
         "available": g.available,
         "member_count": g.member_count,
         "cached": {
@@ -240,7 +236,7 @@ async fn member<S: Store>(
         "user": user.map(|u| json!({
             "username": u.name.as_str(),
             "global_name": u.global_name.as_ref().map(|n| n.as_str()),
-            "avatar": u.avatar.as_ref().map(hash_hex),
+            "avatar": u.avatar.as_ref().map(ImageHash::to_hex),
             "bot": u.bot,
         })),
     })))

@@ -39,7 +39,7 @@ use config::{Config, WorkerStoreKind, redact_url};
 use dnscache::{RedisConnection, Resolver};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -345,31 +345,17 @@ async fn serve_http<S: Store>(
     }
 }
 
-/// The process's Prometheus recorder, installed by the first run (so a
-/// second run in the same process, as in tests, reuses it).
+/// The process's Prometheus recorder ([`bulwark_process::prometheus`]),
+/// with the worker's apply-time buckets when it installs it.
 fn prometheus() -> Result<Option<PrometheusHandle>, RunError> {
-    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
-    let mut handle = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(h) = &*handle {
-        return Ok(Some(h.clone()));
-    }
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
+    bulwark_process::prometheus(|| {
+        PrometheusBuilder::new().set_buckets_for_metric(
             Matcher::Full("worker_apply_seconds".into()),
             &[
                 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
                 0.1, 0.25, 1.0,
             ],
         )
-        .map_err(|e| RunError::Metrics(format!("histogram buckets: {e}")))?
-        .build_recorder();
-    let h = recorder.handle();
-    // Embedded beside another binary's library in one process (the relay's
-    // and the demo's tests), the first recorder wins; /metrics is then off.
-    if let Err(e) = metrics::set_global_recorder(recorder) {
-        tracing::warn!(error = %e, "another metrics recorder is installed in this process; /metrics is off");
-        return Ok(None);
-    }
-    *handle = Some(h.clone());
-    Ok(Some(h))
+    })
+    .map_err(|e| RunError::Metrics(format!("histogram buckets: {e}")))
 }
