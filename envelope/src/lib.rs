@@ -11,6 +11,8 @@
 //!   consecutive events of one shard into a message; [`decode`] checks a
 //!   message completely and returns a [`Batch`] that borrows from it;
 //!   [`Decoder`] does the same one event at a time.
+//! * [`Command`] is a bot's gateway command (op 3, 4, 8) on its way from
+//!   a relay back to the real shard that owns the guild.
 //! * [`topology`] holds the RabbitMQ names and rules (exchange, routing key,
 //!   partition queues, dead-lettering) that the sharder and worker share.
 //!
@@ -54,6 +56,7 @@
 #![forbid(unsafe_code)]
 
 mod codec;
+pub mod command;
 mod error;
 mod event;
 mod reshard;
@@ -65,6 +68,7 @@ pub use codec::{
     Batch, BatchEncoder, Decoder, FORMAT_VERSION, MAGIC, MAX_BATCH_EVENTS, MAX_EVENT_NAME_LEN,
     MAX_MESSAGE_LEN, decode,
 };
+pub use command::{Command, CommandError};
 pub use error::{DecodeError, EncodeError};
 pub use event::{Event, GuildCreateKind};
 pub use reshard::{MARKER_EVENT, MarkerError, ReshardMarker, ReshardPhase};

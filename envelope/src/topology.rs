@@ -25,6 +25,11 @@ pub const DEAD_LETTER_QUEUE: &str = "bulwark.gateway.dead";
 /// Topic exchange the worker publishes clean events to; routing key is the
 /// clean event name (e.g. `GUILD_JOINED`, `MESSAGE_CREATE`).
 pub const OUTPUT_EXCHANGE: &str = "bulwark.events";
+/// Topic exchange of gateway commands (op 3, 4, 8) that relays forward to
+/// the sharders; routing key = [`crate::command::Command::routing_key`].
+/// Every sharder process binds its own queue to it and sends each command
+/// on the shard of its own that owns the guild.
+pub const COMMANDS_EXCHANGE: &str = "bulwark.commands";
 /// Header the worker sets on a message it dead-letters: why it was poison.
 /// (The worker republishes poison messages to the DLX itself, with this
 /// header, then acks the original.)
@@ -89,6 +94,8 @@ pub struct AmqpTopology {
     pub dead_letter_queue: String,
     /// Topic exchange of the worker's clean events.
     pub output_exchange: String,
+    /// Topic exchange of the relays' gateway commands.
+    pub commands_exchange: String,
     /// Partition `p`'s queue is `"<queue_base>.p<p>"`.
     pub queue_base: String,
     /// Number of partitions, at least 1.
@@ -104,7 +111,8 @@ impl Default for AmqpTopology {
 impl AmqpTopology {
     /// Every name under `base`. `base` = [`EXCHANGE`] gives the production
     /// names, [`OUTPUT_EXCHANGE`] included; another base gives
-    /// `<base>`, `<base>.dlx`, `<base>.dead`, `<base>.events`.
+    /// `<base>`, `<base>.dlx`, `<base>.dead`, `<base>.events`,
+    /// `<base>.commands`.
     pub fn named(base: &str, partitions: u32) -> Self {
         if base == EXCHANGE {
             return Self::production(partitions);
@@ -114,6 +122,7 @@ impl AmqpTopology {
             dead_letter_exchange: format!("{base}.dlx"),
             dead_letter_queue: format!("{base}.dead"),
             output_exchange: format!("{base}.events"),
+            commands_exchange: format!("{base}.commands"),
             queue_base: base.into(),
             partitions: partitions.max(1),
         }
@@ -126,6 +135,7 @@ impl AmqpTopology {
             dead_letter_exchange: DEAD_LETTER_EXCHANGE.into(),
             dead_letter_queue: DEAD_LETTER_QUEUE.into(),
             output_exchange: OUTPUT_EXCHANGE.into(),
+            commands_exchange: COMMANDS_EXCHANGE.into(),
             queue_base: EXCHANGE.into(),
             partitions: partitions.max(1),
         }

@@ -118,21 +118,24 @@ impl SendLimiter {
 
     /// Waits until one message of `kind` may be sent, and takes it.
     pub async fn acquire(&self, kind: SendKind) {
+        while let Err(wait) = self.try_acquire(kind) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Takes one message of `kind` if it may be sent now; else how long
+    /// until it may (at least 1 ms, so a rounding edge cannot spin).
+    pub fn try_acquire(&self, kind: SendKind) -> Result<(), Duration> {
         let limiter = match kind {
             SendKind::Heartbeat => &self.heartbeats,
             SendKind::Command => &self.commands,
         };
-        loop {
-            match limiter.check() {
-                Ok(()) => return,
-                Err(not_until) => {
-                    let wait = not_until.wait_time_from(self.clock.now());
-                    metrics::counter!("sharder_send_limited_total").increment(1);
-                    // At least 1 ms, so a rounding edge cannot spin.
-                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
-                }
-            }
-        }
+        limiter.check().map_err(|not_until| {
+            metrics::counter!("sharder_send_limited_total").increment(1);
+            not_until
+                .wait_time_from(self.clock.now())
+                .max(Duration::from_millis(1))
+        })
     }
 }
 

@@ -235,6 +235,20 @@ impl<C: Connector> Connection<C> {
         self.send(SendKind::Command, text).await
     }
 
+    /// Sends a bot's command (op 3, 4, 8) if the send budget allows it
+    /// now; else `Ok(Some(wait))` and nothing is sent, so the connection
+    /// is never blocked reading by a command waiting for budget.
+    pub(crate) async fn try_send_command(&mut self, text: &str) -> Result<Option<Duration>, Ended> {
+        if let Err(wait) = self.limiter.try_acquire(SendKind::Command) {
+            return Ok(Some(wait));
+        }
+        self.ws
+            .send(Message::text(text))
+            .await
+            .map_err(|e| Ended::Dropped(format!("cannot send: {e}")))?;
+        Ok(None)
+    }
+
     async fn send(&mut self, kind: SendKind, text: String) -> Result<(), Ended> {
         self.limiter.acquire(kind).await;
         self.ws

@@ -10,8 +10,11 @@
 //!    so a slow connection cannot squeeze two identifies of one key into one
 //!    window.
 //! 3. Then one `select!` loop, each arm a single reason to wake up: shutdown,
-//!    the heartbeat timer, the identify permit, the persist timer, and the
-//!    next websocket message. A message wake-up also handles the messages
+//!    the heartbeat timer, the identify permit, the persist timer, the
+//!    next websocket message, and a bot's command from a relay (taken only
+//!    while active and once the previous one has left; one the send budget
+//!    does not allow yet is held and retried when it does, so the loop
+//!    never stops reading for it). A message wake-up also handles the messages
 //!    already buffered behind it, up to a burst of 64. Sink confirmations
 //!    are drained after every burst and before every save, never waited on
 //!    (see `LiveSession::drain_confirms`).
@@ -92,6 +95,11 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         // cancel a timer entry for every message.
         let beat = tokio::time::sleep_until(conn.next_beat());
         tokio::pin!(beat);
+        // A bot's command waiting for the send budget, and when to retry.
+        let mut held: Option<(Instant, String)> = None;
+        let retry = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(retry);
+        let mut commands_open = true;
         loop {
             if beat.deadline() != conn.next_beat() {
                 beat.as_mut().reset(conn.next_beat());
@@ -130,6 +138,31 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                     identify = None;
                     if let Err(o) = self.identify(&mut conn, permit).await {
                         return o;
+                    }
+                }
+                cmd = self.commands.recv(), if commands_open && held.is_none() && self.is_active() => {
+                    let Some(cmd) = cmd else {
+                        commands_open = false;
+                        continue;
+                    };
+                    match self.send_bot_command(&mut conn, &cmd).await {
+                        Ok(Some(wait)) => {
+                            held = Some(cmd);
+                            retry.as_mut().reset(Instant::now() + wait);
+                        }
+                        Ok(None) => {}
+                        Err(o) => return o,
+                    }
+                }
+                () = &mut retry, if held.is_some() => {
+                    let Some(cmd) = held.take() else { continue };
+                    match self.send_bot_command(&mut conn, &cmd).await {
+                        Ok(Some(wait)) => {
+                            held = Some(cmd);
+                            retry.as_mut().reset(Instant::now() + wait);
+                        }
+                        Ok(None) => {}
+                        Err(o) => return o,
                     }
                 }
                 _ = persist.tick() => {
@@ -229,6 +262,24 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         self.live
             .forward(conn, &mut self.shutdown, &frame, &payload)
             .await
+    }
+
+    /// Sends a bot's command if the budget allows it now (`Some(wait)`
+    /// when not); one older than the commands' TTL is dropped instead.
+    async fn send_bot_command(
+        &mut self,
+        conn: &mut Connection<C>,
+        (at, text): &(Instant, String),
+    ) -> Result<Option<std::time::Duration>, Outcome> {
+        if at.elapsed() > envelope::command::COMMAND_TTL {
+            metrics::counter!("sharder_commands_sent_total", "result" => "expired").increment(1);
+            return Ok(None);
+        }
+        let wait = conn.try_send_command(text).await?;
+        if wait.is_none() {
+            metrics::counter!("sharder_commands_sent_total", "result" => "sent").increment(1);
+        }
+        Ok(wait)
     }
 
     async fn identify(

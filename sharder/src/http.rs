@@ -165,6 +165,11 @@ impl AdminState {
             .unwrap_or_else(|e| e.into_inner()) = state;
     }
 
+    /// The serving generation's shards (empty while starting).
+    pub fn serving_shards(&self) -> Vec<(u32, ShardHandle)> {
+        self.shards()
+    }
+
     fn shards(&self) -> Vec<(u32, ShardHandle)> {
         self.inner.started.get().map_or_else(Vec::new, |s| {
             s.shards.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -181,7 +181,7 @@ impl<K: EventSink> LiveSession<K> {
     /// The IDENTIFY command.
     pub(crate) fn identify_command(&self) -> String {
         let c = &self.config;
-        let identify = serde_json::json!({
+        let mut identify = serde_json::json!({
             "op": op::IDENTIFY,
             "d": {
                 "token": c.token.expose(),
@@ -195,6 +195,11 @@ impl<K: EventSink> LiveSession<K> {
                 "large_threshold": c.large_threshold,
             }
         });
+        if let Some(p) = c.presence.current()
+            && let Ok(p) = serde_json::from_str::<serde_json::Value>(&p)
+        {
+            identify["d"]["presence"] = p;
+        }
         identify.to_string()
     }
 
@@ -440,5 +445,28 @@ impl<K: EventSink> LiveSession<K> {
         }
         self.unreadable_at = Some(at);
         Err(conn.corrupt(reason).await.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ChannelSink;
+
+    #[test]
+    fn identify_carries_the_presence_a_bot_set_last() {
+        let config = ShardConfig::new(2, 4, config::Secret::new("t.o.k"), "ws://g".into());
+        let presence = config.presence.clone();
+        let (sink, _rx) = ChannelSink::new(4, true);
+        let live = LiveSession::new(config, Arc::new(sink));
+        let identify: serde_json::Value = serde_json::from_str(&live.identify_command()).unwrap();
+        assert_eq!(identify["d"]["shard"], serde_json::json!([2, 4]));
+        assert!(identify["d"].get("presence").is_none(), "none set yet");
+        presence.offer(
+            5,
+            r#"{"since":null,"activities":[],"status":"idle","afk":false}"#,
+        );
+        let identify: serde_json::Value = serde_json::from_str(&live.identify_command()).unwrap();
+        assert_eq!(identify["d"]["presence"]["status"], "idle");
     }
 }

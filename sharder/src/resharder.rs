@@ -103,6 +103,8 @@ pub(crate) struct Spawner<K, S, C> {
     pub store: Arc<S>,
     pub sink: Arc<K>,
     pub connector: Arc<C>,
+    /// The bot's newest presence (op 3 through a relay).
+    pub presence: crate::Presence,
 }
 
 impl<K: EventSink, S: SessionStore, C: Connector> Spawner<K, S, C> {
@@ -117,6 +119,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Spawner<K, S, C> {
             .map(|&id| {
                 let mut config = ShardConfig::from_config(&self.cfg, id, self.gateway.clone());
                 config.total_shards = total;
+                config.presence = self.presence.clone();
                 let (shard, handle) = Shard::new(
                     config,
                     self.scheduler.clone(),

@@ -453,6 +453,7 @@ async fn run_shards(
         None
     };
     admin.set_phase("starting the sink");
+    let amqp = matches!(sink, SinkChoice::Amqp);
     let (sink, sink_task) = match sink {
         SinkChoice::Amqp => {
             let (s, task) = AmqpSink::start(resolver.clone(), AmqpSinkConfig::from_config(&cfg));
@@ -481,6 +482,7 @@ async fn run_shards(
         store: store.clone(),
         sink: sink.clone(),
         connector,
+        presence: crate::Presence::default(),
     };
     drop(sink);
     // How the unfinished reshard ended goes to the workers before any shard
@@ -529,6 +531,19 @@ async fn run_shards(
         "shards started"
     );
     admin.start(handles.clone(), scheduler.clone());
+    // Bots' commands through the relays (op 3, 4, 8) come over the broker
+    // the events go to.
+    let commands = amqp.then(|| {
+        tokio::spawn(crate::commands::run(
+            resolver.clone(),
+            cfg.amqp.url.clone(),
+            crate::AmqpTopology::named(&cfg.sharder.amqp_topology_base, cfg.amqp.partitions)
+                .commands_exchange,
+            admin.clone(),
+            spawner.presence.clone(),
+            shutdown.clone(),
+        ))
+    });
     let (reshard_tx, mut reshard_rx) = mpsc::channel(4);
     admin.set_reshard(reshard_tx.clone());
     let mut resharder = Resharder {
@@ -659,6 +674,9 @@ async fn run_shards(
         task.abort();
     }
     if let Some(task) = watcher {
+        task.abort();
+    }
+    if let Some(task) = commands {
         task.abort();
     }
     let mut handles = resharder.current.clone();

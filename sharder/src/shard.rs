@@ -61,7 +61,11 @@ use crate::shard_config::ShardConfig;
 use crate::sink::EventSink;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+/// Gateway commands from relays a shard holds while it cannot send them
+/// (reconnecting, or its send budget spent); more are dropped.
+pub const COMMAND_BACKLOG: usize = 64;
 
 /// Where a shard is in its life. Published through [`ShardHandle::state`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +160,8 @@ pub struct ShardHandle {
     retire: Arc<AtomicBool>,
     /// `(shard_id, total_shards)`, for its metric series.
     ids: (u32, u32),
+    /// Gateway commands to send (`crate::commands`), with when they came.
+    commands: mpsc::Sender<(tokio::time::Instant, String)>,
 }
 
 impl ShardHandle {
@@ -211,6 +217,19 @@ impl ShardHandle {
         self.shutdown();
     }
 
+    /// The shard's total (its generation).
+    pub fn total(&self) -> u32 {
+        self.ids.1
+    }
+
+    /// Queues a gateway command (`{"op":…,"d":…}`) for the shard to send
+    /// while active; false when its backlog is full (dropped).
+    pub fn send_command(&self, payload: String) -> bool {
+        self.commands
+            .try_send((tokio::time::Instant::now(), payload))
+            .is_ok()
+    }
+
     /// Asks the shard to close resumably, save its session and stop.
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -239,6 +258,8 @@ pub struct Shard<K: EventSink, S: SessionStore, C: Connector> {
     active_since: Option<tokio::time::Instant>,
     /// Held from before connecting until the IDENTIFY has left.
     pub(crate) connect_slot: Option<ConnectSlot>,
+    /// Gateway commands from relays, sent while active.
+    pub(crate) commands: mpsc::Receiver<(tokio::time::Instant, String)>,
 }
 
 impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
@@ -255,6 +276,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         let retire = Arc::new(AtomicBool::new(false));
         let ids = (config.shard_id, config.total_shards);
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let (commands_tx, commands) = mpsc::channel(COMMAND_BACKLOG);
         let backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
         let live = LiveSession::new(config.clone(), sink);
         let shard = Self {
@@ -272,6 +294,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             dirty: false,
             active_since: None,
             connect_slot: None,
+            commands,
         };
         let handle = ShardHandle {
             state: state_rx,
@@ -279,6 +302,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             retire,
             shutdown: Arc::new(shutdown_tx),
             ids,
+            commands: commands_tx,
         };
         (shard, handle)
     }
@@ -294,6 +318,11 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         let current = (!retired).then(|| state.metric_label());
         state_series(self.config.shard_id, self.config.total_shards, current);
         self.state.send_replace(state);
+    }
+
+    /// READY or RESUMED, and the connection still up.
+    pub(crate) fn is_active(&self) -> bool {
+        *self.state.borrow() == ShardState::Active
     }
 
     /// Publishes how many guilds the session has still to load, when it

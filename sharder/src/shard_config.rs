@@ -40,6 +40,9 @@ pub struct ShardConfig {
     /// At shutdown, how long to wait for the sink to confirm what it holds
     /// before saving the session (what stays unconfirmed is replayed).
     pub shutdown_drain: Duration,
+    /// The presence a bot set through a relay (op 3), shared by every
+    /// shard of the process: IDENTIFY carries the newest.
+    pub presence: crate::Presence,
 }
 
 impl ShardConfig {
@@ -63,6 +66,7 @@ impl ShardConfig {
             send_window: gateway_protocol::GATEWAY_SEND_WINDOW,
             invalid_session_delay: (Duration::from_secs(1), Duration::from_secs(5)),
             shutdown_drain: Duration::from_secs(5),
+            presence: crate::Presence::default(),
         }
     }
 }
