@@ -261,6 +261,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return Err(self.protocol_error(reason).await);
                 }
             }
+            Command::VoiceState(req) => {
+                let Some(sid) = self.session.clone() else {
+                    let r = CloseReason::new(close::NOT_AUTHENTICATED, "op 4 before identify");
+                    return Err(self.protocol_error(r).await);
+                };
+                let res = self.shared.core().voice_state(&sid, &req, &self.shared.cfg);
+                if let Err(reason) = res {
+                    return Err(self.protocol_error(reason).await);
+                }
+            }
+            Command::Presence => {
+                if self.session.is_none() {
+                    let r = CloseReason::new(close::NOT_AUTHENTICATED, "op 3 before identify");
+                    return Err(self.protocol_error(r).await);
+                }
+                self.shared.core().presence_update();
+            }
             Command::Other(op) => {
                 if self.session.is_none() {
                     let r = CloseReason::new(

@@ -13,6 +13,7 @@ pub(crate) mod records;
 pub(crate) mod replay;
 pub(crate) mod sessions;
 pub(crate) mod transport;
+pub(crate) mod voice;
 
 use crate::config::{MAX_SHARD_TOTAL, SimConfig};
 use sessions::Core;

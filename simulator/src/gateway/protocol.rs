@@ -73,8 +73,11 @@ pub(crate) enum Command {
     Resume(Resume),
     /// Request guild members (8).
     RequestMembers(Box<super::member_requests::RequestGuildMembers>),
-    /// Presence update (3), voice state update (4), request soundboard
-    /// sounds (31): accepted after identify, no reply.
+    /// Voice state update (4).
+    VoiceState(Box<super::voice::VoiceStateUpdate>),
+    /// Presence update (3).
+    Presence,
+    /// Request soundboard sounds (31): accepted after identify, no reply.
     Other(u8),
 }
 
@@ -123,12 +126,18 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Command, CloseReason> {
         op::REQUEST_GUILD_MEMBERS => Ok(Command::RequestMembers(Box::new(
             serde_json::from_str(d).map_err(|e| field("request guild members", e))?,
         ))),
-        op::PRESENCE_UPDATE | op::VOICE_STATE_UPDATE | op::REQUEST_SOUNDBOARD_SOUNDS => {
+        op::VOICE_STATE_UPDATE => Ok(Command::VoiceState(Box::new(
+            serde_json::from_str(d).map_err(|e| field("voice state update", e))?,
+        ))),
+        op::PRESENCE_UPDATE | op::REQUEST_SOUNDBOARD_SOUNDS => {
             if !d.trim_start().starts_with('{') {
                 return Err(CloseReason::new(
                     close::DECODE_ERROR,
                     format!("op {op} needs an object as `d`"),
                 ));
+            }
+            if code == op::PRESENCE_UPDATE {
+                return Ok(Command::Presence);
             }
             Ok(Command::Other(code))
         }

@@ -26,7 +26,8 @@ pub struct LedgerEntry {
     /// numbered in world order from 1 (one event is buffered into every
     /// session whose `[shard, total]` owns its guild, each with its own
     /// seq). `None` for what only this session was sent: READY, RESUMED,
-    /// READY's GUILD_CREATE snapshots, GUILD_MEMBERS_CHUNK, RATE_LIMITED and
+    /// READY's GUILD_CREATE snapshots, GUILD_MEMBERS_CHUNK, RATE_LIMITED, the
+    /// answers to op 4 (VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE) and
     /// injected malformed dispatches. A join's GUILD_CREATE, an outage's
     /// GUILD_DELETE and its GUILD_CREATE are world events and have one.
     #[serde(default)]
@@ -153,6 +154,12 @@ pub struct Counters {
     /// Op 8 commands answered with RATE_LIMITED.
     #[serde(default)]
     pub member_requests_rate_limited: u64,
+    /// Voice State Update (op 4) commands received.
+    #[serde(default)]
+    pub voice_state_updates: u64,
+    /// Presence Update (op 3) commands received.
+    #[serde(default)]
+    pub presence_updates: u64,
     /// Closes with 4011 (sharding required): IDENTIFYs refused for too few
     /// shards or a shard over `guild_cap`, and sessions ended because a
     /// join took their shard over `guild_cap`.
