@@ -19,7 +19,8 @@
 //!    redelivered or late `joined` GUILD_CREATE never announces twice, and a
 //!    store failure before it is retried rather than lost. Any other event
 //!    is emitted if it is not stale (at least one write applied, or it
-//!    writes nothing) and its delivery is the first
+//!    writes nothing, or it answers a command: a member chunk) and its
+//!    delivery is the first
 //!    (`first_delivery(shard, version)`, recorded after the writes).
 //!
 //! Handlers are called at most once: a crash after the writes and before a
@@ -146,6 +147,10 @@ struct Plan {
     handover: bool,
     /// A reshard marker and the index of its [`Step::Marker`] result.
     marker: Option<(ReshardPhase, usize)>,
+    /// An answer to a command (GUILD_MEMBERS_CHUNK): emitted on its first
+    /// delivery even when the cache already held every member it lists,
+    /// because a bot is waiting for it (through a relay).
+    reply: bool,
 }
 
 /// A message's events with their plans, and the store steps of all.
@@ -485,6 +490,7 @@ impl<S: Store> Worker<S> {
             pair,
             handover,
             marker: None,
+            reply: event.t == "GUILD_MEMBERS_CHUNK",
         })
     }
 
@@ -527,6 +533,7 @@ impl<S: Store> Worker<S> {
             pair: None,
             handover: false,
             marker: Some((m.phase, steps.len() - 1)),
+            reply: false,
         })
     }
 
@@ -610,7 +617,7 @@ impl<S: Store> Worker<S> {
             }
             Some(Class::Unavailable) if lifecycle => Some(CleanKind::GuildUnavailable),
             Some(Class::Removed) if lifecycle => Some(CleanKind::GuildRemoved),
-            Some(Class::Other) if (!tracked || any || in_window) && first => {
+            Some(Class::Other) if (!tracked || any || in_window || plan.reply) && first => {
                 Some(CleanKind::Dispatch)
             }
             _ => None,

@@ -48,6 +48,7 @@ use crate::store::{Step, Store, StoreError};
 use envelope::{ReshardMarker, ShardRef, Version};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 
 mod writes;
 
@@ -139,6 +140,29 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// The users `ids` that are cached, in one round trip (`HMGET`): what a
+    /// GUILD_CREATE or a member chunk needs for its members, without a
+    /// round trip per member.
+    pub async fn users(&self, ids: &[u64]) -> Result<HashMap<u64, User>, StoreError> {
+        let mut out = HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let mut con = self.con.clone();
+        let key = format!("{}:u", self.prefix);
+        let raw: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(ids)
+            .query_async(&mut con)
+            .await?;
+        for (id, raw) in ids.iter().zip(raw) {
+            if let Some(raw) = raw {
+                out.insert(*id, user_register(&key, &raw)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Connects to `url` and keeps every key under `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
@@ -579,15 +603,17 @@ impl Store for RedisStore {
             .arg(user_id)
             .query_async(&mut con)
             .await?;
-        match raw {
-            None => Ok(None),
-            Some(raw) => match raw.get(56..57) {
-                Some("L") => Ok(Some(decode(&key, raw.get(57..).unwrap_or_default())?)),
-                _ => Err(StoreError::Corrupt {
-                    key,
-                    reason: "bad user register".into(),
-                }),
-            },
-        }
+        raw.map(|raw| user_register(&key, &raw)).transpose()
+    }
+}
+
+/// A user's register (`<56 header chars>L<payload>`) decoded.
+fn user_register(key: &str, raw: &str) -> Result<User, StoreError> {
+    match raw.get(56..57) {
+        Some("L") => decode(key, raw.get(57..).unwrap_or_default()),
+        _ => Err(StoreError::Corrupt {
+            key: key.to_owned(),
+            reason: "bad user register".into(),
+        }),
     }
 }

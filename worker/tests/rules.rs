@@ -505,3 +505,38 @@ async fn member_count_folding_is_exact_and_equal_on_both_stores() {
     r.purge().await.unwrap();
     assert_eq!(mem, red);
 }
+
+/// A GUILD_MEMBERS_CHUNK answers a bot's op 8 (through a relay): it is
+/// passed on even when every member it lists is already cached at a newer
+/// version, but only on its first delivery.
+async fn member_chunks_are_answers_not_stale_writes<S: Store>(store: S) {
+    let (w, seen) = worker(store);
+    feed(&w, &[&create(5, GuildCreateKind::Joined, &[(C, "a")], 3)]).await;
+    feed(&w, &[&member(9, "GUILD_MEMBER_UPDATE", U)]).await;
+    assert_eq!(take(&seen), ["GUILD_JOINED", "GUILD_MEMBER_UPDATE"]);
+    let chunk = ev(
+        7,
+        "GUILD_MEMBERS_CHUNK",
+        json!({"guild_id": G.to_string(), "chunk_index": 0, "chunk_count": 1, "nonce": "n",
+               "members": [{"roles": [], "user": {"id": U.to_string(), "username": "old"}}]}),
+    );
+    let report = feed(&w, &[&chunk]).await;
+    assert_eq!(take(&seen), ["GUILD_MEMBERS_CHUNK"], "{report:?}");
+    let view = w.store().guild(G).await.unwrap().unwrap();
+    assert_eq!(view.members[&U].version.seq, 9, "the newer member stays");
+    feed(&w, &[&chunk]).await;
+    assert!(
+        take(&seen).is_empty(),
+        "a redelivery is not passed on again"
+    );
+}
+
+#[tokio::test]
+async fn memory_member_chunks_are_answers_not_stale_writes() {
+    member_chunks_are_answers_not_stale_writes(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn redis_member_chunks_are_answers_not_stale_writes() {
+    member_chunks_are_answers_not_stale_writes(redis().await).await;
+}
