@@ -12,6 +12,9 @@
 //! bot's, 4010 for a bad shard, 4013 for unknown intent bits, 4014 for
 //! intents the relay's bot does not receive, 4005 for a second IDENTIFY,
 //! 4003 for a command before it, 4002 for a payload that is not JSON.
+//! op 3, 4 and 8 are checked as Discord checks them, then forwarded to the
+//! real shards ([`crate::commands`]); op 8 is answered from the cache
+//! instead when the cache holds the whole answer.
 
 use crate::Ctx;
 use crate::compression::Compression;
@@ -64,29 +67,14 @@ struct Resume {
     seq: u64,
 }
 
-#[derive(Deserialize)]
-struct RequestMembers {
-    guild_id: serde_json::Value,
-    #[serde(default)]
-    query: Option<String>,
-    #[serde(default)]
-    limit: usize,
-    #[serde(default)]
-    user_ids: Option<serde_json::Value>,
-    #[serde(default)]
-    nonce: Option<String>,
-}
-
-fn snowflake(v: &serde_json::Value) -> Option<u64> {
-    match v {
-        serde_json::Value::String(s) => s.parse().ok(),
-        serde_json::Value::Number(n) => n.as_u64(),
-        _ => None,
-    }
-}
-
 /// Why the connection ends.
 struct Close(u16, String);
+
+impl From<crate::commands::Refused> for Close {
+    fn from(r: crate::commands::Refused) -> Self {
+        Self(r.0, r.1)
+    }
+}
 
 impl Close {
     fn new(code: u16, reason: impl Into<String>) -> Self {
@@ -297,22 +285,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 let Some(s) = self.session.clone() else {
                     return Err(Close::new(close::NOT_AUTHENTICATED, "op 8 before IDENTIFY"));
                 };
-                let r: RequestMembers = serde_json::from_str(d)
-                    .map_err(|e| Close::new(close::DECODE_ERROR, format!("op 8: {e}")))?;
+                let r = crate::commands::member_request(d, s.intents).map_err(Close::from)?;
                 self.request_members(&s, r).await?;
                 Ok(true)
             }
             3 | 4 => {
-                if self.session.is_none() {
+                let Some(s) = self.session.clone() else {
                     return Err(Close::new(
                         close::NOT_AUTHENTICATED,
                         "command before IDENTIFY",
                     ));
-                }
-                // Presence and voice commands are not forwarded to the real
-                // shards yet (issue 19); accepted and dropped.
-                metrics::counter!("relay_commands_dropped_total", "op" => p.op.to_string())
-                    .increment(1);
+                };
+                let guild = if p.op == 4 {
+                    let guild = crate::commands::voice_state(d).map_err(Close::from)?;
+                    if !s.shard.owns(Some(guild)) {
+                        // Not a guild of this client shard: Discord's
+                        // real shard would not know it either.
+                        metrics::counter!("relay_commands_total", "op" => "4", "result" => "not_this_shard")
+                            .increment(1);
+                        return Ok(false);
+                    }
+                    Some(guild)
+                } else {
+                    crate::commands::presence(d).map_err(Close::from)?;
+                    None
+                };
+                self.forward(crate::commands::command(p.op, guild, d.to_owned()))
+                    .await;
                 Ok(false)
             }
             op => Err(Close::new(
@@ -438,34 +437,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    async fn request_members(&mut self, s: &Session, r: RequestMembers) -> Result<(), Close> {
-        let Some(guild) = snowflake(&r.guild_id) else {
-            return Err(Close::new(close::DECODE_ERROR, "op 8: guild_id"));
-        };
-        if !s.shard.owns(Some(guild)) {
+    /// Publishes a bot's command for the real shards (best effort, as
+    /// on Discord: a failure is logged and counted, the bot not closed).
+    async fn forward(&mut self, c: envelope::Command) -> bool {
+        let op = c.op.to_string();
+        match self.ctx.commands.publish(&c).await {
+            Ok(()) => {
+                metrics::counter!("relay_commands_total", "op" => op, "result" => "forwarded")
+                    .increment(1);
+                true
+            }
+            Err(e) => {
+                metrics::counter!("relay_commands_total", "op" => op, "result" => "unpublished")
+                    .increment(1);
+                tracing::warn!(error = %e, op = c.op, "cannot forward a bot's command to the sharders (check the broker)");
+                false
+            }
+        }
+    }
+
+    /// op 8: answered from the cache when it holds the whole answer, else
+    /// forwarded to the real shard with a nonce of the relay's, whose
+    /// chunks come back to this session alone ([`crate::replies`]).
+    async fn request_members(
+        &mut self,
+        s: &Arc<Session>,
+        r: crate::commands::MemberRequest,
+    ) -> Result<(), Close> {
+        if !s.shard.owns(Some(r.guild_id)) {
             return Ok(());
         }
-        let user_ids: Vec<u64> = match &r.user_ids {
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(snowflake).collect(),
-            Some(v) => snowflake(v).into_iter().collect(),
-            None => Vec::new(),
-        };
-        let d = crate::snapshot::member_chunk(
-            &self.ctx.store,
-            guild,
-            r.query.as_deref(),
-            &user_ids,
-            r.limit,
-            r.nonce.as_deref(),
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "answering op 8 from the cache failed");
-            Close::new(close::UNKNOWN_ERROR, "the cache is unavailable; reconnect")
-        })?;
-        for chunk in &d {
-            s.push("GUILD_MEMBERS_CHUNK", chunk);
+        match crate::snapshot::member_chunks(&self.ctx.store, &r).await {
+            Ok(Some(chunks)) => {
+                metrics::counter!("relay_commands_total", "op" => "8", "result" => "from_cache")
+                    .increment(1);
+                for chunk in &chunks {
+                    s.push("GUILD_MEMBERS_CHUNK", chunk);
+                }
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the cache cannot answer op 8; asking the real shard");
+            }
         }
+        let Some(nonce) =
+            self.ctx
+                .hub
+                .replies
+                .register(s.id.clone(), r.nonce.clone(), Instant::now())
+        else {
+            metrics::counter!("relay_commands_total", "op" => "8", "result" => "too_many_pending")
+                .increment(1);
+            tracing::warn!("too many member requests await answers; dropped one");
+            return Ok(());
+        };
+        let c = crate::commands::command(8, Some(r.guild_id), r.forwarded(&nonce));
+        self.forward(c).await;
         Ok(())
     }
 }

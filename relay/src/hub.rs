@@ -6,10 +6,13 @@
 //! its shard's guilds (`(guild_id >> 22) % count == id`) that its intents
 //! cover. Copies of one event (a redelivery, a reshard's two totals) share
 //! a `message_id` and are offered once: the hub remembers the last
-//! [`DEDUP`] ids. Sessions nobody resumed within the window are dropped by
-//! [`Hub::reap`].
+//! [`DEDUP`] ids. Answers to forwarded member requests (GUILD_MEMBERS_CHUNK,
+//! RATE_LIMITED) are not fanned out: they go to the session that asked,
+//! or nowhere ([`crate::replies`]). Sessions nobody resumed within the
+//! window are dropped by [`Hub::reap`].
 
 use crate::incoming::Incoming;
+use crate::replies::Replies;
 use crate::session::Session;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -24,6 +27,8 @@ pub const DEDUP: usize = 200_000;
 pub struct Hub {
     sessions: RwLock<HashMap<Arc<str>, Arc<Session>>>,
     seen: Mutex<(HashSet<String>, VecDeque<String>)>,
+    /// Forwarded member requests awaiting their answers.
+    pub replies: Replies,
 }
 
 impl Hub {
@@ -42,11 +47,31 @@ impl Hub {
                 }
             }
         }
+        if matches!(ev.event.as_str(), "GUILD_MEMBERS_CHUNK" | "RATE_LIMITED") {
+            self.answer(&ev);
+            return true;
+        }
         let ev = Arc::new(ev);
         for s in self.read().values() {
             s.offer(&ev);
         }
         true
+    }
+
+    /// Hands an answer to the session whose request it answers.
+    fn answer(&self, ev: &Incoming) {
+        let result = match self.replies.route(&ev.event, &ev.body) {
+            Some(reply) => match self.get(&reply.session) {
+                Some(s) => {
+                    s.push(&ev.event, &reply.d);
+                    "delivered"
+                }
+                None => "session_gone",
+            },
+            None => "not_ours",
+        };
+        metrics::counter!("relay_command_answers_total", "event" => ev.event.clone(), "result" => result)
+            .increment(1);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
@@ -91,6 +116,12 @@ impl Hub {
         sessions.retain(|_, s| !s.expired(now, window));
         let gone = before - sessions.len();
         metrics::gauge!("relay_sessions").set(sessions.len() as f64);
+        let unanswered = self.replies.reap(now);
+        metrics::gauge!("relay_member_requests_pending").set(self.replies.len() as f64);
+        if unanswered > 0 {
+            metrics::counter!("relay_command_answers_total", "event" => "GUILD_MEMBERS_CHUNK", "result" => "timed_out")
+                .increment(unanswered as u64);
+        }
         gone
     }
 }

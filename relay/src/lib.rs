@@ -14,10 +14,13 @@
 //! The boxes: [`feed`] (the output exchange into the [`hub`]), [`session`]
 //! (one bot session: its ring of dispatches and the stream's
 //! translation), [`snapshot`] (READY, GUILD_CREATE and member chunks from
-//! the cache), [`connection`] (the protocol toward one bot), [`http`]
+//! the cache), [`connection`] (the protocol toward one bot), [`commands`]
+//! (a bot's op 3, 4 and 8, checked and forwarded to the real shards),
+//! [`replies`] (their answers, back to the asker), [`http`]
 //! (the port: gateway, `/api/v10/gateway/bot`, probes), [`runtime`].
 #![forbid(unsafe_code)]
 
+mod commands;
 mod compression;
 mod connection;
 mod feed;
@@ -25,6 +28,7 @@ mod http;
 mod hub;
 mod identify_limit;
 mod incoming;
+mod replies;
 mod runtime;
 mod session;
 mod snapshot;
@@ -53,6 +57,8 @@ pub(crate) struct Ctx {
     pub amqp_url: config::Secret,
     /// The workers' output exchange.
     pub exchange: String,
+    /// Where bots' op 3, 4 and 8 go to the real shards.
+    pub commands: commands::Publisher,
     /// READY's `resume_gateway_url`.
     pub resume_url: String,
     /// The feed consumes (readiness).

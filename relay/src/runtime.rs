@@ -113,8 +113,13 @@ pub async fn run_with(
     } else {
         cfg.relay.public_url.clone()
     };
-    let exchange =
-        envelope::topology::AmqpTopology::named(&cfg.relay.amqp_topology_base, 1).output_exchange;
+    let topology = envelope::topology::AmqpTopology::named(&cfg.relay.amqp_topology_base, 1);
+    let exchange = topology.output_exchange;
+    let commands = crate::commands::Publisher::new(
+        resolver.clone(),
+        cfg.amqp.url.clone(),
+        topology.commands_exchange,
+    );
     let stop = CancellationToken::new();
     let ctx = Arc::new(Ctx {
         token,
@@ -132,6 +137,7 @@ pub async fn run_with(
         resolver,
         amqp_url: cfg.amqp.url.clone(),
         exchange,
+        commands,
         resume_url,
         feed_up: AtomicBool::new(false),
         metrics,

@@ -9,6 +9,7 @@
 //! returned with it: the floor below which held-back live events are
 //! already in the snapshot (see [`crate::session`]).
 
+use crate::commands::{MemberRequest, Selection};
 use envelope::Version;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -45,20 +46,32 @@ fn floor(view: &GuildView) -> Version {
     v
 }
 
-/// One member object of `guild`.
-async fn member_json(
-    store: &RedisStore,
-    user_id: u64,
-    m: &worker::Member,
-) -> Result<Value, StoreError> {
-    let user = store.user(user_id).await?;
-    Ok(json!({
-        "user": user_json(user_id, user.as_ref()),
+/// One member object, its user from `users` (fetched together).
+fn member_json(user_id: u64, m: &worker::Member, users: &HashMap<u64, User>) -> Value {
+    json!({
+        "user": user_json(user_id, users.get(&user_id)),
         "nick": m.nick.as_ref().map(|n| n.as_str()),
         "roles": m.roles.iter().map(|r| id(*r)).collect::<Vec<_>>(),
         "joined_at": null, "deaf": false, "mute": false, "flags": 0, "avatar": null,
         "pending": false,
-    }))
+    })
+}
+
+/// The member objects of `chosen`, their users read in one round trip.
+async fn members_json(
+    store: &RedisStore,
+    view: &GuildView,
+    chosen: &[u64],
+) -> Result<Vec<Value>, StoreError> {
+    let users = store.users(chosen).await?;
+    Ok(chosen
+        .iter()
+        .filter_map(|uid| {
+            view.members
+                .get(uid)
+                .map(|m| member_json(*uid, &m.value, &users))
+        })
+        .collect())
 }
 
 /// What a session's GUILD_CREATEs may hold: its intents, its IDENTIFY's
@@ -131,12 +144,13 @@ pub async fn guild_create(
                 .get(uid)
                 .is_some_and(|p| p.value.status != worker::Status::Offline)
     };
-    let mut members = Vec::new();
-    for (uid, m) in &view.members {
-        if every || *uid == shape.bot_id || (large && online(uid)) {
-            members.push(member_json(store, *uid, &m.value).await?);
-        }
-    }
+    let chosen: Vec<u64> = view
+        .members
+        .keys()
+        .copied()
+        .filter(|uid| every || *uid == shape.bot_id || (large && online(uid)))
+        .collect();
+    let members = members_json(store, &view, &chosen).await?;
     let presences: Vec<Value> = if intents & intent::GUILD_PRESENCES != 0 {
         view.presences
             .iter()
@@ -248,46 +262,57 @@ pub async fn load(
 const CHUNK: usize = 1000;
 
 /// The GUILD_MEMBERS_CHUNKs' `d` answering op 8 from the cache, [`CHUNK`]
-/// members each: members whose name starts with `query` (every one for
-/// `""`), or those of `user_ids`, at most `limit` (0: no limit).
-pub async fn member_chunk(
+/// members each, when the cache can answer it as Discord would: every
+/// asked `user_id` is cached, or, for a query, every member of the guild
+/// is (`member_count` of them). `None` otherwise (and for presences, which
+/// the cache does not answer): the request goes to the real shard.
+pub async fn member_chunks(
     store: &RedisStore,
-    guild_id: u64,
-    query: Option<&str>,
-    user_ids: &[u64],
-    limit: usize,
-    nonce: Option<&str>,
-) -> Result<Vec<String>, StoreError> {
-    let view = store.guild(guild_id).await?.unwrap_or_default();
-    let mut members = Vec::new();
-    let mut not_found = Vec::new();
-    if user_ids.is_empty() {
-        let query = query.unwrap_or("").to_lowercase();
-        for (uid, m) in &view.members {
-            if limit > 0 && members.len() >= limit {
-                break;
-            }
-            let user = store.user(*uid).await?;
-            let name = user
-                .as_ref()
-                .map(|u| u.name.to_lowercase())
-                .unwrap_or_default();
-            let nick = m.value.nick.as_ref().map(|n| n.to_lowercase());
-            if query.is_empty()
-                || name.starts_with(&query)
-                || nick.is_some_and(|n| n.starts_with(&query))
-            {
-                members.push(member_json(store, *uid, &m.value).await?);
-            }
-        }
-    } else {
-        for uid in user_ids {
-            match view.members.get(uid) {
-                Some(m) => members.push(member_json(store, *uid, &m.value).await?),
-                None => not_found.push(id(*uid)),
-            }
-        }
+    req: &MemberRequest,
+) -> Result<Option<Vec<String>>, StoreError> {
+    if req.presences {
+        return Ok(None);
     }
+    let Some(view) = store.guild(req.guild_id).await? else {
+        return Ok(None);
+    };
+    let chosen: Vec<u64> = match &req.selection {
+        Selection::Users(ids) => {
+            if !ids.iter().all(|uid| view.members.contains_key(uid)) {
+                return Ok(None);
+            }
+            ids.clone()
+        }
+        Selection::Query { prefix, limit } => {
+            let complete = view.core.is_some()
+                && view.member_count > 0
+                && i64::try_from(view.members.len()).unwrap_or(i64::MAX) >= view.member_count;
+            if !complete {
+                return Ok(None);
+            }
+            let all: Vec<u64> = view.members.keys().copied().collect();
+            let users = if prefix.is_empty() {
+                HashMap::new()
+            } else {
+                store.users(&all).await?
+            };
+            let name_matches = |uid: &u64| {
+                let name = users.get(uid).map(|u| u.name.to_lowercase());
+                let nick = view
+                    .members
+                    .get(uid)
+                    .and_then(|m| m.value.nick.as_ref())
+                    .map(|n| n.to_lowercase());
+                name.is_some_and(|n| n.starts_with(prefix.as_str()))
+                    || nick.is_some_and(|n| n.starts_with(prefix.as_str()))
+            };
+            all.into_iter()
+                .filter(|uid| prefix.is_empty() || name_matches(uid))
+                .take(limit.unwrap_or(usize::MAX))
+                .collect()
+        }
+    };
+    let members = members_json(store, &view, &chosen).await?;
     let parts: Vec<Vec<Value>> = if members.is_empty() {
         vec![Vec::new()]
     } else {
@@ -296,15 +321,12 @@ pub async fn member_chunk(
     let count = parts.len();
     let mut out = Vec::with_capacity(count);
     for (i, part) in parts.into_iter().enumerate() {
-        let mut d = json!({"guild_id": id(guild_id), "members": part, "chunk_index": i,
+        let mut d = json!({"guild_id": id(req.guild_id), "members": part, "chunk_index": i,
             "chunk_count": count});
-        if i == 0 && !not_found.is_empty() {
-            d["not_found"] = Value::Array(std::mem::take(&mut not_found));
-        }
-        if let Some(n) = nonce {
-            d["nonce"] = Value::String(n.to_owned());
+        if let Some(n) = &req.nonce {
+            d["nonce"] = Value::String(n.clone());
         }
         out.push(d.to_string());
     }
-    Ok(out)
+    Ok(Some(out))
 }

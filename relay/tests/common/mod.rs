@@ -33,18 +33,19 @@ fn common_toml(base: &str) -> String {
 
 /// A sharder (`sharder::run_with` in this process).
 pub struct Sharder {
+    intents: u64,
     stop: CancellationToken,
     run: JoinHandle<Result<sharder::RunReport, sharder::RunError>>,
 }
 
 impl Sharder {
-    pub fn start(sim: &SimHandle, dir: &TempDir, base: &str) -> Self {
+    pub fn start(sim: &SimHandle, dir: &TempDir, base: &str, intents: u64) -> Self {
         let extra = format!(
             "identify_window = \"150ms\"\namqp_topology_base = \"{base}\"\n{}",
             common_toml(base)
         );
         let shape = SharderShape {
-            intents: INTENTS,
+            intents,
             shutdown_grace: "10s",
             extra: &extra,
         };
@@ -58,7 +59,7 @@ impl Sharder {
                 on_listening: None,
             },
         ));
-        Self { stop, run }
+        Self { intents, stop, run }
     }
 
     pub async fn stop(self) {
@@ -90,6 +91,12 @@ impl Pipeline {
     /// Starts a simulator of `shards` real shards and `guilds` guilds and
     /// everything behind it; returns once the cache holds every guild.
     pub async fn start(name: &str, shards: u32, guilds: u32) -> Self {
+        Self::start_with(name, shards, guilds, INTENTS).await
+    }
+
+    /// [`Pipeline::start`] with the bot's (real shards' and relay's)
+    /// `intents`.
+    pub async fn start_with(name: &str, shards: u32, guilds: u32, intents: u64) -> Self {
         let sim = Simulator::start(SimConfig {
             shards,
             guilds,
@@ -102,7 +109,7 @@ impl Pipeline {
         let dir = TempDir::new(name).unwrap();
         let shutdown = CancellationToken::new();
         let env = || vec![("BULWARK_DISCORD__TOKEN".into(), sim.config().token.clone())];
-        let sharder = Sharder::start(&sim, &dir, &base);
+        let sharder = Sharder::start(&sim, &dir, &base, intents);
         let worker_cfg = config::Config::from_toml_str(
             &format!(
                 "[worker]\nstore = \"redis\"\nhttp_listen = \"127.0.0.1:0\"\n\
@@ -117,7 +124,7 @@ impl Pipeline {
         let worker = tokio::spawn(worker::run(worker_cfg.clone(), worker_stop.clone()));
         let relay_cfg = config::Config::from_toml_str(
             &format!(
-                "[discord]\nintents = {INTENTS}\n\
+                "[discord]\nintents = {intents}\n\
                  [relay]\nlisten = \"127.0.0.1:0\"\nshards = 3\nheartbeat_interval = \"5s\"\n\
                  amqp_topology_base = \"{base}\"\n{}",
                 common_toml(&base)
@@ -159,10 +166,11 @@ impl Pipeline {
     /// Stops the sharder and starts another on its sessions (every shard
     /// resumes); returns once both shards are connected again.
     pub async fn restart_sharder(&mut self) {
+        let intents = self.sharder.as_ref().map_or(INTENTS, |s| s.intents);
         if let Some(s) = self.sharder.take() {
             s.stop().await;
         }
-        self.sharder = Some(Sharder::start(&self.sim, &self.dir, &self.base));
+        self.sharder = Some(Sharder::start(&self.sim, &self.dir, &self.base, intents));
         let shards: Vec<u32> = (0..self.sim.config().shards).collect();
         let deadline = Instant::now() + WAIT;
         while self.sim.connected_sessions(&shards) < shards.len() {
