@@ -25,12 +25,14 @@ mod options;
 mod pipeline;
 mod progress;
 mod queue;
+mod relay;
 mod summary;
 pub mod verdict;
 
 pub use error::DemoError;
 pub use options::{Args, CacheKind, DemoOptions, MAX_CONCURRENCY, QueueKind};
 pub use progress::{CacheCounts, Phase, Progress, Snapshot};
+pub use relay::RelayFigures;
 pub use summary::{ReshardFigures, Summary};
 
 use std::sync::Arc;
@@ -87,7 +89,7 @@ pub async fn run(
 /// The URLs in use, validated by the `config` crate as every binary's are.
 fn check_urls(opts: &DemoOptions) -> Result<(), config::ConfigError> {
     let mut env = Vec::new();
-    if opts.queue == QueueKind::Rabbitmq {
+    if opts.queue == QueueKind::Rabbitmq || opts.relay {
         env.push(("BULWARK_AMQP__URL".to_owned(), opts.amqp_url.clone()));
     }
     if opts.cache == CacheKind::Redis {

@@ -61,6 +61,9 @@ pub struct DemoOptions {
     pub patience: Duration,
     /// Reshard live to this total half-way through the traffic.
     pub reshard_to: Option<u32>,
+    /// Run the relay and connect a twilight client through it (needs the
+    /// Redis cache and RabbitMQ for the clean stream).
+    pub relay: bool,
 }
 
 impl Default for DemoOptions {
@@ -80,6 +83,7 @@ impl Default for DemoOptions {
             redis_url: "redis://127.0.0.1:6379".into(),
             patience: Duration::from_secs(60),
             reshard_to: None,
+            relay: false,
         }
     }
 }
@@ -145,6 +149,11 @@ pub struct Args {
     /// of 16 above --shards); the traffic goes on until it completed.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub reshard_to: Option<u32>,
+    /// Also run the relay on the cache (Redis, implied) and the clean
+    /// stream (RabbitMQ), connect a twilight bot through it, and check
+    /// what it received against the truth.
+    #[arg(long)]
+    pub relay: bool,
 }
 
 impl Args {
@@ -156,7 +165,13 @@ impl Args {
         if self.amqp_url.is_some() && self.queue != QueueKind::Rabbitmq {
             return Err(conflict("--amqp-url needs --queue rabbitmq"));
         }
-        if self.redis_url.is_some() && self.cache != CacheKind::Redis {
+        // The relay reads the worker's Redis cache.
+        let cache = if self.relay {
+            CacheKind::Redis
+        } else {
+            self.cache
+        };
+        if self.redis_url.is_some() && cache != CacheKind::Redis {
             return Err(conflict("--redis-url needs --cache redis"));
         }
         let guilds = u64::from(self.shards) * u64::from(self.guilds_per_shard);
@@ -194,7 +209,8 @@ impl Args {
             traffic: Duration::from_secs(self.seconds),
             queue: self.queue,
             amqp_url: self.amqp_url.unwrap_or(defaults.amqp_url.clone()),
-            cache: self.cache,
+            cache,
+            relay: self.relay,
             redis_url: self.redis_url.unwrap_or(defaults.redis_url.clone()),
             reshard_to: self.reshard_to,
             ..defaults
@@ -276,6 +292,12 @@ mod tests {
         assert_eq!(
             parse(&["--reshard-to", "256"]).unwrap().reshard_to,
             Some(256)
+        );
+        let o = parse(&["--relay", "--redis-url", "redis://r/"]).unwrap();
+        assert!(o.relay);
+        assert_eq!(
+            (o.cache, o.redis_url.as_str()),
+            (CacheKind::Redis, "redis://r/")
         );
     }
 }

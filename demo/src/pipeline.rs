@@ -25,6 +25,7 @@ use crate::observe::{Counters, Observation};
 use crate::options::{CacheKind, DemoOptions, MAX_CONCURRENCY, QueueKind};
 use crate::progress::{CacheCounts, Phase, Progress, Snapshot};
 use crate::queue::Queue;
+use crate::relay::RelayRun;
 use crate::summary::{ReshardFigures, Summary};
 use crate::verdict::{audit_joins, check_stream, compare_cache, ledger_guilds};
 use discord_sim::{SimConfig, SimHandle, Simulator};
@@ -162,7 +163,34 @@ async fn with_simulator<S: Store + CacheSize>(
     baseline: Counters,
 ) -> Result<Summary, DemoError> {
     let observation = Arc::new(Observation::new());
-    let worker = Arc::new(observation.attach(Worker::with_shared_store(store.clone())));
+    let mut worker = Worker::with_shared_store(store.clone());
+    // `--relay`: the clean events go to the output exchange, as the worker
+    // binary publishes them, for the relay to read.
+    let output_stop = CancellationToken::new();
+    let mut output = None;
+    if opts.relay {
+        let exchange = worker::AmqpTopology::named(base, opts.partitions).output_exchange;
+        let (handler, task) = crate::relay::output(
+            opts.amqp_url.clone(),
+            exchange,
+            opts.queue == QueueKind::InProcess,
+            output_stop.clone(),
+        );
+        worker = worker.on_any(handler);
+        output = Some(task);
+    }
+    let worker = Arc::new(observation.attach(worker));
+    let relay = match opts.relay {
+        true => {
+            let r = RelayRun::start(sim, &opts.amqp_url, &opts.redis_url, base, INTENTS).await?;
+            progress.note(&format!(
+                "relay: {} (a twilight bot connects through it once every shard is READY)",
+                r.url()
+            ));
+            Some(r)
+        }
+        false => None,
+    };
     let sessions = SessionDir::new(base)?;
     let cfg = sharder_config(opts, sim, &sessions, base)?;
     let dns = cfg.dns.clone();
@@ -198,6 +226,7 @@ async fn with_simulator<S: Store + CacheSize>(
         baseline,
         started,
         admin,
+        relay: relay.as_ref(),
     };
     let mut reshard = None;
     let watched = watcher
@@ -216,9 +245,17 @@ async fn with_simulator<S: Store + CacheSize>(
         let report = ended?;
         let mut summary = verdict(opts, &*store, sim, &observation, &report, &baseline).await?;
         summary.reshard = reshard;
+        summary.relay = relay.as_ref().map(|r| r.figures(sim));
         Ok::<_, DemoError>(summary)
     }
     .await;
+    if let Some(r) = relay {
+        r.stop().await;
+    }
+    output_stop.cancel();
+    if let Some(task) = output {
+        let _ = task.await;
+    }
     let closed = queue.close().await;
     let mut summary = outcome?;
     closed?;
@@ -270,6 +307,7 @@ async fn verdict<S: Store>(
         elapsed: Duration::ZERO,
         reshard: None,
         stream: check_stream(&ledger, &observation.guild_events()),
+        relay: None,
     })
 }
 
@@ -283,6 +321,8 @@ struct Watcher<'a, S> {
     started: Instant,
     /// The sharder's admin API, when a live reshard is to be asked for.
     admin: Option<Admin>,
+    /// `--relay`: the relay and its client.
+    relay: Option<&'a RelayRun>,
 }
 
 /// The sharder's admin endpoint, for `--reshard-to`.
@@ -382,6 +422,21 @@ impl<S: Store + CacheSize> Watcher<'_, S> {
                     removed,
                 ),
             });
+            if let Some(took) = self.relay.and_then(|r| r.mark_when_loaded(self.sim)) {
+                progress.note(&format!(
+                    "the relay's bot holds its snapshot after {:.2}s; every world event from now on \
+                     must reach it ({:?} more of traffic)",
+                    took.as_secs_f64(),
+                    opts.traffic
+                ));
+                // The traffic is judged from the bot's snapshot on: it
+                // gets its full length after it.
+                if phase == Phase::Traffic {
+                    phase_end = phase_end.max(now + opts.traffic);
+                }
+            }
+            let bot_waits = self.relay.is_some_and(|r| !r.marked())
+                && now < self.started + opts.floor() * 2 + opts.patience * 2;
             let reshard_pending = phase == Phase::Traffic
                 && self
                     .reshard_step(progress, now, phase_end, &mut resharding, reshard_done)
@@ -399,6 +454,10 @@ impl<S: Store + CacheSize> Watcher<'_, S> {
                     ));
                     phase = Phase::Traffic;
                     phase_end = now + opts.traffic;
+                    if let Some(r) = self.relay {
+                        r.connect();
+                        progress.note("a twilight bot connects through the relay (shard [0, 1])");
+                    }
                 }
                 Phase::Booting if now > phase_end => {
                     return Err(DemoError::Timeout(format!(
@@ -408,7 +467,7 @@ impl<S: Store + CacheSize> Watcher<'_, S> {
                         self.started.elapsed().as_secs_f64()
                     )));
                 }
-                Phase::Traffic if now >= phase_end && !reshard_pending => {
+                Phase::Traffic if now >= phase_end && !reshard_pending && !bot_waits => {
                     self.sim.set_event_rate(0.0)?;
                     progress.note("events stopped; the worker catches up");
                     phase = Phase::Draining;
@@ -427,10 +486,16 @@ impl<S: Store + CacheSize> Watcher<'_, S> {
                     } else {
                         counters.forwarded >= dispatched && counters.processed >= dispatched
                     };
-                    if caught_up {
+                    // The relay's bot too, within the patience (a bot that
+                    // never catches up is a FAIL row, not an error).
+                    let relay_done = self
+                        .relay
+                        .is_none_or(|r| r.caught_up(self.sim) || now > phase_end);
+                    if caught_up && relay_done {
                         if self.end_outages() == 0 {
                             return Ok(());
                         }
+                    } else if caught_up {
                     } else if now > phase_end {
                         let stream = self
                             .opts

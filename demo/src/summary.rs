@@ -42,6 +42,8 @@ pub struct Summary {
     pub reshard: Option<ReshardFigures>,
     /// The clean stream against the ledger, for the whole run.
     pub stream: StreamCheck,
+    /// `--relay`: what the bot connected through the relay received.
+    pub relay: Option<crate::RelayFigures>,
 }
 
 /// What a live reshard cost and kept.
@@ -74,6 +76,7 @@ impl Summary {
             && self.stream.lost == 0
             && self.stream.twice == 0
             && self.reshard.as_ref().is_none_or(|r| r.reannounced == 0)
+            && self.relay.as_ref().is_none_or(crate::RelayFigures::ok)
     }
 
     /// The table printed at the end.
@@ -190,6 +193,25 @@ impl Summary {
                     self.stream.lost, self.stream.twice, self.stream.events, self.stream.both
                 ),
                 ok(self.stream.lost == 0 && self.stream.twice == 0),
+            ),
+            (
+                "bot via the relay",
+                match &self.relay {
+                    Some(r) if r.loaded => format!(
+                        "twilight shard [0, 1]: {} READY, {} of {} guilds; {} of {} guild events \
+                         after its snapshot, once and in order",
+                        r.readies, r.guilds.0, r.guilds.1, r.received, r.events
+                    ),
+                    Some(r) => format!(
+                        "twilight shard [0, 1]: its snapshot never completed ({} of {} guilds)",
+                        r.guilds.0, r.guilds.1
+                    ),
+                    None => "not asked (--relay)".into(),
+                },
+                match &self.relay {
+                    Some(r) => ok(r.ok()),
+                    None => "",
+                },
             ),
             (
                 "total time",

@@ -1,7 +1,10 @@
 //! The demo in the production shape: RabbitMQ (127.0.0.1:5672) between
 //! the sharder and the worker's own partition consumers, and the Redis
-//! store (127.0.0.1:6379). Same verdict as in-process, and nothing left
-//! behind: the unique topology and key prefix are gone afterwards.
+//! store (127.0.0.1:6379), with `--relay`: the relay on that cache and
+//! the clean stream, a twilight bot through it. Same verdict as
+//! in-process, the bot got its snapshot and every world event after it
+//! once and in order, and nothing left behind: the unique topology and key
+//! prefix are gone afterwards.
 
 #![allow(clippy::unwrap_used)]
 
@@ -22,6 +25,7 @@ async fn rabbitmq_and_redis_demo_ends_with_the_truth_and_cleans_up() {
         amqp_url: AMQP.into(),
         cache: CacheKind::Redis,
         redis_url: REDIS.into(),
+        relay: true,
         ..common::small()
     };
     let base = unique_name();
@@ -29,6 +33,13 @@ async fn rabbitmq_and_redis_demo_ends_with_the_truth_and_cleans_up() {
     common::assert_clean(&summary, &opts, true);
     assert_eq!(summary.queue, "RabbitMQ (4 partitions)");
     assert_eq!(summary.cache, "Redis");
+    let bot = summary.relay.clone().unwrap();
+    assert!(bot.ok(), "{}", summary.table());
+    assert_eq!(bot.guilds.0, bot.guilds.1);
+    assert!(
+        bot.events > 50,
+        "too few events to judge the relay: {bot:?}"
+    );
 
     // Nothing left: every partition queue is gone, and no key remains.
     let topo = AmqpTopology::named(&base, opts.partitions);
@@ -40,6 +51,19 @@ async fn rabbitmq_and_redis_demo_ends_with_the_truth_and_cleans_up() {
         let passive = envelope::topology::inspect_queue(&ch, &topo.queue(p)).await;
         assert!(passive.is_err(), "queue {} survived", topo.queue(p));
     }
+    let ch = conn.create_channel().await.unwrap();
+    let passive = ch
+        .exchange_declare(
+            topo.output_exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    assert!(passive.is_err(), "{} survived", topo.output_exchange);
     let store = RedisStore::connect(REDIS, &base).await.unwrap();
     assert_eq!(store.purge().await.unwrap(), 0, "keys left under {base}");
 }
