@@ -244,12 +244,14 @@ impl Process<'_> {
         let (drained, deadline) = {
             let supervising = supervisor.run(worker, &self.shutdown);
             tokio::pin!(supervising);
-            tokio::select! {
-                () = &mut supervising => {}
-                () = self.shutdown.cancelled() => {}
-            }
+            // Both are ready together at shutdown (the session ends because
+            // of it): a session that already ended must not be polled again.
+            let ended = tokio::select! {
+                () = &mut supervising => true,
+                () = self.shutdown.cancelled() => false,
+            };
             let deadline = Instant::now() + DRAIN_GRACE;
-            let drained = tokio::time::timeout_at(deadline, supervising).await.is_ok();
+            let drained = ended || tokio::time::timeout_at(deadline, supervising).await.is_ok();
             (drained, deadline)
         };
         if !drained {
