@@ -367,6 +367,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 crate::identify_limit::Refused::Budget => "budget",
             };
             metrics::counter!("relay_identifies_refused_total", "reason" => why).increment(1);
+            tracing::debug!(
+                conn = self.id,
+                shard = shard_id,
+                count,
+                why,
+                "IDENTIFY over the relay's limits: op 9"
+            );
             self.send("{\"op\":9,\"d\":false}").await?;
             return Ok(false);
         }
@@ -409,18 +416,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         metrics::counter!("relay_identifies_total").increment(1);
         metrics::histogram!("relay_snapshot_seconds").record(started.elapsed().as_secs_f64());
-        tracing::info!(shard = shard_id, count, guilds, session = %session_id, "bot session started");
+        tracing::info!(conn = self.id, shard = shard_id, count, guilds, session = %session_id, "bot session started");
         Ok(true)
     }
 
     async fn resume(&mut self, r: Resume) -> Result<(), Close> {
         self.check_token(&r.token)?;
         let Some(s) = self.ctx.hub.get(&r.session_id) else {
+            tracing::debug!(conn = self.id, session = %r.session_id, "RESUME of an unknown session: op 9");
             metrics::counter!("relay_resumes_total", "result" => "invalid").increment(1);
             self.send("{\"op\":9,\"d\":false}").await?;
             return Err(Close::new(close::UNKNOWN_ERROR, "unknown session"));
         };
         if s.is_loading() || s.after(r.seq).is_err() {
+            tracing::debug!(conn = self.id, session = %r.session_id, seq = r.seq, session_seq = s.last_seq(), loading = s.is_loading(), "RESUME from a seq the session cannot replay: op 9");
             metrics::counter!("relay_resumes_total", "result" => "invalid").increment(1);
             self.send("{\"op\":9,\"d\":false}").await?;
             return Err(Close::new(
@@ -434,6 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.flush().await?;
         s.push("RESUMED", "{}");
         metrics::counter!("relay_resumes_total", "result" => "resumed").increment(1);
+        tracing::info!(conn = self.id, session = %s.id, shard = s.shard.id, count = s.shard.count, seq = r.seq, "bot session resumed");
         Ok(())
     }
 

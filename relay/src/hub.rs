@@ -8,7 +8,8 @@
 //! a `message_id` and are offered once: the hub remembers the last
 //! [`DEDUP`] ids. Answers to forwarded member requests (GUILD_MEMBERS_CHUNK,
 //! RATE_LIMITED) are not fanned out: they go to the session that asked,
-//! or nowhere ([`crate::replies`]). Sessions nobody resumed within the
+//! or nowhere ([`crate::replies`]). The real shards' READY and RESUMED
+//! go to nobody: a bot's session is the relay's. Sessions nobody resumed within the
 //! window are dropped by [`Hub::reap`].
 
 use crate::incoming::Incoming;
@@ -49,6 +50,15 @@ impl Hub {
         }
         if matches!(ev.event.as_str(), "GUILD_MEMBERS_CHUNK" | "RATE_LIMITED") {
             self.answer(&ev);
+            return true;
+        }
+        if matches!(ev.event.as_str(), "READY" | "RESUMED") {
+            // A real shard's own session: its READY carries the real
+            // session id and Discord's resume URL, and a bot library that
+            // took it would RESUME the real shard's session at Discord,
+            // closing it. Bots get the relay's READY and RESUMED only.
+            metrics::counter!("relay_events_withheld_total", "event" => ev.event.clone())
+                .increment(1);
             return true;
         }
         let ev = Arc::new(ev);
@@ -155,8 +165,24 @@ mod tests {
             body: Bytes::from_static(b"{}"),
         };
         assert!(hub.dispatch(ev.clone()));
-        assert!(!hub.dispatch(ev));
+        assert!(!hub.dispatch(ev.clone()));
         assert_eq!(s.seq(), 2, "READY and one message");
+        // A real shard's READY or RESUMED (no guild: every session of
+        // client shard 0 would take it) never reaches a bot.
+        for (n, name) in ["READY", "RESUMED"].into_iter().enumerate() {
+            let real = Incoming {
+                message_id: format!("0:2:{n}"),
+                clean: name.into(),
+                event: name.into(),
+                guild_id: None,
+                body: Bytes::from_static(
+                    br#"{"session_id":"real","resume_gateway_url":"wss://discord"}"#,
+                ),
+                ..ev.clone()
+            };
+            assert!(hub.dispatch(real));
+        }
+        assert_eq!(s.seq(), 2, "the real shards' session events are withheld");
         let now = Instant::now();
         assert_eq!(hub.reap(now, Duration::from_secs(1)), 0);
         s.detach(1, now);

@@ -262,6 +262,11 @@ impl Session {
     }
 
     /// The last `s` written.
+    pub fn last_seq(&self) -> u64 {
+        self.state().seq
+    }
+
+    /// The last `s` written.
     #[cfg(test)]
     pub fn seq(&self) -> u64 {
         self.state().seq
