@@ -57,7 +57,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Rounds that may await their confirms while the next one gathers events.
@@ -123,6 +123,7 @@ pub struct AmqpSinkStats {
 pub struct AmqpSink {
     tx: mpsc::Sender<ShardEvent>,
     stats: Arc<AmqpSinkStats>,
+    connection: watch::Receiver<Option<Arc<Connection>>>,
 }
 
 impl AmqpSink {
@@ -131,7 +132,9 @@ impl AmqpSink {
     pub fn start(resolver: dnscache::Resolver, cfg: AmqpSinkConfig) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.buffer.max(1));
         let stats = Arc::new(AmqpSinkStats::default());
+        let (connection_tx, connection) = watch::channel(None);
         let task = Publisher {
+            connection: connection_tx,
             backoff: Backoff::new(cfg.reconnect_base, cfg.reconnect_max),
             resolver,
             cfg,
@@ -142,7 +145,22 @@ impl AmqpSink {
             closed: false,
             stats: stats.clone(),
         };
-        (Self { tx, stats }, tokio::spawn(task.run()))
+        (
+            Self {
+                tx,
+                stats,
+                connection,
+            },
+            tokio::spawn(task.run()),
+        )
+    }
+
+    /// The publisher's connection while it is up (`None` while it
+    /// reconnects): what else the process needs from the broker opens a
+    /// channel on it, so a broker outage sees one client's reconnects
+    /// (one backoff), not one per purpose.
+    pub fn connection(&self) -> watch::Receiver<Option<Arc<Connection>>> {
+        self.connection.clone()
     }
 
     /// The counters.
@@ -199,6 +217,8 @@ enum SessionError {
 }
 
 struct Publisher {
+    /// The connection while up, for [`AmqpSink::connection`].
+    connection: watch::Sender<Option<Arc<Connection>>>,
     resolver: dnscache::Resolver,
     cfg: AmqpSinkConfig,
     rx: mpsc::Receiver<ShardEvent>,
@@ -225,7 +245,10 @@ impl Publisher {
                 Ok((conn, ch)) => {
                     self.stats.connections.fetch_add(1, Ordering::Relaxed);
                     metrics::gauge!("sharder_amqp_connected").set(1.0);
+                    let conn = Arc::new(conn);
+                    self.connection.send_replace(Some(conn.clone()));
                     let r = self.session(&ch).await;
+                    self.connection.send_replace(None);
                     if r.is_ok() {
                         let _ = conn.close(200, "OK".into()).await;
                         return;

@@ -429,6 +429,9 @@ async fn run_shards(
         }
         _ => None,
     };
+    let presence_record = identify_redis
+        .as_ref()
+        .map(|conn| crate::commands::PresenceRecord::new(conn.clone(), &cfg.redis.key_prefix));
     let shared = identify_redis.map(|conn| SharedBudget::new(conn, &cfg.redis.key_prefix));
     let scheduler = IdentifyScheduler::with_cluster(
         limit,
@@ -453,10 +456,11 @@ async fn run_shards(
         None
     };
     admin.set_phase("starting the sink");
-    let amqp = matches!(sink, SinkChoice::Amqp);
+    let mut amqp_connection = None;
     let (sink, sink_task) = match sink {
         SinkChoice::Amqp => {
             let (s, task) = AmqpSink::start(resolver.clone(), AmqpSinkConfig::from_config(&cfg));
+            amqp_connection = Some(s.connection());
             (AnySink::Amqp(s), Some(task))
         }
         SinkChoice::Channel(c) => (AnySink::Channel(c), None),
@@ -484,6 +488,12 @@ async fn run_shards(
         connector,
         presence: crate::Presence::default(),
     };
+    // The bot's status survives restarts: IDENTIFYs carry it from the start.
+    if let Some(r) = &presence_record
+        && let Err(e) = r.restore(&spawner.presence).await
+    {
+        tracing::warn!(error = %e, "cannot read the bot's stored presence; IDENTIFY without one");
+    }
     drop(sink);
     // How the unfinished reshard ended goes to the workers before any shard
     // publishes, so every partition's window closes ahead of this start's
@@ -533,14 +543,13 @@ async fn run_shards(
     admin.start(handles.clone(), scheduler.clone());
     // Bots' commands through the relays (op 3, 4, 8) come over the broker
     // the events go to.
-    let commands = amqp.then(|| {
+    let commands = amqp_connection.map(|connection| {
         tokio::spawn(crate::commands::run(
-            resolver.clone(),
-            cfg.amqp.url.clone(),
+            connection,
             crate::AmqpTopology::named(&cfg.sharder.amqp_topology_base, cfg.amqp.partitions)
                 .commands_exchange,
             admin.clone(),
-            spawner.presence.clone(),
+            (spawner.presence.clone(), presence_record.clone()),
             shutdown.clone(),
         ))
     });
