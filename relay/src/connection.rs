@@ -40,6 +40,10 @@ const SEND_WINDOW: Duration = Duration::from_secs(60);
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
+/// Longest a bot's command may wait for the broker (then it is dropped,
+/// as Discord drops a command on a dying connection).
+const PUBLISH_WITHIN: Duration = Duration::from_secs(2);
+
 #[derive(Deserialize)]
 struct Payload<'a> {
     op: u8,
@@ -58,6 +62,10 @@ struct Identify {
     /// ones (Discord: 50..=250, default 50).
     #[serde(default)]
     large_threshold: Option<u64>,
+    /// The presence to start with (what most libraries set their status
+    /// with): applied to the real shards like op 3.
+    #[serde(default)]
+    presence: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -337,6 +345,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// sent, the connection stays for another IDENTIFY).
     async fn identify(&mut self, id: Identify) -> Result<bool, Close> {
         self.check_token(&id.token)?;
+        let presence = match &id.presence {
+            Some(p) if !p.is_null() => {
+                let d = p.to_string();
+                crate::commands::presence(&d).map_err(Close::from)?;
+                Some(d)
+            }
+            _ => None,
+        };
         let [shard_id, count] = id.shard.unwrap_or([0, 1]);
         if count == 0 || shard_id >= count || count > config::MAX_TOTAL_SHARDS {
             return Err(Close::new(
@@ -417,6 +433,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         metrics::counter!("relay_identifies_total").increment(1);
         metrics::histogram!("relay_snapshot_seconds").record(started.elapsed().as_secs_f64());
         tracing::info!(conn = self.id, shard = shard_id, count, guilds, session = %session_id, "bot session started");
+        if let Some(d) = presence {
+            self.forward(crate::commands::command(
+                envelope::command::PRESENCE_UPDATE,
+                None,
+                d,
+            ))
+            .await;
+        }
         Ok(true)
     }
 
@@ -451,7 +475,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// on Discord: a failure is logged and counted, the bot not closed).
     async fn forward(&mut self, c: envelope::Command) -> bool {
         let op = c.op.to_string();
-        match self.ctx.commands.publish(&c).await {
+        // Bounded: the bot's heartbeats wait while this connection publishes.
+        let sent = tokio::time::timeout(PUBLISH_WITHIN, self.ctx.commands.publish(&c))
+            .await
+            .unwrap_or_else(|_| {
+                Err(lapin::Error::from(std::io::Error::other(format!(
+                    "the broker did not take it within {PUBLISH_WITHIN:?}"
+                ))))
+            });
+        match sent {
             Ok(()) => {
                 metrics::counter!("relay_commands_total", "op" => op, "result" => "forwarded")
                     .increment(1);

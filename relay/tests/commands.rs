@@ -14,7 +14,8 @@
 //!    on); another client shard whose split holds the same guild gets
 //!    nothing; a second request within Discord's per-guild window gets
 //!    RATE_LIMITED, with its nonce, to the asker alone;
-//! 3. op 3 reaches every real shard.
+//! 3. op 3 reaches every real shard, and so does the presence a bot
+//!    IDENTIFYs with.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -27,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use twilight_gateway::{ConfigBuilder, Intents, Message, MessageSender, Shard, ShardId};
+use twilight_model::gateway::payload::outgoing::update_presence::UpdatePresencePayload;
 use twilight_model::gateway::payload::outgoing::{
     RequestGuildMembers, UpdatePresence, UpdateVoiceState,
 };
@@ -45,10 +47,21 @@ struct Client {
 }
 
 impl Client {
-    fn start(id: u32, count: u32, token: &str, relay: SocketAddr) -> Self {
-        let config = ConfigBuilder::new(token.to_owned(), Intents::from_bits_truncate(BOT_INTENTS))
-            .proxy_url(format!("ws://{relay}"))
-            .build();
+    /// Shard `[id, count]`, IDENTIFYing with `presence` if given.
+    fn start(
+        id: u32,
+        count: u32,
+        token: &str,
+        relay: SocketAddr,
+        presence: Option<UpdatePresencePayload>,
+    ) -> Self {
+        let mut config =
+            ConfigBuilder::new(token.to_owned(), Intents::from_bits_truncate(BOT_INTENTS))
+                .proxy_url(format!("ws://{relay}"));
+        if let Some(p) = presence {
+            config = config.presence(p);
+        }
+        let config = config.build();
         let mut shard = Shard::with_config(ShardId::new(id, count), config);
         let sender = shard.sender();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -109,6 +122,31 @@ impl Client {
     }
 }
 
+fn playing(status: Status) -> UpdatePresencePayload {
+    let activity = MinimalActivity {
+        kind: ActivityType::Playing,
+        name: "relay".into(),
+        url: None,
+    };
+    UpdatePresencePayload::new(vec![activity.into()], false, None, status).unwrap()
+}
+
+/// Waits until the real shards sent `n` presence updates in all, then
+/// checks no more came.
+async fn presences_reach(p: &Pipeline, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    while p.sim.counters().presence_updates < n {
+        assert!(
+            Instant::now() < deadline,
+            "op 3 never reached both real shards ({} of {n})",
+            p.sim.counters().presence_updates
+        );
+        // Polling the simulator's counters, not a synchronisation sleep.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(p.sim.counters().presence_updates, n);
+}
+
 fn guild_of(d: &Value) -> Option<u64> {
     d["guild_id"].as_str()?.parse().ok()
 }
@@ -131,9 +169,12 @@ async fn commands_reach_the_owning_real_shard_and_answers_come_back_to_the_asker
                 .map(|(k, n)| (g, (k as u32, n as u32)))
         })
         .expect("a guild with members");
-    let mut asker = Client::start(0, 2, &token, p.relay_addr);
+    // The asker starts with a presence in its IDENTIFY, as most libraries
+    // set their status: it reaches both real shards (op 3).
+    let mut asker = Client::start(0, 2, &token, p.relay_addr, Some(playing(Status::Online)));
     asker.wait_for("READY", |_| true).await;
-    let mut other = Client::start(k, n, &token, p.relay_addr);
+    presences_reach(&p, 2).await;
+    let mut other = Client::start(k, n, &token, p.relay_addr, None);
     other.wait_for("READY", |_| true).await;
     other
         .wait_for("GUILD_CREATE", |d| common::gid(d) == guild)
@@ -201,31 +242,10 @@ async fn commands_reach_the_owning_real_shard_and_answers_come_back_to_the_asker
     assert_eq!(limited["meta"]["nonce"], "again");
 
     // 3. Presence: every real shard sends it.
-    let presence = UpdatePresence::new(
-        vec![
-            MinimalActivity {
-                kind: ActivityType::Playing,
-                name: "relay".into(),
-                url: None,
-            }
-            .into(),
-        ],
-        false,
-        None,
-        Status::Idle,
-    )
-    .unwrap();
+    let p3 = playing(Status::Idle);
+    let presence = UpdatePresence::new(p3.activities, p3.afk, p3.since, p3.status).unwrap();
     asker.sender.command(&presence).unwrap();
-    let deadline = Instant::now() + WAIT;
-    while p.sim.counters().presence_updates < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "op 3 never reached both real shards"
-        );
-        // Polling the simulator's counters, not a synchronisation sleep.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(p.sim.counters().presence_updates, 2);
+    presences_reach(&p, 4).await;
 
     // The other client shard holds the guild, yet got no answer meant for
     // the asker; both got the voice events of their guild (Discord sends

@@ -182,6 +182,14 @@ async fn refusals_use_discords_close_codes_and_bad_input_is_closed_not_fatal() {
             4003,
         ),
         (
+            "IDENTIFY with a presence Discord would refuse",
+            text(
+                json!({"op": 2, "d": {"token": TOKEN, "intents": INTENTS, "shard": [0, 1],
+                "properties": {}, "presence": {"status": "away", "activities": [], "afk": false}}}),
+            ),
+            4002,
+        ),
+        (
             "IDENTIFY without a token",
             text(json!({"op": 2, "d": {"intents": 1}})),
             4002,
