@@ -11,6 +11,7 @@
 
 use crate::commands::{MemberRequest, Selection};
 use envelope::Version;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use worker::{GuildView, RedisStore, Store, StoreError, User};
@@ -201,6 +202,9 @@ pub async fn guild_create(
     Ok(Some((d.to_string(), floor(&view))))
 }
 
+/// Guilds a snapshot reads from the cache at once.
+const SNAPSHOT_IN_FLIGHT: usize = 16;
+
 /// What a session's snapshot holds.
 pub struct Snapshot {
     pub ready: String,
@@ -228,11 +232,20 @@ pub async fn load(
     };
     let mut guilds = Vec::new();
     let mut floors = HashMap::new();
-    for g in store.guild_ids().await? {
-        if !shard.owns(Some(g)) {
-            continue;
-        }
-        if let Some((d, v)) = guild_create(store, g, shape).await? {
+    let ours: Vec<u64> = store
+        .guild_ids()
+        .await?
+        .into_iter()
+        .filter(|g| shard.owns(Some(*g)))
+        .collect();
+    // Several guilds in flight on the multiplexed connection: a snapshot
+    // is bound by round trips, not by Redis, and `buffered` keeps the
+    // order.
+    let mut loads = futures_util::stream::iter(ours)
+        .map(|g| async move { guild_create(store, g, shape).await.map(|c| (g, c)) })
+        .buffered(SNAPSHOT_IN_FLIGHT);
+    while let Some(loaded) = loads.next().await {
+        if let (g, Some((d, v))) = loaded? {
             guilds.push((g, d));
             floors.insert(g, v);
         }
