@@ -12,9 +12,8 @@
 
 use crate::error::DemoError;
 use discord_sim::SimHandle;
-use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -98,17 +97,9 @@ async fn publish(
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(DemoError::amqp("enabling publisher confirms"))?;
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .map_err(DemoError::amqp("declaring the output exchange"))?;
+    envelope::topology::declare_topic(&ch, exchange)
+        .await
+        .map_err(DemoError::amqp("declaring the output exchange"))?;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let first = tokio::select! {

@@ -154,7 +154,7 @@ impl AmqpTopology {
 }
 
 #[cfg(feature = "lapin")]
-pub use declare::inspect_queue;
+pub use declare::{declare_topic, inspect_queue, private_queue};
 
 #[cfg(feature = "lapin")]
 mod declare {
@@ -165,6 +165,53 @@ mod declare {
     };
     use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
     use lapin::{Channel, ExchangeKind, Queue};
+
+    /// Declares the durable topic exchange `name` (idempotent): the output
+    /// and commands exchanges, which their consumers may declare first.
+    pub async fn declare_topic(ch: &Channel, name: &str) -> Result<(), lapin::Error> {
+        ch.exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// A queue of this connection alone (server-named, exclusive, deleted
+    /// with the connection) with `arguments`, bound to the topic exchange
+    /// `exchange` for everything (`#`), which is declared first: how a
+    /// relay reads every clean event and a sharder every command.
+    pub async fn private_queue(
+        ch: &Channel,
+        exchange: &str,
+        arguments: FieldTable,
+    ) -> Result<Queue, lapin::Error> {
+        declare_topic(ch, exchange).await?;
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await?;
+        ch.queue_bind(
+            q.name().as_str().into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(q)
+    }
 
     /// Looks `queue` up without creating it (a passive declare): its ready
     /// messages (`message_count`) and consumers (`consumer_count`). A

@@ -15,9 +15,8 @@ use envelope::Command;
 use envelope::command::{COMMAND_TTL, PRESENCE_UPDATE, REQUEST_GUILD_MEMBERS, VOICE_STATE_UPDATE};
 use gateway_protocol::close;
 use gateway_protocol::intents::intent::{GUILD_MEMBERS, GUILD_PRESENCES};
-use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, ConnectionProperties, ExchangeKind};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, ConnectionProperties};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -275,16 +274,7 @@ impl Publisher {
             .amqp_connect(self.amqp_url.expose(), ConnectionProperties::default())
             .await?;
         let ch = conn.create_channel().await?;
-        ch.exchange_declare(
-            self.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+        envelope::topology::declare_topic(&ch, &self.exchange).await?;
         Ok((conn, ch))
     }
 }

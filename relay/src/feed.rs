@@ -11,12 +11,9 @@
 use crate::Ctx;
 use crate::incoming::Incoming;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::ConnectionProperties;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{ConnectionProperties, ExchangeKind};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -55,35 +52,7 @@ async fn consume(ctx: &Ctx, stop: &CancellationToken) -> Result<(), lapin::Error
         .amqp_connect(ctx.amqp_url.expose(), ConnectionProperties::default())
         .await?;
     let ch = conn.create_channel().await?;
-    ch.exchange_declare(
-        ctx.exchange.as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    ch.queue_bind(
-        q.name().as_str().into(),
-        ctx.exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    let q = envelope::topology::private_queue(&ch, &ctx.exchange, FieldTable::default()).await?;
     ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let mut consumer = ch
         .basic_consume(

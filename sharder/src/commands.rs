@@ -32,11 +32,9 @@ use crate::AdminState;
 use envelope::Command;
 use envelope::command::{COMMAND_TTL, PRESENCE_UPDATE};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::Connection;
+use lapin::options::BasicConsumeOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Connection, ExchangeKind};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -232,16 +230,6 @@ async fn consume(
     stop: &CancellationToken,
 ) -> Result<(), lapin::Error> {
     let ch = conn.create_channel().await?;
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
     let mut args = FieldTable::default();
     let ttl = i64::try_from(COMMAND_TTL.as_millis()).unwrap_or(i64::MAX);
     args.insert(
@@ -256,25 +244,7 @@ async fn consume(
         ShortString::from("x-overflow"),
         AMQPValue::LongString(LongString::from("drop-head")),
     );
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await?;
-    ch.queue_bind(
-        q.name().as_str().into(),
-        exchange.into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    let q = envelope::topology::private_queue(&ch, exchange, args).await?;
     let mut consumer = ch
         .basic_consume(
             q.name().as_str().into(),

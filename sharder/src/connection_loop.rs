@@ -145,24 +145,15 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                         commands_open = false;
                         continue;
                     };
-                    match self.send_bot_command(&mut conn, &cmd).await {
-                        Ok(Some(wait)) => {
-                            held = Some(cmd);
-                            retry.as_mut().reset(Instant::now() + wait);
-                        }
-                        Ok(None) => {}
-                        Err(o) => return o,
+                    if let Err(o) = self.send_bot_command(&mut conn, cmd, &mut held, retry.as_mut()).await {
+                        return o;
                     }
                 }
                 () = &mut retry, if held.is_some() => {
-                    let Some(cmd) = held.take() else { continue };
-                    match self.send_bot_command(&mut conn, &cmd).await {
-                        Ok(Some(wait)) => {
-                            held = Some(cmd);
-                            retry.as_mut().reset(Instant::now() + wait);
-                        }
-                        Ok(None) => {}
-                        Err(o) => return o,
+                    if let Some(cmd) = held.take()
+                        && let Err(o) = self.send_bot_command(&mut conn, cmd, &mut held, retry.as_mut()).await
+                    {
+                        return o;
                     }
                 }
                 _ = persist.tick() => {
@@ -264,22 +255,30 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             .await
     }
 
-    /// Sends a bot's command if the budget allows it now (`Some(wait)`
-    /// when not); one older than the commands' TTL is dropped instead.
+    /// Sends a bot's command if the budget allows it now; else holds it in
+    /// `held` until `retry` fires. One older than the commands' TTL is
+    /// dropped instead.
     async fn send_bot_command(
         &mut self,
         conn: &mut Connection<C>,
-        (at, text): &(Instant, String),
-    ) -> Result<Option<std::time::Duration>, Outcome> {
-        if at.elapsed() > envelope::command::COMMAND_TTL {
+        cmd: (Instant, String),
+        held: &mut Option<(Instant, String)>,
+        retry: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<(), Outcome> {
+        if cmd.0.elapsed() > envelope::command::COMMAND_TTL {
             metrics::counter!("sharder_commands_sent_total", "result" => "expired").increment(1);
-            return Ok(None);
+            return Ok(());
         }
-        let wait = conn.try_send_command(text).await?;
-        if wait.is_none() {
-            metrics::counter!("sharder_commands_sent_total", "result" => "sent").increment(1);
+        match conn.try_send_command(&cmd.1).await? {
+            None => {
+                metrics::counter!("sharder_commands_sent_total", "result" => "sent").increment(1);
+            }
+            Some(wait) => {
+                *held = Some(cmd);
+                retry.reset(Instant::now() + wait);
+            }
         }
-        Ok(wait)
+        Ok(())
     }
 
     async fn identify(
