@@ -60,7 +60,21 @@ pub fn assert_clean(s: &Summary, opts: &DemoOptions, joins: bool) {
     assert_eq!(s.joins.missed, 0, "{table}");
     assert_eq!(s.joins.sessions_without_ready, 0, "{table}");
     assert!(!joins || s.joins.real > 0, "the mix makes joins\n{table}");
-    assert_eq!(s.forwarded, s.dispatched, "lost or extra events\n{table}");
+    if s.reshard.is_none() {
+        assert_eq!(s.forwarded, s.dispatched, "lost or extra events\n{table}");
+    } else {
+        // A retired shard's connection is read up to its close frame for at
+        // most RETIRE_DRAIN: what the simulator buffered for it after that
+        // is never read. Those are copies whose twins came through the new
+        // total (each logical event once in the clean stream is asserted
+        // by `passed` below), so the shortfall stays within the events
+        // both totals received.
+        assert!(s.forwarded <= s.dispatched, "extra events\n{table}");
+        assert!(
+            s.dispatched - s.forwarded <= s.stream.both as u64,
+            "more dispatches unread than events both totals received\n{table}"
+        );
+    }
     assert!(s.processed >= s.forwarded, "{table}");
     assert!(s.identifies >= u64::from(opts.shards), "{table}");
     let ratio = s.floor_ratio().unwrap();
