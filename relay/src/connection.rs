@@ -473,7 +473,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Publishes a bot's command for the real shards (best effort, as
     /// on Discord: a failure is logged and counted, the bot not closed).
-    async fn forward(&mut self, c: envelope::Command) -> bool {
+    async fn forward(&mut self, c: envelope::Command) {
         let op = c.op.to_string();
         // Bounded: the bot's heartbeats wait while this connection publishes.
         let sent = tokio::time::timeout(PUBLISH_WITHIN, self.ctx.commands.publish(&c))
@@ -487,13 +487,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Ok(()) => {
                 metrics::counter!("relay_commands_total", "op" => op, "result" => "forwarded")
                     .increment(1);
-                true
             }
             Err(e) => {
                 metrics::counter!("relay_commands_total", "op" => op, "result" => "unpublished")
                     .increment(1);
                 tracing::warn!(error = %e, op = c.op, "cannot forward a bot's command to the sharders (check the broker)");
-                false
             }
         }
     }

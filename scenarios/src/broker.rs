@@ -11,10 +11,7 @@
 use crate::{AMQP_URL, Result};
 use envelope::topology::AmqpTopology;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::sync::{Arc, Mutex};
@@ -186,29 +183,12 @@ impl Broker {
         })
     }
 
-    /// An exclusive, auto-deleted queue bound to `exchange` with `#`, and
-    /// its consumer (no acks): a copy of every message published there.
+    /// An exclusive, auto-deleted queue bound to the topic exchange
+    /// `exchange` with `#`, and its consumer (no acks): a copy of every
+    /// message published there.
     async fn copy_of(&self, exchange: &str, tag: &str) -> Result<(Channel, lapin::Consumer)> {
         let ch = self.conn.create_channel().await?;
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        ch.queue_bind(
-            q.name().as_str().into(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        let q = envelope::topology::private_queue(&ch, exchange, FieldTable::default()).await?;
         let consumer = ch
             .basic_consume(
                 q.name().as_str().into(),

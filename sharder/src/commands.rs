@@ -136,8 +136,9 @@ impl PresenceRecord {
 /// Where a command went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Routed {
-    /// Handed to this many shards.
-    Sent(usize),
+    /// Handed to the owning shard (op 3: to every shard whose backlog had
+    /// room).
+    Sent,
     /// No shard of this process owns the guild.
     NotOurs,
     /// An older presence than the one applied.
@@ -149,7 +150,7 @@ pub enum Routed {
 impl Routed {
     fn label(self) -> &'static str {
         match self {
-            Self::Sent(_) => "sent",
+            Self::Sent => "sent",
             Self::NotOurs => "not_ours",
             Self::Stale => "stale",
             Self::Dropped => "dropped",
@@ -165,11 +166,10 @@ pub fn route(admin: &AdminState, presence: &Presence, c: &Command) -> Routed {
             return Routed::Stale;
         }
         let payload = c.payload();
-        let sent = shards
-            .iter()
-            .filter(|(_, h)| h.send_command(payload.clone()))
-            .count();
-        return Routed::Sent(sent);
+        for (_, h) in &shards {
+            h.send_command(payload.clone());
+        }
+        return Routed::Sent;
     }
     let Some((_, h)) = shards
         .iter()
@@ -178,7 +178,7 @@ pub fn route(admin: &AdminState, presence: &Presence, c: &Command) -> Routed {
         return Routed::NotOurs;
     };
     if h.send_command(c.payload()) {
-        Routed::Sent(1)
+        Routed::Sent
     } else {
         Routed::Dropped
     }

@@ -97,7 +97,7 @@ mod startup;
 pub use amqp_sink::{AmqpSink, AmqpSinkConfig, AmqpSinkStats};
 pub use assignment::{ClusterLayout, PlanError, ShardAssignment};
 pub use cli::{PROCESS_INDEX_ENV, apply_shard_args, ordinal_process_index};
-pub use commands::{Presence, PresenceRecord, Routed, route as route_command};
+pub use commands::{Presence, PresenceRecord};
 pub use connect::{ConnectError, Connector, PlainConnector, ResolverConnector};
 pub use connect_rate::{ConnectRate, PacedConnector};
 pub use envelope::topology::AmqpTopology;
