@@ -9,6 +9,8 @@
 //! [`CutProxy::hold`] keeps the service's bytes (a broker's confirms, say)
 //! from reaching the client until [`CutProxy::release`], with the
 //! connection open: a busy pipe for exactly as long as a test needs.
+//! [`CutProxy::retarget`] sends new connections to another upstream while
+//! open ones stay: a Service whose endpoints changed in a rolling update.
 //!
 //! Every accepted connection is timestamped, so a test can count the
 //! client's reconnect attempts during an outage ([`CutProxy::refused`],
@@ -41,6 +43,8 @@ struct State {
     up: watch::Sender<bool>,
     /// `true` while the service's bytes are held back.
     held: watch::Sender<bool>,
+    /// Where new connections go.
+    upstream: Mutex<SocketAddr>,
 }
 
 /// A running proxy to one upstream; stops (cut) when dropped.
@@ -61,6 +65,7 @@ impl CutProxy {
             refused: AtomicU64::new(0),
             up: watch::channel(true).0,
             held: watch::channel(false).0,
+            upstream: Mutex::new(upstream),
         });
         let s = state.clone();
         let task = tokio::spawn(async move {
@@ -74,6 +79,10 @@ impl CutProxy {
                     drop(client); // the client sees the connection close
                     continue;
                 }
+                let upstream = *s
+                    .upstream
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 tokio::spawn(forward(
                     client,
                     upstream,
@@ -104,6 +113,15 @@ impl CutProxy {
     /// Ends the outage.
     pub fn restore(&self) {
         self.state.up.send_replace(true);
+    }
+
+    /// Sends new connections to `upstream`; open ones stay where they are.
+    pub fn retarget(&self, upstream: SocketAddr) {
+        *self
+            .state
+            .upstream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = upstream;
     }
 
     /// Holds back what the service sends (the connections stay open).
@@ -249,6 +267,38 @@ mod tests {
         assert_eq!(proxy.attempts(), 3);
         let now = Instant::now();
         assert_eq!(proxy.attempts_between(now, now), 0);
+    }
+
+    /// An upstream that answers every connection with `tag` and closes.
+    async fn tagged(tag: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let _ = s.write_all(tag).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn retargeting_moves_new_connections_only() {
+        let proxy = CutProxy::start(echo().await).await.unwrap();
+        let mut a = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut a, b"old").await.unwrap(), b"old");
+        proxy.retarget(tagged(b"new").await);
+        let mut b = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut got = [0u8; 3];
+        timeout(Duration::from_secs(5), b.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"new");
+        assert_eq!(
+            round_trip(&mut a, b"still").await.unwrap(),
+            b"still",
+            "the open connection stays on the old upstream"
+        );
     }
 
     #[tokio::test]
