@@ -35,8 +35,8 @@ use envelope::topology;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
@@ -207,7 +207,10 @@ pub async fn consume_partition_with<S: Store>(
                     }
                     tokio::select! {
                         _ = &mut shutdown => {
-                            ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
+                            // This message stays unacked: redelivered.
+                            drop(delivery);
+                            hand_over(&ch, waiting, &output, &mut stats).await?;
+                            drop(consumer);
                             return Ok(stats);
                         }
                         _ = tokio::time::sleep(backoff(attempt)) => {}
@@ -256,17 +259,36 @@ pub async fn consume_partition_with<S: Store>(
         delivery.ack(BasicAckOptions::default()).await?;
         stats.acked += 1;
     }
-    // Inputs whose output was published are acked once it is confirmed.
-    while let Some(mut w) = waiting.pop_front() {
-        let r = w.confirms.as_mut().await;
-        finish(w, r, &output, &mut stats).await?;
-    }
-    // Cancel explicitly so the broker hands the partition to the next single
-    // active consumer at once, and the unacked prefetch is redelivered.
-    ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await?;
+    hand_over(&ch, waiting, &output, &mut stats).await?;
+    // Dropped once the channel is closed: dropping a consumer cancels it,
+    // which must not happen first (see `hand_over`).
     drop(consumer);
     Ok(stats)
+}
+
+/// Stops consuming: acks the inputs whose output the broker confirms, then
+/// closes the channel, which returns the unprocessed prefetch to the
+/// queue's head.
+///
+/// Never a `basic.cancel` first: on a quorum queue with a single active
+/// consumer, a cancel makes the next consumer active at once while this
+/// one's unacked messages are returned only when its channel is gone, so
+/// the next owner would get later messages before them (found by the
+/// relay's twilight test under load: a shard's batch applied after its
+/// successor). A channel that goes down returns its messages and activates
+/// the next consumer in one step.
+async fn hand_over(
+    ch: &Channel,
+    mut waiting: VecDeque<Waiting>,
+    output: &Option<Arc<Unconfirmed>>,
+    stats: &mut ConsumeStats,
+) -> Result<(), ConsumeError> {
+    while let Some(mut w) = waiting.pop_front() {
+        let r = w.confirms.as_mut().await;
+        finish(w, r, output, stats).await?;
+    }
+    ch.close(200, "partition handed over".into()).await?;
+    Ok(())
 }
 
 /// An input message whose output was published and awaits confirms.

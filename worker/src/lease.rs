@@ -28,7 +28,7 @@
 //! the next owner subscribes strictly after and sees the messages in
 //! order. If the lease expires under a consumer that is still draining (a
 //! pause longer than the TTL), the next owner's subscription is a
-//! single-active-consumer standby until the old one cancels: still one
+//! single-active-consumer standby until the old one's channel closes: still one
 //! consumer at a time. The versioned cache would also make a brief double
 //! delivery harmless, but nothing here relies on it.
 

@@ -16,10 +16,11 @@
 //! are collected every minute past `worker.tombstone_horizon`
 //! ([`crate::sweep`]).
 //!
-//! Shutdown: the HTTP API stops taking requests, every consumer cancels
-//! its subscription so the single-active-consumer role moves to another
-//! replica at once, after acking what it finished and waiting for the
-//! confirms of what it published; all within [`DRAIN_GRACE`], after which
+//! Shutdown: the HTTP API stops taking requests, every consumer closes its
+//! channel so the single-active-consumer role moves to another replica
+//! (with the unprocessed prefetch first), after acking what it finished and
+//! waiting for the confirms of what it published; all within
+//! [`DRAIN_GRACE`], after which
 //! what is left is abandoned (unacked, so the broker redelivers it: never
 //! lost) and the run reports `drained: false`. Once the consumers have
 //! stopped, the leases are released and the replica leaves the member set,

@@ -7,20 +7,21 @@
 //! watcher that drives `/readyz` from those partitions only. When the gate
 //! changes (a lease won or handed over, see [`crate::membership`]) it starts
 //! the new consumers and stops the disallowed ones: a stopped consumer
-//! finishes and acks what it holds, cancels, closes its channel (returning
-//! its unprocessed prefetch to the queue head), and only then is marked
-//! stopped in the gate, which lets its lease go. A session ends when a
+//! finishes and acks what it holds, closes its channel without cancelling
+//! first (the queue returns its unprocessed prefetch to the head and only
+//! then makes the next consumer active), and only then is marked stopped in
+//! the gate, which lets its lease go. A session ends when a
 //! consumer stops on its own (its channel or the connection closed) or the
 //! watcher fails; the supervisor then reconnects after a capped, jittered backoff
 //! (100 ms doubling to 30 s, half to full of it), so a broker restart does
 //! not bring every replica back at once. A session that ran and ended
 //! cleanly resets the backoff.
 //!
-//! On shutdown every consumer cancels its subscription after acking what
-//! it finished (see [`crate::consume_partition_with`]), so the
-//! single-active-consumer role moves to another replica at once and the
-//! unacked prefetch is redelivered there; the supervisor then returns. The
-//! caller bounds that drain with its grace.
+//! On shutdown every consumer closes its channel after acking what it
+//! finished (see [`crate::consume_partition_with`]), so the
+//! single-active-consumer role moves to another replica, which gets the
+//! unacked prefetch first; the supervisor then returns. The caller bounds
+//! that drain with its grace.
 
 use crate::consumer::{AmqpTopology, ConsumeError, ConsumeStats, consume_partition_with};
 use crate::gate::PartitionGate;
@@ -222,10 +223,13 @@ impl Consumers {
         self.tokens.insert(p, token);
         self.tasks.spawn(async move {
             let out = run.await;
-            // Closing returns the unprocessed prefetch to the head of the
-            // queue before the partition counts as stopped, so its next
-            // owner receives it in order.
-            if let Err(e) = closing.close(200, "partition handed over".into()).await {
+            // The consumer closed its channel when it stopped by itself; one
+            // that failed may not have: closing returns the unprocessed
+            // prefetch to the head of the queue before the partition counts
+            // as stopped, so its next owner receives it in order.
+            if closing.status().connected()
+                && let Err(e) = closing.close(200, "partition handed over".into()).await
+            {
                 tracing::debug!(partition = p, error = %e, "closing a consumer channel");
             }
             drop(guard);
