@@ -250,7 +250,14 @@ impl Publisher {
                     let r = self.session(&ch).await;
                     self.connection.send_replace(None);
                     if r.is_ok() {
-                        let _ = conn.close(200, "OK".into()).await;
+                        // Drained: everything is confirmed. A close the
+                        // broker does not answer must not hold the
+                        // shutdown.
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            conn.close(200, "OK".into()),
+                        )
+                        .await;
                         return;
                     }
                     r

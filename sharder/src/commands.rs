@@ -259,7 +259,17 @@ async fn consume(
     tracing::info!(%exchange, queue = %q.name(), "consuming the relays' gateway commands");
     loop {
         let delivery = tokio::select! {
-            () = stop.cancelled() => return Ok(()),
+            () = stop.cancelled() => {
+                // Closing the channel ends the subscription too. Dropped
+                // instead, the consumer and the channel would each send
+                // their own cancel and close from lapin's background, and
+                // the loser of that race, on a channel already closing, is
+                // taken for a connection error: this is the sink's
+                // connection, which may still be draining.
+                let closed = ch.close(200, "sharder stopping".into()).await;
+                drop(consumer);
+                return closed;
+            }
             d = consumer.next() => d,
         };
         let Some(delivery) = delivery else {

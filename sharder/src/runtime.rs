@@ -543,6 +543,7 @@ async fn run_shards(
     admin.start(handles.clone(), scheduler.clone());
     // Bots' commands through the relays (op 3, 4, 8) come over the broker
     // the events go to.
+    let commands_stop = shutdown.child_token();
     let commands = amqp_connection.map(|connection| {
         tokio::spawn(crate::commands::run(
             connection,
@@ -550,7 +551,7 @@ async fn run_shards(
                 .commands_exchange,
             admin.clone(),
             (spawner.presence.clone(), presence_record.clone()),
-            shutdown.clone(),
+            commands_stop.clone(),
         ))
     });
     let (reshard_tx, mut reshard_rx) = mpsc::channel(4);
@@ -685,7 +686,15 @@ async fn run_shards(
     if let Some(task) = watcher {
         task.abort();
     }
-    if let Some(task) = commands {
+    // Stopped, not aborted: aborted mid-close, it would leave lapin to
+    // cancel and close in the background, racing on the sink's connection
+    // (see `commands`).
+    commands_stop.cancel();
+    if let Some(mut task) = commands
+        && tokio::time::timeout(COMMANDS_GRACE, &mut task)
+            .await
+            .is_err()
+    {
         task.abort();
     }
     let mut handles = resharder.current.clone();
@@ -774,6 +783,9 @@ async fn watch_cluster(cluster: ReshardCluster, tx: mpsc::Sender<ClusterView>) {
 /// How long the broker may take to confirm a reshard marker on every
 /// partition.
 const MARKER_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long shutdown waits for the commands feed to close its channel.
+const COMMANDS_GRACE: Duration = Duration::from_secs(2);
 
 /// What `GET /admin/reshard` answers, and the gauges.
 fn publish_generation<K, S, C>(
