@@ -227,6 +227,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 .flush()
                 .await
                 .map_err(|e| Close::new(close::UNKNOWN_ERROR, e.to_string()))?;
+            s.sent(self.sent);
             metrics::counter!("relay_dispatches_sent_total").increment(n as u64);
         }
         Ok(())
@@ -260,6 +261,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         match p.op {
             1 => {
                 *heartbeat_due = Instant::now() + zombie_after;
+                if let (Some(s), Ok(seq)) = (&self.session, serde_json::from_str::<u64>(d)) {
+                    s.acked(seq);
+                }
                 self.send("{\"op\":11}").await?;
                 Ok(false)
             }
@@ -446,7 +450,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn resume(&mut self, r: Resume) -> Result<(), Close> {
         self.check_token(&r.token)?;
-        let Some(s) = self.ctx.hub.get(&r.session_id) else {
+        let held = match self.ctx.hub.get(&r.session_id) {
+            Some(s) => Some(s),
+            // A session a stopping relay handed over (a rolling update);
+            // ours are 32 hex digits, so nothing longer is looked up.
+            None if r.session_id.len() > 64 => None,
+            None => match crate::handover::take(&self.ctx, &r.session_id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(conn = self.id, error = %e, "taking over a handed-over session failed: op 9");
+                    None
+                }
+            },
+        };
+        let Some(s) = held else {
             tracing::debug!(conn = self.id, session = %r.session_id, "RESUME of an unknown session: op 9");
             metrics::counter!("relay_resumes_total", "result" => "invalid").increment(1);
             self.send("{\"op\":9,\"d\":false}").await?;
@@ -462,6 +479,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ));
         }
         s.attach(self.id);
+        s.acked(r.seq);
         self.sent = r.seq;
         self.session = Some(s.clone());
         self.flush().await?;

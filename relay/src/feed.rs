@@ -7,13 +7,22 @@
 //! `relay_feed_reconnects_total`). Messages are acked once offered to the
 //! sessions, which hold them in memory for RESUME, in groups of up to
 //! [`ACK_EVERY`] (one `multiple` ack), the rest after [`ACK_LINGER`].
+//!
+//! At shutdown the feed cancels its consumer, dispatches what had already
+//! reached it, checks whether its queue is empty, and publishes the
+//! `RELAY_STOPPED` marker: the relay that takes its sessions over waits
+//! for it ([`crate::handover`]). Another relay's marker is noted in the
+//! hub, not dispatched.
 
 use crate::Ctx;
 use crate::incoming::Incoming;
-use futures_util::StreamExt;
-use lapin::ConnectionProperties;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, ConnectionProperties};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -25,28 +34,31 @@ const ACK_EVERY: u32 = 64;
 /// How long the last deliveries of a burst wait for their ack.
 const ACK_LINGER: Duration = Duration::from_millis(20);
 
-/// Consumes until `stop`, reconnecting with a capped delay.
-pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
+/// Consumes until `stop`, reconnecting with a capped delay. True when the
+/// queue was empty once the consumer stopped (nothing published before the
+/// marker was left unread).
+pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> bool {
     let mut delay = Duration::from_millis(200);
     loop {
         match consume(&ctx, &stop).await {
-            Ok(()) => return,
+            Ok(drained) => return drained,
             Err(e) => {
                 ctx.feed_up
                     .store(false, std::sync::atomic::Ordering::Relaxed);
+                ctx.hub.feed_lost();
                 metrics::counter!("relay_feed_reconnects_total").increment(1);
                 tracing::warn!(error = %e, ?delay, "relay feed lost the broker; reconnecting");
             }
         }
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return false,
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
-async fn consume(ctx: &Ctx, stop: &CancellationToken) -> Result<(), lapin::Error> {
+async fn consume(ctx: &Ctx, stop: &CancellationToken) -> Result<bool, lapin::Error> {
     let conn = ctx
         .resolver
         .amqp_connect(ctx.amqp_url.expose(), ConnectionProperties::default())
@@ -62,6 +74,7 @@ async fn consume(ctx: &Ctx, stop: &CancellationToken) -> Result<(), lapin::Error
             FieldTable::default(),
         )
         .await?;
+    ctx.hub.feed_started();
     ctx.feed_up
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(exchange = %ctx.exchange, queue = %q.name(), "relay feed consuming");
@@ -72,7 +85,7 @@ async fn consume(ctx: &Ctx, stop: &CancellationToken) -> Result<(), lapin::Error
     loop {
         let delivery = if unacked.is_some() {
             tokio::select! {
-                () = stop.cancelled() => return Ok(()),
+                () = stop.cancelled() => break,
                 d = consumer.next() => d,
                 () = tokio::time::sleep(ACK_LINGER) => {
                     ack_up_to(&ch, &mut unacked, &mut since_ack).await?;
@@ -81,7 +94,7 @@ async fn consume(ctx: &Ctx, stop: &CancellationToken) -> Result<(), lapin::Error
             }
         } else {
             tokio::select! {
-                () = stop.cancelled() => return Ok(()),
+                () = stop.cancelled() => break,
                 d = consumer.next() => d,
             }
         };
@@ -91,29 +104,78 @@ async fn consume(ctx: &Ctx, stop: &CancellationToken) -> Result<(), lapin::Error
             )));
         };
         let delivery = delivery?;
-        let props = &delivery.properties;
-        match Incoming::parse(
-            delivery.routing_key.as_str(),
-            props.message_id().as_ref().map(|s| s.as_str()),
-            props.headers().as_ref(),
-            &delivery.data,
-        ) {
-            Ok(ev) => {
-                if ctx.hub.dispatch(ev) {
-                    metrics::counter!("relay_events_total").increment(1);
-                } else {
-                    metrics::counter!("relay_events_duplicate_total").increment(1);
-                }
-            }
-            Err(e) => {
-                metrics::counter!("relay_events_skipped_total").increment(1);
-                tracing::warn!(error = %e, key = %delivery.routing_key, "skipping an output message");
-            }
-        }
+        offer(ctx, &delivery);
         unacked = Some(delivery.delivery_tag);
         since_ack += 1;
         if since_ack >= ACK_EVERY {
             ack_up_to(&ch, &mut unacked, &mut since_ack).await?;
+        }
+    }
+    // Stopping. The queue's backlog first: it is deleted with its consumer.
+    let left = envelope::topology::inspect_queue(&ch, q.name().as_str()).await?;
+    let drained = left.message_count() == 0;
+    // No delivery after the cancel's answer; what had reached the consumer
+    // before it is dispatched (nothing needs an ack: the queue is gone).
+    ch.basic_cancel("relay".into(), BasicCancelOptions::default())
+        .await?;
+    while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+        offer(ctx, &delivery);
+    }
+    drop(consumer);
+    let mut headers = FieldTable::default();
+    headers.insert(
+        crate::handover::MARKER_HEADER.into(),
+        AMQPValue::LongString(ctx.pod.as_str().into()),
+    );
+    ch.basic_publish(
+        ctx.exchange.as_str().into(),
+        crate::handover::MARKER.into(),
+        BasicPublishOptions::default(),
+        b"{}",
+        BasicProperties::default()
+            .with_message_id(format!("relay-stopped:{}", ctx.pod).into())
+            .with_headers(headers),
+    )
+    .await?;
+    // Closing flushes the marker: the broker handles a channel's frames in
+    // order.
+    conn.close(200, "relay stopping".into()).await?;
+    tracing::info!(drained, "relay feed stopped; marker published");
+    Ok(drained)
+}
+
+/// Hands one delivery to the hub.
+fn offer(ctx: &Ctx, delivery: &Delivery) {
+    let props = &delivery.properties;
+    if delivery.routing_key.as_str() == crate::handover::MARKER {
+        match props
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(crate::handover::MARKER_HEADER))
+        {
+            Some(AMQPValue::LongString(pod)) => {
+                ctx.hub.marker(&String::from_utf8_lossy(pod.as_bytes()));
+            }
+            _ => tracing::warn!("a relay's stop marker without its pod; ignored"),
+        }
+        return;
+    }
+    match Incoming::parse(
+        delivery.routing_key.as_str(),
+        props.message_id().as_ref().map(|s| s.as_str()),
+        props.headers().as_ref(),
+        &delivery.data,
+    ) {
+        Ok(ev) => {
+            if ctx.hub.dispatch(ev) {
+                metrics::counter!("relay_events_total").increment(1);
+            } else {
+                metrics::counter!("relay_events_duplicate_total").increment(1);
+            }
+        }
+        Err(e) => {
+            metrics::counter!("relay_events_skipped_total").increment(1);
+            tracing::warn!(error = %e, key = %delivery.routing_key, "skipping an output message");
         }
     }
 }

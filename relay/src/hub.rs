@@ -11,7 +11,13 @@
 //! or nowhere ([`crate::replies`]). The real shards' READY and RESUMED
 //! go to nobody: a bot's session is the relay's. Sessions nobody resumed within the
 //! window are dropped by [`Hub::reap`].
+//!
+//! One lock covers a whole dispatch (the ids seen, the offers, the
+//! [`Recent`] buffer), so a session handed over by a stopping relay
+//! ([`Hub::restore`]) is rebuilt from the buffer and registered between
+//! two events: each event reaches it once, from the buffer or live.
 
+use crate::handover::{Cover, Recent, Seen};
 use crate::incoming::Incoming;
 use crate::replies::Replies;
 use crate::session::Session;
@@ -24,28 +30,59 @@ use tokio::time::Instant;
 pub const DEDUP: usize = 200_000;
 
 /// The relay's sessions.
-#[derive(Default)]
 pub struct Hub {
     sessions: RwLock<HashMap<Arc<str>, Arc<Session>>>,
-    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
+    feed: Mutex<Feed>,
     /// Forwarded member requests awaiting their answers.
     pub replies: Replies,
+    /// Woken when a stopped relay's marker comes through the feed.
+    pub markers: tokio::sync::Notify,
+}
+
+/// What the dispatch lock guards.
+struct Feed {
+    seen: HashSet<String>,
+    /// `seen` in arrival order.
+    order: VecDeque<String>,
+    recent: Recent,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new(config::RelayConfig::default().handover_events)
+    }
 }
 
 impl Hub {
+    /// A hub whose [`Recent`] buffer holds `handover_events`.
+    pub fn new(handover_events: usize) -> Self {
+        Self {
+            sessions: RwLock::default(),
+            feed: Mutex::new(Feed {
+                seen: HashSet::new(),
+                order: VecDeque::new(),
+                recent: Recent::new(handover_events),
+            }),
+            replies: Replies::default(),
+            markers: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn feed(&self) -> std::sync::MutexGuard<'_, Feed> {
+        self.feed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Offers one clean event to every session, once per `message_id`.
     /// False for a copy already offered.
     pub fn dispatch(&self, ev: Incoming) -> bool {
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-            if !seen.0.insert(ev.message_id.clone()) {
-                return false;
-            }
-            seen.1.push_back(ev.message_id.clone());
-            while seen.1.len() > DEDUP {
-                if let Some(old) = seen.1.pop_front() {
-                    seen.0.remove(&old);
-                }
+        let mut feed = self.feed();
+        if !feed.seen.insert(ev.message_id.clone()) {
+            return false;
+        }
+        feed.order.push_back(ev.message_id.clone());
+        while feed.order.len() > DEDUP {
+            if let Some(old) = feed.order.pop_front() {
+                feed.seen.remove(&old);
             }
         }
         if matches!(ev.event.as_str(), "GUILD_MEMBERS_CHUNK" | "RATE_LIMITED") {
@@ -65,7 +102,61 @@ impl Hub {
         for s in self.read().values() {
             s.offer(&ev);
         }
+        feed.recent.push(ev);
         true
+    }
+
+    /// The feed started consuming.
+    pub fn feed_started(&self) {
+        self.feed().recent.started();
+    }
+
+    /// The feed lost the broker: events are being missed.
+    pub fn feed_lost(&self) {
+        self.feed().recent.lost();
+    }
+
+    /// Relay `pod` stopped: its marker came through the feed.
+    pub fn marker(&self, pod: &str) {
+        self.feed().recent.marker(pod);
+        self.markers.notify_waiters();
+    }
+
+    /// The last `n` message ids dispatched, oldest first.
+    pub fn seen_ids(&self, n: usize) -> Vec<String> {
+        let feed = self.feed();
+        let skip = feed.order.len().saturating_sub(n);
+        feed.order.iter().skip(skip).cloned().collect()
+    }
+
+    /// Every session held.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Registers `s`, handed over by relay `pod` after dispatching `seen`,
+    /// once the events it missed are in its ring; gives `s` back when the
+    /// [`Recent`] buffer does not cover them ([`crate::handover`]).
+    pub fn restore(
+        &self,
+        s: Box<Session>,
+        pod: &str,
+        seen: &Seen,
+    ) -> Result<Arc<Session>, (Cover, Box<Session>)> {
+        let feed = self.feed();
+        match feed.recent.covers(pod, seen) {
+            Cover::Yes => {}
+            cover => return Err((cover, s)),
+        }
+        let before = s.last_seq();
+        for ev in feed.recent.missed_by(seen) {
+            s.offer(ev);
+        }
+        tracing::info!(session = %s.id, replayed = s.last_seq() - before, relay = pod, "took over a session another relay handed over");
+        let s: Arc<Session> = Arc::from(s);
+        self.insert(s.clone());
+        drop(feed);
+        Ok(s)
     }
 
     /// Hands an answer to the session whose request it answers.

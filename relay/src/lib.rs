@@ -16,7 +16,8 @@
 //! translation), [`snapshot`] (READY, GUILD_CREATE and member chunks from
 //! the cache), [`connection`] (the protocol toward one bot), [`commands`]
 //! (a bot's op 3, 4 and 8, checked and forwarded to the real shards),
-//! [`replies`] (their answers, back to the asker), [`http`]
+//! [`replies`] (their answers, back to the asker), [`handover`] (a
+//! stopping relay's sessions, resumed on another), [`http`]
 //! (the port: gateway, `/api/v10/gateway/bot`, probes), [`runtime`].
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ mod commands;
 mod compression;
 mod connection;
 mod feed;
+mod handover;
 mod http;
 mod hub;
 mod identify_limit;
@@ -66,6 +68,12 @@ pub(crate) struct Ctx {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Cancelled at shutdown: connections close with 4000 (resumable).
     pub stop: tokio_util::sync::CancellationToken,
+    /// This relay process, in the sessions it hands over at shutdown.
+    pub pod: String,
+    /// `redis.key_prefix`.
+    pub prefix: String,
+    /// The seen ids of relays that handed sessions over.
+    pub seen: handover::SeenCache,
 }
 
 /// A new session id: 32 random hex digits, as unguessable as Discord's.

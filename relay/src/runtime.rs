@@ -5,8 +5,10 @@
 //! through the caching resolver with `[tls]` (dialled on first use, so an
 //! unreachable Redis is "not ready", not an exit), binds the port, then
 //! runs the feed and the port until shutdown. Every second, sessions nobody resumed
-//! within the window are dropped. At shutdown connections are closed with
-//! 4000, which libraries answer with a RESUME.
+//! within the window are dropped. At shutdown the feed stops, the sessions
+//! are handed over through Redis ([`crate::handover`]), then connections
+//! are closed with 4000, which libraries answer with a RESUME on another
+//! relay.
 
 use crate::Ctx;
 use crate::hub::Hub;
@@ -20,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for the bot connections' close frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long shutdown waits for the feed to stop and the hand-over write.
+const HANDOVER_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the relay could not run.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +128,7 @@ pub async fn run_with(
     let ctx = Arc::new(Ctx {
         token,
         intents: cfg.discord.intents,
-        hub: Hub::default(),
+        hub: Hub::new(cfg.relay.handover_events),
         identify_limit: crate::identify_limit::IdentifyLimit::new(
             cfg.relay.max_concurrency,
             cfg.relay.identify_window,
@@ -142,13 +146,17 @@ pub async fn run_with(
         feed_up: AtomicBool::new(false),
         metrics,
         stop: stop.clone(),
+        pod: crate::new_session_id(),
+        prefix: cfg.redis.key_prefix.clone(),
+        seen: crate::handover::SeenCache::default(),
         cfg: cfg.relay.clone(),
     });
     tracing::info!(%addr, exchange = %ctx.exchange, "relay listening");
     if let Some(tx) = on_listening {
         let _ = tx.send(addr);
     }
-    let feed = tokio::spawn(crate::feed::run(ctx.clone(), stop.clone()));
+    let feed_stop = CancellationToken::new();
+    let mut feed = tokio::spawn(crate::feed::run(ctx.clone(), feed_stop.clone()));
     let reaper = {
         let ctx = ctx.clone();
         let stop = stop.clone();
@@ -187,12 +195,35 @@ pub async fn run_with(
             );
         }
     }
+    // The rings are final once the feed stopped: hand the sessions over,
+    // then close the connections with 4000 (resumable) and give them a
+    // moment to send it before the process goes.
+    feed_stop.cancel();
+    let deadline = tokio::time::Instant::now() + HANDOVER_GRACE;
+    let drained = match tokio::time::timeout_at(deadline, &mut feed).await {
+        Ok(Ok(drained)) => drained,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            feed.abort();
+            false
+        }
+    };
+    match tokio::time::timeout_at(deadline, crate::handover::hand_over(&ctx, drained)).await {
+        Ok(Ok(n)) => tracing::info!(
+            sessions = n,
+            "sessions handed over for RESUME on another relay"
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "handing the sessions over failed; their bots will get op 9 and IDENTIFY again")
+        }
+        Err(_) => tracing::warn!(
+            ?HANDOVER_GRACE,
+            "handing the sessions over timed out; their bots will get op 9 and IDENTIFY again"
+        ),
+    }
     stop.cancel();
-    // Connections close with 4000 (resumable); give them a moment to send
-    // it before the process goes.
     ctx.connections.close();
     let _ = tokio::time::timeout(CLOSE_GRACE, ctx.connections.wait()).await;
-    let _ = feed.await;
     let _ = reaper.await;
     Ok(())
 }

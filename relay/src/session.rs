@@ -26,6 +26,7 @@
 //! second GUILD_CREATE (a real shard's restart loads its guilds again:
 //! `GUILD_AVAILABLE` with `initial`), so a Bulwark restart is invisible.
 
+use crate::handover::Seen;
 use crate::incoming::Incoming;
 use envelope::Version;
 use gateway_protocol::intents;
@@ -80,6 +81,30 @@ struct State {
     detached_since: Option<Instant>,
     /// Held-back events overflowed while loading: the session is unusable.
     broken: bool,
+    /// The last `s` a connection sent.
+    sent: u64,
+    /// The last `s` the bot said it has (heartbeat, RESUME).
+    acked: u64,
+    /// Taken over from a relay that stopped: the events it had already
+    /// dispatched, skipped when this relay's feed delivers them late.
+    skip: Option<Skip>,
+}
+
+/// Message ids a restored session already has, until `until`.
+struct Skip {
+    seen: Arc<Seen>,
+    until: Instant,
+}
+
+/// What a stopping relay hands over of a session ([`crate::handover`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    /// The last `s` written.
+    pub seq: u64,
+    /// The ring's entries a RESUME may still ask for, in order.
+    pub ring: Vec<(u64, Arc<str>)>,
+    /// Guilds the bot was sent a GUILD_CREATE for.
+    pub known: Vec<u64>,
 }
 
 impl Session {
@@ -105,8 +130,88 @@ impl Session {
                 connection: Some(connection),
                 detached_since: None,
                 broken: false,
+                sent: 0,
+                acked: 0,
+                skip: None,
             }),
         }
+    }
+
+    /// A session another relay handed over ([`Tail`]), detached until the
+    /// RESUME that asked for it attaches; live events in `skip` are
+    /// dropped until `skip_until`.
+    pub fn restored(
+        id: Arc<str>,
+        shard: ClientShard,
+        intents: u64,
+        capacity: usize,
+        tail: Tail,
+        skip: Arc<Seen>,
+        skip_until: Instant,
+    ) -> Self {
+        let mut ring: VecDeque<(u64, Arc<str>)> = tail.ring.into();
+        while ring.len() > capacity {
+            ring.pop_front();
+        }
+        Self {
+            id,
+            shard,
+            intents,
+            notify: Notify::new(),
+            state: Mutex::new(State {
+                seq: tail.seq,
+                ring,
+                capacity,
+                loading: None,
+                known: tail.known.into_iter().collect(),
+                connection: None,
+                detached_since: Some(Instant::now()),
+                broken: false,
+                sent: tail.seq,
+                acked: tail.seq,
+                skip: Some(Skip {
+                    seen: skip,
+                    until: skip_until,
+                }),
+            }),
+        }
+    }
+
+    /// What a RESUME of this session may still need, for another relay:
+    /// the ring after what the bot can have missed (its last heartbeat's
+    /// `s`, or `margin` before what was sent, whichever is later: a bot
+    /// resumes from what it received, at most what was sent). `None` while
+    /// loading or broken: such a session cannot be resumed anyway.
+    pub fn tail(&self, margin: u64) -> Option<Tail> {
+        let st = self.state();
+        if st.loading.is_some() || st.broken {
+            return None;
+        }
+        let from = st.acked.max(st.sent.saturating_sub(margin));
+        Some(Tail {
+            seq: st.seq,
+            ring: st
+                .ring
+                .iter()
+                .filter(|(seq, _)| *seq > from)
+                .cloned()
+                .collect(),
+            known: st.known.iter().copied().collect(),
+        })
+    }
+
+    /// The bot says it has everything up to `seq` (a heartbeat's `d`).
+    pub fn acked(&self, seq: u64) {
+        let mut st = self.state();
+        if seq <= st.seq {
+            st.acked = st.acked.max(seq);
+        }
+    }
+
+    /// A connection sent everything up to `seq`.
+    pub fn sent(&self, seq: u64) {
+        let mut st = self.state();
+        st.sent = st.sent.max(seq);
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -120,6 +225,13 @@ impl Session {
         }
         let mut st = self.state();
         let st = &mut *st;
+        if let Some(skip) = &st.skip {
+            if Instant::now() >= skip.until {
+                st.skip = None;
+            } else if skip.seen.ids.contains(&ev.message_id) {
+                return;
+            }
+        }
         if let Some(held) = &mut st.loading {
             if held.len() >= st.capacity {
                 st.broken = true;
@@ -402,6 +514,73 @@ mod tests {
         assert_eq!(s.after(6).unwrap().len(), 0);
         assert_eq!(s.after(2), Err(Lost));
         assert_eq!(s.after(7), Err(Lost));
+    }
+
+    #[test]
+    fn a_restored_session_continues_the_ring_and_skips_what_it_has() {
+        let seen = Arc::new(Seen {
+            ids: ["0:1:1".to_owned(), "0:1:3".to_owned()].into(),
+            drained: false,
+        });
+        let ring = vec![(9, Arc::from("nine")), (10, Arc::from("ten"))];
+        let tail = Tail {
+            seq: 10,
+            ring,
+            known: vec![G],
+        };
+        let now = Instant::now();
+        let s = Session::restored(
+            "s".into(),
+            ClientShard { id: 0, count: 2 },
+            1 | (1 << 9),
+            100,
+            tail,
+            seen,
+            now + std::time::Duration::from_secs(60),
+        );
+        assert!(!s.is_attached(1) && !s.is_loading());
+        assert_eq!(s.after(8).unwrap().len(), 2);
+        assert_eq!(s.after(7), Err(Lost), "before what was handed over");
+        for seq in 1..=4 {
+            s.offer(&ev("MESSAGE_CREATE", "MESSAGE_CREATE", Some(G), seq, false));
+        }
+        s.offer(&ev("GUILD_AVAILABLE", "GUILD_CREATE", Some(G), 5, true));
+        let texts = s.after(10).unwrap();
+        assert_eq!(texts.len(), 2, "1 and 3 were sent before; G is known");
+        assert!(texts[0].1.contains("\"s\":11") && texts[0].1.contains("\"n\":2"));
+        assert!(texts[1].1.contains("\"n\":4"));
+        let tail = s.tail(1_000).unwrap();
+        assert_eq!(tail.seq, 12);
+        assert_eq!(tail.known, vec![G]);
+    }
+
+    #[test]
+    fn a_tail_starts_at_what_the_bot_can_have_missed() {
+        let s = session(100);
+        s.finish_loading("{}", Vec::new(), &HashMap::new());
+        for seq in 1..=9 {
+            s.offer(&ev("MESSAGE_CREATE", "MESSAGE_CREATE", Some(G), seq, false));
+        }
+        s.sent(8);
+        s.acked(5);
+        let firsts = |t: Tail| t.ring.first().map(|(seq, _)| *seq);
+        assert_eq!(
+            firsts(s.tail(1_000).unwrap()),
+            Some(6),
+            "after the heartbeat's s"
+        );
+        assert_eq!(
+            firsts(s.tail(1).unwrap()),
+            Some(8),
+            "margin before what was sent"
+        );
+        s.acked(99);
+        assert_eq!(
+            firsts(s.tail(1_000).unwrap()),
+            Some(6),
+            "an s never written is ignored"
+        );
+        assert!(session(100).tail(1).is_none(), "loading");
     }
 
     #[test]

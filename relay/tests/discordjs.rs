@@ -1,9 +1,12 @@
 //! discord.js's gateway client, `@discordjs/ws` from npm run by node, with
 //! `@discordjs/rest` asking the relay's `/api/v10/gateway/bot`, connects
 //! three shards (the real bot runs two) with zlib-stream through the relay
-//! to the whole pipeline ([`common::Pipeline`]). Each client shard gets
-//! READY and its split's guilds equal to the truth, then every world event
-//! of them once, in the guild's order.
+//! to the whole pipeline ([`common::Pipeline`]), through a Service's
+//! stand-in. Each client shard gets READY and its split's guilds equal to
+//! the truth, then every world event of them once, in the guild's order;
+//! and so on across a rolling update of the relay (the stopping relay
+//! hands the sessions over, discord.js RESUMEs on the next): no READY
+//! again, `s` gapless.
 //!
 //! The node packages are installed by `.ci/services` (`npm ci` in
 //! `relay/tests/discordjs`).
@@ -33,7 +36,7 @@ async fn discordjs_shards_get_the_truth_and_every_event_once() {
         "@discordjs/ws is not installed: run .ci/services (npm ci in {})",
         dir.display()
     );
-    let p = Pipeline::start("relay-discordjs", 2, 12).await;
+    let mut p = Pipeline::start_fronted("relay-discordjs", 2, 12).await;
     let mut child = Command::new("node")
         .arg(dir.join("client.mjs"))
         .env("RELAY_HTTP", format!("http://{}", p.relay_addr))
@@ -77,27 +80,38 @@ async fn discordjs_shards_get_the_truth_and_every_event_once() {
         p.check_snapshot(id, SHARDS, &got[&id]);
     }
 
-    let mark = p.mark();
-    let starts: Vec<usize> = (0..SHARDS).map(|id| got[&id].len()).collect();
-    let want: Vec<_> = {
-        p.sim.emit(300);
-        (0..SHARDS).map(|id| p.expected(id, SHARDS, mark)).collect()
-    };
-    until(&mut got, "live events", &|g| {
-        (0..SHARDS).all(|id| {
-            let i = id as usize;
-            total(&per_guild(&g[&id][starts[i]..])) >= total(&want[i])
+    for phase in ["live events", "across a relay rolling update"] {
+        let mark = p.mark();
+        let starts: Vec<usize> = (0..SHARDS).map(|id| got[&id].len()).collect();
+        if phase == "live events" {
+            p.sim.emit(300);
+        } else {
+            p.sim.emit(150);
+            p.replace_relay().await;
+            p.sim.emit(150);
+        }
+        let want: Vec<_> = (0..SHARDS).map(|id| p.expected(id, SHARDS, mark)).collect();
+        until(&mut got, phase, &|g| {
+            (0..SHARDS).all(|id| {
+                let i = id as usize;
+                total(&per_guild(&g[&id][starts[i]..])) >= total(&want[i])
+            })
         })
-    })
-    .await;
-    for id in 0..SHARDS {
-        let i = id as usize;
-        check_events(
-            &got[&id],
-            starts[i],
-            &want[i],
-            &format!("discord.js shard {id}"),
-        );
+        .await;
+        for id in 0..SHARDS {
+            let i = id as usize;
+            check_events(
+                &got[&id],
+                starts[i],
+                &want[i],
+                &format!("{phase}: discord.js shard {id}"),
+            );
+            let ready = got[&id][starts[i]..]
+                .iter()
+                .filter(|(t, _, _)| t == "READY")
+                .count();
+            assert_eq!(ready, 0, "{phase}: discord.js shard {id} identified again");
+        }
     }
 
     drop(child.stdin.take());

@@ -4,6 +4,8 @@
 //! client shard received against the simulator's truth and ledger.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod twilight_client;
+
 use discord_sim::{SimConfig, SimHandle, Simulator};
 use serde_json::Value;
 use sharder::{RunOptions, SinkChoice};
@@ -11,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 use testkit::sim_sharder::{CACHE_INTENTS, SharderShape};
-use testkit::{TempDir, unique_name};
+use testkit::{CutProxy, TempDir, unique_name};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -79,7 +81,11 @@ pub struct Pipeline {
     pub base: String,
     pub dir: TempDir,
     pub sharder: Option<Sharder>,
+    /// Where clients connect: the relay, or the front before it.
     pub relay_addr: SocketAddr,
+    /// A Service's stand-in before the relay ([`Pipeline::start_fronted`]).
+    front: Option<CutProxy>,
+    relay_cfg: config::Config,
     shutdown: CancellationToken,
     worker_stop: CancellationToken,
     worker_cfg: config::Config,
@@ -97,6 +103,24 @@ impl Pipeline {
     /// [`Pipeline::start`] with the bot's (real shards' and relay's)
     /// `intents`.
     pub async fn start_with(name: &str, shards: u32, guilds: u32, intents: u64) -> Self {
+        Self::launch(name, shards, guilds, intents, false).await
+    }
+
+    /// [`Pipeline::start`] with the relay behind a front (a Service's
+    /// stand-in) that clients dial and that READY names as the resume
+    /// URL, so [`Pipeline::replace_relay`] can roll the relay over.
+    pub async fn start_fronted(name: &str, shards: u32, guilds: u32) -> Self {
+        Self::launch(name, shards, guilds, INTENTS, true).await
+    }
+
+    async fn launch(name: &str, shards: u32, guilds: u32, intents: u64, fronted: bool) -> Self {
+        // `BULWARK_TEST_LOG=info,lapin=warn` shows the pipeline's logs.
+        static LOG: std::sync::Once = std::sync::Once::new();
+        if let Ok(filter) = std::env::var("BULWARK_TEST_LOG") {
+            LOG.call_once(|| {
+                bulwark_process::init_logging(&filter, bulwark_process::LogTo::Stderr);
+            });
+        }
         let sim = Simulator::start(SimConfig {
             shards,
             guilds,
@@ -122,20 +146,36 @@ impl Pipeline {
         .unwrap();
         let worker_stop = CancellationToken::new();
         let worker = tokio::spawn(worker::run(worker_cfg.clone(), worker_stop.clone()));
+        // Where nothing listens until the relay is up.
+        let front = if fronted {
+            Some(
+                CutProxy::start(SocketAddr::from(([127, 0, 0, 1], 9)))
+                    .await
+                    .unwrap(),
+            )
+        } else {
+            None
+        };
+        let public_url = front
+            .as_ref()
+            .map(|f| format!("public_url = \"ws://{}\"\n", f.addr()))
+            .unwrap_or_default();
         let relay_cfg = config::Config::from_toml_str(
             &format!(
                 "[discord]\nintents = {intents}\n\
                  [relay]\nlisten = \"127.0.0.1:0\"\nshards = 3\nheartbeat_interval = \"5s\"\n\
-                 amqp_topology_base = \"{base}\"\n{}",
+                 {public_url}amqp_topology_base = \"{base}\"\n{}",
                 common_toml(&base)
             ),
             "test",
             env(),
         )
         .unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let relay = tokio::spawn(relay::run_with(relay_cfg, shutdown.clone(), Some(tx)));
-        let relay_addr = tokio::time::timeout(WAIT, rx).await.unwrap().unwrap();
+        let (relay, mut relay_addr) = start_relay(&relay_cfg, &shutdown).await;
+        if let Some(f) = &front {
+            f.retarget(relay_addr);
+            relay_addr = f.addr();
+        }
         let store = worker::RedisStore::connect("redis://127.0.0.1:6379/", &base)
             .await
             .unwrap();
@@ -155,6 +195,8 @@ impl Pipeline {
             dir,
             sharder: Some(sharder),
             relay_addr,
+            front,
+            relay_cfg,
             shutdown,
             worker_stop,
             worker_cfg,
@@ -196,6 +238,49 @@ impl Pipeline {
             self.worker_cfg.clone(),
             self.worker_stop.clone(),
         ));
+    }
+
+    /// A rolling update of the relay: starts another, waits until it is
+    /// ready, sends new connections to it, then stops the first (which
+    /// hands its sessions over and closes its bots' connections).
+    pub async fn replace_relay(&mut self) {
+        let front = self.front.as_ref().expect("a fronted pipeline");
+        let shutdown = CancellationToken::new();
+        let (next, addr) = start_relay(&self.relay_cfg, &shutdown).await;
+        let deadline = Instant::now() + WAIT;
+        while testkit::http(addr, "GET", "/readyz", None, "").await.0 != 200 {
+            assert!(Instant::now() < deadline, "the new relay never got ready");
+            // Polling its readiness probe, as Kubernetes does.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        front.retarget(addr);
+        let old = std::mem::replace(&mut self.relay, next);
+        std::mem::replace(&mut self.shutdown, shutdown).cancel();
+        tokio::time::timeout(WAIT, old)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Stops the relay (it hands its sessions over) with no other running.
+    pub async fn stop_relay(&mut self) {
+        self.shutdown.cancel();
+        let old = std::mem::replace(&mut self.relay, tokio::spawn(async { Ok(()) }));
+        tokio::time::timeout(WAIT, old)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Starts a relay after [`Pipeline::stop_relay`], behind the front.
+    pub async fn start_relay_again(&mut self) {
+        let front = self.front.as_ref().expect("a fronted pipeline");
+        self.shutdown = CancellationToken::new();
+        let (relay, addr) = start_relay(&self.relay_cfg, &self.shutdown).await;
+        front.retarget(addr);
+        self.relay = relay;
     }
 
     /// The id of the newest world event so far.
@@ -288,6 +373,17 @@ impl Pipeline {
             .unwrap();
         self.sim.shutdown().await;
     }
+}
+
+/// Starts a relay on `cfg` until `shutdown`; returns once it listens.
+async fn start_relay(
+    cfg: &config::Config,
+    shutdown: &CancellationToken,
+) -> (JoinHandle<Result<(), relay::RelayError>>, SocketAddr) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let relay = tokio::spawn(relay::run_with(cfg.clone(), shutdown.clone(), Some(tx)));
+    let addr = tokio::time::timeout(WAIT, rx).await.unwrap().unwrap();
+    (relay, addr)
 }
 
 pub fn gid(d: &Value) -> u64 {
