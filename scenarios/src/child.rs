@@ -97,17 +97,17 @@ impl ChildGuard {
     /// Sends `SIGTERM` (the Kubernetes stop signal) through `kill(1)`.
     pub fn terminate(&self) -> Result<()> {
         let pid = self.pid().to_string();
-        let ok = Command::new("kill")
+        let out = Command::new("kill")
             .args(["-TERM", &pid])
-            .status()
-            .map_err(|e| ScenarioError::io("running kill -TERM", e))?
-            .success();
-        if ok {
+            .output()
+            .map_err(|e| ScenarioError::io("running kill -TERM", e))?;
+        if out.status.success() {
             Ok(())
         } else {
             Err(ScenarioError::Setup(format!(
-                "kill -TERM {pid} ({}) failed",
-                self.name
+                "kill -TERM {pid} ({}) failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
             )))
         }
     }

@@ -8,15 +8,20 @@
 //! 2. Once the cache holds every guild, a node process runs three client
 //!    shards (`[i, 3]`: not the real count) through the relay.
 //! 3. Traffic starts; after a while the sharder is SIGKILLed and a new one
-//!    started on its sessions (every shard resumes); traffic goes on, then
-//!    stops.
-//! 4. Per client shard, what it received after its snapshot is compared
+//!    started on its sessions (every shard resumes); traffic goes on.
+//! 4. The relay is rolled over as Kubernetes does it: the bots connect
+//!    through a Service's stand-in (a TCP proxy, also READY's resume URL);
+//!    a second relay starts and gets ready, new connections go to it, and
+//!    the first gets SIGTERM: it hands its sessions over, and the bots
+//!    RESUME on the second. Traffic goes on, then stops.
+//! 5. Per client shard, what it received after its snapshot is compared
 //!    with the simulator's ledger (the world events of its guilds).
 //!
 //! Asserts: each client shard's READY and GUILD_CREATEs equal its split of
 //! the truth; 0 events lost, 0 delivered twice, order per guild kept;
-//! one READY per client shard (the kill is invisible: no new session, no
-//! GUILD_CREATE again); 0 identifies spent by the restart.
+//! one READY per client shard (the kill and the rollover are invisible: no
+//! new session, no GUILD_CREATE again); every client shard resumed on the
+//! second relay; 0 identifies spent by the restart.
 
 use super::{Env, ScenarioInfo};
 use crate::bulwark::{INTENTS, Process, TomlConfig, free_addr};
@@ -33,9 +38,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub const INFO: ScenarioInfo = ScenarioInfo {
     name: "relay-clients",
-    incident: "bots on @discordjs/ws through the relay while the sharder is SIGKILLed",
+    incident: "bots on @discordjs/ws through the relay while the sharder is SIGKILLed \
+               and the relay is rolled over",
     asserts: "snapshots == truth, 0 lost, 0 twice, order per guild, 1 READY per client \
-              shard, 0 identifies spent",
+              shard, every client shard resumed on the new relay, 0 identifies spent",
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -89,12 +95,17 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     worker_cfg.set_str("worker", "http_listen", &worker_http.to_string());
     let mut worker = env.start_worker("worker", &worker_cfg)?;
     let relay_addr = free_addr()?;
+    // The Service: what the bots dial and what READY tells them to resume on.
+    let service = testkit::CutProxy::start(relay_addr)
+        .await
+        .map_err(|e| ScenarioError::io("starting the relay Service's stand-in", e))?;
     let mut relay_cfg = TomlConfig::default();
     relay_cfg
         .set("discord", "intents", INTENTS.to_string())
         .set_str("amqp", "url", crate::AMQP_URL)
         .set("amqp", "partitions", env.topo.partitions.to_string())
         .set_str("relay", "listen", &relay_addr.to_string())
+        .set_str("relay", "public_url", &format!("ws://{}", service.addr()))
         .set("relay", "shards", CLIENT_SHARDS.to_string())
         .set_str("relay", "amqp_topology_base", &env.topo.exchange);
     redis(&mut relay_cfg, &env.redis_prefix);
@@ -130,7 +141,7 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     // The bots.
     let mut node = tokio::process::Command::new("node");
     node.arg(client_js.join("client.mjs"))
-        .env("RELAY_HTTP", format!("http://{relay_addr}"))
+        .env("RELAY_HTTP", format!("http://{}", service.addr()))
         .env("BOT_TOKEN", crate::sim::TOKEN)
         .env("INTENTS", INTENTS.to_string())
         .env("SHARD_COUNT", CLIENT_SHARDS.to_string())
@@ -235,6 +246,58 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
         .map(|r| r.values().map(Vec::len).sum::<usize>())
         .unwrap_or(0);
     wait_until("events after the restart", WAIT, async || {
+        flowing(after + (rate as usize) / 2).await
+    })
+    .await?;
+
+    // The relay's rolling update.
+    let next_addr = free_addr()?;
+    relay_cfg.set_str("relay", "listen", &next_addr.to_string());
+    let mut next = Process::start(
+        &env.bins.relay,
+        "relay-2",
+        &env.dir.0,
+        &relay_cfg,
+        next_addr,
+        &[],
+    )?;
+    next.wait_ready(WAIT).await?;
+    service.retarget(next_addr);
+    let rolled = Instant::now();
+    if let Some(status) = relay.child.exited() {
+        return Err(ScenarioError::Setup(format!(
+            "the first relay exited before its rollover ({status}):\n{}",
+            relay.child.log_tail(20)
+        )));
+    }
+    relay.child.terminate()?;
+    relay.child.wait_exit(WAIT).await?;
+    let resumed = async || {
+        next.counter("relay_resumes_total", &[("result", "resumed")])
+            .await
+    };
+    let all_resumed = wait_until(
+        "every client shard resumed on the new relay",
+        WAIT,
+        async || resumed().await >= u64::from(CLIENT_SHARDS),
+    )
+    .await;
+    env.checks.expect_eq(
+        "client shards resumed on the new relay",
+        resumed().await,
+        u64::from(CLIENT_SHARDS),
+    );
+    if all_resumed.is_ok() {
+        env.checks.figure(
+            "relay SIGTERM to every client shard resumed on the next (ms)",
+            rolled.elapsed().as_millis(),
+        );
+    }
+    let after = received
+        .lock()
+        .map(|r| r.values().map(Vec::len).sum::<usize>())
+        .unwrap_or(0);
+    wait_until("events after the relay's rollover", WAIT, async || {
         flowing(after + (rate as usize) / 2).await
     })
     .await?;
@@ -350,13 +413,13 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     let spent = sim.counters().await?.identifies - identifies;
     env.checks
         .expect_eq("identifies spent by the restart", spent, 0);
-    let sent = relay.counter("relay_dispatches_sent_total", &[]).await;
-    env.checks.figure("relay dispatches sent", sent);
+    let sent = next.counter("relay_dispatches_sent_total", &[]).await;
+    env.checks.figure("dispatches the second relay sent", sent);
 
     drop(bots.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), bots.wait()).await;
     reader.abort();
-    for p in [&mut second, &mut worker, &mut relay] {
+    for p in [&mut second, &mut worker, &mut next] {
         p.child.terminate()?;
         p.child.wait_exit(WAIT).await?;
     }
