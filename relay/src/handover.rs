@@ -27,7 +27,7 @@
 //! behind the other's) are skipped for [`SKIP_FOR`].
 //!
 //! That is complete only if this relay's stream holds everything the
-//! stopped one missed ([`Recent::covers`]), which needs no clock shared
+//! stopped one missed ([`Recent::missed`]), which needs no clock shared
 //! between pods:
 //! * the marker came through this relay's feed (it waits up to
 //!   [`MARKER_WAIT`] for it): its queue was bound before the other relay
@@ -39,6 +39,13 @@
 //!   the buffer were all dispatched by the stopped relay (the two queues
 //!   get each worker's events in the same order; only events published
 //!   within moments of each other by different workers can swap).
+//!
+//! What is replayed starts where the two streams meet, at the first
+//! buffered event the stopped relay dispatched: older events predate its
+//! window of seen ids or its start, and the bot has them or never should.
+//! With no event in common (a quiet stream), it starts at the marker; an
+//! event routed in the instant between that relay's last delivery and its
+//! marker would be missed then.
 //!
 //! Otherwise an event may be in neither relay: the RESUME gets op 9 and the
 //! bot identifies again, as on Discord when a session cannot be resumed.
@@ -95,20 +102,23 @@ pub enum HandoverError {
 pub struct Recent {
     events: VecDeque<Arc<Incoming>>,
     capacity: usize,
+    /// Events pushed since the feed started: the next one's index.
+    pushed: u64,
     /// The feed consumes; false while it is down (events are missed).
     running: bool,
     /// An event left the buffer since the feed started.
     evicted: bool,
-    /// Relays whose marker came through the feed since it started.
-    markers: HashSet<String>,
+    /// Relays whose marker came through the feed since it started, with
+    /// the index of the event that followed it.
+    markers: HashMap<String, u64>,
 }
 
-/// Whether a [`Recent`] buffer holds what a stopped relay missed.
+/// Why a [`Recent`] buffer cannot give what a stopped relay missed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cover {
-    Yes,
     /// The relay's marker has not come through the feed yet.
     NotYet,
+    /// It may not hold all of it: op 9.
     No,
 }
 
@@ -125,9 +135,10 @@ impl Recent {
         Self {
             events: VecDeque::new(),
             capacity,
+            pushed: 0,
             running: false,
             evicted: false,
-            markers: HashSet::new(),
+            markers: HashMap::new(),
         }
     }
 
@@ -136,6 +147,7 @@ impl Recent {
     pub fn started(&mut self) {
         self.events.clear();
         self.markers.clear();
+        self.pushed = 0;
         self.running = true;
         self.evicted = false;
     }
@@ -153,37 +165,53 @@ impl Recent {
             self.evicted = true;
         }
         self.events.push_back(ev);
+        self.pushed += 1;
     }
 
     /// Relay `pod`'s marker came through the feed.
     pub fn marker(&mut self, pod: &str) {
-        self.markers.insert(pod.to_owned());
+        self.markers.insert(pod.to_owned(), self.pushed);
     }
 
-    /// Whether every event relay `pod` did not dispatch is in this buffer
-    /// or still to come (see the module docs).
-    pub fn covers(&self, pod: &str, seen: &Seen) -> Cover {
+    /// The buffered events relay `pod` had not dispatched when it
+    /// stopped, oldest first, if this buffer holds all of them (see the
+    /// module docs).
+    ///
+    /// They start where the two streams meet: the first buffered event the
+    /// stopped relay had dispatched. Older ones came before its window of
+    /// seen ids (or before it ran) and are not missed. With no event in
+    /// common, the stopped relay's queue must have been empty, and what it
+    /// missed comes with or after its marker.
+    pub fn missed(&self, pod: &str, seen: &Seen) -> Result<Vec<Arc<Incoming>>, Cover> {
         if !self.running {
-            return Cover::No;
+            return Err(Cover::No);
         }
-        if !self.markers.contains(pod) {
-            return Cover::NotYet;
-        }
-        let known = |e: &Arc<Incoming>| seen.ids.contains(&e.message_id);
-        let ok = if self.evicted {
-            let n = OVERLAP.min(self.events.len());
-            n > 0 && self.events.iter().take(n).all(known)
-        } else {
-            seen.drained || self.events.iter().any(known)
+        let Some(&marker) = self.markers.get(pod) else {
+            return Err(Cover::NotYet);
         };
-        if ok { Cover::Yes } else { Cover::No }
-    }
-
-    /// The buffered events not in `seen`, oldest first.
-    pub fn missed_by<'a>(&'a self, seen: &'a Seen) -> impl Iterator<Item = &'a Arc<Incoming>> + 'a {
-        self.events
+        let known = |e: &Arc<Incoming>| seen.ids.contains(&e.message_id);
+        let from = if self.evicted {
+            let n = OVERLAP.min(self.events.len());
+            if n == 0 || !self.events.iter().take(n).all(known) {
+                return Err(Cover::No);
+            }
+            0
+        } else {
+            match self.events.iter().position(known) {
+                Some(first) => first,
+                // Nothing evicted: the buffer holds every event since the
+                // feed started, so the marker's index is its position.
+                None if seen.drained => usize::try_from(marker).unwrap_or(usize::MAX),
+                None => return Err(Cover::No),
+            }
+        };
+        Ok(self
+            .events
             .iter()
-            .filter(|e| !seen.ids.contains(&e.message_id))
+            .skip(from)
+            .filter(|e| !known(e))
+            .cloned()
+            .collect())
     }
 }
 
@@ -378,12 +406,16 @@ mod tests {
         }
     }
 
+    fn seqs(r: Result<Vec<Arc<Incoming>>, Cover>) -> Result<Vec<u64>, Cover> {
+        r.map(|v| v.iter().map(|e| e.version.seq).collect())
+    }
+
     #[test]
-    fn a_buffer_covers_a_stop_it_reaches_back_to_and_nothing_else() {
+    fn a_buffer_gives_what_a_stopped_relay_missed_and_nothing_older() {
         let mut r = Recent::new(100);
         assert_eq!(
-            r.covers("a", &seen(0..0, true)),
-            Cover::No,
+            seqs(r.missed("a", &seen(0..0, true))),
+            Err(Cover::No),
             "feed never started"
         );
         r.started();
@@ -391,54 +423,56 @@ mod tests {
             r.push(ev(n));
         }
         assert_eq!(
-            r.covers("a", &seen(1..=10, false)),
-            Cover::NotYet,
-            "no marker yet"
+            seqs(r.missed("a", &seen(1..=10, false))),
+            Err(Cover::NotYet)
         );
         r.marker("a");
-        // Read past this relay's start, nothing evicted.
-        assert_eq!(r.covers("a", &seen(1..=10, false)), Cover::Yes);
-        let missed: Vec<u64> = r
-            .missed_by(&seen(1..=10, false))
-            .map(|e| e.version.seq)
-            .collect();
-        assert_eq!(missed, (11..=50).collect::<Vec<_>>());
+        // It read past this relay's start: what it had not sent follows.
+        assert_eq!(
+            seqs(r.missed("a", &seen(1..=10, false))),
+            Ok((11..=50).collect())
+        );
+        // It started after this relay: the events before its first one
+        // are not missed, only those after.
+        assert_eq!(
+            seqs(r.missed("a", &seen((20..=30).chain([33]), false))),
+            Ok([31, 32].into_iter().chain(34..=50).collect())
+        );
         // It lagged behind this relay's start, with events left unread:
         // they may be in neither relay.
-        assert_eq!(r.covers("a", &seen(100..=110, false)), Cover::No);
-        assert_eq!(
-            r.covers("a", &seen(100..=110, true)),
-            Cover::Yes,
-            "it had read everything"
-        );
+        assert_eq!(seqs(r.missed("a", &seen(100..=110, false))), Err(Cover::No));
+        // It had read everything: what it missed is what came with its
+        // marker and after.
+        r.push(ev(51));
+        assert_eq!(seqs(r.missed("a", &seen(100..=110, true))), Ok(vec![51]));
         // Evicted: only an overlap of OVERLAP known events vouches.
-        for n in 51..=200 {
+        for n in 52..=200 {
             r.push(ev(n));
         }
         assert_eq!(
-            r.covers("a", &seen(1..=150, true)),
-            Cover::No,
+            seqs(r.missed("a", &seen(1..=150, true))),
+            Err(Cover::No),
             "oldest is 101"
         );
         assert_eq!(
-            r.covers("a", &seen(1..=101 + OVERLAP as u64, false)),
-            Cover::Yes
+            seqs(r.missed("a", &seen(1..=101 + OVERLAP as u64, false))),
+            Ok((102 + OVERLAP as u64..=200).collect())
         );
         assert_eq!(
-            r.covers("a", &seen(1..=99 + OVERLAP as u64, false)),
-            Cover::No,
+            seqs(r.missed("a", &seen(1..=99 + OVERLAP as u64, false))),
+            Err(Cover::No),
             "one of the oldest OVERLAP unknown"
         );
         r.lost();
         assert_eq!(
-            r.covers("a", &seen(1..=200, true)),
-            Cover::No,
+            seqs(r.missed("a", &seen(1..=200, true))),
+            Err(Cover::No),
             "the feed is down"
         );
         r.started();
         assert_eq!(
-            r.covers("a", &seen(1..=200, true)),
-            Cover::NotYet,
+            seqs(r.missed("a", &seen(1..=200, true))),
+            Err(Cover::NotYet),
             "markers go with a restart"
         );
     }

@@ -144,12 +144,12 @@ impl Hub {
         seen: &Seen,
     ) -> Result<Arc<Session>, (Cover, Box<Session>)> {
         let feed = self.feed();
-        match feed.recent.covers(pod, seen) {
-            Cover::Yes => {}
-            cover => return Err((cover, s)),
-        }
+        let missed = match feed.recent.missed(pod, seen) {
+            Ok(missed) => missed,
+            Err(cover) => return Err((cover, s)),
+        };
         let before = s.last_seq();
-        for ev in feed.recent.missed_by(seen) {
+        for ev in &missed {
             s.offer(ev);
         }
         tracing::info!(session = %s.id, replayed = s.last_seq() - before, relay = pod, "took over a session another relay handed over");

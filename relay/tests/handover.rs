@@ -8,7 +8,9 @@
 //! 2. each client shard RESUMEs on the second relay, which takes over its
 //!    session: one RESUMED, no second READY, no GUILD_CREATE again, every
 //!    world event of its guilds once and in order, `s` gapless across
-//!    both relays;
+//!    both relays; and so on across two more updates, the last onto a
+//!    relay that ran before the one that stopped (its buffer holds older
+//!    events, which must not be replayed);
 //! 3. a relay that stops with no other relay consuming leaves sessions
 //!    nobody can complete: the next relay answers their RESUME with op 9,
 //!    and the clients identify again and get their guilds.
@@ -51,14 +53,28 @@ async fn a_relay_rolling_update_is_invisible_to_its_bots() {
         assert_eq!(count("RESUMED"), 1, "client {i} resumed once");
     }
 
-    // And again, on the relay that took the sessions over.
+    // And again, from the relay that took the sessions over to one that
+    // ran before it: its buffer holds events older than anything the
+    // stopping relay sent, which the bots have or never should.
+    let older = p.spare_relay().await;
     let mark = p.mark();
+    p.sim.emit(100);
     p.replace_relay().await;
     p.sim.emit(100);
     phase(&p, &mut clients, mark, "across a second rolling update").await;
+    let mark = p.mark();
+    p.switch_to(older).await;
+    p.sim.emit(100);
+    phase(
+        &p,
+        &mut clients,
+        mark,
+        "back to a relay older than the one that stopped",
+    )
+    .await;
     for (i, c) in clients.iter().enumerate() {
         assert_eq!(c.count("READY"), 1, "client {i}");
-        assert_eq!(c.count("RESUMED"), 2, "client {i}");
+        assert_eq!(c.count("RESUMED"), 3, "client {i}");
     }
 
     for c in clients {

@@ -244,18 +244,35 @@ impl Pipeline {
     /// ready, sends new connections to it, then stops the first (which
     /// hands its sessions over and closes its bots' connections).
     pub async fn replace_relay(&mut self) {
-        let front = self.front.as_ref().expect("a fronted pipeline");
+        let next = self.spare_relay().await;
+        self.switch_to(next).await;
+    }
+
+    /// Another relay on the same configuration, ready, taking no
+    /// connection yet.
+    pub async fn spare_relay(&self) -> Relay {
         let shutdown = CancellationToken::new();
-        let (next, addr) = start_relay(&self.relay_cfg, &shutdown).await;
+        let (task, addr) = start_relay(&self.relay_cfg, &shutdown).await;
         let deadline = Instant::now() + WAIT;
         while testkit::http(addr, "GET", "/readyz", None, "").await.0 != 200 {
             assert!(Instant::now() < deadline, "the new relay never got ready");
             // Polling its readiness probe, as Kubernetes does.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        front.retarget(addr);
-        let old = std::mem::replace(&mut self.relay, next);
-        std::mem::replace(&mut self.shutdown, shutdown).cancel();
+        Relay {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Sends new connections to `next` and stops the current relay, whose
+    /// bots then RESUME on `next`.
+    pub async fn switch_to(&mut self, next: Relay) {
+        let front = self.front.as_ref().expect("a fronted pipeline");
+        front.retarget(next.addr);
+        let old = std::mem::replace(&mut self.relay, next.task);
+        std::mem::replace(&mut self.shutdown, next.shutdown).cancel();
         tokio::time::timeout(WAIT, old)
             .await
             .unwrap()
@@ -373,6 +390,13 @@ impl Pipeline {
             .unwrap();
         self.sim.shutdown().await;
     }
+}
+
+/// A relay of the pipeline that is not the current one yet.
+pub struct Relay {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), relay::RelayError>>,
 }
 
 /// Starts a relay on `cfg` until `shutdown`; returns once it listens.
