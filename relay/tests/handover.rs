@@ -19,20 +19,12 @@
 mod common;
 
 use common::Pipeline;
-use common::twilight_client::{Client, phase};
+use common::twilight_client::{Client, connect_both, phase};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_rolling_update_is_invisible_to_its_bots() {
     let mut p = Pipeline::start_fronted("relay-handover", 2, 12).await;
-    let token = p.sim.config().token.clone();
-    let mut clients = Vec::new();
-    for id in 0..2u32 {
-        let mut c = Client::start(id, &token, p.relay_addr);
-        let n = p.guilds_of(id, 2).len();
-        c.until("snapshot", |g| g.len() > n).await;
-        p.check_snapshot(id, 2, &c.got);
-        clients.push(c);
-    }
+    let mut clients = connect_both(&p).await;
     let mark = p.mark();
     p.sim.emit(200);
     phase(&p, &mut clients, mark, "before the update").await;

@@ -17,22 +17,14 @@
 mod common;
 
 use common::Pipeline;
-use common::twilight_client::{Client, phase};
+use common::twilight_client::{connect_both, phase};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twilight_shards_get_the_truth_every_event_once_and_survive_restarts() {
     let mut p = Pipeline::start("relay-twilight", 2, 12).await;
-    let token = p.sim.config().token.clone();
 
     // 1. READY and the truth, per client shard.
-    let mut clients = Vec::new();
-    for id in 0..2u32 {
-        let mut c = Client::start(id, &token, p.relay_addr);
-        let n = p.guilds_of(id, 2).len();
-        c.until("snapshot", |g| g.len() > n).await;
-        p.check_snapshot(id, 2, &c.got);
-        clients.push(c);
-    }
+    let mut clients = connect_both(&p).await;
 
     // 2. Every world event after the snapshot, once, in order per guild.
     let mark = p.mark();

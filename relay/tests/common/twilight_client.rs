@@ -75,6 +75,21 @@ impl Client {
     }
 }
 
+/// Two shards, `[0, 2]` and `[1, 2]`, through the pipeline's relay, each
+/// checked against the truth once its READY and guilds are in.
+pub async fn connect_both(p: &Pipeline) -> Vec<Client> {
+    let token = p.sim.config().token.clone();
+    let mut clients = Vec::new();
+    for id in 0..2u32 {
+        let mut c = Client::start(id, &token, p.relay_addr);
+        let n = p.guilds_of(id, 2).len();
+        c.until("snapshot", |g| g.len() > n).await;
+        p.check_snapshot(id, 2, &c.got);
+        clients.push(c);
+    }
+    clients
+}
+
 /// Every client gets the world events after `mark` of its guilds.
 pub async fn phase(p: &Pipeline, clients: &mut [Client], mark: u64, what: &str) {
     for (id, c) in clients.iter_mut().enumerate() {

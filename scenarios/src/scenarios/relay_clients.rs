@@ -212,19 +212,17 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     let mark = max_event_id(&sim.ledger().await?);
     let identifies = sim.counters().await?.identifies;
     sim.set_event_rate(rate).await?;
-    let flowing = |n: usize| {
-        let received = received.clone();
-        async move {
-            let total: usize = received
-                .lock()
-                .map(|r| r.values().map(Vec::len).sum())
-                .unwrap_or(0);
-            total >= n
-        }
+    let received_total = || {
+        received
+            .lock()
+            .map(|r| r.values().map(Vec::len).sum::<usize>())
+            .unwrap_or(0)
     };
-    let before_kill = snap.values().map(Vec::len).sum::<usize>() + (rate as usize) / 2;
+    // Each step waits for half a second of traffic more to reach the bots.
+    let half_second = (rate as usize) / 2;
+    let before_kill = snap.values().map(Vec::len).sum::<usize>() + half_second;
     wait_until("events reaching the bots", WAIT, async || {
-        flowing(before_kill).await
+        received_total() >= before_kill
     })
     .await?;
     sharder.child.kill();
@@ -241,12 +239,9 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
         restart.elapsed().as_millis(),
     );
     second.wait_ready(WAIT).await?;
-    let after = received
-        .lock()
-        .map(|r| r.values().map(Vec::len).sum::<usize>())
-        .unwrap_or(0);
+    let after = received_total() + half_second;
     wait_until("events after the restart", WAIT, async || {
-        flowing(after + (rate as usize) / 2).await
+        received_total() >= after
     })
     .await?;
 
@@ -293,12 +288,9 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
             rolled.elapsed().as_millis(),
         );
     }
-    let after = received
-        .lock()
-        .map(|r| r.values().map(Vec::len).sum::<usize>())
-        .unwrap_or(0);
+    let after = received_total() + half_second;
     wait_until("events after the relay's rollover", WAIT, async || {
-        flowing(after + (rate as usize) / 2).await
+        received_total() >= after
     })
     .await?;
     sim.set_event_rate(0.0).await?;
