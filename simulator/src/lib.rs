@@ -57,7 +57,8 @@
 //!   `invalid-session` (`"resumable": bool`), `malformed` (`"kind":
 //!   "invalid_json" | "truncated" | "unknown_op" | "invalid_data"`; the last
 //!   is a dispatch with a seq whose `d` is not JSON, replayed on every
-//!   resume); `outage` and `restore`
+//!   resume); `slow-resume` (`"ms": n`: the next RESUME of each session
+//!   reached waits n ms before RESUMED); `outage` and `restore`
 //!   take `{"guild_id": "<id>"}`. `POST /sim/event-rate {"events_per_sec": f}`,
 //!   `POST /sim/emit {"count": n}`. Each answers `{"affected": n}`.
 //!   `POST /sim/recommended_shards {"shards": n}` answers `{"shards": n}`.

@@ -90,6 +90,43 @@ async fn resume_replays_missed_and_buffered_dispatches_then_resumed() {
     sim.shutdown().await;
 }
 
+/// `slow-resume` holds RESUMED back on the next RESUME only, as a loaded
+/// gateway would (the status-page scenario watches a shard sit in
+/// `resuming` this way).
+#[tokio::test]
+async fn slow_resume_holds_the_next_resumed_only() {
+    const HOLD: Duration = Duration::from_millis(1_500);
+    let sim = start(one_shard()).await;
+    let (_c, ready) = Client::session(&sim.gateway_url(), 0, 1, 3).await;
+    let sid = session_id(&ready);
+    let addr = sim.addr();
+    let post = |body: &'static str| async move {
+        let (status, body) = http(addr, "POST", "/sim/faults/slow-resume", None, Some(body)).await;
+        (status, serde_json::from_str::<Value>(&body).unwrap())
+    };
+    for bad in [r#"{"shards":[0]}"#, r#"{"shards":[0],"ms":60001}"#] {
+        let (s, v) = post(bad).await;
+        assert_eq!(s, 400, "{bad}");
+        assert!(v["message"].as_str().unwrap().contains("ms"), "{v}");
+    }
+    let (s, v) = post(r#"{"shards":[0],"ms":1500}"#).await;
+    assert_eq!((s, v["affected"].as_u64()), (200, Some(1)));
+    let timed_resume = async |seq: u64| {
+        assert_eq!(sim.drop_connections(&[0]), 1);
+        let mut r = resume_detached(&sim, &sid, seq).await;
+        let sent = std::time::Instant::now();
+        let replay = r.dispatches_until("RESUMED").await;
+        assert_eq!(replay.last().unwrap()["t"], "RESUMED");
+        (r, sent.elapsed())
+    };
+    let (_r, held) = timed_resume(4).await;
+    assert!(held >= HOLD, "RESUMED came after {held:?}, before the hold");
+    let (_r, next) = timed_resume(5).await;
+    assert!(next < HOLD, "the hold applies once; the next took {next:?}");
+    assert_eq!(sim.counters().resumes, 2);
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn expired_unknown_and_too_old_sessions_get_invalid_session() {
     let sim = start(SimConfig {

@@ -238,6 +238,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 match res {
                     Ok((sid, after)) => {
                         tracing::debug!(conn = self.id, session = %sid, after, "resumed");
+                        let hold = self.shared.core().take_slow_resume(&sid);
+                        if let Some(hold) = hold {
+                            tracing::info!(conn = self.id, session = %sid, ?hold, "holding RESUMED");
+                            tokio::time::sleep(hold).await;
+                        }
                         self.session = Some(sid);
                         self.sent = after;
                         self.pump().await?;

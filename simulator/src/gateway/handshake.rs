@@ -172,6 +172,7 @@ impl Core {
                 detached_at: None,
                 ledger_idx,
                 member_requests: HashMap::new(),
+                slow_resume: None,
             },
             owned,
         );

@@ -9,7 +9,9 @@
 //!   query `v=10&encoding=json[&compress=zlib-stream|zstd-stream]`
 //! - `GET /sim/truth`, `/sim/ledger`, `/sim/counters`
 //! - `POST /sim/faults/{reconnect,drop,zombie,heartbeat-request,
-//!   invalid-session,malformed,outage,restore}`, `POST /sim/faults/hostile`
+//!   invalid-session,malformed,outage,restore}`, `POST
+//!   /sim/faults/slow-resume` (`{"ms": n}`: the next RESUME of the
+//!   sessions reached waits `n` ms before RESUMED), `POST /sim/faults/hostile`
 //!   (`{"break_after_handshake": bool, "refuse_identify": bool}`: kept up on
 //!   every connection until changed; answers the settings now in force),
 //!   `POST /sim/event-rate`,
@@ -253,6 +255,8 @@ struct ControlBody {
     count: Option<u64>,
     break_after_handshake: Option<bool>,
     refuse_identify: Option<bool>,
+    /// `slow-resume`: how long the next RESUME waits before RESUMED.
+    ms: Option<u64>,
 }
 
 async fn control(req: Request<Incoming>, shared: &Shared, path: &str) -> Resp {
@@ -288,6 +292,17 @@ async fn control(req: Request<Incoming>, shared: &Shared, path: &str) -> Resp {
     match path.trim_start_matches("/sim/") {
         "faults/reconnect" => core_ctl(Control::Reconnect),
         "faults/drop" => core_ctl(Control::Drop),
+        "faults/slow-resume" => match body.ms {
+            Some(ms) if ms <= 60_000 => affected(
+                shared
+                    .core_urgent()
+                    .slow_resume(target, std::time::Duration::from_millis(ms)),
+            ),
+            _ => error(
+                StatusCode::BAD_REQUEST,
+                "ms is required: how long the next RESUME waits (at most 60000)",
+            ),
+        },
         "faults/zombie" => core_ctl(Control::Zombie),
         "faults/heartbeat-request" => core_ctl(Control::RequestHeartbeat),
         "faults/invalid-session" => {

@@ -126,6 +126,9 @@ pub(crate) struct Session {
     pub ledger_idx: u32,
     /// When each guild's members were last requested (op 8).
     pub member_requests: HashMap<u64, Instant>,
+    /// How long the next RESUME of this session waits before RESUMED
+    /// (`/sim/faults/slow-resume`).
+    pub slow_resume: Option<std::time::Duration>,
 }
 
 impl Session {
@@ -557,6 +560,24 @@ impl Core {
             }
         }
         n
+    }
+
+    /// Holds the next RESUME of every session `target` reaches for `hold`
+    /// before RESUMED, as a loaded gateway does; returns how many.
+    pub(crate) fn slow_resume(&mut self, target: Target<'_>, hold: std::time::Duration) -> usize {
+        let mut n = 0;
+        for s in self.slots.iter_mut().flatten() {
+            if target.matches(s) {
+                s.slow_resume = Some(hold);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The hold [`Core::slow_resume`] set on `sid`, taken.
+    pub(crate) fn take_slow_resume(&mut self, sid: &str) -> Option<std::time::Duration> {
+        self.session_mut(sid)?.1.slow_resume.take()
     }
 
     /// Sends `ctl` to the connections of every attached session `target`
