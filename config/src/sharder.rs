@@ -95,6 +95,10 @@ pub struct SharderConfig {
     /// shared reset time has passed).
     #[serde(with = "humantime_serde")]
     pub identify_budget_refresh: Duration,
+    /// How often the process reports its shards for the status page (with
+    /// `[redis]`, to the cluster's view); the page polls at this interval.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
     /// Identifies that fail in a row (op 9 or a close after IDENTIFY and
     /// before READY), cluster-wide with `[redis]`, that open the identify
     /// circuit breaker: new identifies pause instead of draining the budget.
@@ -180,6 +184,7 @@ impl Default for SharderConfig {
             identify_reserve: 10,
             identify_min_interval: Duration::ZERO,
             identify_budget_refresh: Duration::from_secs(300),
+            status_interval: Duration::from_secs(1),
             identify_breaker_failures: 10,
             identify_breaker_cooldown: Duration::from_secs(30),
             identify_breaker_cooldown_max: Duration::from_secs(15 * 60),
@@ -388,6 +393,14 @@ impl SharderConfig {
                 "must be at least 1s; every refresh is a GET /gateway/bot".into(),
             );
         }
+        if self.status_interval < Duration::from_millis(100)
+            || self.status_interval > Duration::from_secs(60)
+        {
+            return bad(
+                "status_interval",
+                "must be from 100ms to 60s (how often the status page's data is refreshed)".into(),
+            );
+        }
         if self.identify_breaker_failures == 0 {
             return bad(
                 "identify_breaker_failures",
@@ -532,6 +545,10 @@ mod tests {
             (
                 "[sharder]\nidentify_breaker_failures = 0\n",
                 "sharder.identify_breaker_failures",
+            ),
+            (
+                "[sharder]\nstatus_interval = \"10ms\"\n",
+                "sharder.status_interval",
             ),
             (
                 "[sharder]\nidentify_breaker_cooldown = \"1m\"\nidentify_breaker_cooldown_max = \"30s\"\n",

@@ -116,6 +116,13 @@ pub struct AmqpSinkStats {
     pub connections: AtomicU64,
     /// Most events held unconfirmed by the task at once (buffer bound check).
     pub max_held_events: AtomicU64,
+    /// Events held unconfirmed now (the status page).
+    pub held_events: AtomicU64,
+    /// Events waiting in the buffer, as of the last publish round (the
+    /// status page).
+    pub buffered_events: AtomicU64,
+    /// The publisher's connection is up (the status page).
+    pub connected: std::sync::atomic::AtomicBool,
 }
 
 /// Sends events to the publisher task. Cheap to clone.
@@ -166,6 +173,11 @@ impl AmqpSink {
     /// The counters.
     pub fn stats(&self) -> &AmqpSinkStats {
         &self.stats
+    }
+
+    /// The counters, shared (the status page reads them as they change).
+    pub(crate) fn shared_stats(&self) -> Arc<AmqpSinkStats> {
+        self.stats.clone()
     }
 
     /// Events waiting in the buffer.
@@ -245,10 +257,12 @@ impl Publisher {
                 Ok((conn, ch)) => {
                     self.stats.connections.fetch_add(1, Ordering::Relaxed);
                     metrics::gauge!("sharder_amqp_connected").set(1.0);
+                    self.stats.connected.store(true, Ordering::Relaxed);
                     let conn = Arc::new(conn);
                     self.connection.send_replace(Some(conn.clone()));
                     let r = self.session(&ch).await;
                     self.connection.send_replace(None);
+                    self.stats.connected.store(false, Ordering::Relaxed);
                     if r.is_ok() {
                         // Drained: everything is confirmed. A close the
                         // broker does not answer must not hold the
@@ -542,6 +556,10 @@ impl Publisher {
     /// The depth gauges while disconnected: nothing is in flight.
     fn note_away(&self) {
         let held = self.unsent.iter().map(|o| o.acks.len()).sum::<usize>() + self.staged.len();
+        self.stats.held_events.store(held as u64, Ordering::Relaxed);
+        self.stats
+            .buffered_events
+            .store(self.rx.len() as u64, Ordering::Relaxed);
         metrics::gauge!("sharder_sink_unconfirmed_events").set(held as f64);
         metrics::gauge!("sharder_sink_buffered_events").set(self.rx.len() as f64);
     }
@@ -553,6 +571,10 @@ impl Publisher {
         self.stats
             .max_held_events
             .fetch_max(held as u64, Ordering::Relaxed);
+        self.stats.held_events.store(held as u64, Ordering::Relaxed);
+        self.stats
+            .buffered_events
+            .store(self.rx.len() as u64, Ordering::Relaxed);
         metrics::gauge!("sharder_sink_unconfirmed_events").set(held as f64);
         metrics::gauge!("sharder_sink_buffered_events").set(self.rx.len() as f64);
     }

@@ -221,13 +221,13 @@ impl<C: Connector> Connection<C> {
         Ok(())
     }
 
-    /// A heartbeat ACK (op 11) arrived.
-    pub(crate) fn on_ack(&mut self) {
+    /// A heartbeat ACK (op 11) arrived: the heartbeat's round trip, when
+    /// one was awaited.
+    pub(crate) fn on_ack(&mut self) -> Option<std::time::Duration> {
         self.acked = true;
-        if let Some(at) = self.sent_at.take() {
-            metrics::histogram!("sharder_heartbeat_latency_seconds")
-                .record(at.elapsed().as_secs_f64());
-        }
+        let rtt = self.sent_at.take()?.elapsed();
+        metrics::histogram!("sharder_heartbeat_latency_seconds").record(rtt.as_secs_f64());
+        Some(rtt)
     }
 
     /// Sends a gateway command (IDENTIFY, RESUME) within the send budget.

@@ -2,8 +2,9 @@
 //! `sharder_events_by_type_total`), labelled by the closed set of names in
 //! [`gateway_protocol::KNOWN_EVENTS`] so the label set cannot grow.
 
+use crate::shard_vitals::ShardVitals;
 use gateway_protocol::{EventName, KNOWN_EVENTS, OTHER_EVENT};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Per-shard handles of the event counters, resolved once instead of a
 /// registry lookup (hash, lock, label set) for every event.
@@ -14,6 +15,8 @@ pub(crate) struct EventCounters {
     /// a burst of events adds to them once per name, not once per event.
     pending: [(u16, u32); PENDING_NAMES],
     pending_len: usize,
+    /// The shard's own count, for the status page's events per second.
+    shard: Arc<ShardVitals>,
 }
 
 /// Distinct names a burst collects before it adds them up.
@@ -39,8 +42,9 @@ fn by_type(at: usize) -> Option<&'static metrics::Counter> {
 }
 
 impl EventCounters {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(shard: Arc<ShardVitals>) -> Self {
         Self {
+            shard,
             total: metrics::counter!("sharder_events_total"),
             pending: [(0, 0); PENDING_NAMES],
             pending_len: 0,
@@ -76,6 +80,7 @@ impl EventCounters {
         self.pending_len = 0;
         if total > 0 {
             self.total.increment(total);
+            self.shard.add_events(total);
         }
     }
 }

@@ -10,6 +10,10 @@
 //!   RESUMED (state `Active`), else 503 with the count (and, while the
 //!   process is still starting, what it waits for); a rolling update
 //!   therefore waits for this pod's shards before stopping the next pod.
+//! - `GET /`: the status page, and `GET /status.json` its data: every
+//!   shard of the bot (of this process without Redis) by state, with the
+//!   identify queue, the budget, sinks and DNS (see [`crate::status`]).
+//!   Read-only and free of secrets, so it needs no token.
 //! - `GET /admin/shards`: each shard's state.
 //! - `POST /admin/identify-throttle` `{"min_interval_ms": n}`: minimum time
 //!   between two identifies of this process, at runtime (0: off).
@@ -29,6 +33,7 @@ use crate::reshard_plan::ReshardRequest;
 use crate::resharder::{ReshardCommand, Trigger};
 use crate::shard::{ShardHandle, ShardState};
 use crate::shed::ShedList;
+use crate::status::StatusBoard;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -78,6 +83,8 @@ struct Inner {
     reshard: OnceLock<mpsc::Sender<ReshardCommand>>,
     /// The running total and the reshard in progress, for `GET`.
     generation: Mutex<serde_json::Value>,
+    /// The status page's reports.
+    status: StatusBoard,
 }
 
 /// The process's shards and their identify scheduler.
@@ -114,6 +121,7 @@ impl AdminState {
                 loopback: cfg.http_listen.ip().is_loopback(),
                 reshard: OnceLock::new(),
                 generation: Mutex::new(json!({ "total": cfg.total_shards, "reshard": null })),
+                status: StatusBoard::new(cfg),
             }),
         }
     }
@@ -140,7 +148,7 @@ impl AdminState {
         }
     }
 
-    fn phase(&self) -> &'static str {
+    pub(crate) fn phase(&self) -> &'static str {
         self.inner.phase.lock().map_or("starting", |p| *p)
     }
 
@@ -189,8 +197,22 @@ impl AdminState {
         total > 0 && self.active() == total
     }
 
+    /// The status page's board.
+    pub(crate) fn status(&self) -> &StatusBoard {
+        &self.inner.status
+    }
+
+    /// The running total and the reshard in progress.
+    pub(crate) fn generation(&self) -> serde_json::Value {
+        self.inner
+            .generation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The scheduler, once the shards run.
-    fn scheduler(&self) -> Option<&IdentifyScheduler> {
+    pub(crate) fn scheduler(&self) -> Option<&IdentifyScheduler> {
         self.inner.started.get().map(|s| &s.scheduler)
     }
 
@@ -258,6 +280,8 @@ pub fn admin_router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/", get(status_page))
+        .route("/status.json", get(status_json))
         .route("/admin/shards", get(shards))
         .route("/admin/identify-throttle", post(identify_throttle))
         .route("/admin/shed", get(get_shed).post(set_shed))
@@ -278,6 +302,26 @@ pub(crate) async fn serve_app(listener: TcpListener, app: Router, stop: Cancella
     {
         tracing::error!(error = %e, "HTTP server failed");
     }
+}
+
+/// The status page: one HTML file with its script and styles inline, so it
+/// fetches nothing from outside.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
+}
+
+async fn status_json(State(s): State<AdminState>) -> Response {
+    let view = s.status().view(&s).await;
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(view)).into_response()
 }
 
 async fn metrics_text(State(s): State<AdminState>) -> Response {

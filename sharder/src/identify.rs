@@ -275,6 +275,21 @@ impl IdentifyScheduler {
             .saturating_duration_since(Instant::now())
     }
 
+    /// The budget as last seen: total, remaining and time to its reset.
+    pub fn budget(&self) -> (u32, u32, Duration) {
+        let b = self.budget_lock();
+        (
+            b.total,
+            b.remaining,
+            b.reset_at.saturating_duration_since(Instant::now()),
+        )
+    }
+
+    /// The budget is the cluster's, shared through Redis.
+    pub fn shares_budget(&self) -> bool {
+        self.inner.shared.is_some()
+    }
+
     /// Identifies left in the budget (the cluster's with Redis, as last seen).
     pub fn remaining(&self) -> u32 {
         self.budget_lock().remaining

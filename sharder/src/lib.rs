@@ -90,9 +90,11 @@ mod session_redis;
 mod session_store;
 mod shard;
 mod shard_config;
+mod shard_vitals;
 mod shed;
 mod sink;
 mod startup;
+mod status;
 
 pub use amqp_sink::{AmqpSink, AmqpSinkConfig, AmqpSinkStats};
 pub use assignment::{ClusterLayout, PlanError, ShardAssignment};
@@ -127,6 +129,8 @@ pub use session_store::{
     FileSessionStore, SessionKey, SessionStore, StoreError, load_session, save_session,
 };
 pub use shard::{Shard, ShardExit, ShardHandle, ShardState};
+pub use shard_vitals::{LastClose, ShardVitals, VitalsSnapshot};
+
 pub use shard_config::ShardConfig;
 pub use shed::{ShedError, ShedList};
 pub use sink::{Ack, ChannelSink, EventSink, ShardEvent, SinkClosed, TrySend};

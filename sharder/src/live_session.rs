@@ -49,6 +49,7 @@ use crate::guilds::GuildTracker;
 use crate::outcome::Outcome;
 use crate::session::{Session, SessionOwner, next_epoch};
 use crate::shard_config::ShardConfig;
+use crate::shard_vitals::ShardVitals;
 use crate::sink::{Confirmation, ConfirmedSeq, EventHeader, EventSink, ShardEvent, TrySend};
 use bytes::Bytes;
 use gateway_protocol::EventName;
@@ -109,6 +110,8 @@ pub(crate) struct LiveSession<K: EventSink> {
     confirm_tx: mpsc::UnboundedSender<Confirmation>,
     confirm_rx: mpsc::UnboundedReceiver<Confirmation>,
     counters: EventCounters,
+    /// What the status page shows of the shard.
+    vitals: Arc<ShardVitals>,
     /// When the current burst of messages was read (events' `received_at`).
     burst_read_at: SystemTime,
     /// Where the last unreadable payload came: the session's epoch and the
@@ -122,8 +125,18 @@ impl<K: EventSink> LiveSession<K> {
         self.guilds.pending()
     }
 
+    /// The shard's status-page figures.
+    pub(crate) fn vitals(&self) -> &Arc<ShardVitals> {
+        &self.vitals
+    }
+
+    /// Guilds the session knows.
+    pub(crate) fn guild_count(&self) -> usize {
+        self.guilds.len()
+    }
+
     /// No session yet: the first connection identifies.
-    pub(crate) fn new(config: ShardConfig, sink: Arc<K>) -> Self {
+    pub(crate) fn new(config: ShardConfig, sink: Arc<K>, vitals: Arc<ShardVitals>) -> Self {
         let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
         let owner = SessionOwner::new(&config.token, config.total_shards);
         Self {
@@ -137,7 +150,8 @@ impl<K: EventSink> LiveSession<K> {
             last_epoch: None,
             confirm_tx,
             confirm_rx,
-            counters: EventCounters::new(),
+            counters: EventCounters::new(vitals.clone()),
+            vitals,
             burst_read_at: SystemTime::UNIX_EPOCH,
             unreadable_at: None,
         }
@@ -226,7 +240,9 @@ impl<K: EventSink> LiveSession<K> {
                 Ok(Step::Handled)
             }
             op::HEARTBEAT_ACK => {
-                conn.on_ack();
+                if let Some(rtt) = conn.on_ack() {
+                    self.vitals.heartbeat_acked(rtt);
+                }
                 Ok(Step::Handled)
             }
             op::RECONNECT => {
@@ -458,7 +474,7 @@ mod tests {
         let config = ShardConfig::new(2, 4, config::Secret::new("t.o.k"), "ws://g".into());
         let presence = config.presence.clone();
         let (sink, _rx) = ChannelSink::new(4, true);
-        let live = LiveSession::new(config, Arc::new(sink));
+        let live = LiveSession::new(config, Arc::new(sink), Arc::new(ShardVitals::new()));
         let identify: serde_json::Value = serde_json::from_str(&live.identify_command()).unwrap();
         assert_eq!(identify["d"]["shard"], serde_json::json!([2, 4]));
         assert!(identify["d"].get("presence").is_none(), "none set yet");

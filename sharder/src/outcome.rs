@@ -32,12 +32,32 @@ pub(crate) enum Outcome {
     SinkClosed(String),
 }
 
+/// How a reason from a close frame starts; [`Outcome::close`] reads the
+/// code back from it.
+const CLOSED_WITH: &str = "closed with ";
+
 impl Outcome {
     pub(crate) fn identify(reason: impl Into<String>) -> Self {
         Self::Identify {
             reason: reason.into(),
             wait: None,
         }
+    }
+
+    /// How the connection ended, for the status page: the close code when
+    /// Discord's close frame carried one, and the reason. `None` for a
+    /// shutdown.
+    pub(crate) fn close(&self) -> Option<(Option<u16>, &str)> {
+        let reason = match self {
+            Self::Resume(r) | Self::Identify { reason: r, .. } | Self::SinkClosed(r) => r.as_str(),
+            Self::Fatal { code, reason } => return Some((Some(*code), reason)),
+            Self::Shutdown => return None,
+        };
+        let code = reason
+            .strip_prefix(CLOSED_WITH)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|c| c.parse().ok());
+        Some((code, reason))
     }
 }
 
@@ -46,13 +66,42 @@ impl From<Ended> for Outcome {
     fn from(ended: Ended) -> Self {
         match ended {
             Ended::Closed { code, reason } => match close_action(code) {
-                CloseAction::Resume => Self::Resume(format!("closed with {code} {reason}")),
-                CloseAction::Identify => Self::identify(format!("closed with {code} {reason}")),
+                CloseAction::Resume => Self::Resume(format!("{CLOSED_WITH}{code} {reason}")),
+                CloseAction::Identify => Self::identify(format!("{CLOSED_WITH}{code} {reason}")),
                 CloseAction::Fatal(reason) => Self::Fatal { code, reason },
             },
             Ended::ClosedWithoutCode => Self::Resume("closed without a code".into()),
             Ended::Zombie => Self::Resume("zombie connection (no heartbeat ACK)".into()),
             Ended::Dropped(reason) | Ended::Corrupt(reason) => Self::Resume(reason),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_frame_s_code_is_read_back() {
+        let closed = |code, reason: &str| {
+            Outcome::from(Ended::Closed {
+                code,
+                reason: reason.into(),
+            })
+        };
+        let o = closed(4000, "unknown error");
+        assert_eq!(
+            o.close(),
+            Some((Some(4000), "closed with 4000 unknown error"))
+        );
+        assert_eq!(closed(4009, "").close().unwrap().0, Some(4009));
+        let fatal = closed(4014, "disallowed intents");
+        assert_eq!(fatal.close().unwrap().0, Some(4014));
+        assert_eq!(Outcome::from(Ended::Zombie).close().unwrap().0, None);
+        assert_eq!(
+            Outcome::Resume("op 7 reconnect".into()).close().unwrap().0,
+            None
+        );
+        assert_eq!(Outcome::Shutdown.close(), None);
     }
 }

@@ -177,6 +177,8 @@ pub async fn run_with(
         let _ = tx.send(addr);
     }
     let http_stop = CancellationToken::new();
+    admin.status().set_resolver(resolver.clone());
+    let status = tokio::spawn(crate::status::publish(admin.clone(), http_stop.clone()));
     let http = match cfg.sharder.metrics_listen {
         None => tokio::spawn(serve(listener, admin.clone(), http_stop.clone())),
         Some(metrics_addr) => {
@@ -207,6 +209,7 @@ pub async fn run_with(
     let result = run_shards(cfg, shutdown, opts.sink, started).await;
     http_stop.cancel();
     let _ = http.await;
+    let _ = status.await;
     result
 }
 
@@ -411,6 +414,9 @@ async fn run_shards(
         let Some(conn) = redis_connection(&resolver, &cfg, &shutdown).await? else {
             return Ok(not_started());
         };
+        admin
+            .status()
+            .set_redis(conn.clone(), &cfg.redis.key_prefix);
         Some(conn)
     } else {
         None
@@ -461,6 +467,7 @@ async fn run_shards(
         SinkChoice::Amqp => {
             let (s, task) = AmqpSink::start(resolver.clone(), AmqpSinkConfig::from_config(&cfg));
             amqp_connection = Some(s.connection());
+            admin.status().set_sink(s.shared_stats());
             (AnySink::Amqp(s), Some(task))
         }
         SinkChoice::Channel(c) => (AnySink::Channel(c), None),
@@ -801,6 +808,12 @@ fn publish_generation<K, S, C>(
             .filter(|(_, h)| h.guilds_loading() == Some(0))
             .count();
         metrics::gauge!("sharder_reshard_new_shards_loaded").set(loaded as f64);
+        let handed_over: u64 = run
+            .new
+            .iter()
+            .filter(|(_, h)| h.guilds_loading() == Some(0))
+            .map(|(_, h)| u64::from(h.vitals().snapshot().guilds))
+            .sum();
         serde_json::json!({
             "from": run.plan.from_total,
             "to": run.plan.to_total,
@@ -808,6 +821,7 @@ fn publish_generation<K, S, C>(
             "id": run.marker.id,
             "new_shards": run.new.len(),
             "new_shards_loaded": loaded,
+            "guilds_handed_over": handed_over,
             "seconds": run.since.elapsed().as_secs_f64(),
             "floor_seconds": run.plan.cold_boot_floor.as_secs_f64(),
             "cluster": cluster.filter(|v| v.id == Some(run.marker.id)).map(|v| {

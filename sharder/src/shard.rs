@@ -58,6 +58,7 @@ use crate::live_session::LiveSession;
 use crate::outcome::Outcome;
 use crate::session_store::{SessionKey, SessionStore, load_session, save_session};
 use crate::shard_config::ShardConfig;
+use crate::shard_vitals::ShardVitals;
 use crate::sink::EventSink;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,6 +163,8 @@ pub struct ShardHandle {
     ids: (u32, u32),
     /// Gateway commands to send (`crate::commands`), with when they came.
     commands: mpsc::Sender<(tokio::time::Instant, String)>,
+    /// What the status page shows besides the state.
+    vitals: Arc<ShardVitals>,
 }
 
 impl ShardHandle {
@@ -222,6 +225,11 @@ impl ShardHandle {
         self.ids.1
     }
 
+    /// The shard's figures for the status page.
+    pub fn vitals(&self) -> &ShardVitals {
+        &self.vitals
+    }
+
     /// Queues a gateway command (`{"op":…,"d":…}`) for the shard to send
     /// while active; false when its backlog is full (dropped).
     pub fn send_command(&self, payload: String) -> bool {
@@ -278,7 +286,8 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let (commands_tx, commands) = mpsc::channel(COMMAND_BACKLOG);
         let backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
-        let live = LiveSession::new(config.clone(), sink);
+        let vitals = Arc::new(ShardVitals::new());
+        let live = LiveSession::new(config.clone(), sink, vitals.clone());
         let shard = Self {
             config,
             scheduler,
@@ -303,6 +312,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             shutdown: Arc::new(shutdown_tx),
             ids,
             commands: commands_tx,
+            vitals,
         };
         (shard, handle)
     }
@@ -317,6 +327,15 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             matches!(state, ShardState::Stopped(_)) && self.retire.load(Ordering::Relaxed);
         let current = (!retired).then(|| state.metric_label());
         state_series(self.config.shard_id, self.config.total_shards, current);
+        let vitals = self.live.vitals();
+        match state {
+            ShardState::Identifying => vitals.identify_sent(),
+            ShardState::Resuming => vitals.resume_sent(),
+            _ => {}
+        }
+        if *self.state.borrow() != state {
+            vitals.state_changed();
+        }
         self.state.send_replace(state);
     }
 
@@ -329,6 +348,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
     /// changed (once per burst of messages).
     pub(crate) fn publish_loading(&self) {
         let now = Some(self.live.pending_guilds());
+        self.live.vitals().set_guilds(self.live.guild_count());
         self.loading.send_if_modified(|v| {
             let changed = *v != now;
             *v = now;
@@ -417,6 +437,9 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                 && matches!(outcome, Outcome::Resume(_) | Outcome::Identify { .. })
             {
                 metrics::counter!("sharder_resumes_total", "result" => "failed").increment(1);
+            }
+            if let Some((code, reason)) = outcome.close() {
+                self.live.vitals().closed(code, reason);
             }
             let mut wait = None;
             match outcome {

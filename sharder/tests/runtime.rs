@@ -25,6 +25,8 @@ async fn http_endpoints_and_shedding_at_runtime() {
         identify_window: Duration::from_millis(100),
         event_rate: 400.0,
         event_mix: EventMix::only(&[(EventKind::MessageCreate, 1), (EventKind::TypingStart, 1)]),
+        // A heartbeat RTT for the status page within the test.
+        heartbeat_interval: Duration::from_millis(500),
         ..SimConfig::default()
     })
     .await
@@ -55,6 +57,41 @@ async fn http_endpoints_and_shedding_at_runtime() {
     assert_eq!(http(addr, "GET", "/healthz", None, "").await.0, 200);
     until("readyz", WAIT, async || {
         http(addr, "GET", "/readyz", None, "").await.0 == 200
+    })
+    .await;
+
+    // The status page and its data need no token, and hold none. Without
+    // Redis they show this process's shards and say so.
+    let (status, page) = http(addr, "GET", "/", None, "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("data-shard") && page.contains("fetch('status.json'"));
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "fetches nothing from outside"
+    );
+    until("both shards active on /status.json", WAIT, async || {
+        let (status, body) = http(addr, "GET", "/status.json", None, "").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            !body.contains("s3cret") && !body.contains("guest"),
+            "{body}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (v["scope"].as_str(), v["total"].as_u64()),
+            (Some("process"), Some(2))
+        );
+        let states: Vec<&str> = v["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["state"].as_str().unwrap())
+            .collect();
+        let p = &v["processes"][0];
+        states == ["active", "active"]
+            && p["sink"]["connected"] == true
+            && v["summary"]["active"] == 2
+            && v["shards"][0]["rtt_ms"].is_number()
     })
     .await;
 
@@ -392,6 +429,12 @@ async fn health_is_served_while_discord_cannot_be_reached() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("still starting"), "{body}");
     assert_eq!(http(addr, "GET", "/metrics", None, "").await.0, 200);
+    // The status page says what start-up waits for.
+    let (status, body) = http(addr, "GET", "/status.json", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["processes"][0]["phase"], "GET /gateway/bot", "{body}");
+    assert_eq!(v["shards"], serde_json::json!([]), "{body}");
     assert_eq!(sim.counters().identifies, 0);
     stop.cancel();
     let report = timeout(WAIT, run).await.unwrap().unwrap().unwrap();
