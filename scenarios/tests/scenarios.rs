@@ -88,11 +88,11 @@ fn list_names_every_scenario_once() {
         .iter()
         .map(|s| s.name)
         .collect();
-    assert_eq!(names.len(), 13);
+    assert_eq!(names.len(), 14);
     let mut sorted = names.clone();
     sorted.sort_unstable();
     sorted.dedup();
-    assert_eq!(sorted.len(), 13, "{names:?}");
+    assert_eq!(sorted.len(), 14, "{names:?}");
 }
 
 #[test]
@@ -103,4 +103,9 @@ fn worker_scale_out() {
 #[test]
 fn relay_clients() {
     scenario("relay-clients");
+}
+
+#[test]
+fn status_page() {
+    scenario("status-page");
 }

@@ -17,6 +17,7 @@ pub mod reshard_live;
 pub mod rolling_restart;
 pub mod rollout_safety;
 pub mod runtime_controls;
+pub mod status_page;
 pub mod worker_scale_out;
 pub mod worker_throughput;
 
@@ -55,6 +56,7 @@ pub const SCENARIOS: &[ScenarioInfo] = &[
     reshard_live::INFO_4011,
     reshard_live::INFO_KILL,
     relay_clients::INFO,
+    status_page::INFO,
 ];
 
 /// Measurements the runner runs by name only (not in `run all`, not in
@@ -85,6 +87,7 @@ pub async fn run_scenario(name: &str, size: Size) -> ScenarioReport {
             "reshard-4011" => reshard_live::run(size, reshard_live::Trigger::GuildCap).await,
             "reshard-kill" => reshard_live::run(size, reshard_live::Trigger::KillMidway).await,
             "relay-clients" => relay_clients::run(size).await,
+            "status-page" => status_page::run(size).await,
             "worker-throughput" => worker_throughput::run(size).await,
             other => Err(ScenarioError::Setup(format!(
                 "unknown scenario {other:?}; see `bulwark-scenarios list`"
@@ -167,6 +170,23 @@ impl Env {
             &self.dir.join("sessions"),
             margin_ms,
         ))
+    }
+
+    /// Sharder pod `index` of two, with its sessions, lock, reshard state
+    /// and status report in the run's Redis keys.
+    pub fn redis_pod_config(
+        &self,
+        sim: &SimProcess,
+        margin_ms: u64,
+        index: u32,
+    ) -> Result<TomlConfig> {
+        let mut c = self.sharder_config(sim, margin_ms)?;
+        c.set("sharder", "process_count", "2")
+            .set("sharder", "process_index", index.to_string())
+            .set_str("sharder", "session_store", "redis")
+            .set_str("redis", "url", "redis://127.0.0.1:6379")
+            .set_str("redis", "key_prefix", &self.redis_prefix);
+        Ok(c)
     }
 
     /// The base worker configuration for the run's topology.

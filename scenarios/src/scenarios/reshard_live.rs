@@ -34,7 +34,7 @@
 
 use super::{Env, ScenarioInfo};
 use crate::broker::CleanTap;
-use crate::bulwark::{Process, TomlConfig};
+use crate::bulwark::Process;
 use crate::cache_check;
 use crate::prometheus;
 use crate::report::{ScenarioReport, Size};
@@ -87,17 +87,6 @@ pub async fn run(size: Size, trigger: Trigger) -> Result<ScenarioReport> {
     let mut env = Env::new(name, PARTITIONS).await?;
     let outcome = body(&mut env, size, trigger).await;
     env.finish(outcome).await
-}
-
-/// Pod `index` of two: sessions, lock and reshard state in Redis.
-fn pod_config(env: &Env, sim: &SimProcess, index: u32) -> Result<TomlConfig> {
-    let mut c = env.sharder_config(sim, 150)?;
-    c.set("sharder", "process_count", "2")
-        .set("sharder", "process_index", index.to_string())
-        .set_str("sharder", "session_store", "redis")
-        .set_str("redis", "url", "redis://127.0.0.1:6379")
-        .set_str("redis", "key_prefix", &env.redis_prefix);
-    Ok(c)
 }
 
 /// The guilds each shard of `total` owns in `truth`.
@@ -200,8 +189,8 @@ async fn body(env: &mut Env, size: Size, trigger: Trigger) -> Result<()> {
         held(&w1).await == PARTITIONS as usize / 2 && held(&w2).await == PARTITIONS as usize / 2
     })
     .await?;
-    let cfg0 = pod_config(env, &sim, 0)?;
-    let cfg1 = pod_config(env, &sim, 1)?;
+    let cfg0 = env.redis_pod_config(&sim, 150, 0)?;
+    let cfg1 = env.redis_pod_config(&sim, 150, 1)?;
     let mut pod0 = env.start_sharder("sharder-0", &cfg0, &[])?;
     let mut pod1 = env.start_sharder("sharder-1", &cfg1, &[])?;
     pod0.wait_ready(WAIT).await?;
