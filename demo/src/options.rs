@@ -64,6 +64,8 @@ pub struct DemoOptions {
     /// Run the relay and connect a twilight client through it (needs the
     /// Redis cache and RabbitMQ for the clean stream).
     pub relay: bool,
+    /// How long the sharder (and its status page) stays up after the run.
+    pub serve: Duration,
 }
 
 impl Default for DemoOptions {
@@ -84,6 +86,7 @@ impl Default for DemoOptions {
             patience: Duration::from_secs(60),
             reshard_to: None,
             relay: false,
+            serve: Duration::ZERO,
         }
     }
 }
@@ -154,6 +157,10 @@ pub struct Args {
     /// what it received against the truth.
     #[arg(long)]
     pub relay: bool,
+    /// Keep the sharder and its status page up for SECONDS after the run
+    /// (the page's URL is printed first).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub serve: u64,
 }
 
 impl Args {
@@ -213,6 +220,7 @@ impl Args {
             relay: self.relay,
             redis_url: self.redis_url.unwrap_or(defaults.redis_url.clone()),
             reshard_to: self.reshard_to,
+            serve: Duration::from_secs(self.serve),
             ..defaults
         })
     }
@@ -269,6 +277,8 @@ mod tests {
             &["--reshard-to", "128"],
             &["--reshard-to", "200"],
             &["--frobnicate"],
+            &["--serve", "-1"],
+            &["--serve", "86401"],
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}");
@@ -295,6 +305,10 @@ mod tests {
         );
         let o = parse(&["--relay", "--redis-url", "redis://r/"]).unwrap();
         assert!(o.relay);
+        assert_eq!(
+            parse(&["--serve", "60"]).unwrap().serve,
+            Duration::from_secs(60)
+        );
         assert_eq!(
             (o.cache, o.redis_url.as_str()),
             (CacheKind::Redis, "redis://r/")

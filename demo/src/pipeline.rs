@@ -181,14 +181,7 @@ async fn with_simulator<S: Store + CacheSize>(
     }
     let worker = Arc::new(observation.attach(worker));
     let relay = match opts.relay {
-        true => {
-            let r = RelayRun::start(sim, &opts.amqp_url, &opts.redis_url, base, INTENTS).await?;
-            progress.note(&format!(
-                "relay: {} (a twilight bot connects through it once every shard is READY)",
-                r.url()
-            ));
-            Some(r)
-        }
+        true => Some(RelayRun::start(sim, &opts.amqp_url, &opts.redis_url, base, INTENTS).await?),
         false => None,
     };
     let sessions = SessionDir::new(base)?;
@@ -205,14 +198,22 @@ async fn with_simulator<S: Store + CacheSize>(
             on_listening: Some(listening),
         },
     ));
+    let url = format!(
+        "http://{}",
+        admin
+            .await
+            .map_err(|_| DemoError::Timeout("the sharder never listened".into()))?
+    );
+    progress.note(&format!("status page: {url}/"));
+    if let Some(r) = &relay {
+        progress.note(&format!(
+            "relay: {} (a twilight bot connects through it once every shard is READY)",
+            r.url()
+        ));
+    }
     let admin = match opts.reshard_to {
         Some(_) => Some(Admin {
-            url: format!(
-                "http://{}",
-                admin
-                    .await
-                    .map_err(|_| DemoError::Timeout("the sharder never listened".into()))?
-            ),
+            url: url.clone(),
             resolver: dnscache::Resolver::shared(&dns)
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
         }),
@@ -232,6 +233,16 @@ async fn with_simulator<S: Store + CacheSize>(
     let watched = watcher
         .watch(progress, interrupt, &sharder, &queue, &mut reshard)
         .await;
+    if watched.is_ok() && !opts.serve.is_zero() {
+        progress.note(&format!(
+            "status page: {url}/ stays up for {} s (Ctrl-C ends it)",
+            opts.serve.as_secs()
+        ));
+        tokio::select! {
+            () = tokio::time::sleep(opts.serve) => {}
+            () = interrupt.cancelled() => {}
+        }
+    }
     stop.cancel();
     let ended = match tokio::time::timeout(SHUTDOWN_GRACE * 2, sharder).await {
         Ok(Ok(r)) => r.map_err(DemoError::from),
