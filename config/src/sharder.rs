@@ -155,6 +155,13 @@ pub struct SharderConfig {
     pub confirm_window: usize,
     /// Events of one shard batched into one message at most.
     pub batch_max_events: usize,
+    /// How long the AMQP sink may hold a round of events open for more
+    /// before it publishes (0: publish as soon as the pipe has room). The
+    /// broker and the worker pay per message, so at ordinary rates this
+    /// is what makes a message carry many events; it is the most latency
+    /// it adds.
+    #[serde(with = "humantime_serde")]
+    pub publish_linger: Duration,
     /// Prefix of the exchange and queue names (`bulwark.gateway` in
     /// production; tests use their own).
     pub amqp_topology_base: String,
@@ -204,6 +211,7 @@ impl Default for SharderConfig {
             sink_buffer: 8192,
             confirm_window: 256,
             batch_max_events: 256,
+            publish_linger: Duration::ZERO,
             amqp_topology_base: "bulwark.gateway".into(),
             process_shards: None,
             reshard: ReshardConfig::default(),
@@ -393,6 +401,12 @@ impl SharderConfig {
                 "must be at least 1s; every refresh is a GET /gateway/bot".into(),
             );
         }
+        if self.publish_linger > Duration::from_millis(100) {
+            return bad(
+                "publish_linger",
+                "must be at most 100ms (the latency a publish may add); 0 turns it off".into(),
+            );
+        }
         if self.status_interval < Duration::from_millis(100)
             || self.status_interval > Duration::from_secs(60)
         {
@@ -549,6 +563,10 @@ mod tests {
             (
                 "[sharder]\nstatus_interval = \"10ms\"\n",
                 "sharder.status_interval",
+            ),
+            (
+                "[sharder]\npublish_linger = \"1s\"\n",
+                "sharder.publish_linger",
             ),
             (
                 "[sharder]\nidentify_breaker_cooldown = \"1m\"\nidentify_breaker_cooldown_max = \"30s\"\n",

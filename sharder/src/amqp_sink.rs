@@ -23,6 +23,20 @@
 //!    (a GUILD_CREATE without a usable guild id has no marker, a bad name, a
 //!    payload over 16 MiB) is logged, counted and confirmed at once, so the
 //!    shard's seq moves past it instead of stalling.
+//!
+//!    At ordinary rates that is not enough: confirms come back within a
+//!    millisecond or two, so a round held only what one or two gateway
+//!    frames brought, and at 12.8k events/s over 16 shards messages
+//!    carried 3.3 events, and every message and every wake-up was paid
+//!    for on both sides (issue #23). So a due round may linger: until it
+//!    is `publish_linger` old (from its first event), the task sleeps
+//!    instead of waking for each event, and then takes everything the
+//!    channel holds at once. It does not linger once a full message's
+//!    worth of events waits, nor at shutdown. The linger is the most latency it
+//!    adds; confirms are still awaited as they come. It is off by default:
+//!    at 1k-50k events/s it cut messages by a quarter to a third, but the
+//!    sharder's own CPU per event did not move beyond the noise, as that is
+//!    a wake-up per gateway frame (BENCHMARKS.md, issue #23).
 //! 3. Publish persistently (delivery mode 2) with up to `confirm_window`
 //!    messages awaiting their confirms (pipelined). Confirms are awaited in
 //!    publish order; an ack confirms every event of the message to its shard
@@ -82,6 +96,8 @@ pub struct AmqpSinkConfig {
     pub reconnect_max: Duration,
     /// A confirm slower than this counts as a broken connection.
     pub confirm_timeout: Duration,
+    /// How long a round may stay open for more events (0: none).
+    pub linger: Duration,
 }
 
 impl AmqpSinkConfig {
@@ -97,6 +113,7 @@ impl AmqpSinkConfig {
             reconnect_base: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(15),
             confirm_timeout: Duration::from_secs(30),
+            linger: s.publish_linger,
         }
     }
 }
@@ -148,6 +165,7 @@ impl AmqpSink {
             rx,
             staged: Vec::new(),
             next_round: 0,
+            round_opened: None,
             unsent: VecDeque::new(),
             closed: false,
             stats: stats.clone(),
@@ -238,6 +256,8 @@ struct Publisher {
     staged: Vec<ShardEvent>,
     /// Number of the next round framed.
     next_round: u64,
+    /// When the first event of the staged round arrived.
+    round_opened: Option<tokio::time::Instant>,
     /// Framed messages not yet published (or to publish again), in order.
     unsent: VecDeque<Outgoing>,
     /// Every sender is gone.
@@ -336,7 +356,14 @@ impl Publisher {
         let window = self.cfg.confirm_window.max(1);
         let round_cap = self.round_cap();
         loop {
-            if self.unsent.is_empty() && self.round_due(inflight) {
+            if self.staged.is_empty() {
+                self.round_opened = None;
+            } else if self.round_opened.is_none() {
+                self.round_opened = Some(tokio::time::Instant::now());
+            }
+            let due = self.unsent.is_empty() && self.round_due(inflight);
+            let linger = due.then(|| self.lingering()).flatten();
+            if due && linger.is_none() {
                 self.take_ready(round_cap);
                 self.frame();
             }
@@ -383,8 +410,14 @@ impl Publisher {
                 continue;
             }
             let room = round_cap.saturating_sub(self.staged.len());
-            let can_take = self.unsent.is_empty() && room > 0 && !self.closed;
+            // While a round lingers, events wait in the channel: the task
+            // does not wake for each of them, only at the deadline or for
+            // a confirm, and then takes them all at once.
+            let can_take = self.unsent.is_empty() && room > 0 && !self.closed && linger.is_none();
             let Some((_, front)) = inflight.front_mut() else {
+                if let Some(until) = linger {
+                    tokio::time::sleep_until(until).await;
+                }
                 continue;
             };
             let timeout = self.cfg.confirm_timeout;
@@ -396,6 +429,8 @@ impl Publisher {
                     }
                     None
                 }
+                () = tokio::time::sleep_until(linger.unwrap_or_else(tokio::time::Instant::now)),
+                    if linger.is_some() => None,
             };
             let Some(r) = step else {
                 continue;
@@ -457,6 +492,18 @@ impl Publisher {
             _ => 0,
         };
         rounds < ROUNDS_IN_FLIGHT || self.closed || self.staged.len() >= self.round_cap()
+    }
+
+    /// Until when the due round may stay open for more events: while it is
+    /// younger than `linger`, the input goes on, and fewer events wait than
+    /// one full message (`batch_max_events`) or half a round. A busy pipe
+    /// fills its rounds without waiting (group commit), and there a linger
+    /// only added latency (measured at 150k events/s).
+    fn lingering(&self) -> Option<tokio::time::Instant> {
+        let until = self.round_opened? + self.cfg.linger;
+        let waiting = self.staged.len() + self.rx.len();
+        let enough = self.cfg.batch_max_events.min(self.round_cap() / 2);
+        (!self.closed && waiting < enough && tokio::time::Instant::now() < until).then_some(until)
     }
 
     /// Adds every event already waiting to `staged`, up to `cap` in all.

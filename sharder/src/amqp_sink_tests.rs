@@ -26,6 +26,7 @@ fn config(url: &str, base: &str) -> AmqpSinkConfig {
         reconnect_base: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(200),
         confirm_timeout: Duration::from_secs(5),
+        linger: Duration::ZERO,
     }
 }
 
@@ -305,6 +306,52 @@ async fn a_busy_pipe_gathers_events_into_one_message_per_shard() {
         (1..2 + TRICKLED).collect::<BTreeSet<_>>(),
         "nothing lost"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_round_carries_a_trickle_in_one_message_per_shard() {
+    const LINGER: Duration = Duration::from_millis(300);
+    let base = unique("linger");
+    let mut cfg = config(AMQP_URL, &base);
+    cfg.linger = LINGER;
+    cfg.batch_max_events = 64;
+    let topo = cfg.topology.clone();
+    let (sink, task) = AmqpSink::start(resolver(), cfg);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // A lone event waits the linger out, then goes alone.
+    let sent = Instant::now();
+    sink.send(event(1, 1, "MESSAGE_CREATE", None, &tx))
+        .await
+        .unwrap();
+    confirmations(&mut rx, 1).await;
+    assert!(
+        sent.elapsed() >= LINGER,
+        "went out after {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(sink.stats().published.load(Ordering::Relaxed), 1);
+    // Twenty events of two shards in a row: without the linger the first
+    // would go out alone at once; with it, one message per shard.
+    let sent = Instant::now();
+    for seq in 2..=21u64 {
+        let shard = 1 + 4 * (seq as u32 % 2);
+        sink.send(event(shard, seq, "MESSAGE_CREATE", None, &tx))
+            .await
+            .unwrap();
+    }
+    let seen = confirmations(&mut rx, 20).await;
+    assert_eq!(seen, (2..=21).map(|s| (3, s)).collect());
+    assert!(sent.elapsed() >= LINGER);
+    assert_eq!(sink.stats().published.load(Ordering::Relaxed), 1 + 2);
+    // Shutdown during a linger: the round goes out and is confirmed.
+    sink.send(event(1, 22, "MESSAGE_CREATE", None, &tx))
+        .await
+        .unwrap();
+    drop(sink);
+    timeout(WAIT, task).await.unwrap().unwrap();
+    confirmations(&mut rx, 1).await;
+    let got: BTreeSet<u64> = drain(&topo).await.into_iter().map(|(_, s, _)| s).collect();
+    assert_eq!(got, (1..=22).collect::<BTreeSet<_>>(), "nothing lost");
 }
 
 /// Throughput into RabbitMQ with confirms (run by hand:

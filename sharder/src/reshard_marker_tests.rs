@@ -26,6 +26,7 @@ fn config(url: &str, base: &str) -> AmqpSinkConfig {
         reconnect_base: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(200),
         confirm_timeout: Duration::from_secs(5),
+        linger: Duration::ZERO,
     }
 }
 
