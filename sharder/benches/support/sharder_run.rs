@@ -38,6 +38,8 @@ pub struct Spec {
     pub session_dir: PathBuf,
     /// `(topology base, partitions)` for the AMQP sink; `None`: null sink.
     pub amqp: Option<(String, u32)>,
+    /// `sharder.publish_linger` in ms; `None`: the default.
+    pub linger_ms: Option<u64>,
 }
 
 impl Spec {
@@ -64,6 +66,10 @@ impl Spec {
                 )?,
             ),
             amqp,
+            linger_ms: match f.get("linger-ms", String::new())? {
+                ms if ms.is_empty() => None,
+                ms => Some(ms.parse()?),
+            },
         })
     }
 
@@ -82,6 +88,9 @@ impl Spec {
             win = self.identify_window_ms,
             dir = self.session_dir.display(),
         );
+        if let Some(ms) = self.linger_ms {
+            toml.push_str(&format!("publish_linger = \"{ms}ms\"\n"));
+        }
         if let Some((base, partitions)) = &self.amqp {
             toml.push_str(&format!(
                 "amqp_topology_base = \"{base}\"\n[amqp]\nurl = \"{AMQP_URL}\"\n\
