@@ -139,6 +139,19 @@ pub async fn wait_until<F: AsyncFnMut() -> bool>(
     .await
 }
 
+/// Where CI keeps what a run leaves to look at: `BULWARK_ARTIFACTS`, or
+/// `ci-artifacts` in cargo's target directory.
+pub fn artifacts_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("BULWARK_ARTIFACTS") {
+        return dir.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        std::path::PathBuf::from,
+    );
+    target.join("ci-artifacts")
+}
+
 /// A directory under the system temp dir, removed on drop.
 #[derive(Debug)]
 pub struct TempDir(pub std::path::PathBuf);
@@ -155,6 +168,38 @@ impl TempDir {
     pub fn join(&self, name: &str) -> std::path::PathBuf {
         self.0.join(name)
     }
+}
+
+impl TempDir {
+    /// Copies the directory (configs and process logs) under
+    /// [`artifacts_dir`] for a post-mortem of a failed run, and says where.
+    pub fn keep_as_artifact(&self) {
+        let Some(name) = self.0.file_name() else {
+            return;
+        };
+        let to = artifacts_dir().join(name);
+        match copy_tree(&self.0, &to) {
+            Ok(()) => eprintln!("the failed run's configs and logs: {}", to.display()),
+            Err(e) => eprintln!(
+                "could not keep the failed run's logs in {}: {e}",
+                to.display()
+            ),
+        }
+    }
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for TempDir {

@@ -262,8 +262,13 @@ impl Env {
     pub async fn finish(self, outcome: Result<()>) -> Result<ScenarioReport> {
         self.broker.delete(&self.topo).await;
         let _ = crate::redis_keys::delete_prefix(&self.redis_prefix).await;
-        outcome?;
-        Ok(self.checks.finish())
+        let report = outcome.map(|()| self.checks.finish());
+        // A failure in CI leaves its processes' logs behind: a flake seen
+        // once can then be read, not guessed at.
+        if !report.as_ref().is_ok_and(|r| r.passed) {
+            self.dir.keep_as_artifact();
+        }
+        report
     }
 }
 

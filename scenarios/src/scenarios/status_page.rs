@@ -25,7 +25,7 @@ use crate::report::{ScenarioReport, Size};
 use crate::sim::SimArgs;
 use crate::{Result, ScenarioError, wait_until};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -43,18 +43,6 @@ pub async fn run(size: Size) -> Result<ScenarioReport> {
     let mut env = Env::new(INFO.name, 2).await?;
     let outcome = body(&mut env, size).await;
     env.finish(outcome).await
-}
-
-/// Where CI keeps what a run leaves to look at.
-fn artifacts_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("BULWARK_ARTIFACTS") {
-        return dir.into();
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    target.join("ci-artifacts")
 }
 
 async fn status_json(pod: &Process) -> Option<Value> {
@@ -138,7 +126,7 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
         );
     }
 
-    let artifacts = artifacts_dir();
+    let artifacts = crate::artifacts_dir();
     std::fs::create_dir_all(&artifacts)
         .map_err(|e| ScenarioError::io(format!("creating {}", artifacts.display()), e))?;
     let screenshot = artifacts.join("status-page.png");
