@@ -57,6 +57,8 @@ pub use envelope::topology::AmqpTopology;
 pub enum ConsumeError {
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("the consumer's channel is down (the broker connection broke)")]
+    ChannelLost,
     #[error("publishing clean events: {0}")]
     Publish(#[from] PublishError),
 }
@@ -153,9 +155,22 @@ pub async fn consume_partition_with<S: Store>(
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let window = usize::from(prefetch.max(1));
     tokio::pin!(shutdown);
+    // After an abrupt connection loss, lapin may leave the consumer stream
+    // and pending publisher confirms unresolved (seen in `dns-outage`: a
+    // worker cut from the broker applied nothing for the rest of the run).
+    // The channel's status is the ground truth, checked a few times a
+    // second.
+    let mut liveness = tokio::time::interval(CHANNEL_CHECK);
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = tokio::select! {
             _ = &mut shutdown => Next::Stop,
+            _ = liveness.tick() => {
+                if ch.status().connected() {
+                    continue;
+                }
+                return Err(ConsumeError::ChannelLost);
+            }
             r = async {
                 match waiting.front_mut() {
                     Some(w) => w.confirms.as_mut().await,
@@ -284,11 +299,30 @@ async fn hand_over(
     stats: &mut ConsumeStats,
 ) -> Result<(), ConsumeError> {
     while let Some(mut w) = waiting.pop_front() {
-        let r = w.confirms.as_mut().await;
+        // A channel that is down has returned every unacked message to
+        // the queue; confirms of its publishes never come, and their
+        // outputs stay in `Unconfirmed` to go out again on redelivery.
+        let r = tokio::select! {
+            r = w.confirms.as_mut() => r,
+            () = channel_down(ch) => return Err(ConsumeError::ChannelLost),
+        };
         finish(w, r, output, stats).await?;
+    }
+    if !ch.status().connected() {
+        return Err(ConsumeError::ChannelLost);
     }
     ch.close(200, "partition handed over".into()).await?;
     Ok(())
+}
+
+/// How often a consumer checks that its channel is still up.
+const CHANNEL_CHECK: Duration = Duration::from_millis(250);
+
+/// Resolves once `ch` is no longer connected.
+async fn channel_down(ch: &Channel) {
+    while ch.status().connected() {
+        tokio::time::sleep(CHANNEL_CHECK).await;
+    }
 }
 
 /// An input message whose output was published and awaits confirms.

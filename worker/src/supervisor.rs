@@ -41,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 /// How often the partition backlogs are checked for `/readyz`.
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often a session checks that its connection is still up.
+const CONNECTION_CHECK: Duration = Duration::from_millis(250);
+
 /// Why a session ended (it is retried).
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -58,6 +61,8 @@ enum SessionError {
     ConsumerStopped,
     #[error("checking the partition backlog: {0}")]
     Backlog(#[source] lapin::Error),
+    #[error("the connection to RabbitMQ broke")]
+    ConnectionLost,
 }
 
 /// What every session of the process shares.
@@ -128,6 +133,10 @@ impl Supervisor<'_> {
         tokio::pin!(watcher);
         let mut consumers = Consumers::default();
         let mut changes = self.gate.subscribe();
+        // The connection's status decides, not only what its futures
+        // report: after an abrupt loss some of them never resolve.
+        let mut liveness = tokio::time::interval(CONNECTION_CHECK);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
             if !stop.is_cancelled()
                 && let Err(e) = consumers.start_new(self, worker, &conn, stop).await
@@ -158,6 +167,9 @@ impl Supervisor<'_> {
                     }
                 }
                 () = stop.cancelled(), if consumers.tokens.is_empty() => break Ok(()),
+                _ = liveness.tick() => if !conn.status().connected() {
+                    break Err(SessionError::ConnectionLost);
+                },
                 e = &mut watcher => break Err(SessionError::Backlog(e)),
             }
         };
