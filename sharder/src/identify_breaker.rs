@@ -31,6 +31,7 @@
 //! reserve still holds, and a Redis outage must not stop identifies by
 //! itself.
 
+use crate::clock::millis;
 use std::sync::{Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -244,10 +245,6 @@ impl IdentifyBreaker {
         });
         open
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

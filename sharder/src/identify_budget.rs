@@ -39,6 +39,7 @@
 //! left (at most one identify window of grants). The reserve is what
 //! absorbs that.
 
+use crate::clock::millis;
 use std::time::Duration;
 
 /// How far `now + reset_after` may move between two reads of one period
@@ -222,10 +223,6 @@ impl SharedBudget {
             _ => Take::Missing,
         })
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn ms(v: i64) -> Duration {

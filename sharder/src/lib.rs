@@ -61,6 +61,7 @@ mod amqp_sink;
 mod assignment;
 mod backoff;
 mod cli;
+mod clock;
 mod commands;
 mod connect;
 mod connect_gate;

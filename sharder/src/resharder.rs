@@ -39,6 +39,7 @@
 //! elected finisher. A process restarted mid-reshard carries on instead of
 //! rolling back, since the others are still in it.
 
+use crate::clock::now_ms;
 use crate::connect::Connector;
 use crate::generation::{GenerationRecord, save_record};
 use crate::identify::IdentifyScheduler;
@@ -235,12 +236,6 @@ pub(crate) struct Resharder<K, S, C> {
     pub cluster: Option<ReshardCluster>,
     /// The last reshard this process ran or joined.
     pub last_id: Option<u64>,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl<K: EventSink, S: SessionStore, C: Connector> Resharder<K, S, C> {

@@ -66,9 +66,7 @@ pub fn token_fingerprint(token: &config::Secret) -> String {
 
 /// The epoch for a fresh session after `previous`.
 pub fn next_epoch(previous: Option<u64>) -> u64 {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now_ms = crate::clock::now_ms();
     previous.map_or(now_ms, |p| p.saturating_add(1).max(now_ms))
 }
 

@@ -8,9 +8,9 @@
 //! processes on different nodes report times a page can compare against
 //! the serving process's clock.
 
+use crate::clock::now_ms;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// "Not yet" in the time and RTT slots.
 const NONE: u64 = 0;
@@ -51,13 +51,6 @@ pub struct VitalsSnapshot {
     pub last_close: Option<LastClose>,
 }
 
-/// Now, in unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl ShardVitals {
     pub(crate) fn new() -> Self {
         let v = Self::default();
@@ -72,6 +65,11 @@ impl ShardVitals {
     pub(crate) fn set_guilds(&self, n: usize) {
         self.guilds
             .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// Guilds the shard's session knows.
+    pub fn guilds(&self) -> u32 {
+        self.guilds.load(Ordering::Relaxed)
     }
 
     pub(crate) fn heartbeat_acked(&self, rtt: std::time::Duration) {

@@ -109,10 +109,7 @@ impl ShardEvent {
 
     /// The event in the queue's envelope format (borrowing `t` and `d`).
     pub fn envelope(&self) -> envelope::Event<'_> {
-        let received_at = self
-            .received_at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let received_at = crate::clock::unix_ms(self.received_at);
         envelope::Event {
             epoch: self.epoch,
             seq: self.seq,

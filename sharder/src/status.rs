@@ -28,9 +28,10 @@
 //! progress. No secret is in any of it: tokens, passwords and URLs are not
 //! read here.
 
+use crate::clock::{millis, now_ms};
 use crate::http::AdminState;
 use crate::shard::ShardState;
-use crate::shard_vitals::{LastClose, now_ms};
+use crate::shard_vitals::LastClose;
 use crate::{AmqpSinkStats, IdentifyScheduler};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -347,10 +348,6 @@ fn budget(s: &IdentifyScheduler) -> BudgetReport {
         shared: s.shares_budget(),
         max_concurrency: s.max_concurrency(),
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Every report in Redis whose key has not expired.

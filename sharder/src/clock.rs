@@ -1,0 +1,34 @@
+//! Wall-clock times in the form the cluster shares them: unix milliseconds
+//! (envelopes' `received_at`, session epochs, reshard markers, the status
+//! page's reports), so processes on different nodes can compare them.
+//! Durations in milliseconds for JSON and Redis.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `t` in unix milliseconds (0 before 1970).
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, millis)
+}
+
+/// Now, in unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+/// `d` in whole milliseconds, saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milliseconds_saturate_and_start_at_the_epoch() {
+        assert_eq!(millis(Duration::from_micros(2_999)), 2);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+        assert_eq!(unix_ms(UNIX_EPOCH + Duration::from_millis(1_234)), 1_234);
+        assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_secs(1)), 0);
+    }
+}
