@@ -603,12 +603,7 @@ impl Publisher {
     /// The depth gauges while disconnected: nothing is in flight.
     fn note_away(&self) {
         let held = self.unsent.iter().map(|o| o.acks.len()).sum::<usize>() + self.staged.len();
-        self.stats.held_events.store(held as u64, Ordering::Relaxed);
-        self.stats
-            .buffered_events
-            .store(self.rx.len() as u64, Ordering::Relaxed);
-        metrics::gauge!("sharder_sink_unconfirmed_events").set(held as f64);
-        metrics::gauge!("sharder_sink_buffered_events").set(self.rx.len() as f64);
+        self.note_depth(held);
     }
 
     fn note_held(&self, inflight: &VecDeque<(Outgoing, PublisherConfirm)>) {
@@ -618,12 +613,19 @@ impl Publisher {
         self.stats
             .max_held_events
             .fetch_max(held as u64, Ordering::Relaxed);
+        self.note_depth(held);
+    }
+
+    /// `held` unconfirmed events and the channel's depth, to `/metrics` and
+    /// the status page.
+    fn note_depth(&self, held: usize) {
+        let buffered = self.rx.len();
         self.stats.held_events.store(held as u64, Ordering::Relaxed);
         self.stats
             .buffered_events
-            .store(self.rx.len() as u64, Ordering::Relaxed);
+            .store(buffered as u64, Ordering::Relaxed);
         metrics::gauge!("sharder_sink_unconfirmed_events").set(held as f64);
-        metrics::gauge!("sharder_sink_buffered_events").set(self.rx.len() as f64);
+        metrics::gauge!("sharder_sink_buffered_events").set(buffered as f64);
     }
 }
 

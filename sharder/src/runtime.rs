@@ -508,7 +508,7 @@ async fn run_shards(
     // the next start tells them again.
     if let Some((_, mut m)) = unfinished {
         admin.set_phase("telling the workers how the last reshard ended");
-        m.at_ms = crate::resharder::now_ms();
+        m.at_ms = crate::clock::now_ms();
         match publish_marker(&*spawner.sink, m, cfg.amqp.partitions, MARKER_WITHIN).await {
             Ok(()) => {
                 let record = generation::GenerationRecord {
@@ -802,18 +802,15 @@ fn publish_generation<K, S, C>(
 ) {
     metrics::gauge!("sharder_reshard_total").set(f64::from(r.total));
     let reshard = r.running.as_ref().map(|run| {
-        let loaded = run
+        // New shards done loading, and the guilds they hold.
+        let (loaded, handed_over) = run
             .new
             .iter()
             .filter(|(_, h)| h.guilds_loading() == Some(0))
-            .count();
+            .fold((0usize, 0u64), |(n, g), (_, h)| {
+                (n + 1, g + u64::from(h.vitals().guilds()))
+            });
         metrics::gauge!("sharder_reshard_new_shards_loaded").set(loaded as f64);
-        let handed_over: u64 = run
-            .new
-            .iter()
-            .filter(|(_, h)| h.guilds_loading() == Some(0))
-            .map(|(_, h)| u64::from(h.vitals().snapshot().guilds))
-            .sum();
         serde_json::json!({
             "from": run.plan.from_total,
             "to": run.plan.to_total,
