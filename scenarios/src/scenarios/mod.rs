@@ -273,6 +273,19 @@ impl Env {
 }
 
 /// The `http_listen` of `section` in `cfg`.
+/// The node project at `dir` (relative to this crate) with `package`
+/// installed by `.ci/services` (`npm ci`), or a setup error that says so.
+fn node_project(dir: &str, package: &str) -> Result<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    if !path.join("node_modules").join(package).is_dir() {
+        return Err(ScenarioError::Setup(format!(
+            "{package} is not installed: run .ci/services (npm ci in {})",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
 fn listen_of(cfg: &TomlConfig, section: &str) -> Result<std::net::SocketAddr> {
     let text = cfg.render();
     let mut in_section = false;

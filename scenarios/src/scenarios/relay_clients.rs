@@ -30,7 +30,6 @@ use crate::sim::{STEADY_MIX, SimArgs};
 use crate::{Result, ScenarioError, wait_until};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,13 +67,7 @@ fn guild_of(t: &str, d: &Value) -> Option<u64> {
 async fn body(env: &mut Env, size: Size) -> Result<()> {
     let shards = size.pick(4, 16);
     let rate = size.pick(200.0, 800.0);
-    let client_js = Path::new(env!("CARGO_MANIFEST_DIR")).join("../relay/tests/discordjs");
-    if !client_js.join("node_modules/@discordjs/ws").is_dir() {
-        return Err(ScenarioError::Setup(format!(
-            "@discordjs/ws is not installed: run .ci/services (npm ci in {})",
-            client_js.display()
-        )));
-    }
+    let client_js = super::node_project("../relay/tests/discordjs", "@discordjs/ws")?;
     let sim = env.sim(SimArgs {
         shards,
         guilds: shards * 3,

@@ -52,13 +52,7 @@ async fn status_json(pod: &Process) -> Option<Value> {
 
 async fn body(env: &mut Env, size: Size) -> Result<()> {
     let shards = size.pick(64, 256);
-    let check_js = Path::new(env!("CARGO_MANIFEST_DIR")).join("status_page");
-    if !check_js.join("node_modules/playwright-core").is_dir() {
-        return Err(ScenarioError::Setup(format!(
-            "playwright-core is not installed: run .ci/services (npm ci in {})",
-            check_js.display()
-        )));
-    }
+    let check_js = super::node_project("status_page", "playwright-core")?;
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !Path::new(&chromium).exists() {
         return Err(ScenarioError::Setup(format!(
