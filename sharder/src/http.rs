@@ -52,17 +52,22 @@ use tokio_util::sync::CancellationToken;
 /// Longest identify throttle accepted at runtime.
 pub const MAX_IDENTIFY_THROTTLE: Duration = Duration::from_secs(600);
 
-/// The process's Prometheus recorder, installed on first use.
+/// The process's Prometheus recorder ([`bulwark_process::prometheus`]:
+/// one per process, its histograms drained even when nobody scrapes),
+/// installed on first use. When another kind of recorder holds the slot,
+/// a detached one: `/metrics` then shows nothing recorded.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was already installed; /metrics shows only ours");
-        }
-        handle
-    })
+    HANDLE.get_or_init(
+        || match bulwark_process::prometheus(|| Ok(PrometheusBuilder::new())) {
+            Ok(Some(handle)) => handle,
+            Ok(None) => PrometheusBuilder::new().build_recorder().handle(),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Prometheus recorder; /metrics shows nothing");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        },
+    )
 }
 
 /// What the endpoints look at and change.
