@@ -1,6 +1,15 @@
 //! One gateway dispatch with its provenance.
 
 use crate::Version;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Now in the unit of [`Event::received_at`]: unix milliseconds, which
+/// processes on different nodes compare (0 before 1970).
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// How the sharder saw a `GUILD_CREATE` arrive. Only the sharder can tell:
 /// it knows the session's READY guild set and which guilds went through an

@@ -51,5 +51,5 @@ pub use model::{
 pub use mutation::{Mutation, Snapshot};
 pub use processor::{CleanEvent, CleanKind, ProcessError, Report, Worker};
 pub use redis_store::RedisStore;
-pub use runtime::{DRAIN_GRACE, RunError, RunReport, run};
+pub use runtime::{DRAIN_GRACE, RunError, RunReport, prometheus, run};
 pub use store::{DELIVERY_WINDOW, MAX_COUNT_DELTAS, Step, Store, StoreError};

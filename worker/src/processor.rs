@@ -370,7 +370,13 @@ impl<S: Store> Worker<S> {
             self.store.run(steps).await?
         };
         let dropped_before = report.dropped;
+        // How old each event is once it is applied: the cache's lag behind
+        // the gateway, sharder and broker included. One registry lookup per
+        // message, one sample per event.
+        let age = metrics::histogram!("worker_event_age_seconds");
+        let now_ms = envelope::unix_now_ms();
         for (event, plan) in &plans {
+            age.record(now_ms.saturating_sub(event.received_at) as f64 / 1000.0);
             if let Some(plan) = plan {
                 self.emit(shard, event, plan, &results, report, sink);
             }

@@ -349,16 +349,30 @@ async fn serve_http<S: Store>(
 }
 
 /// The process's Prometheus recorder ([`bulwark_process::prometheus`]),
-/// with the worker's apply-time buckets when it installs it.
-fn prometheus() -> Result<Option<PrometheusHandle>, RunError> {
+/// with the worker's histogram buckets when it installs it. [`run`] takes
+/// it first thing; a process that embeds the worker and reads its metrics
+/// itself (a bench) takes it before, to get the same buckets.
+pub fn prometheus() -> Result<Option<PrometheusHandle>, RunError> {
     bulwark_process::prometheus(|| {
-        PrometheusBuilder::new().set_buckets_for_metric(
-            Matcher::Full("worker_apply_seconds".into()),
-            &[
-                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-                0.1, 0.25, 1.0,
-            ],
-        )
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("worker_apply_seconds".into()),
+                &[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 1.0,
+                ],
+            )?
+            // Received by the sharder to applied here, in whole ms (the
+            // envelope's unit): fine where a healthy pipeline sits, coarse
+            // out to a backlog of minutes.
+            .set_buckets_for_metric(
+                Matcher::Full("worker_event_age_seconds".into()),
+                &[
+                    0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.010, 0.012, 0.015, 0.020,
+                    0.025, 0.030, 0.040, 0.050, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0,
+                    5.0, 10.0, 30.0, 60.0, 300.0,
+                ],
+            )
     })
     .map_err(|e| RunError::Metrics(format!("histogram buckets: {e}")))
 }

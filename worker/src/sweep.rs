@@ -41,11 +41,7 @@ pub(crate) async fn sweep_shared<S: Store>(store: Arc<S>, horizon: Duration) {
 
 /// Unix ms `horizon` ago: writes older than that are past redelivery.
 fn cutoff_ms(horizon: Duration) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    now.saturating_sub(horizon.as_millis() as u64)
+    envelope::unix_now_ms().saturating_sub(horizon.as_millis() as u64)
 }
 
 /// Drops the users no member refers to (see [`Store::collect_users`]).
@@ -62,10 +58,7 @@ mod tests {
 
     #[test]
     fn the_cutoff_is_the_horizon_ago() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let now = envelope::unix_now_ms();
         let cutoff = cutoff_ms(Duration::from_secs(3600));
         assert!(cutoff <= now - 3_600_000 && cutoff + 60_000 > now - 3_600_000);
     }

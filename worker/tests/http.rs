@@ -228,6 +228,8 @@ async fn read_api_probes_and_metrics_over_http() {
         "worker_joins_emitted_total 1",
         "worker_poison_messages_total 1",
         "worker_apply_seconds",
+        // One sample per event of the three messages applied.
+        "worker_event_age_seconds_count 4",
         "worker_backlog_messages{partition=\"0\"} 0",
         "worker_cache_entries{kind=\"members\"} 2",
         "worker_cache_entries{kind=\"users\"} 2",
