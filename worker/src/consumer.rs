@@ -169,6 +169,16 @@ pub async fn consume_partition_with<S: Store>(
                 if ch.status().connected() {
                     continue;
                 }
+                // A broker that closed the channel over a publish it
+                // refused (the output exchange is gone) fails that
+                // publish's confirm, which says why; the tick may see the
+                // closed channel first. After an abrupt loss nothing may
+                // settle, so it is not waited for long.
+                if let Some(w) = waiting.front_mut()
+                    && let Ok(Err(e)) = tokio::time::timeout(CHANNEL_CHECK, w.confirms.as_mut()).await
+                {
+                    return Err(ConsumeError::Publish(e));
+                }
                 return Err(ConsumeError::ChannelLost);
             }
             r = async {
