@@ -29,5 +29,5 @@ mod signal;
 pub use failure::{EXIT_FAILURE, Failure, load_config};
 pub use logging::{LogTo, init_logging};
 pub use prometheus::prometheus;
-pub use runtime::run_until_signal;
+pub use runtime::{run_until_signal, run_until_signal_on};
 pub use signal::{StopSignal, StopSignals, cancel_on_signal};

@@ -20,8 +20,22 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    run_until_signal_on(builder, body)
+}
+
+/// [`run_until_signal`] on a runtime of the binary's own making (the
+/// sharder's coalesces its wake-ups).
+pub fn run_until_signal_on<F, Fut>(
+    mut builder: tokio::runtime::Builder,
+    body: F,
+) -> Result<Fut::Output, Failure>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future,
+{
+    let rt = builder
         .build()
         .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot start the async runtime: {e}")))?;
     let out = rt.block_on(async {

@@ -34,9 +34,11 @@
 //!    channel holds at once. It does not linger once a full message's
 //!    worth of events waits, nor at shutdown. The linger is the most latency it
 //!    adds; confirms are still awaited as they come. It is off by default:
-//!    at 1k-50k events/s it cut messages by a quarter to a third, but the
-//!    sharder's own CPU per event did not move beyond the noise, as that is
-//!    a wake-up per gateway frame (BENCHMARKS.md, issue #23).
+//!    alone, at 1k-50k events/s, it cut messages by a quarter to a third
+//!    but not the sharder's own CPU per event, which was a wake-up per
+//!    gateway frame; `sharder.wake_coalesce` (on by default, see
+//!    `wake_coalesce.rs`) is what cut that, and gathers several frames per
+//!    round by itself (BENCHMARKS.md, issue #23).
 //! 3. Publish persistently (delivery mode 2) with up to `confirm_window`
 //!    messages awaiting their confirms (pipelined). Confirms are awaited in
 //!    publish order; an ack confirms every event of the message to its shard

@@ -96,6 +96,7 @@ mod shed;
 mod sink;
 mod startup;
 mod status;
+mod wake_coalesce;
 
 pub use amqp_sink::{AmqpSink, AmqpSinkConfig, AmqpSinkStats};
 pub use assignment::{ClusterLayout, PlanError, ShardAssignment};
@@ -131,6 +132,7 @@ pub use session_store::{
 };
 pub use shard::{Shard, ShardExit, ShardHandle, ShardState};
 pub use shard_vitals::{LastClose, ShardVitals, VitalsSnapshot};
+pub use wake_coalesce::runtime_builder;
 
 pub use shard_config::ShardConfig;
 pub use shed::{ShedError, ShedList};

@@ -87,8 +87,10 @@ fn serve(args: Args) -> Result<(), Failure> {
         shared_lock,
     )
     .map_err(Failure::config)?;
-    let report = bulwark_process::run_until_signal(|shutdown| sharder::run(cfg, shutdown))?
-        .map_err(|e| Failure::from_error(exit_code(&e), "sharder", &e))?;
+    let runtime = sharder::runtime_builder(cfg.sharder.wake_coalesce);
+    let report =
+        bulwark_process::run_until_signal_on(runtime, |shutdown| sharder::run(cfg, shutdown))?
+            .map_err(|e| Failure::from_error(exit_code(&e), "sharder", &e))?;
     tracing::info!(
         shards = report.shards.len(),
         drained = report.drained,
