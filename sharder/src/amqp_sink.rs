@@ -82,6 +82,10 @@ use tokio::task::JoinHandle;
 /// load a message carries everything a shard sent during a confirm.
 pub(crate) const ROUNDS_IN_FLIGHT: u64 = 2;
 
+/// Full messages' worth of events, buffered or unconfirmed, from which the
+/// sink counts as under load and turns `sharder.wake_coalesce` off.
+const BACKLOG_MESSAGES: usize = 4;
+
 /// Settings of the AMQP sink.
 #[derive(Debug, Clone)]
 pub struct AmqpSinkConfig {
@@ -628,6 +632,10 @@ impl Publisher {
             .store(buffered as u64, Ordering::Relaxed);
         metrics::gauge!("sharder_sink_unconfirmed_events").set(held as f64);
         metrics::gauge!("sharder_sink_buffered_events").set(buffered as f64);
+        // Under load the runtime must not wait before reading confirms.
+        crate::wake_coalesce::set_backlogged(
+            held + buffered >= BACKLOG_MESSAGES * self.cfg.batch_max_events,
+        );
     }
 }
 
