@@ -44,7 +44,7 @@ use support::args::Flags;
 use support::child::{self, ChildRun, num};
 use support::measure::{Sample, rss_bytes};
 use support::report::{Table, fmt_num, machine, write_csv_cells};
-use support::sharder_run::{self, INTENTS, Spec};
+use support::sharder_run::{self, Spec};
 use support::sim::{SimArgs, SimProcess};
 use tokio::sync::watch;
 
@@ -355,7 +355,7 @@ struct RoutingData {
 
 /// The twilight forwarder; `by_guild` adds what routing by guild needs.
 fn twilight(f: &Flags, by_guild: bool) -> anyhow::Result<()> {
-    use twilight_gateway::{ConfigBuilder, Intents, Message, Shard, ShardId};
+    use twilight_gateway::{Message, Shard, ShardId};
     use twilight_model::gateway::event::GatewayEventDeserializer;
 
     let gateway = f.require("gateway")?;
@@ -364,16 +364,7 @@ fn twilight(f: &Flags, by_guild: bool) -> anyhow::Result<()> {
     let max_concurrency: u16 = f.get("max-concurrency", 16)?;
     let rt = sharder_run::runtime()?;
     rt.block_on(async {
-        let queue = twilight_gateway::queue::InMemoryQueue::new(
-            max_concurrency,
-            1_000_000,
-            Duration::from_secs(86_400),
-            1_000_000,
-        );
-        let config = ConfigBuilder::new(token, Intents::from_bits_truncate(INTENTS))
-            .proxy_url(gateway)
-            .queue(queue)
-            .build();
+        let config = support::twilight::config(gateway, token, max_concurrency);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<RawEvent>(8192);
         let counted = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = watch::channel(0usize);

@@ -221,6 +221,36 @@ pub fn machine() -> String {
     format!("{cpus} CPUs, {model}, load average {load}")
 }
 
+/// The `q` quantile of cumulative bucket counts, linear inside the bucket
+/// it falls in (as Prometheus' `histogram_quantile`); NaN when empty.
+pub fn bucket_quantile(cumulative: &[(f64, f64)], q: f64) -> f64 {
+    let Some(&(_, total)) = cumulative.last() else {
+        return f64::NAN;
+    };
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(le, n) in cumulative {
+        if n >= rank {
+            // The `+Inf` bucket (or `f64::MAX` standing for it).
+            if le.is_infinite() || le == f64::MAX {
+                return lower;
+            }
+            let inside = n - below;
+            let frac = if inside > 0.0 {
+                (rank - below) / inside
+            } else {
+                1.0
+            };
+            return lower + (le - lower) * frac;
+        }
+        (lower, below) = (le, n);
+    }
+    lower
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +286,24 @@ mod tests {
             t.render()
                 .contains("| rate | events/s | 2 | 10.0 | 20.0 | 30.0 |")
         );
+    }
+
+    #[test]
+    fn bucket_quantiles_interpolate_inside_a_bucket() {
+        let c = [
+            (0.001, 50.0),
+            (0.002, 90.0),
+            (0.005, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        assert!((bucket_quantile(&c, 0.5) - 0.001).abs() < 1e-12);
+        assert!((bucket_quantile(&c, 0.7) - 0.0015).abs() < 1e-12);
+        assert!((bucket_quantile(&c, 0.99) - 0.0047).abs() < 1e-9);
+        // Past the last finite bound: that bound.
+        assert_eq!(
+            bucket_quantile(&[(0.001, 1.0), (f64::INFINITY, 4.0)], 0.9),
+            0.001
+        );
+        assert!(bucket_quantile(&[], 0.5).is_nan());
     }
 }

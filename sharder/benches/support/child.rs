@@ -6,7 +6,7 @@
 //! its deadline is killed (by its own pid) and the run fails.
 
 use anyhow::{Context, bail};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -36,6 +36,7 @@ impl ChildRun {
             cmd.arg(format!("--{k}")).arg(v);
         }
         let mut child = cmd
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -59,6 +60,13 @@ impl ChildRun {
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Writes `line` to the child's standard input (see [`stdin_lines`]).
+    pub fn tell(&mut self, line: &str) -> anyhow::Result<()> {
+        let stdin = self.child.stdin.as_mut().context("child stdin")?;
+        writeln!(stdin, "{line}").context("writing to the child")?;
+        stdin.flush().context("writing to the child")
     }
 
     /// Waits for a line starting with `prefix` (other lines are echoed to
@@ -109,6 +117,20 @@ impl Drop for ChildRun {
             self.kill();
         }
     }
+}
+
+/// The lines the parent [`ChildRun::tell`]s this child, read on a thread
+/// of their own; the channel closes when the parent closes the pipe.
+pub fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// A number from a child's result.

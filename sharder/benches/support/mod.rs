@@ -18,3 +18,5 @@ pub mod measure;
 pub use testkit::bench_report as report;
 pub mod sharder_run;
 pub mod sim;
+pub mod twilight;
+pub mod worker_run;

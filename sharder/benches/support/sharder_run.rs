@@ -40,6 +40,8 @@ pub struct Spec {
     pub amqp: Option<(String, u32)>,
     /// `sharder.publish_linger` in ms; `None`: the default.
     pub linger_ms: Option<u64>,
+    /// `sharder.wake_coalesce` in ms; `None`: the default.
+    pub coalesce_ms: Option<u64>,
 }
 
 impl Spec {
@@ -70,6 +72,10 @@ impl Spec {
                 ms if ms.is_empty() => None,
                 ms => Some(ms.parse()?),
             },
+            coalesce_ms: match f.get("coalesce-ms", String::new())? {
+                ms if ms.is_empty() => None,
+                ms => Some(ms.parse()?),
+            },
         })
     }
 
@@ -90,6 +96,9 @@ impl Spec {
         );
         if let Some(ms) = self.linger_ms {
             toml.push_str(&format!("publish_linger = \"{ms}ms\"\n"));
+        }
+        if let Some(ms) = self.coalesce_ms {
+            toml.push_str(&format!("wake_coalesce = \"{ms}ms\"\n"));
         }
         if let Some((base, partitions)) = &self.amqp {
             toml.push_str(&format!(
@@ -246,8 +255,16 @@ pub fn active_shards() -> usize {
 /// The runtime every child uses: multi-threaded, one worker per core, as
 /// the sharder binary's `#[tokio::main]`.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")
+    runtime_with(0, Duration::ZERO)
+}
+
+/// The sharder binary's runtime ([`sharder::runtime_builder`]) with
+/// `threads` runtime threads (0: one per core) and `sharder.wake_coalesce`
+/// = `coalesce` (`ZERO`: a plain runtime, as a peer's).
+pub fn runtime_with(threads: usize, coalesce: Duration) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = sharder::runtime_builder(coalesce);
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.build().context("tokio runtime")
 }
