@@ -228,30 +228,24 @@ fn tag_of(rate: f64, peer: Peer) -> String {
     format!("offered {}/s, {}", fmt_num(rate), peer.label())
 }
 
+/// `--<name> a,b,...` in ms, each run side by side; absent: the configured
+/// default alone (`None`).
+fn side_by_side(f: &Flags, name: &str) -> anyhow::Result<Vec<Option<u64>>> {
+    if !f.has(name) {
+        return Ok(vec![None]);
+    }
+    Ok(f.list::<u64>(name, &[])?.into_iter().map(Some).collect())
+}
+
 fn parent(f: &Flags) -> anyhow::Result<()> {
     let runs: usize = f.get("runs", 3)?;
     let shards: u32 = f.get("shards", 16)?;
     let single: f64 = f.get("rate", 1_000_000.0)?;
     let rates: Vec<f64> = f.list("rates", &[single])?;
-    // `--lingers 0,5`: `publish_linger` values side by side in each run;
-    // none given: the configured default.
-    let lingers: Vec<Option<u64>> = if f.has("lingers") {
-        f.list::<u64>("lingers", &[])?
-            .into_iter()
-            .map(Some)
-            .collect()
-    } else {
-        vec![None]
-    };
-    // `--coalesces 0,2`: `wake_coalesce` values, the same way.
-    let coalesces: Vec<Option<u64>> = if f.has("coalesces") {
-        f.list::<u64>("coalesces", &[])?
-            .into_iter()
-            .map(Some)
-            .collect()
-    } else {
-        vec![None]
-    };
+    // `--lingers 0,5` (`publish_linger`) and `--coalesces 0,2`
+    // (`wake_coalesce`): values side by side in each run.
+    let lingers = side_by_side(f, "lingers")?;
+    let coalesces = side_by_side(f, "coalesces")?;
     let mut peers: Vec<Peer> = Vec::new();
     for name in f.list::<String>("peers", &["ours".to_owned(), "twilight".to_owned()])? {
         match name.as_str() {
