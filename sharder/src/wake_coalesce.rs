@@ -15,10 +15,10 @@
 //! sleeps `wake_coalesce`, without watching its sockets. Whatever arrives
 //! meanwhile waits in the kernel's socket buffers; when the thread parks,
 //! epoll returns at once with all of it, and the thread handles every
-//! frame, confirm and due timer of that interval in one wake-up. A busy
-//! thread never parks, so under load this never engages; idle, it costs a
-//! wake-up per interval instead of none (500/s at 2 ms, well under 1 % of
-//! a core).
+//! frame, confirm and due timer of that interval in one wake-up, so it
+//! wakes at most once per interval (500/s at 2 ms). A busy thread never
+//! parks, so under load this never engages; a quiet one, after its wait,
+//! sleeps on epoll as before until something arrives.
 //!
 //! Under load it must not engage either: a sink whose rounds wait on
 //! broker confirms leaves the thread idle between them, and a wait before
