@@ -3,12 +3,16 @@
 use crate::Version;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Now in the unit of [`Event::received_at`]: unix milliseconds, which
-/// processes on different nodes compare (0 before 1970).
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// `t` in the unit of [`Event::received_at`]: unix milliseconds, which
+/// processes on different nodes compare (0 before 1970, saturating).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Now, in [`unix_ms`].
+pub fn unix_now_ms() -> u64 {
+    unix_ms(SystemTime::now())
 }
 
 /// How the sharder saw a `GUILD_CREATE` arrive. Only the sharder can tell:

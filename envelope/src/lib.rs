@@ -70,7 +70,7 @@ pub use codec::{
 };
 pub use command::{Command, CommandError};
 pub use error::{DecodeError, EncodeError};
-pub use event::{Event, GuildCreateKind, unix_now_ms};
+pub use event::{Event, GuildCreateKind, unix_ms, unix_now_ms};
 pub use reshard::{MARKER_EVENT, MarkerError, ReshardMarker, ReshardPhase};
 pub use shard::ShardRef;
 pub use version::Version;

@@ -3,17 +3,10 @@
 //! page's reports), so processes on different nodes can compare them.
 //! Durations in milliseconds for JSON and Redis.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// `t` in unix milliseconds (0 before 1970).
-pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, millis)
-}
-
-/// Now, in unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    unix_ms(SystemTime::now())
-}
+/// The envelope's clock (`received_at`'s unit), which the worker reads too.
+pub(crate) use envelope::{unix_ms, unix_now_ms as now_ms};
 
 /// `d` in whole milliseconds, saturating.
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -23,6 +16,7 @@ pub(crate) fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn milliseconds_saturate_and_start_at_the_epoch() {
