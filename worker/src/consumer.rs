@@ -169,17 +169,7 @@ pub async fn consume_partition_with<S: Store>(
                 if ch.status().connected() {
                     continue;
                 }
-                // A broker that closed the channel over a publish it
-                // refused (the output exchange is gone) fails that
-                // publish's confirm, which says why; the tick may see the
-                // closed channel first. After an abrupt loss nothing may
-                // settle, so it is not waited for long.
-                if let Some(w) = waiting.front_mut()
-                    && let Ok(Err(e)) = tokio::time::timeout(CHANNEL_CHECK, w.confirms.as_mut()).await
-                {
-                    return Err(ConsumeError::Publish(e));
-                }
-                return Err(ConsumeError::ChannelLost);
+                return Err(lost(waiting.front_mut()).await);
             }
             r = async {
                 match waiting.front_mut() {
@@ -314,7 +304,7 @@ async fn hand_over(
         // outputs stay in `Unconfirmed` to go out again on redelivery.
         let r = tokio::select! {
             r = w.confirms.as_mut() => r,
-            () = channel_down(ch) => return Err(ConsumeError::ChannelLost),
+            () = channel_down(ch) => return Err(lost(Some(&mut w)).await),
         };
         finish(w, r, output, stats).await?;
     }
@@ -333,6 +323,20 @@ async fn channel_down(ch: &Channel) {
     while ch.status().connected() {
         tokio::time::sleep(CHANNEL_CHECK).await;
     }
+}
+
+/// Why a channel went down, `oldest` the oldest publish awaiting its
+/// confirms: a broker that closed the channel over a publish it refused
+/// (the output exchange is gone) fails that publish's confirm, which says
+/// why, and the status check may see the closed channel first. After an
+/// abrupt loss nothing may settle, so it is not waited for long.
+async fn lost(oldest: Option<&mut Waiting>) -> ConsumeError {
+    if let Some(w) = oldest
+        && let Ok(Err(e)) = tokio::time::timeout(CHANNEL_CHECK, w.confirms.as_mut()).await
+    {
+        return ConsumeError::Publish(e);
+    }
+    ConsumeError::ChannelLost
 }
 
 /// An input message whose output was published and awaits confirms.
