@@ -76,14 +76,22 @@ mod tests {
             .expect("installed");
         assert!(again.render().contains("bulwark_process_test_total 3"));
         assert!(first.render().contains("bulwark_process_test_total 3"));
-        let upkeep_threads = std::fs::read_dir("/proc/self/task")
-            .expect("procfs")
-            .filter_map(Result::ok)
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|c| c.trim() == "metrics-upkeep")
-            })
-            .count();
-        assert_eq!(upkeep_threads, 1);
+        let upkeep_threads = || {
+            std::fs::read_dir("/proc/self/task")
+                .expect("procfs")
+                .filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "metrics-upkeep")
+                })
+                .count()
+        };
+        // A new thread names itself once it runs, after `spawn` returned:
+        // wait for the name (a readiness condition with a deadline).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while upkeep_threads() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(upkeep_threads(), 1);
     }
 }
