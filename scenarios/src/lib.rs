@@ -90,7 +90,7 @@ impl ScenarioError {
 /// Result of harness steps.
 pub type Result<T, E = ScenarioError> = std::result::Result<T, E>;
 
-/// A name no other run uses: `bulwark-scn.<what>.<pid>.<nanos>`.
+/// A name no other run or test uses: `bulwark-scn.<what>.<pid>.<nanos>.<seq>`.
 pub fn unique_name(what: &str) -> String {
     testkit::services::unique_name_in("bulwark-scn", what)
 }

@@ -244,8 +244,8 @@ impl Dnsmasq {
                 });
             }
             let _ = sock.send_to(&query, self.addr());
-            while let Ok((len, _)) = sock.recv_from(&mut buf) {
-                if len >= 2 && buf[0] == 0x42 && buf[1] == 0x42 {
+            while let Ok((len, from)) = sock.recv_from(&mut buf) {
+                if from == self.addr() && len >= 2 && buf[0] == 0x42 && buf[1] == 0x42 {
                     break 'answered;
                 }
             }
