@@ -126,10 +126,9 @@ async fn publish(
         {
             batch.push(e);
         }
-        worker::output::publish_confirmed(&ch, exchange, &batch)
+        worker::output::publish_confirmed(&ch, exchange, std::mem::take(&mut batch))
             .await
             .map_err(|e| DemoError::Io(std::io::Error::other(e.to_string())))?;
-        batch.clear();
     }
 }
 

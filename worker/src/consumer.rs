@@ -5,9 +5,19 @@
 //!
 //! One task per partition (single active consumer on a quorum queue, so a
 //! shard's events arrive in gateway order), with `prefetch` messages in
-//! flight from the broker, processed in order, acked one by one after the
-//! store has applied them (at-least-once; the versioned store turns
-//! redeliveries into no-ops).
+//! flight from the broker, processed in order, acked after the store has
+//! applied them (at-least-once; the versioned store turns redeliveries into
+//! no-ops).
+//!
+//! Acks go out in batches: one `basic.ack` with `multiple` covers every
+//! input finished so far, sent when nothing else is ready (nothing
+//! delivered, no confirm due) or once half the prefetch window waits for
+//! one, so the broker keeps delivering. An input whose ack was not sent
+//! when the channel breaks is redelivered, which the store ignores. Before
+//! issue #23 each input cost an ack and each clean event a publish, each
+//! awaited through a round trip to lapin's I/O thread; now the frames are
+//! queued without waiting ([`crate::queued`]) and one I/O wake-up writes
+//! them all.
 //!
 //! * Poison (an undecodable envelope, or events with invalid payloads):
 //!   republished to the dead-letter exchange with a reason header, counted,
@@ -23,12 +33,14 @@
 //!   so output is at-least-once with a stable `message_id` (see
 //!   [`crate::output`]). The confirms are pipelined: the next message is
 //!   processed while earlier ones wait for theirs (at most `prefetch`
-//!   waiting), and each input is acked when its own confirms arrive. A
-//!   failed publish ends the consumer without acking; the session
-//!   reconnects and the broker redelivers.
+//!   waiting, in delivery order), and an input counts as finished when its
+//!   own confirms and those of every earlier input have arrived. A failed
+//!   publish ends the consumer without acking; the session reconnects and
+//!   the broker redelivers.
 
-use crate::output::{Outgoing, PublishError, Unconfirmed, publish, publish_confirmed};
+use crate::output::{Confirms, Outgoing, PublishError, Unconfirmed, publish, publish_confirmed};
 use crate::processor::{ProcessError, Worker};
+use crate::queued::Queued;
 use crate::store::Store;
 use envelope::Version;
 use envelope::topology;
@@ -43,7 +55,6 @@ use lapin::{BasicProperties, Channel};
 use rand::Rng;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +78,8 @@ pub enum ConsumeError {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ConsumeStats {
     pub acked: u64,
+    /// `basic.ack` frames that carried `acked` (one may ack many inputs).
+    pub ack_frames: u64,
     /// Clean events published to the output exchange (and confirmed).
     pub published: u64,
     pub dead_lettered: u64,
@@ -154,6 +167,7 @@ pub async fn consume_partition_with<S: Store>(
     let mut store_log = LogLimiter::new(Duration::from_secs(1));
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let window = usize::from(prefetch.max(1));
+    let mut acks = AckBatch::new(window);
     tokio::pin!(shutdown);
     // After an abrupt connection loss, lapin may leave the consumer stream
     // and pending publisher confirms unresolved (seen in `dns-outage`: a
@@ -163,7 +177,9 @@ pub async fn consume_partition_with<S: Store>(
     let mut liveness = tokio::time::interval(CHANNEL_CHECK);
     liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Biased: the acks wait until nothing else is ready.
         let next = tokio::select! {
+            biased;
             _ = &mut shutdown => Next::Stop,
             _ = liveness.tick() => {
                 if ch.status().connected() {
@@ -173,19 +189,25 @@ pub async fn consume_partition_with<S: Store>(
             }
             r = async {
                 match waiting.front_mut() {
-                    Some(w) => w.confirms.as_mut().await,
+                    Some(w) => w.settled().await,
                     None => std::future::pending().await,
                 }
             }, if !waiting.is_empty() => Next::Confirmed(r),
             d = consumer.next(), if waiting.len() < window => Next::Delivery(d),
+            () = std::future::ready(()), if acks.pending() => Next::Idle,
         };
         let delivery = match next {
             Next::Stop | Next::Delivery(None) => break,
             Next::Delivery(Some(d)) => d?,
             Next::Confirmed(r) => {
                 if let Some(w) = waiting.pop_front() {
-                    finish(w, r, &output, &mut stats).await?;
+                    finish(w, r, &output, &mut acks, &mut stats)?;
+                    acks.send_if_full(&ch, &mut stats)?;
                 }
+                continue;
+            }
+            Next::Idle => {
+                acks.send(&ch, &mut stats)?;
                 continue;
             }
         };
@@ -220,11 +242,14 @@ pub async fn consume_partition_with<S: Store>(
                     if let Some(n) = store_log.allow() {
                         tracing::warn!(partition, error = %e, suppressed = n, "store failed; retrying");
                     }
+                    // What is finished is acked before the wait, however
+                    // long the store stays down.
+                    acks.send(&ch, &mut stats)?;
                     tokio::select! {
                         _ = &mut shutdown => {
                             // This message stays unacked: redelivered.
                             drop(delivery);
-                            hand_over(&ch, waiting, &output, &mut stats).await?;
+                            hand_over(&ch, waiting, &output, acks, &mut stats).await?;
                             drop(consumer);
                             return Ok(stats);
                         }
@@ -244,17 +269,15 @@ pub async fn consume_partition_with<S: Store>(
             if !all.is_empty() && reason.is_none() {
                 // Acked when the confirms arrive, while the next messages
                 // are processed.
-                let confirms = publish(&ch, &topo.output_exchange, &all).await?;
                 waiting.push_back(Waiting {
-                    confirms: Box::pin(confirms.confirmed()),
+                    confirms: Some(publish(&ch, &topo.output_exchange, all)),
                     delivery,
-                    key,
+                    key: Some(key),
                 });
                 continue;
             }
             if !all.is_empty() {
-                stats.published +=
-                    publish_confirmed(&ch, &topo.output_exchange, &all).await? as u64;
+                stats.published += publish_confirmed(&ch, &topo.output_exchange, all).await? as u64;
             }
             unconfirmed.confirmed(key);
         }
@@ -270,11 +293,20 @@ pub async fn consume_partition_with<S: Store>(
                     .await?;
                 continue;
             }
+            // Acked on its own: earlier inputs may still wait for their
+            // confirms, and a batch would ack them too.
+            delivery.ack(BasicAckOptions::default()).await?;
+            stats.acked += 1;
+            continue;
         }
-        delivery.ack(BasicAckOptions::default()).await?;
-        stats.acked += 1;
+        // Finished in delivery order, after every earlier input.
+        waiting.push_back(Waiting {
+            confirms: None,
+            delivery,
+            key: None,
+        });
     }
-    hand_over(&ch, waiting, &output, &mut stats).await?;
+    hand_over(&ch, waiting, &output, acks, &mut stats).await?;
     // Dropped once the channel is closed: dropping a consumer cancels it,
     // which must not happen first (see `hand_over`).
     drop(consumer);
@@ -296,6 +328,7 @@ async fn hand_over(
     ch: &Channel,
     mut waiting: VecDeque<Waiting>,
     output: &Option<Arc<Unconfirmed>>,
+    mut acks: AckBatch,
     stats: &mut ConsumeStats,
 ) -> Result<(), ConsumeError> {
     while let Some(mut w) = waiting.pop_front() {
@@ -303,11 +336,13 @@ async fn hand_over(
         // the queue; confirms of its publishes never come, and their
         // outputs stay in `Unconfirmed` to go out again on redelivery.
         let r = tokio::select! {
-            r = w.confirms.as_mut() => r,
+            r = w.settled() => r,
             () = channel_down(ch) => return Err(lost(Some(&mut w)).await),
         };
-        finish(w, r, output, stats).await?;
+        finish(w, r, output, &mut acks, stats)?;
     }
+    // Queued before the close, so written before it.
+    acks.send(ch, stats)?;
     if !ch.status().connected() {
         return Err(ConsumeError::ChannelLost);
     }
@@ -332,18 +367,86 @@ async fn channel_down(ch: &Channel) {
 /// abrupt loss nothing may settle, so it is not waited for long.
 async fn lost(oldest: Option<&mut Waiting>) -> ConsumeError {
     if let Some(w) = oldest
-        && let Ok(Err(e)) = tokio::time::timeout(CHANNEL_CHECK, w.confirms.as_mut()).await
+        && let Ok(Err(e)) = tokio::time::timeout(CHANNEL_CHECK, w.settled()).await
     {
         return ConsumeError::Publish(e);
     }
     ConsumeError::ChannelLost
 }
 
-/// An input message whose output was published and awaits confirms.
+/// An input message applied to the store, in delivery order, whose output
+/// (if any) awaits its confirms.
 struct Waiting {
-    confirms: Pin<Box<dyn Future<Output = Result<usize, PublishError>> + Send>>,
+    confirms: Option<Confirms>,
     delivery: Delivery,
-    key: (u32, Version),
+    /// The key of its output in [`Unconfirmed`], when it published some.
+    key: Option<(u32, Version)>,
+}
+
+impl Waiting {
+    /// Resolves once its output is confirmed (at once without output).
+    async fn settled(&mut self) -> Result<usize, PublishError> {
+        match &mut self.confirms {
+            Some(c) => c.await,
+            None => Ok(0),
+        }
+    }
+}
+
+/// Finished inputs whose ack is not sent yet: one `basic.ack` with
+/// `multiple` covers them all, since every earlier delivery is finished
+/// (acked, rejected, or in this batch).
+struct AckBatch {
+    /// The newest finished delivery tag.
+    through: Option<u64>,
+    count: u64,
+    /// Sent once this many wait, so the broker's prefetch window never
+    /// closes on inputs that are done.
+    full: u64,
+}
+
+impl AckBatch {
+    fn new(window: usize) -> Self {
+        Self {
+            through: None,
+            count: 0,
+            full: (window as u64 / 2).max(1),
+        }
+    }
+
+    fn add(&mut self, tag: u64) {
+        self.through = Some(tag);
+        self.count += 1;
+    }
+
+    fn pending(&self) -> bool {
+        self.through.is_some()
+    }
+
+    fn send_if_full(&mut self, ch: &Channel, stats: &mut ConsumeStats) -> Result<(), ConsumeError> {
+        if self.count >= self.full {
+            self.send(ch, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Queues the ack without waiting for it to be written: a failure to
+    /// write it breaks the channel, which the consumer's checks see, and
+    /// the broker then redelivers what it did not get an ack for.
+    fn send(&mut self, ch: &Channel, stats: &mut ConsumeStats) -> Result<(), ConsumeError> {
+        let Some(tag) = self.through.take() else {
+            return Ok(());
+        };
+        let n = std::mem::take(&mut self.count);
+        if let Queued::Done(Some(Err(e))) =
+            Queued::new(ch.basic_ack(tag, BasicAckOptions { multiple: true }))
+        {
+            return Err(e.into());
+        }
+        stats.acked += n;
+        stats.ack_frames += 1;
+        Ok(())
+    }
 }
 
 /// What the consume loop does next. Lives one iteration on the stack;
@@ -353,22 +456,25 @@ enum Next {
     Stop,
     Delivery(Option<Result<Delivery, lapin::Error>>),
     Confirmed(Result<usize, PublishError>),
+    /// Nothing else is ready: time to send the acks.
+    Idle,
 }
 
-/// Acks an input whose output the broker confirmed (or fails with the
-/// publish error, leaving it unacked for redelivery).
-async fn finish(
+/// Finishes an input whose output the broker confirmed: its ack joins the
+/// batch (or fails with the publish error, leaving it unacked for
+/// redelivery).
+fn finish(
     w: Waiting,
     confirmed: Result<usize, PublishError>,
     output: &Option<Arc<Unconfirmed>>,
+    acks: &mut AckBatch,
     stats: &mut ConsumeStats,
 ) -> Result<(), ConsumeError> {
     stats.published += confirmed? as u64;
-    if let Some(u) = output {
-        u.confirmed(w.key);
+    if let (Some(u), Some(key)) = (output, w.key) {
+        u.confirmed(key);
     }
-    w.delivery.ack(BasicAckOptions::default()).await?;
-    stats.acked += 1;
+    acks.add(w.delivery.delivery_tag);
     Ok(())
 }
 

@@ -28,6 +28,7 @@ mod mutation;
 mod name;
 pub mod output;
 mod processor;
+mod queued;
 pub mod readiness;
 mod redis_scripts;
 mod redis_store;

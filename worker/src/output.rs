@@ -30,12 +30,16 @@
 //! anyway and re-learns it from the new sessions).
 
 use crate::processor::{CleanEvent, CleanKind};
+use crate::queued::Queued;
 use envelope::Version;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 
 /// Header names of the output messages.
 pub const SHARD_HEADER: &str = "x-bulwark-shard";
@@ -117,48 +121,53 @@ pub enum PublishError {
 pub async fn publish_confirmed(
     ch: &Channel,
     exchange: &str,
-    events: &[Outgoing],
+    events: Vec<Outgoing>,
 ) -> Result<usize, PublishError> {
-    publish(ch, exchange, events).await?.confirmed().await
+    publish(ch, exchange, events).await
 }
 
-/// Publishes `events` without waiting for the broker: the returned
-/// [`Confirms`] resolves when every one is confirmed.
-pub async fn publish(
-    ch: &Channel,
-    exchange: &str,
-    events: &[Outgoing],
-) -> Result<Confirms, PublishError> {
-    let mut confirms = Vec::with_capacity(events.len());
+/// Publishes `events` without waiting: their frames are queued with lapin
+/// now, in order (see [`crate::queued`]), and the returned [`Confirms`]
+/// resolves once the broker confirmed every one.
+pub fn publish(ch: &Channel, exchange: &str, events: Vec<Outgoing>) -> Confirms {
+    let mut sends = Vec::with_capacity(events.len());
     for ev in events {
-        let c = ch
-            .basic_publish(
-                exchange.into(),
-                ev.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &ev.body,
-                ev.properties(),
-            )
-            .await?;
-        confirms.push((c, ev.message_id.clone()));
+        let props = ev.properties();
+        let ch = ch.clone();
+        let exchange = ShortString::from(exchange);
+        let key = ShortString::from(ev.routing_key.as_str());
+        let body = ev.body;
+        let sent = Queued::new(async move {
+            ch.basic_publish(exchange, key, BasicPublishOptions::default(), &body, props)
+                .await
+        });
+        sends.push((sent, ev.message_id));
     }
-    Ok(Confirms(confirms))
-}
-
-/// The broker's answers to one message's output publishes.
-pub struct Confirms(Vec<(lapin::PublisherConfirm, String)>);
-
-impl Confirms {
-    /// Waits for every confirm; the number of messages confirmed.
-    pub async fn confirmed(self) -> Result<usize, PublishError> {
-        let n = self.0.len();
-        for (c, id) in self.0 {
+    Confirms(Box::pin(async move {
+        let n = sends.len();
+        let mut confirms = Vec::with_capacity(n);
+        for (sent, id) in sends {
+            confirms.push((sent.await?, id));
+        }
+        for (c, id) in confirms {
             if c.await?.is_nack() {
                 return Err(PublishError::Nacked(id));
             }
         }
         metrics::counter!("worker_events_published_total").increment(n as u64);
         Ok(n)
+    }))
+}
+
+/// The broker's answers to one message's output publishes: resolves to the
+/// number of messages confirmed, or the first error or nack.
+pub struct Confirms(Pin<Box<dyn Future<Output = Result<usize, PublishError>> + Send>>);
+
+impl Future for Confirms {
+    type Output = Result<usize, PublishError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The output exchange against the real RabbitMQ: clean events reach a
 //! bound queue exactly once with their dedup id and headers, a lazy-load
-//! GUILD_CREATE is not a join, a duplicate adds nothing, and an announcement
-//! whose publish failed is published again when the input is redelivered.
+//! GUILD_CREATE is not a join, a duplicate adds nothing, an announcement
+//! whose publish failed is published again when the input is redelivered,
+//! and a burst goes out in order with its inputs acked in batches.
 #![allow(clippy::unwrap_used)]
 
 use envelope::topology::routing_key;
@@ -45,14 +46,7 @@ fn one(seq: u64, t: &str, g: u64, marker: Option<GuildCreateKind>, d: &str) -> V
 }
 
 fn unique(tag: &str) -> String {
-    format!(
-        "bulwark-test-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
+    testkit::services::unique_name(tag)
 }
 
 /// Declares the topology and a queue bound to every output event.
@@ -225,6 +219,93 @@ async fn clean_events_are_published_once_with_a_dedup_id() {
         "{:?}",
         extra.map(|m| m.delivery.routing_key)
     );
+    cleanup(&ch, &topo, &out).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_goes_out_in_order_and_its_inputs_are_acked_in_batches() {
+    const N: u64 = 1_000;
+    const PREFETCH: u16 = 64;
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let topo = AmqpTopology::named(&unique("out-burst"), 1);
+    let out = setup(&ch, &topo).await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    let mut confirms = Vec::new();
+    for seq in 1..=N {
+        let m = one(seq, "MESSAGE_CREATE", G1, None, "{}");
+        confirms.push(
+            ch.basic_publish(
+                topo.exchange.as_str().into(),
+                routing_key(0, "BATCH").as_str().into(),
+                BasicPublishOptions::default(),
+                &m,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(consume_partition_with(
+        Arc::new(Worker::new(MemoryStore::new())),
+        conn.create_channel().await.unwrap(),
+        topo.clone(),
+        0,
+        PREFETCH,
+        Some(Arc::new(Unconfirmed::default())),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // Every output, in gateway order: the publishes of many inputs are
+    // queued without waiting for each other.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ids = Vec::new();
+    while ids.len() < N as usize {
+        assert!(Instant::now() < deadline, "only {} outputs", ids.len());
+        match ch
+            .basic_get(out.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(m) => ids.push(
+                m.delivery
+                    .properties
+                    .message_id()
+                    .clone()
+                    .unwrap()
+                    .to_string(),
+            ),
+            // Polling interval of basic_get, not a synchronisation sleep.
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let want: Vec<String> = (1..=N).map(|seq| format!("0:1:{seq}")).collect();
+    assert_eq!(ids, want);
+
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap().unwrap();
+    assert_eq!((stats.acked, stats.published), (N, N));
+    // A frame acks at most half the prefetch window, and inputs that were
+    // waiting together share one.
+    assert!(
+        stats.ack_frames >= N / u64::from(PREFETCH / 2) && stats.ack_frames < N,
+        "{} ack frames for {N} inputs",
+        stats.ack_frames
+    );
+    // The consumer's channel is closed, so anything it did not ack would
+    // be back in the queue.
+    let q = envelope::topology::inspect_queue(&ch, &topo.queue(0))
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 0, "inputs left unacked");
     cleanup(&ch, &topo, &out).await;
 }
 
