@@ -23,11 +23,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const PROCESSES: u32 = 4;
 
 fn prefix(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("bulwark-test:{name}:{}:{nanos}", std::process::id())
+    testkit::unique_name(name)
 }
 
 async fn redis() -> redis::aio::MultiplexedConnection {

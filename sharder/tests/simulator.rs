@@ -13,9 +13,9 @@ use sharder::{
     ShardConfig, ShardEvent, ShardExit, ShardHandle, ShardState, load_session, save_session,
 };
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::TempDir;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -24,25 +24,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const IDENTIFY_WINDOW: Duration = Duration::from_millis(100);
 /// The 120-per-60 s send limit scaled like the 300 ms heartbeat.
 const SEND_WINDOW: Duration = Duration::from_secs(6);
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        Self(std::env::temp_dir().join(format!(
-            "bulwark-sharder-it-{name}-{}-{nanos}",
-            std::process::id()
-        )))
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 type Running = (
     ShardHandle,
@@ -75,8 +56,8 @@ impl Rig {
         })
         .await
         .unwrap();
-        let dir = TempDir::new(name);
-        let store = Arc::new(FileSessionStore::new(&dir.0));
+        let dir = TempDir::new(&format!("sharder-it-{name}")).unwrap();
+        let store = Arc::new(FileSessionStore::new(dir.path()));
         let scheduler = IdentifyScheduler::new(
             SessionStartLimit {
                 total: 1000,
@@ -584,13 +565,9 @@ async fn restart_resumes_from_the_redis_session_store() {
         redis::Client::open("redis://127.0.0.1:6379/").unwrap(),
         redis::AsyncConnectionConfig::new(),
     );
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
     let store = Arc::new(sharder::RedisSessionStore::new(
         conn,
-        format!("bulwark-test:shard-redis:{}:{nanos}", std::process::id()),
+        testkit::unique_name("shard-redis"),
         Duration::from_secs(60),
     ));
     let run = |store: Arc<sharder::RedisSessionStore>| {

@@ -40,14 +40,7 @@ async fn poison_is_dead_lettered_and_the_queue_keeps_flowing() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let base = format!(
-        "bulwark-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let base = testkit::services::unique_name("amqp");
     let topo = AmqpTopology::named(&base, 2);
     topo.declare(&ch).await.unwrap();
 

@@ -67,14 +67,7 @@ async fn read_api_probes_and_metrics_over_http() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let base = format!(
-        "bulwark-test-http-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let base = testkit::unique_name("http");
     let topo = AmqpTopology::named(&base, 1);
     topo.declare(&ch).await.unwrap();
     let create = json!({"id": G.to_string(), "name": "Guild", "owner_id": U.to_string(),
