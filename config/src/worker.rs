@@ -43,6 +43,14 @@ pub struct WorkerConfig {
     pub consume: Vec<u32>,
     /// AMQP prefetch per partition consumer (messages in flight).
     pub prefetch: u16,
+    /// How long an idle runtime thread of the worker waits before it
+    /// sleeps on its sockets (0: it sleeps at once), as
+    /// `sharder.wake_coalesce`: deliveries and confirms that come
+    /// meanwhile are handled in one wake-up. Off while a partition is in
+    /// the middle of its ready messages, so a Redis round trip is never
+    /// delayed under load. The most latency it adds per hop.
+    #[serde(with = "humantime_serde")]
+    pub wake_coalesce: Duration,
     /// Cache store.
     pub store: WorkerStoreKind,
     /// How long tombstones are kept; must exceed the longest redelivery
@@ -86,6 +94,7 @@ impl Default for WorkerConfig {
         Self {
             consume: Vec::new(),
             prefetch: 64,
+            wake_coalesce: Duration::from_millis(2),
             store: WorkerStoreKind::Memory,
             tombstone_horizon: Duration::from_secs(3600),
             cache_presences: false,
@@ -137,6 +146,13 @@ impl WorkerConfig {
             return bad(
                 "prefetch",
                 "0 means unlimited in AMQP and lets a burst exhaust memory; use 1..=65535".into(),
+            );
+        }
+        if self.wake_coalesce > Duration::from_millis(20) {
+            return bad(
+                "wake_coalesce",
+                "must be at most 20ms (every delivery and timer may wait that long); 0 turns it off"
+                    .into(),
             );
         }
         check_duration("worker.tombstone_horizon", self.tombstone_horizon)?;
@@ -206,6 +222,7 @@ mod tests {
         assert_eq!(c.worker.tombstone_horizon, Duration::from_secs(7200));
         assert!(c.worker.cache_voice_states && !c.worker.cache_presences);
         assert!(c.worker.publish_events);
+        assert_eq!(c.worker.wake_coalesce, Duration::from_millis(2));
         assert_eq!(c.worker.http_listen.port(), 8081);
         let c = parse(
             "[worker]\npublish_events = false\nhttp_listen = \"127.0.0.1:9000\"\nready_backlog = 50\n",
@@ -243,6 +260,10 @@ mod tests {
             ("[amqp]\npartitions = 0\n", "amqp.partitions"),
             ("[worker]\nconsume = [16]\n", "worker.consume"),
             ("[worker]\nprefetch = 0\n", "worker.prefetch"),
+            (
+                "[worker]\nwake_coalesce = \"21ms\"\n",
+                "worker.wake_coalesce",
+            ),
             (
                 "[worker]\ntombstone_horizon = \"1s\"\n",
                 "worker.tombstone_horizon",

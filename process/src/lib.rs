@@ -13,6 +13,9 @@
 //!   [`CancellationToken`](tokio_util::sync::CancellationToken) cancelled on
 //!   the first SIGTERM or SIGINT ([`cancel_on_signal`]), which the binary
 //!   hands to its library's `run` to drain and return.
+//! * [`runtime_builder`]: that runtime with its idle threads' wake-ups
+//!   coalesced, unless a [`Backlog`] is held (the sharder's and the
+//!   worker's `wake_coalesce`).
 //! * [`prometheus()`]: the process's one Prometheus recorder.
 //!
 //! A crate of its own, not a module of `config`: `config` is plain data
@@ -25,9 +28,11 @@ mod logging;
 mod prometheus;
 mod runtime;
 mod signal;
+mod wake_coalesce;
 
 pub use failure::{EXIT_FAILURE, Failure, load_config};
 pub use logging::{LogTo, init_logging};
 pub use prometheus::prometheus;
 pub use runtime::{run_until_signal, run_until_signal_on};
 pub use signal::{StopSignal, StopSignals, cancel_on_signal};
+pub use wake_coalesce::{Backlog, runtime_builder};

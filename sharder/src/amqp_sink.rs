@@ -37,7 +37,7 @@
 //!    alone, at 1k-50k events/s, it cut messages by a quarter to a third
 //!    but not the sharder's own CPU per event, which was a wake-up per
 //!    gateway frame; `sharder.wake_coalesce` (on by default, see
-//!    `wake_coalesce.rs`) is what cut that, and gathers several frames per
+//!    `bulwark_process::runtime_builder`) is what cut that, and gathers several frames per
 //!    round by itself (BENCHMARKS.md, issue #23).
 //! 3. Publish persistently (delivery mode 2) with up to `confirm_window`
 //!    messages awaiting their confirms (pipelined). Confirms are awaited in
@@ -175,6 +175,7 @@ impl AmqpSink {
             unsent: VecDeque::new(),
             closed: false,
             stats: stats.clone(),
+            backlog: bulwark_process::Backlog::default(),
         };
         (
             Self {
@@ -270,6 +271,8 @@ struct Publisher {
     closed: bool,
     backoff: Backoff,
     stats: Arc<AmqpSinkStats>,
+    /// Set while the sink holds a backlog (`sharder.wake_coalesce` off).
+    backlog: bulwark_process::Backlog,
 }
 
 impl Publisher {
@@ -607,12 +610,12 @@ impl Publisher {
     }
 
     /// The depth gauges while disconnected: nothing is in flight.
-    fn note_away(&self) {
+    fn note_away(&mut self) {
         let held = self.unsent.iter().map(|o| o.acks.len()).sum::<usize>() + self.staged.len();
         self.note_depth(held);
     }
 
-    fn note_held(&self, inflight: &VecDeque<(Outgoing, PublisherConfirm)>) {
+    fn note_held(&mut self, inflight: &VecDeque<(Outgoing, PublisherConfirm)>) {
         let held: usize = inflight.iter().map(|(o, _)| o.acks.len()).sum::<usize>()
             + self.unsent.iter().map(|o| o.acks.len()).sum::<usize>()
             + self.staged.len();
@@ -624,7 +627,7 @@ impl Publisher {
 
     /// `held` unconfirmed events and the channel's depth, to `/metrics` and
     /// the status page.
-    fn note_depth(&self, held: usize) {
+    fn note_depth(&mut self, held: usize) {
         let buffered = self.rx.len();
         self.stats.held_events.store(held as u64, Ordering::Relaxed);
         self.stats
@@ -633,9 +636,8 @@ impl Publisher {
         metrics::gauge!("sharder_sink_unconfirmed_events").set(held as f64);
         metrics::gauge!("sharder_sink_buffered_events").set(buffered as f64);
         // Under load the runtime must not wait before reading confirms.
-        crate::wake_coalesce::set_backlogged(
-            held + buffered >= BACKLOG_MESSAGES * self.cfg.batch_max_events,
-        );
+        self.backlog
+            .set(held + buffered >= BACKLOG_MESSAGES * self.cfg.batch_max_events);
     }
 }
 

@@ -96,7 +96,6 @@ mod shed;
 mod sink;
 mod startup;
 mod status;
-mod wake_coalesce;
 
 pub use amqp_sink::{AmqpSink, AmqpSinkConfig, AmqpSinkStats};
 pub use assignment::{ClusterLayout, PlanError, ShardAssignment};
@@ -132,7 +131,6 @@ pub use session_store::{
 };
 pub use shard::{Shard, ShardExit, ShardHandle, ShardState};
 pub use shard_vitals::{LastClose, ShardVitals, VitalsSnapshot};
-pub use wake_coalesce::runtime_builder;
 
 pub use shard_config::ShardConfig;
 pub use shed::{ShedError, ShedList};

@@ -87,7 +87,7 @@ fn serve(args: Args) -> Result<(), Failure> {
         shared_lock,
     )
     .map_err(Failure::config)?;
-    let runtime = sharder::runtime_builder(cfg.sharder.wake_coalesce);
+    let runtime = bulwark_process::runtime_builder(cfg.sharder.wake_coalesce);
     let report =
         bulwark_process::run_until_signal_on(runtime, |shutdown| sharder::run(cfg, shutdown))?
             .map_err(|e| Failure::from_error(exit_code(&e), "sharder", &e))?;

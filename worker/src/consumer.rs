@@ -168,6 +168,11 @@ pub async fn consume_partition_with<S: Store>(
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let window = usize::from(prefetch.max(1));
     let mut acks = AckBatch::new(window);
+    // Set from a delivery until nothing is ready: meanwhile the runtime's
+    // idle threads do not wait before they park (`worker.wake_coalesce`),
+    // so store round trips in the middle of a busy partition are not
+    // delayed.
+    let mut backlog = bulwark_process::Backlog::default();
     tokio::pin!(shutdown);
     // After an abrupt connection loss, lapin may leave the consumer stream
     // and pending publisher confirms unresolved (seen in `dns-outage`: a
@@ -177,7 +182,8 @@ pub async fn consume_partition_with<S: Store>(
     let mut liveness = tokio::time::interval(CHANNEL_CHECK);
     liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Biased: the acks wait until nothing else is ready.
+        // Biased: the acks and the end of the backlog wait until nothing
+        // else is ready.
         let next = tokio::select! {
             biased;
             _ = &mut shutdown => Next::Stop,
@@ -194,7 +200,7 @@ pub async fn consume_partition_with<S: Store>(
                 }
             }, if !waiting.is_empty() => Next::Confirmed(r),
             d = consumer.next(), if waiting.len() < window => Next::Delivery(d),
-            () = std::future::ready(()), if acks.pending() => Next::Idle,
+            () = std::future::ready(()), if acks.pending() || backlog.is_set() => Next::Idle,
         };
         let delivery = match next {
             Next::Stop | Next::Delivery(None) => break,
@@ -208,9 +214,11 @@ pub async fn consume_partition_with<S: Store>(
             }
             Next::Idle => {
                 acks.send(&ch, &mut stats)?;
+                backlog.set(false);
                 continue;
             }
         };
+        backlog.set(true);
         let mut attempt = 0u32;
         // Kept across store retries: an event announced by a failed
         // attempt is not announced again by the next one.

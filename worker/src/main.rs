@@ -32,15 +32,17 @@ fn main() -> ExitCode {
 
 fn serve(args: Args) -> Result<(), Failure> {
     let cfg = bulwark_process::load_config(args.config.as_deref())?;
-    let report = bulwark_process::run_until_signal(|shutdown| worker::run(cfg, shutdown))?
-        .map_err(|e| {
-            let code = if e.is_config() {
-                config::EXIT_CONFIG
-            } else {
-                EXIT_FAILURE
-            };
-            Failure::from_error(code, "worker", &e)
-        })?;
+    let runtime = bulwark_process::runtime_builder(cfg.worker.wake_coalesce);
+    let report =
+        bulwark_process::run_until_signal_on(runtime, |shutdown| worker::run(cfg, shutdown))?
+            .map_err(|e| {
+                let code = if e.is_config() {
+                    config::EXIT_CONFIG
+                } else {
+                    EXIT_FAILURE
+                };
+                Failure::from_error(code, "worker", &e)
+            })?;
     tracing::info!(
         partitions = report.partitions.len(),
         drained = report.drained,

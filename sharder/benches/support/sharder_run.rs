@@ -258,11 +258,11 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     runtime_with(0, Duration::ZERO)
 }
 
-/// The sharder binary's runtime ([`sharder::runtime_builder`]) with
+/// The sharder binary's runtime ([`bulwark_process::runtime_builder`]) with
 /// `threads` runtime threads (0: one per core) and `sharder.wake_coalesce`
 /// = `coalesce` (`ZERO`: a plain runtime, as a peer's).
 pub fn runtime_with(threads: usize, coalesce: Duration) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = sharder::runtime_builder(coalesce);
+    let mut b = bulwark_process::runtime_builder(coalesce);
     if threads > 0 {
         b.worker_threads(threads);
     }

@@ -84,9 +84,9 @@ pub fn child(f: &super::args::Flags) -> anyhow::Result<()> {
     );
     let cfg = config::Config::from_toml_str(&toml, "bench", vec![])
         .map_err(|e| anyhow::anyhow!("worker configuration: {e}"))?;
-    // The worker binary's runtime (`bulwark_process::run_until_signal`).
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    // The worker binary's runtime, its wake-ups coalesced by default
+    // (`worker.wake_coalesce`).
+    let rt = bulwark_process::runtime_builder(cfg.worker.wake_coalesce)
         .build()
         .context("tokio runtime")?;
     rt.block_on(async {

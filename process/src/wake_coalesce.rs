@@ -1,5 +1,5 @@
-//! The sharder's runtime, with its wake-ups coalesced
-//! (`sharder.wake_coalesce`).
+//! A runtime whose idle threads coalesce their wake-ups
+//! (`sharder.wake_coalesce`, `worker.wake_coalesce`).
 //!
 //! At ordinary rates a gateway frame arrives alone: 16 shards at 12.8k
 //! events/s is a frame every 78 µs, each on its own socket. A runtime
@@ -23,9 +23,17 @@
 //! Under load it must not engage either: a sink whose rounds wait on
 //! broker confirms leaves the thread idle between them, and a wait before
 //! each confirm is read slowed every round (at 150k events/s offered on one
-//! thread: 103k/s confirmed against 137k/s). So while the AMQP sink holds a
-//! backlog ([`set_backlogged`]: at least four full messages' worth of
-//! events buffered or unconfirmed) idle threads park at once.
+//! thread: 103k/s confirmed against 137k/s). So while any part of the
+//! process holds a [`Backlog`] idle threads park at once: the sharder's
+//! AMQP sink while it holds four full messages' worth of events, buffered
+//! or unconfirmed; a worker's partition consumer from a delivery until it
+//! runs out of ready work, so a message that waits on Redis round trips is
+//! not delayed at each.
+//!
+//! The worker's side (issue #23, its consumer already sending without
+//! awaiting lapin's I/O thread, see `worker/src/queued.rs`): at 1k events/s
+//! 141-158 → 82-85 µs of worker CPU per event, at 12.8k/s 22.7-25.3 →
+//! 17.6-18.0 µs, for 2 ms more at p50.
 //!
 //! The price is latency: an event, a confirm or a timer waits at most
 //! `wake_coalesce` longer per hop. The default, 2 ms, is small beside the
@@ -40,38 +48,74 @@
 //! against 8.9 ms (p99 18.7 against 38.7 ms); at 1k events/s 74 against
 //! 45 µs, p50 0.6 against 2.8 ms.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Set while the sink holds a backlog: no waiting then.
-static BACKLOGGED: AtomicBool = AtomicBool::new(false);
+/// Backlogs held in this process: no waiting while any is.
+static BACKLOGS: AtomicUsize = AtomicUsize::new(0);
 
-/// The AMQP sink's word on its backlog (see the module docs). One flag per
-/// process: a process runs one sharder.
-pub(crate) fn set_backlogged(backlogged: bool) {
-    if BACKLOGGED.load(Ordering::Relaxed) != backlogged {
-        BACKLOGGED.store(backlogged, Ordering::Relaxed);
+/// One component's word on its backlog (see the module docs): while it is
+/// set, idle runtime threads park at once. Cleared when dropped.
+#[derive(Debug)]
+pub struct Backlog {
+    count: &'static AtomicUsize,
+    held: bool,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Self::on(&BACKLOGS)
+    }
+}
+
+impl Backlog {
+    fn on(count: &'static AtomicUsize) -> Self {
+        Self { count, held: false }
+    }
+
+    /// Says whether this component has work waiting now.
+    pub fn set(&mut self, backlogged: bool) {
+        if backlogged != self.held {
+            if backlogged {
+                self.count.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.held = backlogged;
+        }
+    }
+
+    /// Whether it is set.
+    pub fn is_set(&self) -> bool {
+        self.held
+    }
+}
+
+impl Drop for Backlog {
+    fn drop(&mut self) {
+        self.set(false);
     }
 }
 
 /// A multi-threaded runtime (one thread per core the process may use: the
 /// shipped manifests' CPU limit of 1 gives one), I/O and timers enabled,
-/// whose idle threads wait `wake_coalesce` before they park; `ZERO`: a
-/// plain runtime.
+/// whose idle threads wait `wake_coalesce` before they park unless a
+/// [`Backlog`] is held; `ZERO`: a plain runtime.
 pub fn runtime_builder(wake_coalesce: Duration) -> tokio::runtime::Builder {
-    builder_with(wake_coalesce, &BACKLOGGED)
+    builder_with(wake_coalesce, &BACKLOGS)
 }
 
-/// [`runtime_builder`] with its backlog flag given (tests use their own).
+/// [`runtime_builder`] counting backlogs in `backlogs` (tests use their
+/// own).
 fn builder_with(
     wake_coalesce: Duration,
-    backlogged: &'static AtomicBool,
+    backlogs: &'static AtomicUsize,
 ) -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if !wake_coalesce.is_zero() {
         builder.on_thread_park(move || {
-            if !backlogged.load(Ordering::Relaxed) {
+            if backlogs.load(Ordering::Relaxed) == 0 {
                 std::thread::sleep(wake_coalesce);
             }
         });
@@ -83,20 +127,35 @@ fn builder_with(
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn backlogs_count_their_holders_and_clear_when_dropped() {
+        static HELD: AtomicUsize = AtomicUsize::new(0);
+        let (mut a, mut b) = (Backlog::on(&HELD), Backlog::on(&HELD));
+        a.set(true);
+        a.set(true);
+        b.set(true);
+        assert_eq!(HELD.load(Ordering::Relaxed), 2, "one count per holder");
+        a.set(false);
+        a.set(false);
+        assert_eq!(HELD.load(Ordering::Relaxed), 1);
+        assert!(b.is_set() && !a.is_set());
+        drop(b);
+        assert_eq!(HELD.load(Ordering::Relaxed), 0, "cleared by its drop");
+    }
 
     /// Runs a runtime of one thread that receives `n` messages sent from
     /// another thread every `gap`; returns how many it received and how
     /// many times its thread woke from a park, and how long it all took.
     fn wakeups(
         coalesce: Duration,
-        backlogged: &'static AtomicBool,
+        backlogs: &'static AtomicUsize,
         n: usize,
         gap: Duration,
     ) -> (usize, usize, Duration) {
         let unparks = Arc::new(AtomicUsize::new(0));
         let counted = unparks.clone();
-        let rt = builder_with(coalesce, backlogged)
+        let rt = builder_with(coalesce, backlogs)
             .worker_threads(1)
             .on_thread_unpark(move || {
                 counted.fetch_add(1, Ordering::Relaxed);
@@ -133,7 +192,7 @@ mod tests {
     /// message. Nothing is lost either way.
     #[test]
     fn an_idle_thread_wakes_once_per_interval_not_once_per_message() {
-        static QUIET: AtomicBool = AtomicBool::new(false);
+        static QUIET: AtomicUsize = AtomicUsize::new(0);
         let wait = Duration::from_millis(10);
         let (got, coalesced, took) = wakeups(wait, &QUIET, 200, Duration::from_millis(1));
         assert_eq!(got, 200);
@@ -154,7 +213,9 @@ mod tests {
     /// for nearly every message, far more than one per interval.
     #[test]
     fn a_backlog_turns_the_wait_off() {
-        static BUSY: AtomicBool = AtomicBool::new(true);
+        static BUSY: AtomicUsize = AtomicUsize::new(0);
+        let mut backlog = Backlog::on(&BUSY);
+        backlog.set(true);
         let wait = Duration::from_millis(10);
         let (got, wakes, took) = wakeups(wait, &BUSY, 200, Duration::from_millis(1));
         assert_eq!(got, 200);
