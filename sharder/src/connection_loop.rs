@@ -65,12 +65,12 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
         let id = self.config.shard_id;
         let inflater = match Decompressor::new(self.config.compression, self.config.max_payload) {
             Ok(d) => d,
-            Err(e) => return Outcome::Resume(e.to_string()),
+            Err(e) => return Outcome::Resume(e.to_string().into()),
         };
         self.set_state(ShardState::WaitingForHello);
         let mut conn = match Connection::<C>::handshake(ws, inflater, &self.config).await {
             Ok(c) => c,
-            Err(reason) => return Outcome::Resume(reason),
+            Err(reason) => return Outcome::Resume(reason.into()),
         };
         type PermitFuture = Pin<Box<dyn Future<Output = IdentifyPermit> + Send>>;
         let mut identify: Option<PermitFuture> = None;

@@ -12,16 +12,56 @@
 
 use crate::connection::Ended;
 use gateway_protocol::{CloseAction, close_action};
+use std::fmt;
 use std::time::Duration;
+
+/// Why a connection ended, in words, and the code of Discord's close frame
+/// when one ended it (the status page shows both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reason {
+    pub(crate) text: String,
+    pub(crate) close_code: Option<u16>,
+}
+
+impl Reason {
+    /// A close frame with `code` and `reason`.
+    fn closed(code: u16, reason: &str) -> Self {
+        Self {
+            text: format!("closed with {code} {reason}"),
+            close_code: Some(code),
+        }
+    }
+}
+
+impl From<String> for Reason {
+    fn from(text: String) -> Self {
+        Self {
+            text,
+            close_code: None,
+        }
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(text: &str) -> Self {
+        text.to_owned().into()
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
 
 /// What ended one connection.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    Resume(String),
+    Resume(Reason),
     /// The session is over; identify afresh, after `wait` if the protocol
     /// asks for one (op 9).
     Identify {
-        reason: String,
+        reason: Reason,
         wait: Option<Duration>,
     },
     Fatal {
@@ -32,12 +72,8 @@ pub(crate) enum Outcome {
     SinkClosed(String),
 }
 
-/// How a reason from a close frame starts; [`Outcome::close`] reads the
-/// code back from it.
-const CLOSED_WITH: &str = "closed with ";
-
 impl Outcome {
-    pub(crate) fn identify(reason: impl Into<String>) -> Self {
+    pub(crate) fn identify(reason: impl Into<Reason>) -> Self {
         Self::Identify {
             reason: reason.into(),
             wait: None,
@@ -48,16 +84,12 @@ impl Outcome {
     /// Discord's close frame carried one, and the reason. `None` for a
     /// shutdown.
     pub(crate) fn close(&self) -> Option<(Option<u16>, &str)> {
-        let reason = match self {
-            Self::Resume(r) | Self::Identify { reason: r, .. } | Self::SinkClosed(r) => r.as_str(),
-            Self::Fatal { code, reason } => return Some((Some(*code), reason)),
-            Self::Shutdown => return None,
-        };
-        let code = reason
-            .strip_prefix(CLOSED_WITH)
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|c| c.parse().ok());
-        Some((code, reason))
+        match self {
+            Self::Resume(r) | Self::Identify { reason: r, .. } => Some((r.close_code, &r.text)),
+            Self::SinkClosed(r) => Some((None, r)),
+            Self::Fatal { code, reason } => Some((Some(*code), reason)),
+            Self::Shutdown => None,
+        }
     }
 }
 
@@ -66,13 +98,13 @@ impl From<Ended> for Outcome {
     fn from(ended: Ended) -> Self {
         match ended {
             Ended::Closed { code, reason } => match close_action(code) {
-                CloseAction::Resume => Self::Resume(format!("{CLOSED_WITH}{code} {reason}")),
-                CloseAction::Identify => Self::identify(format!("{CLOSED_WITH}{code} {reason}")),
+                CloseAction::Resume => Self::Resume(Reason::closed(code, &reason)),
+                CloseAction::Identify => Self::identify(Reason::closed(code, &reason)),
                 CloseAction::Fatal(reason) => Self::Fatal { code, reason },
             },
             Ended::ClosedWithoutCode => Self::Resume("closed without a code".into()),
             Ended::Zombie => Self::Resume("zombie connection (no heartbeat ACK)".into()),
-            Ended::Dropped(reason) | Ended::Corrupt(reason) => Self::Resume(reason),
+            Ended::Dropped(reason) | Ended::Corrupt(reason) => Self::Resume(reason.into()),
         }
     }
 }
@@ -82,7 +114,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_close_frame_s_code_is_read_back() {
+    fn a_close_frame_s_code_is_kept() {
         let closed = |code, reason: &str| {
             Outcome::from(Ended::Closed {
                 code,
@@ -100,6 +132,14 @@ mod tests {
         assert_eq!(Outcome::from(Ended::Zombie).close().unwrap().0, None);
         assert_eq!(
             Outcome::Resume("op 7 reconnect".into()).close().unwrap().0,
+            None
+        );
+        // Words that look like a close frame's are not one.
+        assert_eq!(
+            Outcome::Resume("closed with 4000 by hand".into())
+                .close()
+                .unwrap()
+                .0,
             None
         );
         assert_eq!(Outcome::Shutdown.close(), None);

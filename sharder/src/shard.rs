@@ -421,7 +421,7 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
                     metrics::counter!("sharder_connections_total").increment(1);
                     self.run_connection(ws).await
                 }
-                Err(e) => Outcome::Resume(e.to_string()),
+                Err(e) => Outcome::Resume(e.to_string().into()),
             };
             self.live.flush_counters();
             self.connect_slot = None;
