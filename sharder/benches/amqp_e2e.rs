@@ -34,7 +34,9 @@
 //!
 //! Flags: `--runs 3 --shards 16 --guilds 64 --rate 1000000 --partitions 4
 //! --warmup 1 --seconds 5 --compression zlib-stream --peers ours,twilight
-//! --threads 0` (the forwarders' runtime threads; 0: one per core). The
+//! --threads 0 --worker-output on` (the forwarders' runtime threads, 0: one
+//! per core; `off`: the worker only fills its cache,
+//! `worker.publish_events = false`). The
 //! shape operators run at ordinary rates (one runtime thread, as the
 //! shipped manifests' CPU limit of 1 gives), `publish_linger` and
 //! `wake_coalesce` values side by side (all peers alternate within each
@@ -140,6 +142,9 @@ struct Shape {
     seconds: f64,
     /// Runtime threads of the forwarder (0: one per core).
     threads: usize,
+    /// `worker.publish_events`: the worker republishes every clean event
+    /// for bot processes (the default), or only fills the cache.
+    worker_output: bool,
 }
 
 fn one_run(
@@ -169,7 +174,9 @@ fn one_run(
             ("amqp-base", base.clone()),
             ("partitions", shape.partitions.to_string()),
         ];
-        let mut worker = ChildRun::spawn("worker", &topo_flags)?;
+        let mut worker_flags = topo_flags.to_vec();
+        worker_flags.push(("publish-events", shape.worker_output.to_string()));
+        let mut worker = ChildRun::spawn("worker", &worker_flags)?;
         rt.block_on(support::worker_run::consuming(&conn, &topo))?;
         let mut flags = sim.child_flags();
         flags.extend(topo_flags.iter().cloned());
@@ -269,12 +276,17 @@ fn parent(f: &Flags) -> anyhow::Result<()> {
         warmup: f.get("warmup", 1.0)?,
         seconds: f.get("seconds", 5.0)?,
         threads: f.get("threads", 0)?,
+        worker_output: match f.get("worker-output", "on".to_owned())?.as_str() {
+            "on" => true,
+            "off" => false,
+            other => bail!("--worker-output {other:?}: on or off"),
+        },
     };
     println!("machine: {}", machine());
     println!(
         "simulator: {shards} shards, ours {} (twilight zlib-stream); {} partitions; warm-up {} s, \
          window {} s; forwarder runtime threads: {}; consumer: the worker (memory store, \
-         defaults)",
+         defaults, output {})",
         shape.compression,
         shape.partitions,
         shape.warmup,
@@ -282,7 +294,8 @@ fn parent(f: &Flags) -> anyhow::Result<()> {
         match shape.threads {
             0 => "one per core".to_owned(),
             n => n.to_string(),
-        }
+        },
+        if shape.worker_output { "on" } else { "off" }
     );
     let rt = sharder_run::runtime()?;
     let mut table = Table::default();

@@ -74,13 +74,15 @@ fn parse(text: &str) -> (f64, Vec<(f64, f64)>) {
     (events, buckets)
 }
 
-/// The worker child: `--amqp-base`, `--partitions`.
+/// The worker child: `--amqp-base`, `--partitions`, `--publish-events`.
 pub fn child(f: &super::args::Flags) -> anyhow::Result<()> {
     let base = f.require("amqp-base")?;
     let partitions: u32 = f.get("partitions", 4)?;
+    let publish: bool = f.get("publish-events", true)?;
     let toml = format!(
         "[amqp]\nurl = \"{AMQP_URL}\"\npartitions = {partitions}\n\
-         [worker]\namqp_topology_base = \"{base}\"\nhttp_listen = \"127.0.0.1:0\"\n"
+         [worker]\namqp_topology_base = \"{base}\"\nhttp_listen = \"127.0.0.1:0\"\n\
+         publish_events = {publish}\n"
     );
     let cfg = config::Config::from_toml_str(&toml, "bench", vec![])
         .map_err(|e| anyhow::anyhow!("worker configuration: {e}"))?;
