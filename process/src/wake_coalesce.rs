@@ -30,11 +30,6 @@
 //! runs out of ready work, so a message that waits on Redis round trips is
 //! not delayed at each.
 //!
-//! The worker's side (issue #23, its consumer already sending without
-//! awaiting lapin's I/O thread, see `worker/src/queued.rs`): at 1k events/s
-//! 141-158 → 82-85 µs of worker CPU per event, at 12.8k/s 22.7-25.3 →
-//! 17.6-18.0 µs, for 2 ms more at p50.
-//!
 //! The price is latency: an event, a confirm or a timer waits at most
 //! `wake_coalesce` longer per hop. The default, 2 ms, is small beside the
 //! gateway's own latency (tens of ms) and beside every deadline the
@@ -47,6 +42,11 @@
 //! broker's messages 3,681/s against 958/s, the worker's apply p50 2.5
 //! against 8.9 ms (p99 18.7 against 38.7 ms); at 1k events/s 74 against
 //! 45 µs, p50 0.6 against 2.8 ms.
+//!
+//! The worker's side (its consumer no longer awaits lapin's I/O thread per
+//! publish and ack, see `worker/src/queued.rs`, or the wait starved it): at
+//! 1k events/s 141-158 → 82-85 µs of worker CPU per event, at 12.8k/s
+//! 22.7-25.3 → 17.6-18.0 µs, for 2 ms more at p50.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
