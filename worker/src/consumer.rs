@@ -126,6 +126,9 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Consumes partition `partition` of `topo` on `ch` into `worker` until
 /// `shutdown` resolves or the channel closes. Publishes nothing.
+///
+/// `ch` must be this consumer's alone: its acks use `multiple`, which
+/// covers every unacked delivery of the channel.
 pub async fn consume_partition<S: Store>(
     worker: Arc<Worker<S>>,
     ch: Channel,
