@@ -10,9 +10,9 @@
 //!   store, one core.
 //!
 //! * the consumer through the real RabbitMQ (127.0.0.1:5672): messages/s
-//!   of one partition, acked one by one, with and without publishing the
-//!   clean events to the output exchange (each publish waits for its
-//!   confirm before the input is acked).
+//!   of one partition, acked in batches (`basic.ack` with `multiple`), with
+//!   and without publishing the clean events to the output exchange (an
+//!   input is acked once its publishes are confirmed).
 //!
 //! Each figure is run 5 times (the Redis and RabbitMQ ones 3 times); min / median /
 //! max are printed.
