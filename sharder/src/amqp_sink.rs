@@ -37,8 +37,8 @@
 //!    alone, at 1k-50k events/s, it cut messages by a quarter to a third
 //!    but not the sharder's own CPU per event, which was a wake-up per
 //!    gateway frame; `sharder.wake_coalesce` (on by default, see
-//!    `bulwark_process::runtime_builder`) is what cut that, and gathers several frames per
-//!    round by itself (BENCHMARKS.md, issue #23).
+//!    `bulwark_process::runtime_builder`) is what cut that, and gathers
+//!    several frames per round by itself (BENCHMARKS.md, issue #23).
 //! 3. Publish persistently (delivery mode 2) with up to `confirm_window`
 //!    messages awaiting their confirms (pipelined). Confirms are awaited in
 //!    publish order; an ack confirms every event of the message to its shard

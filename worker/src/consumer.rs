@@ -281,9 +281,8 @@ pub async fn consume_partition_with<S: Store>(
                 // Acked when the confirms arrive, while the next messages
                 // are processed.
                 waiting.push_back(Waiting {
-                    confirms: Some(publish(&ch, &topo.output_exchange, all)),
+                    output: Some((publish(&ch, &topo.output_exchange, all), key)),
                     delivery,
-                    key: Some(key),
                 });
                 continue;
             }
@@ -312,9 +311,8 @@ pub async fn consume_partition_with<S: Store>(
         }
         // Finished in delivery order, after every earlier input.
         waiting.push_back(Waiting {
-            confirms: None,
+            output: None,
             delivery,
-            key: None,
         });
     }
     hand_over(&ch, waiting, &output, acks, &mut stats).await?;
@@ -388,17 +386,17 @@ async fn lost(oldest: Option<&mut Waiting>) -> ConsumeError {
 /// An input message applied to the store, in delivery order, whose output
 /// (if any) awaits its confirms.
 struct Waiting {
-    confirms: Option<Confirms>,
+    /// Its output's confirms and key in [`Unconfirmed`], when it published
+    /// some.
+    output: Option<(Confirms, (u32, Version))>,
     delivery: Delivery,
-    /// The key of its output in [`Unconfirmed`], when it published some.
-    key: Option<(u32, Version)>,
 }
 
 impl Waiting {
     /// Resolves once its output is confirmed (at once without output).
     async fn settled(&mut self) -> Result<usize, PublishError> {
-        match &mut self.confirms {
-            Some(c) => c.await,
+        match &mut self.output {
+            Some((c, _)) => c.await,
             None => Ok(0),
         }
     }
@@ -482,8 +480,8 @@ fn finish(
     stats: &mut ConsumeStats,
 ) -> Result<(), ConsumeError> {
     stats.published += confirmed? as u64;
-    if let (Some(u), Some(key)) = (output, w.key) {
-        u.confirmed(key);
+    if let (Some(u), Some((_, key))) = (output, &w.output) {
+        u.confirmed(*key);
     }
     acks.add(w.delivery.delivery_tag);
     Ok(())
