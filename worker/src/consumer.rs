@@ -38,11 +38,12 @@
 //!   publish ends the consumer without acking; the session reconnects and
 //!   the broker redelivers.
 
-use crate::output::{Confirms, Outgoing, PublishError, Unconfirmed, publish, publish_confirmed};
+use crate::output::{
+    Confirms, MessageKey, Outgoing, PublishError, Unconfirmed, publish, publish_confirmed,
+};
 use crate::processor::{ProcessError, Worker};
 use crate::queued::Queued;
 use crate::store::Store;
-use envelope::Version;
 use envelope::topology;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -272,9 +273,7 @@ pub async fn consume_partition_with<S: Store>(
         };
         if let Some(unconfirmed) = &output
             && (!fresh.is_empty() || delivery.redelivered)
-            && let Some(key) = envelope::decode(&delivery.data)
-                .ok()
-                .and_then(|b| b.events.first().map(|e| (b.shard_id, e.version())))
+            && let Some(key) = output_key(&delivery.data)
         {
             let all = unconfirmed.merge(key, fresh);
             if !all.is_empty() && reason.is_none() {
@@ -383,12 +382,22 @@ async fn lost(oldest: Option<&mut Waiting>) -> ConsumeError {
     ConsumeError::ChannelLost
 }
 
+/// The key of a message's output in [`Unconfirmed`]: its shard and first
+/// event's version, read without decoding the rest again (the processor
+/// has checked the whole message already).
+fn output_key(data: &[u8]) -> Option<MessageKey> {
+    let mut events = envelope::Decoder::new(data).ok()?;
+    let shard_id = events.shard_id();
+    let first = events.next()?.ok()?;
+    Some((shard_id, first.version()))
+}
+
 /// An input message applied to the store, in delivery order, whose output
 /// (if any) awaits its confirms.
 struct Waiting {
     /// Its output's confirms and key in [`Unconfirmed`], when it published
     /// some.
-    output: Option<(Confirms, (u32, Version))>,
+    output: Option<(Confirms, MessageKey)>,
     delivery: Delivery,
 }
 

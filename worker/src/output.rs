@@ -35,10 +35,10 @@ use envelope::Version;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 /// Header names of the output messages.
@@ -121,37 +121,47 @@ pub enum PublishError {
 pub async fn publish_confirmed(
     ch: &Channel,
     exchange: &str,
-    events: Vec<Outgoing>,
+    events: impl Into<Arc<[Outgoing]>>,
 ) -> Result<usize, PublishError> {
-    publish(ch, exchange, events).await
+    publish(ch, exchange, events.into()).await
 }
 
 /// Publishes `events` without waiting: their frames are queued with lapin
 /// now, in order (see [`crate::queued`]), and the returned [`Confirms`]
-/// resolves once the broker confirmed every one.
-pub fn publish(ch: &Channel, exchange: &str, events: Vec<Outgoing>) -> Confirms {
+/// resolves once the broker confirmed every one. The events are shared,
+/// not copied, with the [`Unconfirmed`] record that keeps them for a
+/// redelivery.
+pub fn publish(ch: &Channel, exchange: &str, events: Arc<[Outgoing]>) -> Confirms {
+    let exchange = ShortString::from(exchange);
     let mut sends = Vec::with_capacity(events.len());
-    for ev in events {
-        let props = ev.properties();
+    for i in 0..events.len() {
         let ch = ch.clone();
-        let exchange = ShortString::from(exchange);
-        let key = ShortString::from(ev.routing_key.as_str());
-        let body = ev.body;
+        let exchange = exchange.clone();
+        let events = events.clone();
         let sent = Queued::new(async move {
-            ch.basic_publish(exchange, key, BasicPublishOptions::default(), &body, props)
-                .await
+            let ev = &events[i];
+            let key = ShortString::from(ev.routing_key.as_str());
+            let props = ev.properties();
+            ch.basic_publish(
+                exchange,
+                key,
+                BasicPublishOptions::default(),
+                &ev.body,
+                props,
+            )
+            .await
         });
-        sends.push((sent, ev.message_id));
+        sends.push(sent);
     }
     Confirms(Box::pin(async move {
         let n = sends.len();
         let mut confirms = Vec::with_capacity(n);
-        for (sent, id) in sends {
-            confirms.push((sent.await?, id));
+        for sent in sends {
+            confirms.push(sent.await?);
         }
-        for (c, id) in confirms {
+        for (c, ev) in confirms.into_iter().zip(events.iter()) {
             if c.await?.is_nack() {
-                return Err(PublishError::Nacked(id));
+                return Err(PublishError::Nacked(ev.message_id.clone()));
             }
         }
         metrics::counter!("worker_events_published_total").increment(n as u64);
@@ -171,11 +181,15 @@ impl Future for Confirms {
     }
 }
 
-/// Clean events published but not yet confirmed, by input message (its
-/// shard and first event version). Shared by every session of a process.
+/// An input message, as [`Unconfirmed`] knows it: its shard and its first
+/// event's version.
+pub type MessageKey = (u32, Version);
+
+/// Clean events published but not yet confirmed, by input message. Shared
+/// by every session of a process.
 #[derive(Debug, Default)]
 pub struct Unconfirmed {
-    by_message: Mutex<HashMap<(u32, Version), Vec<Outgoing>>>,
+    by_message: Mutex<HashMap<MessageKey, Arc<[Outgoing]>>>,
 }
 
 /// Messages whose output is kept for a redelivery; beyond it the oldest
@@ -186,15 +200,22 @@ const MAX_UNCONFIRMED: usize = 65_536;
 impl Unconfirmed {
     /// Records `fresh` for `key` and returns everything to publish for it:
     /// what an earlier, unconfirmed attempt produced plus `fresh`, without
-    /// repeating an id.
-    pub fn merge(&self, key: (u32, Version), fresh: Vec<Outgoing>) -> Vec<Outgoing> {
+    /// repeating an id. The record and the publish share one copy.
+    pub fn merge(&self, key: MessageKey, fresh: Vec<Outgoing>) -> Arc<[Outgoing]> {
         let mut map = self.by_message.lock().unwrap_or_else(|e| e.into_inner());
-        let mut all = map.remove(&key).unwrap_or_default();
-        for ev in fresh {
-            if !all.iter().any(|o| o.message_id == ev.message_id) {
+        let held = map.remove(&key);
+        // An id is (shard, version): one gateway event yields at most one
+        // clean event. Checked by set, not by scan: a message holds up to
+        // `envelope::MAX_BATCH_EVENTS` events.
+        let mut all: Vec<Outgoing> =
+            Vec::with_capacity(fresh.len() + held.as_ref().map_or(0, |h| h.len()));
+        let mut seen = HashSet::with_capacity(all.capacity());
+        for ev in held.iter().flat_map(|h| h.iter().cloned()).chain(fresh) {
+            if seen.insert((ev.shard_id, ev.version)) {
                 all.push(ev);
             }
         }
+        let all: Arc<[Outgoing]> = all.into();
         if !all.is_empty() {
             if map.len() >= MAX_UNCONFIRMED {
                 tracing::warn!(
@@ -209,7 +230,7 @@ impl Unconfirmed {
     }
 
     /// The output of `key` was confirmed.
-    pub fn confirmed(&self, key: (u32, Version)) {
+    pub fn confirmed(&self, key: MessageKey) {
         self.by_message
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -264,10 +285,24 @@ mod tests {
         // Redelivered: the store dedups the join, so nothing fresh; the held
         // events come back, a repeated one is not doubled.
         let again = u.merge(key, vec![out(2)]);
-        assert_eq!(again, vec![out(1), out(2)]);
+        assert_eq!(*again, [out(1), out(2)]);
         u.confirmed(key);
         assert!(u.is_empty());
         assert!(u.merge(key, Vec::new()).is_empty());
         assert!(u.is_empty());
+    }
+
+    #[test]
+    fn a_merge_keeps_order_drops_repeated_ids_and_shares_one_copy() {
+        let u = Unconfirmed::default();
+        let key = (3, Version::new(7, 1));
+        let first = u.merge(key, vec![out(1), out(2), out(1), out(3)]);
+        assert_eq!(*first, [out(1), out(2), out(3)]);
+        // The record holds the very events handed to the publish.
+        assert_eq!(Arc::strong_count(&first), 2);
+        drop(first);
+        let again = u.merge(key, vec![out(4), out(2)]);
+        assert_eq!(*again, [out(1), out(2), out(3), out(4)]);
+        assert_eq!(u.len(), 1);
     }
 }
