@@ -15,6 +15,7 @@
 //! - `dnscache_stale_served_total`: lookups answered from an expired entry
 //! - `dnscache_upstream_queries_total{upstream}`: queries sent (A and AAAA count one each)
 //! - `dnscache_upstream_errors_total{upstream}`: failed queries (timeouts, SERVFAIL, ...)
+//! - `dnscache_literals_total`: lookups of IP literals and `localhost`, answered without DNS
 //! - `dnscache_entries`: names cached
 
 use metrics::{Counter, Gauge};
@@ -38,6 +39,9 @@ pub struct Stats {
     pub upstream_queries: u64,
     /// Queries that failed (timeout, SERVFAIL, refused, network).
     pub upstream_errors: u64,
+    /// Lookups of IP literals and `localhost`: answered without DNS, so a
+    /// process configured with addresses only shows no hits or misses.
+    pub literals: u64,
 }
 
 #[derive(Default)]
@@ -49,6 +53,7 @@ struct Atomics {
     stale_served: AtomicU64,
     upstream_queries: AtomicU64,
     upstream_errors: AtomicU64,
+    literals: AtomicU64,
 }
 
 pub(crate) struct Metrics {
@@ -60,6 +65,7 @@ pub(crate) struct Metrics {
     stale_served: Counter,
     upstream_queries: Counter,
     upstream_errors: Counter,
+    literals: Counter,
     entries: Gauge,
 }
 
@@ -81,6 +87,7 @@ impl Metrics {
                 "dnscache_upstream_errors_total",
                 "upstream" => upstream
             ),
+            literals: metrics::counter!("dnscache_literals_total"),
             entries: metrics::gauge!("dnscache_entries"),
         }
     }
@@ -115,6 +122,10 @@ impl Metrics {
         self.n.upstream_errors.fetch_add(1, Ordering::Relaxed);
         self.upstream_errors.increment(1);
     }
+    pub(crate) fn literal(&self) {
+        self.n.literals.fetch_add(1, Ordering::Relaxed);
+        self.literals.increment(1);
+    }
     pub(crate) fn entries(&self, n: u64) {
         // Precision loss only above 2^53 entries.
         #[allow(clippy::cast_precision_loss)]
@@ -131,6 +142,7 @@ impl Metrics {
             stale_served: g(&self.n.stale_served),
             upstream_queries: g(&self.n.upstream_queries),
             upstream_errors: g(&self.n.upstream_errors),
+            literals: g(&self.n.literals),
         }
     }
 }

@@ -213,6 +213,7 @@ impl Resolver {
     /// The IP addresses of `host` and where they came from.
     pub async fn lookup_ip(&self, host: &str) -> Result<(Arc<[IpAddr]>, Served), DnsError> {
         if let Some(ips) = literal(host) {
+            self.inner.metrics.literal();
             return Ok((ips, Served::Literal));
         }
         let key = normalize(host);

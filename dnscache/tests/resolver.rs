@@ -296,12 +296,17 @@ async fn negative_answers_are_cached_for_a_bounded_time() {
         let _ = r.lookup("missing.test", 1).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let before = r.stats();
     let lit = r.resolve("10.1.2.3", 9).await.unwrap();
     assert_eq!(
         (lit.addrs, lit.served),
         (vec![sa([10, 1, 2, 3], 9)], Served::Literal)
     );
     assert_eq!(r.lookup("localhost", 9).await.unwrap().len(), 2);
+    // Counted as literals, not as cache hits or misses.
+    let after = r.stats();
+    assert_eq!(after.literals - before.literals, 2);
+    assert_eq!((after.hits, after.misses), (before.hits, before.misses));
     for bad in ["", "a..b", &"x".repeat(300)] {
         assert!(r.lookup(bad, 1).await.is_err(), "{bad:?}");
     }

@@ -4,8 +4,8 @@
 // simulator (its RESUMED held back 4 s), and watches that cell turn
 // `resuming` and back to `active` without a reload. Prints ONE JSON line on
 // stdout for the Rust test:
-// {cells, all_active_ms, faults, saw_resuming, back_active, resuming_ms,
-//  active_again_ms, reloaded, console_errors, screenshot, error};
+// {cells, all_active_ms, dns_cells, faults, saw_resuming, back_active,
+//  resuming_ms, active_again_ms, reloaded, console_errors, screenshot, error};
 // exits 1 when a step failed (`error` says which), 0 otherwise.
 //
 // Environment: PAGE_URL (http://127.0.0.1:PORT/), SIM_URL (the simulator,
@@ -20,7 +20,7 @@ const SHARD = Number(process.env.SHARD);
 const TIMEOUT = Number(process.env.TIMEOUT_MS || 60000);
 
 const out = {
-  cells: 0, all_active_ms: null, faults: [], saw_resuming: false, back_active: false,
+  cells: 0, all_active_ms: null, dns_cells: [], faults: [], saw_resuming: false, back_active: false,
   resuming_ms: null, active_again_ms: null, reloaded: false, console_errors: [],
   screenshot: SCREENSHOT ?? null, error: null,
 };
@@ -87,6 +87,16 @@ try {
   );
   out.all_active_ms = Date.now() - opened;
   out.cells = await page.evaluate(cellCount);
+  // The processes table's DNS column, one text per process row.
+  await step('wait for both process rows', () =>
+    page.waitForFunction(() => document.querySelectorAll('#procs tbody tr').length === 2, null,
+      { polling: 50, timeout: TIMEOUT }),
+  );
+  out.dns_cells = await page.evaluate(() => {
+    const heads = [...document.querySelectorAll('#procs thead th')].map((h) => h.textContent);
+    const col = heads.findIndex((h) => h.startsWith('DNS'));
+    return [...document.querySelectorAll('#procs tbody tr')].map((r) => r.children[col]?.textContent ?? null);
+  });
 
   // c: hold the next RESUMED for 4 s, then op 7 the shard.
   await step('slow-resume fault', () => fault('slow-resume', { shards: [SHARD], ms: 4000 }));

@@ -80,6 +80,10 @@ pub struct DnsReport {
     pub hits: u64,
     pub misses: u64,
     pub stale: u64,
+    /// Lookups of IP literals, which need no DNS (a process configured with
+    /// addresses only has no hits or misses). Absent from older reports.
+    #[serde(default)]
+    pub literals: u64,
 }
 
 /// The session start budget as the process last saw it.
@@ -237,6 +241,7 @@ impl StatusBoard {
                     hits: s.hits,
                     misses: s.misses,
                     stale: s.stale_served,
+                    literals: s.literals,
                 }
             });
         ProcessReport {

@@ -34,7 +34,8 @@ pub const INFO: ScenarioInfo = ScenarioInfo {
     incident: "an operator watches every shard of two sharder processes in Chromium while one \
                resumes",
     asserts: "one cell per shard, all active; the other process's shard turns resuming and back \
-              without a reload; 0 console errors; cluster scope; no secret in page or JSON",
+              without a reload; 0 console errors; cluster scope; no secret in page or JSON; the \
+              DNS column says the pods dial IP literals only",
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -95,6 +96,24 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
         "/status.json lists every shard once, in order",
         ids == (0..u64::from(shards)).collect::<Vec<_>>(),
         format!("{} ids", ids.len()),
+    );
+    // Every address the pods dial here is an IP literal: DNS is never
+    // asked, and the page must say so rather than show zeros.
+    let literal_only = |p: &Value| {
+        let d = &p["dns"];
+        d["literals"].as_u64().unwrap_or(0) > 0
+            && ["hits", "misses", "stale"]
+                .iter()
+                .all(|k| d[*k].as_u64() == Some(0))
+    };
+    let processes = last["processes"].as_array().cloned().unwrap_or_default();
+    env.checks.expect(
+        "/status.json: both processes counted IP-literal lookups and no DNS lookup",
+        processes.len() == 2 && processes.iter().all(literal_only),
+        format!(
+            "{:?}",
+            processes.iter().map(|p| &p["dns"]).collect::<Vec<_>>()
+        ),
     );
     let served_by = last["served_by"].as_str().unwrap_or_default().to_owned();
     let Some(other) = last["shards"].as_array().and_then(|a| {
@@ -170,6 +189,11 @@ async fn body(env: &mut Env, size: Size) -> Result<()> {
     env.checks.figure(
         "page load to every cell active (ms)",
         &seen["all_active_ms"],
+    );
+    env.checks.expect_eq(
+        "the processes table's DNS column",
+        seen["dns_cells"].to_string(),
+        r#"["IP literals only","IP literals only"]"#.to_owned(),
     );
     env.checks.expect_eq(
         "fault requests answered (slow-resume, reconnect)",
