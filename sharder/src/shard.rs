@@ -334,7 +334,10 @@ impl<K: EventSink, S: SessionStore, C: Connector> Shard<K, S, C> {
             _ => {}
         }
         if *self.state.borrow() != state {
-            vitals.state_changed();
+            vitals.state_changed(matches!(
+                state,
+                ShardState::WaitingForIdentify | ShardState::Identifying
+            ));
         }
         self.state.send_replace(state);
     }

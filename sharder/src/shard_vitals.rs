@@ -33,6 +33,9 @@ pub struct ShardVitals {
     /// The last heartbeat's round trip, in microseconds plus one (0: none yet).
     rtt_us: AtomicU64,
     state_since_ms: AtomicU64,
+    /// Since when the shard waits for a new session (waiting for its
+    /// identify turn, then identifying); [`NONE`] outside that queue.
+    queued_since_ms: AtomicU64,
     last_identify_ms: AtomicU64,
     last_resume_ms: AtomicU64,
     last_close: Mutex<Option<LastClose>>,
@@ -46,6 +49,8 @@ pub struct VitalsSnapshot {
     pub guilds: u32,
     pub rtt_ms: Option<f64>,
     pub state_since_ms: u64,
+    /// Since when it waits for a new session, while it does.
+    pub queued_since_ms: Option<u64>,
     pub last_identify_ms: Option<u64>,
     pub last_resume_ms: Option<u64>,
     pub last_close: Option<LastClose>,
@@ -77,8 +82,21 @@ impl ShardVitals {
         self.rtt_us.store(us + 1, Ordering::Relaxed);
     }
 
-    pub(crate) fn state_changed(&self) {
-        self.state_since_ms.store(now_ms(), Ordering::Relaxed);
+    /// The shard entered a new state; `queued`: one of the identify
+    /// queue's (waiting for its turn, identifying). The queue's wait runs
+    /// from the first of them to the last: a shard that goes from waiting
+    /// to identifying, or back after a failed attempt, has not waited less.
+    pub(crate) fn state_changed(&self, queued: bool) {
+        let now = now_ms();
+        self.state_since_ms.store(now, Ordering::Relaxed);
+        if queued {
+            // Only the writer (the shard's task) stores here.
+            if self.queued_since_ms.load(Ordering::Relaxed) == NONE {
+                self.queued_since_ms.store(now, Ordering::Relaxed);
+            }
+        } else {
+            self.queued_since_ms.store(NONE, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn identify_sent(&self) {
@@ -106,6 +124,7 @@ impl ShardVitals {
             guilds: self.guilds.load(Ordering::Relaxed),
             rtt_ms: at(&self.rtt_us).map(|us| (us - 1) as f64 / 1000.0),
             state_since_ms: self.state_since_ms.load(Ordering::Relaxed),
+            queued_since_ms: at(&self.queued_since_ms),
             last_identify_ms: at(&self.last_identify_ms),
             last_resume_ms: at(&self.last_resume_ms),
             last_close: self
@@ -131,6 +150,24 @@ mod tests {
         assert_eq!(s.last_resume_ms, None);
         assert_eq!(s.last_close, None);
         assert!(s.state_since_ms > 0);
+        assert_eq!(s.queued_since_ms, None);
+    }
+
+    #[test]
+    fn the_identify_queue_wait_spans_waiting_and_identifying() {
+        let v = ShardVitals::new();
+        v.state_changed(false);
+        assert_eq!(v.snapshot().queued_since_ms, None);
+        v.state_changed(true);
+        let since = v.snapshot().queued_since_ms.unwrap();
+        // As if queued 5 s ago: the next queue state keeps that start.
+        v.queued_since_ms.store(since - 5_000, Ordering::Relaxed);
+        v.state_changed(true);
+        let s = v.snapshot();
+        assert_eq!(s.queued_since_ms, Some(since - 5_000));
+        assert!(s.state_since_ms >= since, "the state's own time moves on");
+        v.state_changed(false);
+        assert_eq!(v.snapshot().queued_since_ms, None);
     }
 
     #[test]

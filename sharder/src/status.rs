@@ -60,6 +60,10 @@ pub struct ShardReport {
     pub rtt_ms: Option<f64>,
     pub events_per_sec: f64,
     pub state_since_ms: u64,
+    /// Since when it waits for a new session (its identify turn, then the
+    /// identify itself). Absent from older reports.
+    #[serde(default)]
+    pub queued_since_ms: Option<u64>,
     pub last_identify_ms: Option<u64>,
     pub last_resume_ms: Option<u64>,
     pub last_close: Option<LastClose>,
@@ -211,6 +215,7 @@ impl StatusBoard {
                     rtt_ms: v.rtt_ms,
                     events_per_sec: eps,
                     state_since_ms: v.state_since_ms,
+                    queued_since_ms: v.queued_since_ms,
                     last_identify_ms: v.last_identify_ms,
                     last_resume_ms: v.last_resume_ms,
                     last_close: v.last_close,
@@ -505,7 +510,7 @@ pub fn view(
             bucket: s.bucket,
             process: s.process.clone(),
             state: s.state.clone(),
-            waiting_ms: now_ms.saturating_sub(s.state_since_ms),
+            waiting_ms: now_ms.saturating_sub(s.queued_since_ms.unwrap_or(s.state_since_ms)),
         })
         .collect();
     identify_queue.sort_by_key(|q| (std::cmp::Reverse(q.waiting_ms), q.shard));

@@ -12,6 +12,7 @@ fn shard(id: u32, total: u32, state: &str, process: &str, since: u64) -> ShardRe
         rtt_ms: Some(1.5),
         events_per_sec: 1.0,
         state_since_ms: since,
+        queued_since_ms: None,
         last_identify_ms: None,
         last_resume_ms: None,
         last_close: None,
@@ -126,7 +127,11 @@ fn the_identify_queue_is_longest_wait_first() {
         4,
         vec![
             shard(0, 4, "waiting_for_identify", "p", 9_000),
-            shard(1, 4, "identifying", "p", 9_900),
+            // Identifying since 9,900, in the queue since 8,000.
+            ShardReport {
+                queued_since_ms: Some(8_000),
+                ..shard(1, 4, "identifying", "p", 9_900)
+            },
             shard(2, 4, "waiting_for_identify", "p", 5_000),
             shard(3, 4, "active", "p", 0),
         ],
@@ -137,7 +142,7 @@ fn the_identify_queue_is_longest_wait_first() {
         .iter()
         .map(|q| (q.shard, q.waiting_ms))
         .collect();
-    assert_eq!(queue, [(2, 5_000), (0, 1_000), (1, 100)]);
+    assert_eq!(queue, [(2, 5_000), (1, 2_000), (0, 1_000)]);
     assert_eq!(v.identify_queue[0].bucket, 2);
 }
 
