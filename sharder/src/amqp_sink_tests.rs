@@ -3,6 +3,7 @@
 //! TCP proxy the test cuts and restores.
 
 use super::*;
+use crate::amqp_publisher::ROUNDS_IN_FLIGHT;
 use crate::guilds::GuildCreateKind;
 use crate::sink::{Confirmation, EventHeader};
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use testkit::services::{AMQP_ADDR, AMQP_URL, amqp_url_via};
 use testkit::{CutProxy, unique_name as unique};
 use tokio::time::{Instant, timeout};

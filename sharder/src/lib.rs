@@ -57,6 +57,7 @@
 //! sink); `outcome.rs` lists every way a connection ends.
 #![forbid(unsafe_code)]
 
+mod amqp_publisher;
 mod amqp_sink;
 mod assignment;
 mod backoff;
