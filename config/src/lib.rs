@@ -3,7 +3,7 @@
 //! A bad value must be a clear error at start-up, never a crash loop or a
 //! silent default later (see the March 2020 service-discovery postmortem in
 //! `shared/incidents`). So the file and the environment are merged first
-//! ([`source`]), then deserialised with unknown keys rejected, then every
+//! (`source.rs`), then deserialised with unknown keys rejected, then every
 //! section checks its own bounds and names the offending key.
 //!
 //! ```

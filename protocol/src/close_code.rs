@@ -13,7 +13,7 @@
 //! identifies then.
 
 /// The close codes of gateway v10 (PROTOCOL.md, "Close codes"): the server
-/// sends them; a client sends [`UNKNOWN_ERROR`] to close and resume.
+/// sends them; a client sends [`close::UNKNOWN_ERROR`] to close and resume.
 pub mod close {
     pub const UNKNOWN_ERROR: u16 = 4000;
     pub const UNKNOWN_OPCODE: u16 = 4001;

@@ -408,7 +408,7 @@ impl<'a> Lexer<'a> {
     }
 
     /// Validates and skips one value, out of line and in a lexer of its
-    /// own ([`Lexer::value_here`]), so a reader's member loops (the
+    /// own (`Lexer::value_here`), so a reader's member loops (the
     /// envelope's and `d`'s, the worker's objects) keep their cursor in a
     /// register.
     #[inline(always)]

@@ -11,14 +11,14 @@
 //! exactly what it missed. Restarts of sharders and workers are invisible
 //! to it: a guild it has is never sent again.
 //!
-//! The boxes: [`feed`] (the output exchange into the [`hub`]), [`session`]
+//! The boxes: `feed` (the output exchange into the `hub`), `session`
 //! (one bot session: its ring of dispatches and the stream's
-//! translation), [`snapshot`] (READY, GUILD_CREATE and member chunks from
-//! the cache), [`connection`] (the protocol toward one bot), [`commands`]
+//! translation), `snapshot` (READY, GUILD_CREATE and member chunks from
+//! the cache), `connection` (the protocol toward one bot), `commands`
 //! (a bot's op 3, 4 and 8, checked and forwarded to the real shards),
-//! [`replies`] (their answers, back to the asker), [`handover`] (a
-//! stopping relay's sessions, resumed on another), [`http`]
-//! (the port: gateway, `/api/v10/gateway/bot`, probes), [`runtime`].
+//! `replies` (their answers, back to the asker), `handover` (a
+//! stopping relay's sessions, resumed on another), `http`
+//! (the port: gateway, `/api/v10/gateway/bot`, probes), `runtime`.
 #![forbid(unsafe_code)]
 
 mod commands;

@@ -152,7 +152,7 @@ impl SharedBudget {
         &self.conn
     }
 
-    /// Read before sending `GET /gateway/bot`; passed to [`Self::refresh`].
+    /// Read before sending `GET /gateway/bot`; passed to `refresh`.
     pub async fn mark(&self) -> BudgetMark {
         let r: redis::RedisResult<Option<u64>> = redis::cmd("HGET")
             .arg(&self.key)

@@ -30,12 +30,12 @@
 //!   error naming the package to install.
 //! - [`bench_report`]: min/median/max, the Markdown table, machine and
 //!   date, and CSV files for `bench/plot.py`.
-//! - With the `simulator` feature: [`ledger`], the simulator's ledger
+//! - With the `simulator` feature: `ledger`, the simulator's ledger
 //!   against what reached the queues ("nothing lost"), and
-//!   [`sim_sharder`], a sharder configured against a running simulator.
-//! - With the `envelope` feature: [`owned_event`], an envelope event that
+//!   `sim_sharder`, a sharder configured against a running simulator.
+//! - With the `envelope` feature: `owned_event`, an envelope event that
 //!   owns its bytes.
-//! - With the `tls` feature: [`tls`], a private CA made in the test, a TLS
+//! - With the `tls` feature: `tls`, a private CA made in the test, a TLS
 //!   terminator in front of RabbitMQ and a TLS-only `redis-server`.
 
 pub mod bench_report;

@@ -41,7 +41,7 @@ pub struct Snapshot {
     pub version: Version,
     pub core: GuildCore,
     pub member_count: Option<u64>,
-    /// Which kinds (by [`Kind::index`]) are listed completely.
+    /// Which kinds (by `Kind::index`) are listed completely.
     pub complete: [bool; KINDS],
     pub entities: Vec<(u64, Entity)>,
 }

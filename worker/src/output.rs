@@ -127,7 +127,7 @@ pub async fn publish_confirmed(
 }
 
 /// Publishes `events` without waiting: their frames are queued with lapin
-/// now, in order (see [`crate::queued`]), and the returned [`Confirms`]
+/// now, in order (see `queued.rs`), and the returned [`Confirms`]
 /// resolves once the broker confirmed every one. The events are shared,
 /// not copied, with the [`Unconfirmed`] record that keeps them for a
 /// redelivery.

@@ -37,7 +37,7 @@
 //! [`PAIR_TTL_MS`] after `Completed` (a new-generation copy may trail the
 //! old one by that much). Outside the window nothing is recorded: the
 //! steady state pays nothing. A worker that takes a partition over reads
-//! the window from the store ([`WindowCache`] refreshes every
+//! the window from the store (`WindowCache` refreshes every
 //! [`REFRESH`]).
 //!
 //! *Stale is not duplicate in the window.* Outside a reshard an event whose

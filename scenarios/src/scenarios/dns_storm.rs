@@ -16,7 +16,7 @@
 //!    waits at least the 1 s Discord asks for before it identifies again,
 //!    so a shard spends at most one session start per second of storm. The
 //!    simulator's session start budget is sized to that
-//!    ([`storm_budget`]): at the full size (192 shards, 30 s) Discord's
+//!    (`storm_budget`): at the full size (192 shards, 30 s) Discord's
 //!    default 1,000 runs down to the sharder's reserve mid-storm, and the
 //!    sharder then rightly holds every identify, which is the budget's test,
 //!    not DNS's. The scenario asserts that bound, and that the budget was

@@ -12,7 +12,7 @@
 //! 4. Events stop; every partition queue drains; the cache equals the
 //!    simulator's truth.
 //!
-//! Asserts: balance after each step within [`HANDOVER`], zero poison
+//! Asserts: balance after each step within `HANDOVER`, zero poison
 //! messages and store retries, zero out-of-order applies (no stale or
 //! duplicate event in a message the broker delivered for the first time),
 //! every queue drained (nothing left behind by a hand-over), cache ==
