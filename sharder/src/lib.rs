@@ -80,6 +80,7 @@ mod identify_budget;
 mod identify_lock;
 mod live_session;
 mod outcome;
+mod recovery;
 mod reshard_cli;
 mod reshard_cluster;
 mod reshard_marker;

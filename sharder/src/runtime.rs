@@ -19,11 +19,12 @@
 //!    and when the reset time has passed.
 //! 4. Session store (file or Redis; Redis is dialled until it answers,
 //!    with capped backoff), sink (AMQP or an in-process channel) wrapped in
-//!    the runtime shed list, then every shard on its own task at once: a shard with a stored session resumes at once
-//!    (resumes need no identify permit), the others queue in the scheduler.
-//!    The running total is the generation record's when a live reshard
-//!    changed it (`generation.rs`); a reshard left half-done is rolled
-//!    back (its sessions retired, `aborted` published).
+//!    the runtime shed list, then every shard on its own task at once: a
+//!    shard with a stored session resumes at once (resumes need no
+//!    identify permit), the others queue in the scheduler. The running
+//!    total is the generation record's when a live reshard changed it
+//!    (`generation.rs`, read by `recovery.rs`); a reshard left half-done is
+//!    rolled back (its sessions retired, `aborted` published).
 //! 5. Wait for the shutdown token, a shard's end, or a reshard request or
 //!    step (`resharder.rs`: the old and the new total run side by side
 //!    until the new one has loaded every guild; a 4011 or Discord's
@@ -51,13 +52,14 @@ use crate::identify::{IdentifyScheduler, IdentifySettings};
 use crate::identify_breaker::BreakerPolicy;
 use crate::identify_budget::SharedBudget;
 use crate::identify_lock::RedisIdentifyLock;
+use crate::recovery::{Recovery, recover};
 use crate::reshard_cluster::{ClusterView, ReshardCluster};
 use crate::reshard_marker::publish_marker;
 use crate::reshard_plan::ReshardContext;
 use crate::reshard_triggers;
 use crate::resharder::{Resharder, ShardDone, Spawner};
 use crate::session_redis::RedisSessionStore;
-use crate::session_store::{FileSessionStore, SessionStore};
+use crate::session_store::FileSessionStore;
 use crate::shard::ShardExit;
 use crate::shed::ShedList;
 use crate::shed::ShedSink;
@@ -277,121 +279,13 @@ async fn run_shards(
             ))
         }
     });
-    // After a live reshard the bot runs another total than the configured
-    // one; a reshard the previous process left half-done is rolled back.
-    let configured = if auto_total {
-        0
-    } else {
-        cfg.sharder.total_shards
-    };
-    let record = generation::load_record(&*store).await;
-    // Several processes share a reshard's state in Redis
-    // (`reshard_cluster.rs`); one restarted in the middle of one carries on
-    // with the others rather than rolling back.
-    let cluster = match &*store {
-        AnyStore::Redis(s)
-            if cfg.sharder.process_count > 1 && cfg.sharder.process_shards.is_none() =>
-        {
-            Some(ReshardCluster::new(
-                s.connection().clone(),
-                &cfg.redis.key_prefix,
-                cfg.sharder.process_index,
-                cfg.sharder.process_count,
-            ))
-        }
-        _ => None,
-    };
-    let view = match &cluster {
-        Some(c) => match c.view().await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the cluster's reshard state");
-                None
-            }
-        },
-        None => None,
-    };
-    // Both totals' layouts depend on the process count: a pod of a
-    // StatefulSet scaled mid-reshard would run the wrong shards.
-    if let (Some(c), Some(v)) = (&cluster, &view)
-        && v.running().is_some()
-        && v.processes != 0
-        && v.processes != c.processes
-    {
-        return Err(RunError::Config(format!(
-            "a live reshard from {} to {} shards laid out for {} sharder processes is in \
-             progress, and this one runs with process_count {}: scale the StatefulSet back to \
-             {} replicas until it finishes (GET /admin/reshard)",
-            v.from, v.to, v.processes, c.processes, v.processes
-        )));
-    }
-    let rejoin = view
-        .clone()
-        .filter(|v| v.running().is_some() && record.is_some_and(|r| r.configured == configured));
-    // Claimed, never announced: its claimer died while telling the
-    // workers; no process joined, so only the new total is stale.
-    let never_announced = view.as_ref().and_then(|v| {
-        let m = record.and_then(|r| r.reshard)?;
-        (v.id == Some(m.id) && !v.announced && !v.finished).then_some(m.id)
-    });
-    let mut resolved = generation::resolve(record, configured, cfg.sharder.total_shards);
-    if let Some(v) = &rejoin {
-        resolved = generation::Resolved {
-            total: v.from,
-            unfinished: None,
-        };
-    }
-    if resolved.total != cfg.sharder.total_shards {
-        tracing::warn!(
-            configured = cfg.sharder.total_shards,
-            running = resolved.total,
-            "running the shard total of a completed live reshard; set sharder.total_shards to it"
-        );
-        cfg.sharder.total_shards = resolved.total;
-    }
-    // The totals whose sessions an unfinished reshard leaves behind, and
-    // the marker that tells the workers how it ended.
-    //
-    // Rolled back, *both* totals' sessions are retired and the old total
-    // identifies afresh: the new total wrote the cache with session epochs
-    // newer than the old total's, so a resumed old session's writes would
-    // lose to them for good (every entity the overlap touched would be
-    // stuck). Fresh sessions have the newest epochs and reload every guild
-    // by snapshot. That costs one identify per shard, once, after a crash
-    // mid-reshard; a resume would be cheaper and wrong.
-    let unfinished = resolved.unfinished.map(|mut m| {
-        let forward = m.phase == envelope::ReshardPhase::Completed;
-        if !forward {
-            m.phase = envelope::ReshardPhase::Aborted;
-        }
-        let stale = if forward {
-            vec![m.from]
-        } else if never_announced == Some(m.id) {
-            vec![m.to]
-        } else {
-            vec![m.to, m.from]
-        };
-        (stale, m)
-    });
-    if let Some((stale, m)) = &unfinished {
-        tracing::warn!(
-            from = m.from,
-            to = m.to,
-            outcome = m.phase.event_name(),
-            "the last live reshard did not finish: completing what its record says"
-        );
-        for &total in stale {
-            match store.retire_generation(total).await {
-                Ok(n) => tracing::info!(total, sessions = n, "sessions retired"),
-                Err(e) => tracing::error!(
-                    total,
-                    error = %e,
-                    "cannot retire the unfinished reshard's sessions; they are replaced \
-                     at their shard's next identify"
-                ),
-            }
-        }
-    }
+    let Recovery {
+        configured,
+        cluster,
+        rejoin,
+        never_announced,
+        unfinished,
+    } = recover(&mut cfg, &store, auto_total).await?;
     let layout =
         ClusterLayout::from_config(&cfg.sharder, limit.max_concurrency, cfg.redis.enabled());
     let shards = match &cfg.sharder.process_shards {
