@@ -344,19 +344,32 @@ impl Publisher {
                     self.unsent.push_front(o);
                 }
                 Ok(Ok(Confirmation::NotRequested)) => {
-                    self.unsent.push_front(o);
+                    self.requeue(o, inflight);
                     return Err(SessionError::NotConfirmed);
                 }
                 Ok(Err(e)) => {
-                    self.unsent.push_front(o);
+                    self.requeue(o, inflight);
                     return Err(e.into());
                 }
                 Err(_) => {
-                    self.unsent.push_front(o);
+                    self.requeue(o, inflight);
                     return Err(SessionError::ConfirmTimeout(timeout));
                 }
             }
         }
+    }
+
+    /// The session failed at `front`, the oldest message awaiting its
+    /// confirm: it and every message published after it go back in front of
+    /// `unsent` in publish order, so a shard's messages are published again
+    /// in gateway order.
+    fn requeue(&mut self, front: Outgoing, inflight: &mut VecDeque<(Outgoing, PublisherConfirm)>) {
+        while let Some((o, _)) = inflight.pop_back() {
+            self.stats.republished.fetch_add(1, Ordering::Relaxed);
+            self.unsent.push_front(o);
+        }
+        self.stats.republished.fetch_add(1, Ordering::Relaxed);
+        self.unsent.push_front(front);
     }
 
     /// Most events in one round: the channel's size, so that a full

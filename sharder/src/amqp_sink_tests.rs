@@ -232,6 +232,60 @@ async fn a_broker_outage_loses_nothing_and_the_buffer_stays_bounded() {
     assert_eq!(got, (1..=600).collect::<BTreeSet<_>>(), "nothing lost");
 }
 
+/// A confirm that never comes fails the session at the oldest message in
+/// flight; it and the ones published after it go out again in their
+/// order, so a shard's republished events reach the queue in gateway
+/// order. The broker's answers are held back at a proxy (the publishes
+/// reach it), so each message is in the queue twice: first as published,
+/// then as published again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_unconfirmed_at_a_failure_go_out_again_in_order() {
+    let proxy = CutProxy::start(AMQP_ADDR).await.unwrap();
+    let base = unique("republish-order");
+    let cfg = AmqpSinkConfig {
+        confirm_timeout: Duration::from_millis(500),
+        ..config(&amqp_url_via(proxy.addr()), &base)
+    };
+    let topo = cfg.topology.clone();
+    let (sink, task) = AmqpSink::start(resolver(), cfg);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    sink.send(event(1, 1, "MESSAGE_CREATE", None, &tx))
+        .await
+        .unwrap();
+    confirmations(&mut rx, 1).await;
+
+    proxy.hold();
+    // One message per event, each published before the next is sent: two
+    // rounds in flight, then a third that waits for them.
+    for seq in 2..=4 {
+        sink.send(event(1, seq, "MESSAGE_CREATE", None, &tx))
+            .await
+            .unwrap();
+        let want = seq.min(1 + ROUNDS_IN_FLIGHT);
+        let deadline = Instant::now() + WAIT;
+        while sink.stats().published.load(Ordering::Relaxed) < want {
+            assert!(Instant::now() < deadline, "event {seq} was not published");
+            tokio::task::yield_now().await;
+        }
+    }
+    // The confirm timeout: everything unconfirmed is put back.
+    let deadline = Instant::now() + WAIT;
+    while sink.stats().republished.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the confirm never timed out");
+        // Polling interval of the counter, not a synchronisation sleep.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.release();
+    confirmations(&mut rx, 3).await;
+    drop(sink);
+    timeout(WAIT, task).await.unwrap().unwrap();
+
+    let seqs: Vec<u64> = drain(&topo).await.into_iter().map(|(_, s, _)| s).collect();
+    // As first published (1, 2, 3), then everything unconfirmed again, in
+    // order (2, 3, 4). Before, the oldest went behind the others: 3, 2, 4.
+    assert_eq!(seqs, [1, 2, 3, 2, 3, 4]);
+}
+
 /// While [`ROUNDS_IN_FLIGHT`] rounds await their confirms, events that
 /// arrive one at a time wait and go out together, a message per shard,
 /// instead of a message each. The broker's confirms are held back at a
