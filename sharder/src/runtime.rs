@@ -598,6 +598,37 @@ async fn run_shards(
     {
         task.abort();
     }
+    let drained = drain(
+        resharder,
+        tasks,
+        sink_task,
+        &scheduler,
+        cfg.sharder.shutdown_grace,
+    )
+    .await;
+    if let Some(task) = budget_refresh {
+        task.abort();
+    }
+    tracing::info!(drained, "sharder stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(RunReport { shards, drained }),
+    }
+}
+
+/// Step 6 of the module docs, once the loop has ended: every shard closes
+/// and saves its session (an unfinished reshard's new total retires
+/// instead), the sink publishes what it holds and waits for the confirms,
+/// and, without Redis, the identify windows this process opened are
+/// waited out; all within `grace`. Whether shards and sink finished in
+/// time.
+async fn drain<K, S, C>(
+    mut resharder: Resharder<K, S, C>,
+    mut tasks: JoinSet<ShardDone>,
+    sink_task: Option<tokio::task::JoinHandle<()>>,
+    scheduler: &IdentifyScheduler,
+    grace: Duration,
+) -> bool {
     let mut handles = resharder.current.clone();
     // Stopping mid-reshard: before the hand-over the next start rolls it
     // back, so the new total's sessions end for good (close 1000); the old
@@ -620,7 +651,7 @@ async fn run_shards(
     }
     drop(resharder);
 
-    let deadline = Instant::now() + cfg.sharder.shutdown_grace;
+    let deadline = Instant::now() + grace;
     for (_, h) in &handles {
         h.shutdown();
     }
@@ -657,14 +688,7 @@ async fn run_shards(
         );
         tokio::time::sleep_until(at).await;
     }
-    if let Some(task) = budget_refresh {
-        task.abort();
-    }
-    tracing::info!(drained, "sharder stopped");
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(RunReport { shards, drained }),
-    }
+    drained
 }
 
 /// Reads the cluster's reshard state every second for the runtime's loop.
