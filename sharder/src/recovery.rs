@@ -13,7 +13,8 @@
 //! 3. Otherwise the record decides the total, and a reshard it left
 //!    unfinished is completed (`completed`: the old total's sessions are
 //!    retired) or rolled back (both totals' sessions are retired, so the
-//!    old total identifies afresh with the newest epochs; see below). The
+//!    old total identifies afresh with the newest epochs; only the new
+//!    total's when the reshard was claimed and never announced). The
 //!    marker that tells the workers how it ended is returned, to be
 //!    published before any shard publishes.
 
