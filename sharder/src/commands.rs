@@ -336,11 +336,7 @@ mod tests {
             redis::AsyncConnectionConfig::new(),
         );
         conn.ready().await.unwrap();
-        let prefix = format!(
-            "bulwark-test:presence:{}:{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        );
+        let prefix = testkit::unique_name("presence");
         let record = PresenceRecord::new(conn.clone(), &prefix);
         let fresh = Presence::default();
         record.restore(&fresh).await.unwrap();

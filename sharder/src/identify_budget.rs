@@ -240,14 +240,7 @@ mod tests {
             redis::AsyncConnectionConfig::new(),
         );
         c.ready().await.unwrap();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        SharedBudget::new(
-            c,
-            &format!("bulwark-test:{name}:{}:{nanos}", std::process::id()),
-        )
+        SharedBudget::new(c, &testkit::unique_name(name))
     }
 
     async fn delete(b: &SharedBudget) {

@@ -148,14 +148,6 @@ mod tests {
         c
     }
 
-    fn unique_prefix(name: &str) -> String {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        format!("bulwark-test:{name}:{}:{nanos}", std::process::id())
-    }
-
     fn scheduler(lock: RedisIdentifyLock, window: Duration) -> IdentifyScheduler {
         IdentifyScheduler::new(
             SessionStartLimit {
@@ -189,7 +181,7 @@ mod tests {
     /// readiness is waited on.
     #[tokio::test]
     async fn the_shared_window_runs_from_the_identify_sent() {
-        let prefix = unique_prefix("lock-sent");
+        let prefix = testkit::unique_name("lock-sent");
         let window = Duration::from_millis(400);
         let (a, b) = two_pods(&prefix, window).await;
         let permit = a.acquire(0).await;
@@ -210,7 +202,7 @@ mod tests {
     /// because the window is measured by the Redis server's clock.
     #[tokio::test]
     async fn processes_sharing_a_key_take_turns() {
-        let prefix = unique_prefix("lock");
+        let prefix = testkit::unique_name("lock");
         let window = Duration::from_millis(400);
         let (a, b) = two_pods(&prefix, window).await;
         let start = Instant::now();

@@ -207,7 +207,7 @@ async fn store_outage_is_retried_in_place_not_dead_lettered() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let base = format!("bulwark-test-retry-{}", std::process::id());
+    let base = testkit::unique_name("retry");
     let topo = AmqpTopology::named(&base, 1);
     topo.declare(&ch).await.unwrap();
     let d = json!({"id": "5", "type": 0, "name": "x", "guild_id": G.to_string()}).to_string();

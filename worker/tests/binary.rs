@@ -89,7 +89,7 @@ async fn binary_consumes_publishes_serves_and_stops_on_sigterm() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const G: u64 = 81384788765712384;
-    let base = format!("bulwark-test-bin-{}", std::process::id());
+    let base = testkit::unique_name("bin");
     let topo = worker::AmqpTopology::named(&base, 1);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

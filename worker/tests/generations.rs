@@ -15,7 +15,6 @@
 
 use envelope::{BatchEncoder, Event, GuildCreateKind, ReshardMarker, ReshardPhase};
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use worker::{CleanKind, MemoryStore, RedisStore, Store, Worker};
 
@@ -359,12 +358,7 @@ async fn redis_one_clean_stream_through_a_reshard() {
 }
 
 async fn redis() -> RedisStore {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let prefix = format!(
-        "bulwark-test:generations:{}:{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
+    let prefix = testkit::unique_name("generations");
     RedisStore::connect("redis://127.0.0.1:6379/", &prefix)
         .await
         .unwrap()

@@ -10,7 +10,6 @@ mod common;
 use common::{Logged, ids, run, sim_log_with, state, truth_views, unversioned};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use worker::{CacheOptions, MemoryStore, RedisStore, Store, Worker};
 
@@ -120,12 +119,7 @@ proptest! {
 }
 
 fn redis_prefix(tag: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "bulwark-test:{tag}:{}:{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    testkit::unique_name(tag)
 }
 
 proptest! {

@@ -6,7 +6,6 @@ mod store_cases;
 
 use envelope::{BatchEncoder, Event, GuildCreateKind};
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use worker::{MemoryStore, ProcessError, RedisStore, Report, Store, Worker};
 
@@ -102,12 +101,7 @@ fn take(seen: &Seen) -> Vec<String> {
 }
 
 async fn redis() -> RedisStore {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let prefix = format!(
-        "bulwark-test:rules:{}:{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
+    let prefix = testkit::unique_name("rules");
     RedisStore::connect("redis://127.0.0.1:6379/", &prefix)
         .await
         .unwrap()

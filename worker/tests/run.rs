@@ -20,7 +20,7 @@ async fn consumers(conn: &Connection, queue: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_run_cancels_its_subscription_and_returns_drained() {
-    let base = format!("bulwark-test-run-{}", std::process::id());
+    let base = testkit::unique_name("run");
     let topo = worker::AmqpTopology::named(&base, 1);
     let cfg = config::Config::from_toml_str(
         &format!(

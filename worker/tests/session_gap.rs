@@ -14,7 +14,6 @@
 
 use envelope::{BatchEncoder, Event, GuildCreateKind};
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use worker::{CleanKind, MemoryStore, RedisStore, Store, Worker};
 
@@ -295,12 +294,7 @@ async fn cold_start_infers_nothing<S: Store>(store: S) {
 }
 
 async fn redis() -> RedisStore {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let prefix = format!(
-        "bulwark-test:gap:{}:{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
+    let prefix = testkit::unique_name("gap");
     RedisStore::connect("redis://127.0.0.1:6379/", &prefix)
         .await
         .unwrap()

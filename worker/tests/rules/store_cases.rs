@@ -2,6 +2,7 @@
 //! optional collections (voice states, presences), and the member lookup.
 
 use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The real in-memory store with one injected failure: the `fail_at`-th
 /// apply returns an error (as a Redis timeout would), once.
