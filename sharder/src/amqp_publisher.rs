@@ -219,8 +219,8 @@ impl Publisher {
     }
 
     /// Publishes until the input is closed and drained (Ok) or the
-    /// connection fails (Err, with every unconfirmed message back in
-    /// `unsent`).
+    /// connection fails (Err, with every unconfirmed message back in front
+    /// of `unsent`, in publish order).
     async fn session(&mut self, ch: &Channel) -> Result<(), SessionError> {
         let mut inflight: VecDeque<(Outgoing, PublisherConfirm)> = VecDeque::new();
         let r = self.pump(ch, &mut inflight).await;
@@ -320,56 +320,37 @@ impl Publisher {
             let Some(r) = step else {
                 continue;
             };
+            // A failure leaves the front in flight: `session` puts it back
+            // with every message published after it, in publish order, so
+            // a shard's messages are published again in gateway order.
+            let confirmation = match r {
+                Ok(Ok(Confirmation::NotRequested)) => return Err(SessionError::NotConfirmed),
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(SessionError::ConfirmTimeout(timeout)),
+            };
             let Some((o, _)) = inflight.pop_front() else {
                 continue;
             };
-            match r {
-                Ok(Ok(Confirmation::Ack(_))) => {
-                    self.backoff.reset();
-                    if let Some(at) = o.published_at {
-                        metrics::histogram!("sharder_publish_latency_seconds")
-                            .record(at.elapsed().as_secs_f64());
-                    }
-                    let n = o.acks.len() as u64;
-                    for ack in o.acks {
-                        ack.confirm();
-                    }
-                    self.stats.confirmed_events.fetch_add(n, Ordering::Relaxed);
-                    metrics::counter!("sharder_events_confirmed_total").increment(n);
-                }
-                Ok(Ok(Confirmation::Nack(_))) => {
-                    tracing::warn!(message_id = %o.message_id, "broker nacked a message; publishing it again");
-                    metrics::counter!("sharder_amqp_nacks_total").increment(1);
-                    self.stats.republished.fetch_add(1, Ordering::Relaxed);
-                    self.unsent.push_front(o);
-                }
-                Ok(Ok(Confirmation::NotRequested)) => {
-                    self.requeue(o, inflight);
-                    return Err(SessionError::NotConfirmed);
-                }
-                Ok(Err(e)) => {
-                    self.requeue(o, inflight);
-                    return Err(e.into());
-                }
-                Err(_) => {
-                    self.requeue(o, inflight);
-                    return Err(SessionError::ConfirmTimeout(timeout));
-                }
+            if confirmation.is_nack() {
+                tracing::warn!(message_id = %o.message_id, "broker nacked a message; publishing it again");
+                metrics::counter!("sharder_amqp_nacks_total").increment(1);
+                self.stats.republished.fetch_add(1, Ordering::Relaxed);
+                self.unsent.push_front(o);
+                continue;
             }
+            self.backoff.reset();
+            if let Some(at) = o.published_at {
+                metrics::histogram!("sharder_publish_latency_seconds")
+                    .record(at.elapsed().as_secs_f64());
+            }
+            let n = o.acks.len() as u64;
+            for ack in o.acks {
+                ack.confirm();
+            }
+            self.stats.confirmed_events.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!("sharder_events_confirmed_total").increment(n);
         }
-    }
-
-    /// The session failed at `front`, the oldest message awaiting its
-    /// confirm: it and every message published after it go back in front of
-    /// `unsent` in publish order, so a shard's messages are published again
-    /// in gateway order.
-    fn requeue(&mut self, front: Outgoing, inflight: &mut VecDeque<(Outgoing, PublisherConfirm)>) {
-        while let Some((o, _)) = inflight.pop_back() {
-            self.stats.republished.fetch_add(1, Ordering::Relaxed);
-            self.unsent.push_front(o);
-        }
-        self.stats.republished.fetch_add(1, Ordering::Relaxed);
-        self.unsent.push_front(front);
     }
 
     /// Most events in one round: the channel's size, so that a full
