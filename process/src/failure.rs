@@ -37,6 +37,18 @@ impl Failure {
         Self::new(code, format!("{binary}: {}", chain(error)))
     }
 
+    /// A run's error, as [`Failure::from_error`]: exit 78
+    /// ([`EXIT_CONFIG`]) when `is_config` (a setting found bad only at run
+    /// time), else [`EXIT_FAILURE`].
+    pub fn from_run_error(
+        is_config: bool,
+        binary: &str,
+        error: &(dyn std::error::Error + 'static),
+    ) -> Self {
+        let code = if is_config { EXIT_CONFIG } else { EXIT_FAILURE };
+        Self::from_error(code, binary, error)
+    }
+
     /// A bad setting: `configuration error: ...`, exit 78.
     pub fn config(error: impl fmt::Display) -> Self {
         Self::new(EXIT_CONFIG, format!("configuration error: {error}"))
@@ -109,6 +121,21 @@ mod tests {
         let f = Failure::from_error(EXIT_FAILURE, "worker", &e);
         assert_eq!(f.to_string(), "worker: binding 127.0.0.1:1: address in use");
         assert_eq!(f.code(), 1);
+    }
+
+    #[test]
+    fn a_run_error_exits_78_only_when_it_is_a_setting() {
+        let e = Outer(std::io::Error::other("address in use"));
+        let bad = Failure::from_run_error(true, "relay", &e);
+        assert_eq!(bad.code(), EXIT_CONFIG);
+        assert_eq!(
+            bad.to_string(),
+            "relay: binding 127.0.0.1:1: address in use"
+        );
+        assert_eq!(
+            Failure::from_run_error(false, "relay", &e).code(),
+            EXIT_FAILURE
+        );
     }
 
     #[test]

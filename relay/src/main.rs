@@ -5,7 +5,7 @@
 //! [`relay::run`] until SIGTERM or SIGINT.
 #![forbid(unsafe_code)]
 
-use bulwark_process::{EXIT_FAILURE, Failure, LogTo};
+use bulwark_process::{Failure, LogTo};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,14 +29,8 @@ fn main() -> ExitCode {
 
 fn serve(args: Args) -> Result<(), Failure> {
     let cfg = bulwark_process::load_config(args.config.as_deref())?;
-    bulwark_process::run_until_signal(|shutdown| relay::run(cfg, shutdown))?.map_err(|e| {
-        let code = if e.is_config() {
-            config::EXIT_CONFIG
-        } else {
-            EXIT_FAILURE
-        };
-        Failure::from_error(code, "relay", &e)
-    })?;
+    bulwark_process::run_until_signal(|shutdown| relay::run(cfg, shutdown))?
+        .map_err(|e| Failure::from_run_error(e.is_config(), "relay", &e))?;
     tracing::info!("bye");
     Ok(())
 }

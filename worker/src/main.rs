@@ -8,7 +8,7 @@
 //! (including `worker.store = "redis"` without `redis.url`).
 #![forbid(unsafe_code)]
 
-use bulwark_process::{EXIT_FAILURE, Failure, LogTo};
+use bulwark_process::{Failure, LogTo};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,14 +35,7 @@ fn serve(args: Args) -> Result<(), Failure> {
     let runtime = bulwark_process::runtime_builder(cfg.worker.wake_coalesce);
     let report =
         bulwark_process::run_until_signal_on(runtime, |shutdown| worker::run(cfg, shutdown))?
-            .map_err(|e| {
-                let code = if e.is_config() {
-                    config::EXIT_CONFIG
-                } else {
-                    EXIT_FAILURE
-                };
-                Failure::from_error(code, "worker", &e)
-            })?;
+            .map_err(|e| Failure::from_run_error(e.is_config(), "worker", &e))?;
     tracing::info!(
         partitions = report.partitions.len(),
         drained = report.drained,
